@@ -1,0 +1,193 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::index::WalkedImage;
+use super::{ContentSource, Descriptor, Image, Index, MAX_MANIFEST_SIZE, SourceError, SourceEvent};
+use crate::oci::{TagKey, children, is_manifest_media_type};
+
+/// Whether the content source is reachable and the index reflects it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The source answered the last call.
+    pub source_up: bool,
+    /// A full listing has been indexed since the source came (back) up.
+    pub loaded: bool,
+    /// Why it is not ready, for `/readyz` and `status`.
+    pub reason: Option<String>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.source_up && self.loaded
+    }
+}
+
+/// Keeps an [`Index`] in step with a [`ContentSource`]: subscribe, list, walk, then follow
+/// events; on any source failure mark not-ready, back off, and start over.
+pub struct Indexer {
+    source: Arc<dyn ContentSource>,
+    index: Arc<Index>,
+    ready: watch::Sender<Readiness>,
+}
+
+/// Bounds on a walk, so a hostile or broken manifest graph cannot run away.
+const MAX_BLOBS_PER_IMAGE: usize = 10_000;
+const MAX_DEPTH: usize = 4;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Indexer {
+    pub fn new(source: Arc<dyn ContentSource>, index: Arc<Index>) -> Self {
+        Indexer {
+            source,
+            index,
+            ready: watch::channel(Readiness {
+                reason: Some("content index not loaded yet".into()),
+                ..Readiness::default()
+            })
+            .0,
+        }
+    }
+
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.ready.subscribe()
+    }
+
+    /// Run until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.sync_and_follow() => r,
+            };
+            let reason = match result {
+                Ok(()) => "content source event stream ended".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(%reason, retry_in = ?backoff, "content source not ready");
+            self.ready.send_replace(Readiness {
+                source_up: false,
+                loaded: false,
+                reason: Some(reason),
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if self.ready.borrow().source_up {
+                backoff = BACKOFF_START;
+            }
+        }
+    }
+
+    /// One connected period: returns when the source fails or the event stream ends.
+    async fn sync_and_follow(&self) -> Result<(), SourceError> {
+        // Subscribe first so nothing that happens during the listing is missed.
+        let mut events = self.source.subscribe().await?;
+        let images = self.source.list_images().await?;
+        let mut walked = Vec::with_capacity(images.len());
+        for image in &images {
+            walked.push(walk_image(self.source.as_ref(), image).await?);
+        }
+        self.index.replace_all(walked);
+        tracing::info!(
+            images = self.index.image_count(),
+            blobs = self.index.blob_count(),
+            tags = self.index.tag_count(),
+            "content index loaded"
+        );
+        self.ready.send_replace(Readiness {
+            source_up: true,
+            loaded: true,
+            reason: None,
+        });
+        while let Some(event) = events.next().await {
+            match event? {
+                SourceEvent::ImageChanged(name) => match self.source.get_image(&name).await? {
+                    Some(image) => {
+                        let w = walk_image(self.source.as_ref(), &image).await?;
+                        tracing::debug!(image = %name, blobs = w.blobs.len(), "image indexed");
+                        self.index.set_image(w);
+                    }
+                    None => self.index.remove_image(&name),
+                },
+                SourceEvent::ImageDeleted(name) => {
+                    tracing::debug!(image = %name, "image removed from index");
+                    self.index.remove_image(&name);
+                }
+                SourceEvent::ContentDeleted(d) => self.index.remove_content(&d),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walk an image from its target: index -> manifests -> config + layers. Children the store
+/// does not hold (other platforms, say) are skipped; a manifest that does not parse is kept as
+/// a blob but not descended into.
+pub async fn walk_image(
+    source: &dyn ContentSource,
+    image: &Image,
+) -> Result<WalkedImage, SourceError> {
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut frontier = vec![image.target.clone()];
+    for _depth in 0..MAX_DEPTH {
+        let mut next = Vec::new();
+        for desc in frontier {
+            if !seen.insert(desc.digest) || blobs.len() >= MAX_BLOBS_PER_IMAGE {
+                continue;
+            }
+            let Some(size) = source.stat(&desc.digest).await? else {
+                continue;
+            };
+            let media_type = desc.media_type.clone();
+            if is_manifest_media_type(&media_type) || looks_like_manifest(&media_type) {
+                match super::read_small(source, &desc.digest, size, MAX_MANIFEST_SIZE).await {
+                    Ok(data) => match children(&media_type, &data) {
+                        Ok(kids) => next.extend(kids.into_iter().map(|c| Descriptor {
+                            digest: c.digest,
+                            size: c.size,
+                            media_type: c.media_type,
+                        })),
+                        Err(e) => {
+                            tracing::warn!(digest = %desc.digest, error = %e, "manifest does not parse; not walking its children")
+                        }
+                    },
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e @ SourceError::TooLarge { .. }) => {
+                        tracing::warn!(error = %e, "skipping oversized manifest")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            blobs.push(Descriptor {
+                digest: desc.digest,
+                size,
+                media_type,
+            });
+        }
+        if next.is_empty() {
+            break;
+        }
+        frontier = next;
+    }
+    Ok(WalkedImage {
+        name: image.name.clone(),
+        tag: TagKey::from_image_name(&image.name),
+        target: image.target.digest,
+        blobs,
+    })
+}
+
+/// Old Docker and some tools leave the descriptor media type empty; treat JSON-ish as a manifest.
+fn looks_like_manifest(mt: &str) -> bool {
+    mt.is_empty() || mt.ends_with("manifest.v1+json") || mt.ends_with("index.v1+json")
+}

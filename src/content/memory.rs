@@ -1,0 +1,164 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{ByteStream, ContentSource, Descriptor, EventStream, Image, SourceError, SourceEvent};
+use crate::oci::Digest;
+
+/// An in-memory content source for tests: blobs and images held in maps, events broadcast.
+#[derive(Clone, Default)]
+pub struct MemorySource {
+    inner: Arc<Mutex<State>>,
+    events: Arc<Mutex<Option<broadcast::Sender<SourceEvent>>>>,
+}
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<Digest, Bytes>,
+    images: HashMap<String, Image>,
+    /// When set, every call fails as if containerd were down.
+    unavailable: bool,
+}
+
+/// Chunk size of reads, small so tests exercise multi-chunk streams.
+const CHUNK: usize = 64 * 1024;
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, ev: SourceEvent) {
+        if let Some(tx) = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// Store a blob and return its descriptor.
+    pub fn add_blob(&self, media_type: &str, data: impl Into<Bytes>) -> Descriptor {
+        let data = data.into();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        self.state().blobs.insert(digest, data);
+        Descriptor {
+            digest,
+            size,
+            media_type: media_type.to_string(),
+        }
+    }
+
+    /// Store a blob under a chosen digest (to simulate corrupt content).
+    pub fn add_blob_as(&self, digest: Digest, data: impl Into<Bytes>) {
+        self.state().blobs.insert(digest, data.into());
+    }
+
+    pub fn remove_blob(&self, digest: &Digest) {
+        self.state().blobs.remove(digest);
+        self.emit(SourceEvent::ContentDeleted(*digest));
+    }
+
+    pub fn put_image(&self, name: &str, target: Descriptor) {
+        self.state().images.insert(
+            name.to_string(),
+            Image {
+                name: name.to_string(),
+                target,
+            },
+        );
+        self.emit(SourceEvent::ImageChanged(name.to_string()));
+    }
+
+    pub fn delete_image(&self, name: &str) {
+        self.state().images.remove(name);
+        self.emit(SourceEvent::ImageDeleted(name.to_string()));
+    }
+
+    pub fn set_unavailable(&self, down: bool) {
+        self.state().unavailable = down;
+        if down {
+            // Like a daemon restart: open subscriptions end.
+            *self.events.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    fn check(&self) -> Result<(), SourceError> {
+        if self.state().unavailable {
+            Err(SourceError::Unavailable(
+                "memory source set unavailable".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ContentSource for MemorySource {
+    async fn list_images(&self) -> Result<Vec<Image>, SourceError> {
+        self.check()?;
+        Ok(self.state().images.values().cloned().collect())
+    }
+
+    async fn get_image(&self, name: &str) -> Result<Option<Image>, SourceError> {
+        self.check()?;
+        Ok(self.state().images.get(name).cloned())
+    }
+
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, SourceError> {
+        self.check()?;
+        Ok(self.state().blobs.get(digest).map(|b| b.len() as u64))
+    }
+
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, SourceError> {
+        self.check()?;
+        let data = self
+            .state()
+            .blobs
+            .get(digest)
+            .cloned()
+            .ok_or(SourceError::NotFound(*digest))?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = match len {
+            Some(l) => start.saturating_add(usize::try_from(l).unwrap_or(usize::MAX)),
+            None => data.len(),
+        }
+        .min(data.len());
+        let slice = data.slice(start..end);
+        let chunks: Vec<std::io::Result<Bytes>> = (0..slice.len())
+            .step_by(CHUNK)
+            .map(|i| Ok(slice.slice(i..(i + CHUNK).min(slice.len()))))
+            .collect();
+        Ok(Box::pin(tokio_stream::iter(chunks)))
+    }
+
+    async fn subscribe(&self) -> Result<EventStream, SourceError> {
+        self.check()?;
+        let mut guard = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = guard.get_or_insert_with(|| broadcast::channel(1024).0);
+        let rx = BroadcastStream::new(tx.subscribe());
+        Ok(Box::pin(rx.map(|r| {
+            r.map_err(|e| SourceError::Unavailable(format!("event stream lagged: {e}")))
+        })))
+    }
+}

@@ -1,0 +1,22 @@
+//! peermirror: a peer-to-peer, in-cluster container image mirror for containerd.
+//!
+//! # Layout
+//! - [`oci`]: pure OCI distribution types (digest, name, reference, range, error body, manifest walking).
+//! - [`content`]: the local-content seam ([`content::ContentSource`]), its in-memory fake, and the
+//!   [`content::Index`] of what this node can serve, kept current by the [`content::Indexer`].
+//! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API (and its content dir).
+//! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
+//! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: Prometheus metrics, passed in, never global.
+//! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod containerd;
+pub mod content;
+pub mod daemon;
+pub mod metrics;
+pub mod oci;
+pub mod ops;
+pub mod registry;
+pub mod server;

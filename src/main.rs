@@ -1,0 +1,90 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use peermirror::cli::{Cli, Command, LogArgs, LogFormat};
+use peermirror::daemon::{self, Config, Listeners};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peermirror: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!("peermirror {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_tracing(&args.log)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(async {
+                let registry = tokio::net::TcpListener::bind(args.registry_addr)
+                    .await
+                    .with_context(|| format!("binding --registry-addr {}", args.registry_addr))?;
+                let ops = tokio::net::TcpListener::bind(args.metrics_addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+                tracing::info!(
+                    registry = %args.registry_addr,
+                    metrics = %args.metrics_addr,
+                    version = env!("CARGO_PKG_VERSION"),
+                    "peermirror starting"
+                );
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                daemon::run(
+                    Config::from_args(&args),
+                    Listeners { registry, ops },
+                    shutdown,
+                )
+                .await
+                .context("running the daemon")?;
+                tracing::info!("peermirror stopped");
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received; draining in-flight responses");
+    token.cancel();
+}
+
+fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level).with_context(|| {
+        format!(
+            "--log-level {:?} is not a valid level or filter",
+            log.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

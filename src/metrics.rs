@@ -1,0 +1,141 @@
+//! Prometheus metrics. One [`Metrics`] is made at start-up and passed to whoever records;
+//! nothing here is global, so tests get fresh counters.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Where the bytes of a response came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Source {
+    /// This node's containerd.
+    Local,
+    /// Another node, fetched and verified on the way.
+    Peer,
+    /// Nobody had it: 404 so containerd falls back upstream.
+    Miss,
+    /// Not a content request (errors, `/v2/`).
+    None,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peer => "peer",
+            Source::Miss => "miss",
+            Source::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: Source,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes: Family<SourceLabels, Counter>,
+    /// Seconds to find providers for a key in the DHT.
+    pub resolve_latency: Histogram,
+    pub connected_peers: Gauge,
+    pub advertised_keys: Gauge,
+    pub digest_mismatches: Counter,
+    pub provider_failures: Counter,
+    pub content_ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("peermirror");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Registry requests by route, status and source",
+            requests.clone(),
+        );
+        let bytes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "response_bytes",
+            "Body bytes sent, by where they came from",
+            bytes.clone(),
+        );
+        let resolve_latency = Histogram::new(
+            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0],
+        );
+        registry.register(
+            "resolve_seconds",
+            "Time to find providers for a key",
+            resolve_latency.clone(),
+        );
+        let connected_peers = Gauge::default();
+        registry.register(
+            "connected_peers",
+            "Peers currently connected",
+            connected_peers.clone(),
+        );
+        let advertised_keys = Gauge::default();
+        registry.register(
+            "advertised_keys",
+            "Keys this node advertises as provider",
+            advertised_keys.clone(),
+        );
+        let digest_mismatches = Counter::default();
+        registry.register(
+            "digest_mismatches",
+            "Peer transfers aborted because the digest did not match",
+            digest_mismatches.clone(),
+        );
+        let provider_failures = Counter::default();
+        registry.register(
+            "provider_failures",
+            "Peer fetches that failed (connect, status, stream)",
+            provider_failures.clone(),
+        );
+        let content_ready = Gauge::default();
+        registry.register(
+            "content_ready",
+            "1 when containerd is reachable and the index is loaded",
+            content_ready.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            bytes,
+            resolve_latency,
+            connected_peers,
+            advertised_keys,
+            digest_mismatches,
+            provider_failures,
+            content_ready,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,263 @@
+//! The read-only OCI distribution endpoint that containerd's `hosts.toml` names as a mirror.
+//!
+//! Requests are parsed into a typed [`Route`] first; anything malformed is refused before any
+//! lookup. Hits stream from the local content source; misses answer 404 with an OCI error body
+//! at once, so containerd falls back to the next host.
+
+mod body;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+
+use body::AccessRecord;
+pub use body::{Body, LoggedBody};
+pub use routes::{Route, parse as parse_route};
+
+use crate::content::{ContentSource, Descriptor, Index, SourceError};
+use crate::metrics::{Metrics, RequestLabels, Source};
+use crate::oci::{ByteRange, Digest, ErrorCode, OciError, RangeError, Reference, TagKey};
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
+
+/// Shared state of the endpoint.
+pub struct Registry {
+    index: Arc<Index>,
+    source: Arc<dyn ContentSource>,
+    metrics: Arc<Metrics>,
+}
+
+/// The outcome of routing, before the access-log wrapper is put around the body.
+struct Answer {
+    response: Response<Body>,
+    source: Source,
+    route: &'static str,
+    expected: u64,
+}
+
+impl Answer {
+    fn error(e: OciError, route: &'static str) -> Self {
+        let mut response = Response::new(body::full(e.to_json()));
+        *response.status_mut() = e.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if e.code == ErrorCode::Unsupported {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        let source = if e.status() == StatusCode::NOT_FOUND {
+            Source::Miss
+        } else {
+            Source::None
+        };
+        Answer {
+            response,
+            source,
+            route,
+            expected: 0,
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(index: Arc<Index>, source: Arc<dyn ContentSource>, metrics: Arc<Metrics>) -> Self {
+        Registry {
+            index,
+            source,
+            metrics,
+        }
+    }
+
+    /// Answer one request. Never fails: every problem becomes an OCI error response.
+    pub async fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<LoggedBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let answer = self.answer(&req).await;
+        let status = answer.response.status().as_u16();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: answer.route,
+                method: method_label(&method),
+                status,
+                source: answer.source,
+            })
+            .inc();
+        let record = AccessRecord {
+            method,
+            path,
+            remote,
+            status,
+            source: answer.source,
+            started,
+            expected: answer.expected,
+            metrics: self.metrics.clone(),
+        };
+        answer.response.map(|b| LoggedBody::new(b, record))
+    }
+
+    async fn answer<B>(&self, req: &Request<B>) -> Answer {
+        let route = match routes::parse(req.uri().path()) {
+            Ok(r) => r,
+            Err(e) => return Answer::error(e, "invalid"),
+        };
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Answer::error(
+                OciError::new(
+                    ErrorCode::Unsupported,
+                    "this mirror is read-only: GET and HEAD only",
+                ),
+                route.kind(),
+            );
+        }
+        match route {
+            Route::Base => {
+                let mut response = Response::new(body::full("{}"));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+                    .headers_mut()
+                    .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+                Answer {
+                    response,
+                    source: Source::None,
+                    route: "base",
+                    expected: 0,
+                }
+            }
+            Route::Manifest { name, reference } => {
+                let digest = match reference {
+                    Reference::Digest(d) => Some(d),
+                    Reference::Tag(tag) => {
+                        let ns = query_param(req.uri().query(), "ns");
+                        ns.and_then(|ns| TagKey::new(&ns, &name, &tag).ok())
+                            .and_then(|key| self.index.resolve(&key))
+                    }
+                };
+                let found = digest.and_then(|d| self.index.stat(&d));
+                match found {
+                    Some(desc) => self.serve(req, desc, "manifest").await,
+                    None => Answer::error(
+                        OciError::new(
+                            ErrorCode::ManifestUnknown,
+                            "manifest unknown to this mirror",
+                        ),
+                        "manifest",
+                    ),
+                }
+            }
+            Route::Blob { digest, .. } => match self.index.stat(&digest) {
+                Some(desc) => self.serve(req, desc, "blob").await,
+                None => Answer::error(
+                    OciError::new(
+                        ErrorCode::BlobUnknown,
+                        format!("blob {digest} unknown to this mirror"),
+                    ),
+                    "blob",
+                ),
+            },
+        }
+    }
+
+    /// Serve a blob or manifest held locally, honouring one byte range.
+    async fn serve<B>(&self, req: &Request<B>, desc: Descriptor, route: &'static str) -> Answer {
+        let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
+            None => None,
+            Some(h) => match ByteRange::parse(h, desc.size) {
+                Ok(r) => Some(r),
+                // RFC 9110: a malformed Range may be ignored; serve the whole blob.
+                Err(RangeError::Malformed) => None,
+                Err(RangeError::Unsatisfiable) => {
+                    let mut a = Answer::error(
+                        OciError::new(ErrorCode::RangeInvalid, "requested range not satisfiable"),
+                        route,
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", desc.size)) {
+                        a.response.headers_mut().insert(CONTENT_RANGE, v);
+                    }
+                    return a;
+                }
+            },
+        };
+        let (status, offset, len) = match range {
+            Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len()),
+            None => (StatusCode::OK, 0, desc.size),
+        };
+        let body = if req.method() == Method::HEAD {
+            body::empty()
+        } else {
+            match self.source.read(&desc.digest, offset, Some(len)).await {
+                Ok(s) => body::stream(s),
+                Err(e) => return self.read_failed(e, &desc.digest, route),
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, media_type_header(&desc.media_type));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if let Ok(v) = HeaderValue::from_str(&desc.digest.to_string()) {
+            h.insert(CONTENT_DIGEST_HEADER, v);
+        }
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(r) = range
+            && let Ok(v) = HeaderValue::from_str(&r.content_range(desc.size))
+        {
+            h.insert(CONTENT_RANGE, v);
+        }
+        Answer {
+            response,
+            source: Source::Local,
+            route,
+            expected: len,
+        }
+    }
+
+    fn read_failed(&self, e: SourceError, digest: &Digest, route: &'static str) -> Answer {
+        let code = if e.is_not_found() {
+            // The store lost it since it was indexed: stop offering it.
+            self.index.remove_content(digest);
+            if route == "manifest" {
+                ErrorCode::ManifestUnknown
+            } else {
+                ErrorCode::BlobUnknown
+            }
+        } else {
+            ErrorCode::Unavailable
+        };
+        tracing::warn!(%digest, error = %e, "reading local content failed");
+        Answer::error(OciError::new(code, e.to_string()), route)
+    }
+}
+
+fn media_type_header(mt: &str) -> HeaderValue {
+    if mt.is_empty() {
+        return HeaderValue::from_static(crate::oci::media_types::OCTET_STREAM);
+    }
+    HeaderValue::from_str(mt)
+        .unwrap_or_else(|_| HeaderValue::from_static(crate::oci::media_types::OCTET_STREAM))
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// The first value of a query parameter, decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
