@@ -79,9 +79,8 @@ impl Metrics {
             "Body bytes sent, by where they came from",
             bytes.clone(),
         );
-        let resolve_latency = Histogram::new(
-            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0],
-        );
+        let resolve_latency =
+            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]);
         registry.register(
             "resolve_seconds",
             "Time to find providers for a key",

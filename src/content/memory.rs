@@ -66,6 +66,57 @@ impl MemorySource {
         self.state().blobs.insert(digest, data.into());
     }
 
+    /// Build and store a single-platform OCI image (config + one layer per entry of `layers`)
+    /// and name it `name`. Returns the manifest's descriptor.
+    pub fn add_image(&self, name: &str, layers: &[&[u8]]) -> Descriptor {
+        let manifest = self.add_manifest(name, "amd64", layers);
+        self.put_image(name, manifest.clone());
+        manifest
+    }
+
+    /// Store config, layers and manifest without naming an image (a platform of an index).
+    pub fn add_manifest(&self, seed: &str, arch: &str, layers: &[&[u8]]) -> Descriptor {
+        use crate::oci::media_types::OCI_MANIFEST;
+        let config = self.add_blob(
+            "application/vnd.oci.image.config.v1+json",
+            format!(r#"{{"architecture":"{arch}","os":"linux","seed":"{seed}"}}"#),
+        );
+        let layer_descs: Vec<String> = layers
+            .iter()
+            .map(|l| {
+                let d = self.add_blob("application/vnd.oci.image.layer.v1.tar", l.to_vec());
+                descriptor_json(&d)
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
+            descriptor_json(&config),
+            layer_descs.join(",")
+        );
+        self.add_blob(OCI_MANIFEST, manifest)
+    }
+
+    /// Store an index over `manifests` (each with the given architecture) and name it `name`.
+    pub fn add_index(&self, name: &str, manifests: &[(&str, Descriptor)]) -> Descriptor {
+        use crate::oci::media_types::OCI_INDEX;
+        let entries: Vec<String> = manifests
+            .iter()
+            .map(|(arch, d)| {
+                format!(
+                    r#"{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+                    d.media_type, d.digest, d.size
+                )
+            })
+            .collect();
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        let desc = self.add_blob(OCI_INDEX, index);
+        self.put_image(name, desc.clone());
+        desc
+    }
+
     pub fn remove_blob(&self, digest: &Digest) {
         self.state().blobs.remove(digest);
         self.emit(SourceEvent::ContentDeleted(*digest));
@@ -87,6 +138,11 @@ impl MemorySource {
         self.emit(SourceEvent::ImageDeleted(name.to_string()));
     }
 
+    /// The stored bytes of a blob.
+    pub fn blob(&self, digest: &Digest) -> Option<Bytes> {
+        self.state().blobs.get(digest).cloned()
+    }
+
     pub fn set_unavailable(&self, down: bool) {
         self.state().unavailable = down;
         if down {
@@ -104,6 +160,13 @@ impl MemorySource {
             Ok(())
         }
     }
+}
+
+fn descriptor_json(d: &Descriptor) -> String {
+    format!(
+        r#"{{"mediaType":"{}","digest":"{}","size":{}}}"#,
+        d.media_type, d.digest, d.size
+    )
 }
 
 #[async_trait]

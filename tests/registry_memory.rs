@@ -1,0 +1,462 @@
+//! The registry endpoint over the in-memory content source: every route, header and error
+//! code, without containerd. The same behaviour is checked against real containerd in e2e.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peermirror::content::MemorySource;
+use peermirror::daemon::{Config, Listeners, run_with_source};
+use peermirror::oci::Digest;
+use peermirror::server::ServerLimits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+struct Node {
+    base: String,
+    ops: String,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(source: MemorySource) -> Node {
+    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = registry.local_addr().unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        containerd_sock: "/nonexistent".into(),
+        containerd_namespace: "k8s.io".into(),
+        content_dir: None,
+        limits: ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+            ..ServerLimits::default()
+        },
+    };
+    let task = tokio::spawn(run_with_source(
+        config,
+        Arc::new(source),
+        Listeners { registry, ops },
+        shutdown.clone(),
+    ));
+    let node = Node {
+        base: format!("http://{addr}"),
+        ops: format!("http://{ops_addr}"),
+        addr,
+        shutdown,
+        task,
+    };
+    wait_ready(&node, true).await;
+    node
+}
+
+async fn wait_ready(node: &Node, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = reqwest::get(format!("{}/readyz", node.ops))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if (status == 200) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz never became {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    v["errors"][0]["code"].as_str().unwrap().to_string()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+const NS: &str = "127.0.0.1:5000";
+
+#[tokio::test]
+async fn serves_manifests_blobs_and_ranges() {
+    let src = MemorySource::new();
+    let big = pattern(3 * 1024 * 1024 + 17, 1);
+    let manifest = src.add_image("127.0.0.1:5000/test/app:v1", &[&big, b"small layer"]);
+    let node = start(src.clone()).await;
+    let c = client();
+
+    let r = c.get(format!("{}/v2/", node.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+
+    // Tag resolves through ns + name + tag; HEAD and GET carry the same headers.
+    for method in [reqwest::Method::HEAD, reqwest::Method::GET] {
+        let r = c
+            .request(
+                method.clone(),
+                format!("{}/v2/test/app/manifests/v1?ns={}", node.base, NS),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            manifest.digest.to_string().as_str()
+        );
+        assert_eq!(
+            r.headers()["content-length"],
+            manifest.size.to_string().as_str()
+        );
+        let body = r.bytes().await.unwrap();
+        if method == reqwest::Method::GET {
+            assert_eq!(Digest::of(&body), manifest.digest);
+        } else {
+            assert!(body.is_empty());
+        }
+    }
+    // Without ns (or with another registry) the tag is unknown.
+    let r = c
+        .get(format!("{}/v2/test/app/manifests/v1", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = c
+        .get(format!(
+            "{}/v2/test/app/manifests/v1?ns=docker.io",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A digest is served from any repository name.
+    let r = c
+        .get(format!(
+            "{}/v2/other/repo/manifests/{}",
+            node.base, manifest.digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let layer = Digest::of(&big);
+    let url = format!("{}/v2/test/app/blobs/{layer}", node.base);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        layer.to_string().as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+
+    for (range, start, end) in [
+        ("bytes=0-99", 0usize, 99usize),
+        ("bytes=1000-", 1000, big.len() - 1),
+        ("bytes=-10", big.len() - 10, big.len() - 1),
+        ("bytes=1048570-1048590", 1048570, 1048590),
+    ] {
+        let r = c.get(&url).header("range", range).send().await.unwrap();
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {start}-{end}/{}", big.len()).as_str()
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &big[start..=end],
+            "{range}"
+        );
+    }
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={}-", big.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", big.len()).as_str()
+    );
+
+    node.shutdown.cancel();
+    node.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_errors_and_misses_are_fast() {
+    let src = MemorySource::new();
+    src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
+    let node = start(src).await;
+    let c = client();
+    let unknown = Digest::of(b"nobody has this");
+    let cases: Vec<(reqwest::Method, String, u16, &str)> = vec![
+        (
+            reqwest::Method::GET,
+            format!("/v2/test/app/blobs/{unknown}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            reqwest::Method::HEAD,
+            format!("/v2/test/app/manifests/{unknown}"),
+            404,
+            "",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/test/app/manifests/nope?ns={NS}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/Test/App/blobs/{unknown}"),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/test/app/blobs/sha256:1234".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/test/app/blobs/md5:abc".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/test/app/manifests/-x".into(),
+            400,
+            "TAG_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v2/test%2Fapp/blobs/{unknown}"),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v2/_catalog".into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/v2/test/app/manifests/v1"),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v2/test/app/blobs/uploads/".into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/test/app/blobs/{unknown}"),
+            405,
+            "UNSUPPORTED",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let started = Instant::now();
+        let r = c
+            .request(method.clone(), format!("{}{path}", node.base))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        if status == 404 {
+            assert!(took < Duration::from_millis(100), "miss took {took:?}");
+        }
+        if !code.is_empty() {
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(error_code(r).await, code, "{method} {path}");
+        }
+    }
+
+    // `..` segments are not normalised away by the server: raw request over TCP.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(
+        format!("GET /v2/a/../test/app/blobs/{unknown} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
+
+    node.shutdown.cancel();
+    node.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_clients_do_not_hurt_others() {
+    let src = MemorySource::new();
+    src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
+    let node = start(src).await;
+
+    // A 100 KB header is refused (431) or the connection closed.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    let huge = "a".repeat(100 * 1024);
+    let _ = s
+        .write_all(format!("GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").as_bytes())
+        .await;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("server must answer or close, not hang")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || head.starts_with("HTTP/1.1 431"), "got {head:?}");
+
+    // A client that stalls mid-request-line is dropped after the header timeout...
+    let mut slow = TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(b"GET /v2/te").await.unwrap();
+    // ...and meanwhile others are served.
+    let r = reqwest::get(format!("{}/v2/", node.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut b = [0u8; 64];
+        loop {
+            match slow.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "stalled client was never disconnected");
+
+    node.shutdown.cancel();
+    node.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn follows_source_changes_and_recovers_from_outage() {
+    let src = MemorySource::new();
+    let m = src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer one"]);
+    let node = start(src.clone()).await;
+    let c = client();
+    let url = |tag: &str| format!("{}/v2/test/app/manifests/{tag}?ns={NS}", node.base);
+    assert_eq!(c.get(url("v1")).send().await.unwrap().status(), 200);
+
+    // A new image appears through an event.
+    src.add_image("127.0.0.1:5000/test/app:v2", &[b"layer two"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.get(url("v2")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "v2 never indexed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Deleting v1 withdraws its manifest.
+    src.delete_image("127.0.0.1:5000/test/app:v1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.get(url("v1")).send().await.unwrap().status() != 404 {
+        assert!(Instant::now() < deadline, "v1 never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = c
+        .get(format!("{}/v2/test/app/manifests/{}", node.base, m.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The source goes away: not ready, with a reason; it comes back: ready again.
+    src.set_unavailable(true);
+    wait_ready(&node, false).await;
+    let body = reqwest::get(format!("{}/readyz", node.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("not ready"), "{body}");
+    src.set_unavailable(false);
+    wait_ready(&node, true).await;
+    assert_eq!(c.get(url("v2")).send().await.unwrap().status(), 200);
+
+    let metrics = reqwest::get(format!("{}/metrics", node.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("peermirror_requests_total"), "{metrics}");
+
+    node.shutdown.cancel();
+    node.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn multi_platform_index_with_absent_platform() {
+    let src = MemorySource::new();
+    let amd = src.add_manifest("a", "amd64", &[b"amd64 layer"]);
+    // The arm64 manifest exists in the index but not in the store (not pulled).
+    let arm = peermirror::content::Descriptor {
+        digest: Digest::of(b"absent arm64 manifest"),
+        size: 21,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+    };
+    let idx = src.add_index(
+        "127.0.0.1:5000/test/multi:v1",
+        &[("amd64", amd.clone()), ("arm64", arm.clone())],
+    );
+    let node = start(src).await;
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/test/multi/manifests/v1?ns={NS}", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        idx.digest.to_string().as_str()
+    );
+    for (d, want) in [(amd.digest, 200), (arm.digest, 404)] {
+        let r = c
+            .head(format!("{}/v2/test/multi/manifests/{d}", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{d}");
+    }
+    node.shutdown.cancel();
+    node.task.await.unwrap();
+}
