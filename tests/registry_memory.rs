@@ -272,7 +272,7 @@ async fn bad_requests_get_documented_errors_and_misses_are_fast() {
         ),
         (
             reqwest::Method::PUT,
-            format!("/v2/test/app/manifests/v1"),
+            "/v2/test/app/manifests/v1".to_string(),
             405,
             "UNSUPPORTED",
         ),
