@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod configure;
 pub mod containerd;
 pub mod content;
 pub mod daemon;

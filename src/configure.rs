@@ -1,0 +1,2 @@
+//! `peermirror configure`: writes containerd `hosts.toml` files naming this node's mirror.
+//! (Being written.)
