@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod oci;
 pub mod ops;
 pub mod registry;
+pub mod routing;
 pub mod server;
