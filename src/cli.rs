@@ -1,10 +1,13 @@
 //! Command-line flags. Every flag can also be set with an environment variable
 //! `PEERMIRROR_<FLAG>` (upper case, `-` as `_`), which is how the Helm chart configures it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::routing::Bootstrap;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the mirror daemon on this node.
     Run(Box<RunArgs>),
+    /// Write containerd hosts.toml files that name this node's mirror.
+    Configure(crate::configure::ConfigureArgs),
     /// Print the version.
     Version,
 }
@@ -62,10 +67,86 @@ pub struct RunArgs {
 
     /// How long in-flight responses may take to finish after SIGTERM.
     #[arg(long, env = "PEERMIRROR_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: std::time::Duration,
+    pub drain_timeout: Duration,
+
+    /// Address of the libp2p (DHT) listener.
+    #[arg(long, env = "PEERMIRROR_ROUTER_ADDR", default_value = "0.0.0.0:5001")]
+    pub router_addr: SocketAddr,
+
+    /// The address other nodes reach this node at, IP[:PORT] (PORT defaults to the router
+    /// port). Needed when --router-addr is 0.0.0.0; the Helm chart passes the node IP.
+    #[arg(long, env = "PEERMIRROR_ADVERTISE_ADDR", value_parser = parse_advertise)]
+    pub advertise_addr: Option<AdvertiseAddr>,
+
+    /// How to find peers: `static:<multiaddr>` (repeatable), `dns:<host>:<port>` (a headless
+    /// Service, re-resolved), or `none`.
+    #[arg(
+        long = "bootstrap",
+        env = "PEERMIRROR_BOOTSTRAP",
+        value_delimiter = ',',
+        default_value = "none"
+    )]
+    pub bootstrap: Vec<Bootstrap>,
+
+    /// Where the node keeps its identity key, so a restart keeps its PeerId.
+    #[arg(
+        long,
+        env = "PEERMIRROR_DATA_DIR",
+        default_value = "/var/lib/peermirror"
+    )]
+    pub data_dir: PathBuf,
+
+    /// How long to wait for a peer that has a missing blob before answering 404 (containerd
+    /// then goes to the upstream registry).
+    #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub mirror_resolve_timeout: Duration,
+
+    /// Resolve tags through peers (digests always are).
+    #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", default_value_t = true, action = ArgAction::Set)]
+    pub resolve_tags: bool,
+
+    /// Also resolve the `latest` tag through peers (off: it moves too often to trust a peer).
+    #[arg(long, env = "PEERMIRROR_RESOLVE_LATEST_TAG", default_value_t = false, action = ArgAction::Set)]
+    pub resolve_latest_tag: bool,
+
+    /// When the first peer has not answered by then, ask the next one too.
+    #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub mirror_hedge_delay: Duration,
+
+    /// Lifetime of this node's provider records in the DHT.
+    #[arg(long, env = "PEERMIRROR_PROVIDER_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub provider_ttl: Duration,
+
+    /// How often provider records are re-published (well under --provider-ttl).
+    #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub republish_interval: Duration,
+
+    /// libp2p private-network pre-shared key file (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex
+    /// characters): only nodes holding the same key can join the DHT.
+    #[arg(long, env = "PEERMIRROR_P2P_PSK_FILE")]
+    pub p2p_psk_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `--advertise-addr`: an IP, optionally with a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdvertiseAddr {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+fn parse_advertise(s: &str) -> Result<AdvertiseAddr, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(AdvertiseAddr {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        });
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| AdvertiseAddr { ip, port: None })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT (e.g. 10.0.0.5 or 10.0.0.5:5001)"))
 }
 
 #[derive(Args, Debug, Clone)]

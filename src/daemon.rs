@@ -1,19 +1,25 @@
-//! Wiring: `run(config, listeners, shutdown)` starts the indexer, the registry endpoint and the
-//! operations endpoint on already-bound listeners, and returns after a graceful drain.
+//! Wiring: `run(config, listeners, shutdown)` starts the indexer, the router and advertiser,
+//! the registry endpoint and the operations endpoint on already-bound listeners, and returns
+//! after a graceful drain.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::containerd::{ContainerdError, ContainerdSource};
 use crate::content::{ContentSource, Index, Indexer};
 use crate::metrics::Metrics;
+use crate::mirror::{Mirror, MirrorConfig};
 use crate::ops::Health;
 use crate::registry::Registry;
+use crate::routing::advertiser::Advertiser;
+use crate::routing::{Bootstrap, P2pConfig, P2pError, P2pRouter, Router, load_or_create_identity};
 use crate::server::{ServerLimits, serve};
 
 /// Already-bound listeners, so tests can use port 0 and read the address back.
@@ -22,17 +28,44 @@ pub struct Listeners {
     pub ops: TcpListener,
 }
 
-/// The daemon's settings, from flags (see [`RunArgs`]).
+/// How the node finds peers.
+#[derive(Clone)]
+pub enum Routing {
+    /// A standalone mirror: local content only.
+    Off,
+    /// The libp2p DHT, started by the daemon.
+    P2p(P2pSettings),
+    /// A router made by the caller (tests: in-memory, or a libp2p router they started).
+    Custom(Arc<dyn Router>, /* bootstrap is none */ bool),
+}
+
 #[derive(Clone, Debug)]
+pub struct P2pSettings {
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub bootstrap: Vec<Bootstrap>,
+    pub data_dir: PathBuf,
+    pub psk_file: Option<PathBuf>,
+    pub provider_ttl: Duration,
+    pub republish_interval: Duration,
+}
+
+/// The daemon's settings, from flags (see [`RunArgs`]).
+#[derive(Clone)]
 pub struct Config {
     pub containerd_sock: PathBuf,
     pub containerd_namespace: String,
     pub content_dir: Option<PathBuf>,
     pub limits: ServerLimits,
+    pub routing: Routing,
+    pub mirror: MirrorConfig,
 }
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Self {
+        let advertise = args
+            .advertise_addr
+            .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(args.router_addr.port())));
         Config {
             containerd_sock: args.containerd_sock.clone(),
             containerd_namespace: args.containerd_namespace.clone(),
@@ -42,6 +75,22 @@ impl Config {
                 drain_timeout: args.drain_timeout,
                 ..ServerLimits::default()
             },
+            routing: Routing::P2p(P2pSettings {
+                listen: args.router_addr,
+                advertise,
+                bootstrap: args.bootstrap.clone(),
+                data_dir: args.data_dir.clone(),
+                psk_file: args.p2p_psk_file.clone(),
+                provider_ttl: args.provider_ttl,
+                republish_interval: args.republish_interval,
+            }),
+            mirror: MirrorConfig {
+                resolve_timeout: args.mirror_resolve_timeout,
+                resolve_tags: args.resolve_tags,
+                resolve_latest_tag: args.resolve_latest_tag,
+                hedge_delay: args.mirror_hedge_delay,
+                ..MirrorConfig::default()
+            },
         }
     }
 }
@@ -50,6 +99,14 @@ impl Config {
 pub enum DaemonError {
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    #[error(transparent)]
+    P2p(#[from] P2pError),
+    #[error("cannot read --p2p-psk-file {path}: {reason}")]
+    Psk { path: String, reason: String },
+    #[error("cannot build the peer HTTP client: {0}")]
+    Client(String),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Run against the containerd the config names.
@@ -64,8 +121,20 @@ pub async fn run(
         &config.containerd_namespace,
         content_dir,
     )?;
-    run_with_source(config, Arc::new(source), listeners, shutdown).await;
-    Ok(())
+    run_with_source(config, Arc::new(source), listeners, shutdown).await
+}
+
+fn read_psk(path: &std::path::Path) -> Result<libp2p::pnet::PreSharedKey, DaemonError> {
+    let err = |reason: String| DaemonError::Psk {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    text.trim().parse().map_err(|e| {
+        err(format!(
+            "{e:?}; expected /key/swarm/psk/1.0.0/, /base16/ and 64 hex characters"
+        ))
+    })
 }
 
 /// Run against any content source (tests pass a [`crate::content::MemorySource`]).
@@ -74,11 +143,41 @@ pub async fn run_with_source(
     source: Arc<dyn ContentSource>,
     listeners: Listeners,
     shutdown: CancellationToken,
-) {
+) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let index = Arc::new(Index::new());
     let indexer = Indexer::new(source.clone(), index.clone());
     let readiness = indexer.readiness();
+    let mut tasks = Vec::new();
+
+    let (router, bootstrap_none, router_task): (Option<Arc<dyn Router>>, bool, _) =
+        match &config.routing {
+            Routing::Off => (None, true, None),
+            Routing::Custom(r, none) => (Some(r.clone()), *none, None),
+            Routing::P2p(p) => {
+                let registry_port = listeners
+                    .registry
+                    .local_addr()
+                    .map_err(DaemonError::Listener)?
+                    .port();
+                let psk = p.psk_file.as_deref().map(read_psk).transpose()?;
+                let p2p = P2pConfig {
+                    listen: p.listen,
+                    advertise: p.advertise,
+                    registry_port,
+                    bootstrap: p.bootstrap.clone(),
+                    keypair: load_or_create_identity(&p.data_dir)?,
+                    psk,
+                    provider_ttl: p.provider_ttl,
+                    republish_interval: p.republish_interval,
+                };
+                let none = p.bootstrap.iter().all(|b| *b == Bootstrap::None);
+                let (router, task) = P2pRouter::start(p2p, metrics.clone(), shutdown.clone())?;
+                tracing::info!(peer_id = %router.peer_id(), "router started");
+                (Some(Arc::new(router) as Arc<dyn Router>), none, Some(task))
+            }
+        };
+    tasks.extend(router_task);
 
     let mut health = Health::new(metrics.clone());
     {
@@ -98,11 +197,47 @@ pub async fn run_with_source(
             }
         }));
     }
-    let health = Arc::new(health);
-    let registry = Arc::new(Registry::new(index, source, metrics));
 
-    let indexer_task = tokio::spawn(indexer.run(shutdown.clone()));
-    let registry_task = tokio::spawn(serve(
+    let mirror = match &router {
+        None => None,
+        Some(router) => {
+            let (done_tx, done_rx) = watch::channel(false);
+            let advertiser = Advertiser {
+                index: index.clone(),
+                router: router.clone(),
+                metrics: metrics.clone(),
+                advertise_tags: config.mirror.resolve_tags,
+                done: done_tx,
+            };
+            tasks.push(tokio::spawn(
+                advertiser.run(readiness.clone(), shutdown.clone()),
+            ));
+            let r = router.clone();
+            health.add_check(Box::new(move || {
+                if !*done_rx.borrow() {
+                    Some("first advertisement not done".into())
+                } else if !bootstrap_none && r.peer_count() == 0 {
+                    Some("no peers connected".into())
+                } else {
+                    None
+                }
+            }));
+            let client =
+                Mirror::default_client().map_err(|e| DaemonError::Client(e.to_string()))?;
+            Some(Mirror::new(
+                router.clone(),
+                client,
+                metrics.clone(),
+                config.mirror.clone(),
+            ))
+        }
+    };
+
+    let health = Arc::new(health);
+    let registry = Arc::new(Registry::new(index, source, metrics, mirror));
+
+    tasks.push(tokio::spawn(indexer.run(shutdown.clone())));
+    tasks.push(tokio::spawn(serve(
         listeners.registry,
         move |req, remote| {
             let registry = registry.clone();
@@ -110,13 +245,13 @@ pub async fn run_with_source(
         },
         config.limits.clone(),
         shutdown.clone(),
-    ));
+    )));
     let ops_limits = ServerLimits {
         max_connections: 64,
         drain_timeout: Duration::from_secs(1),
         ..ServerLimits::default()
     };
-    let ops_task = tokio::spawn(serve(
+    tasks.push(tokio::spawn(serve(
         listeners.ops,
         move |req, remote| {
             let health = health.clone();
@@ -124,8 +259,11 @@ pub async fn run_with_source(
         },
         ops_limits,
         shutdown.clone(),
-    ));
-    let _ = tokio::join!(indexer_task, registry_task, ops_task);
+    )));
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
 }
 
 fn usable_content_dir(dir: &std::path::Path) -> bool {

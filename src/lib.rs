@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod content;
 pub mod daemon;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod ops;
 pub mod registry;

@@ -19,6 +19,11 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Configure(args) => {
+            let report = peermirror::configure::run(&args)?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Version => {
             println!("peermirror {}", env!("CARGO_PKG_VERSION"));
             Ok(())

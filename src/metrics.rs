@@ -9,7 +9,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Where the bytes of a response came from.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Source {
     /// This node's containerd.
     Local,
@@ -29,6 +29,16 @@ impl Source {
             Source::Miss => "miss",
             Source::None => "none",
         }
+    }
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
     }
 }
 

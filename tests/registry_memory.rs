@@ -2,78 +2,21 @@
 //! code, without containerd. The same behaviour is checked against real containerd in e2e.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use peermirror::content::MemorySource;
-use peermirror::daemon::{Config, Listeners, run_with_source};
+use peermirror::daemon::Routing;
+use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
-use peermirror::server::ServerLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
-struct Node {
-    base: String,
-    ops: String,
-    addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
+use support::{client, config, start, wait_ready};
 
-async fn start(source: MemorySource) -> Node {
-    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = registry.local_addr().unwrap();
-    let ops_addr = ops.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let config = Config {
-        containerd_sock: "/nonexistent".into(),
-        containerd_namespace: "k8s.io".into(),
-        content_dir: None,
-        limits: ServerLimits {
-            header_read_timeout: Duration::from_secs(2),
-            drain_timeout: Duration::from_secs(5),
-            ..ServerLimits::default()
-        },
-    };
-    let task = tokio::spawn(run_with_source(
-        config,
-        Arc::new(source),
-        Listeners { registry, ops },
-        shutdown.clone(),
-    ));
-    let node = Node {
-        base: format!("http://{addr}"),
-        ops: format!("http://{ops_addr}"),
-        addr,
-        shutdown,
-        task,
-    };
-    wait_ready(&node, true).await;
-    node
-}
-
-async fn wait_ready(node: &Node, want: bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = reqwest::get(format!("{}/readyz", node.ops))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if (status == 200) == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "readyz never became {want}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+fn local_config() -> peermirror::daemon::Config {
+    config(Routing::Off, MirrorConfig::default())
 }
 
 async fn error_code(resp: reqwest::Response) -> String {
@@ -94,7 +37,7 @@ async fn serves_manifests_blobs_and_ranges() {
     let src = MemorySource::new();
     let big = pattern(3 * 1024 * 1024 + 17, 1);
     let manifest = src.add_image("127.0.0.1:5000/test/app:v1", &[&big, b"small layer"]);
-    let node = start(src.clone()).await;
+    let node = start(src.clone(), local_config()).await;
     let c = client();
 
     let r = c.get(format!("{}/v2/", node.base)).send().await.unwrap();
@@ -204,15 +147,14 @@ async fn serves_manifests_blobs_and_ranges() {
         format!("bytes */{}", big.len()).as_str()
     );
 
-    node.shutdown.cancel();
-    node.task.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
 async fn bad_requests_get_documented_errors_and_misses_are_fast() {
     let src = MemorySource::new();
     src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
-    let node = start(src).await;
+    let node = start(src, local_config()).await;
     let c = client();
     let unknown = Digest::of(b"nobody has this");
     let cases: Vec<(reqwest::Method, String, u16, &str)> = vec![
@@ -318,15 +260,14 @@ async fn bad_requests_get_documented_errors_and_misses_are_fast() {
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
 
-    node.shutdown.cancel();
-    node.task.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
 async fn hostile_clients_do_not_hurt_others() {
     let src = MemorySource::new();
     src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
-    let node = start(src).await;
+    let node = start(src, local_config()).await;
 
     // A 100 KB header is refused (431) or the connection closed.
     let mut s = TcpStream::connect(node.addr).await.unwrap();
@@ -360,15 +301,14 @@ async fn hostile_clients_do_not_hurt_others() {
     .await;
     assert!(closed.is_ok(), "stalled client was never disconnected");
 
-    node.shutdown.cancel();
-    node.task.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
 async fn follows_source_changes_and_recovers_from_outage() {
     let src = MemorySource::new();
     let m = src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer one"]);
-    let node = start(src.clone()).await;
+    let node = start(src.clone(), local_config()).await;
     let c = client();
     let url = |tag: &str| format!("{}/v2/test/app/manifests/{tag}?ns={NS}", node.base);
     assert_eq!(c.get(url("v1")).send().await.unwrap().status(), 200);
@@ -416,8 +356,7 @@ async fn follows_source_changes_and_recovers_from_outage() {
         .unwrap();
     assert!(metrics.contains("peermirror_requests_total"), "{metrics}");
 
-    node.shutdown.cancel();
-    node.task.await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -434,7 +373,7 @@ async fn multi_platform_index_with_absent_platform() {
         "127.0.0.1:5000/test/multi:v1",
         &[("amd64", amd.clone()), ("arm64", arm.clone())],
     );
-    let node = start(src).await;
+    let node = start(src, local_config()).await;
     let c = client();
     let r = c
         .get(format!("{}/v2/test/multi/manifests/v1?ns={NS}", node.base))
@@ -457,6 +396,5 @@ async fn multi_platform_index_with_absent_platform() {
             .unwrap();
         assert_eq!(r.status(), want, "{d}");
     }
-    node.shutdown.cancel();
-    node.task.await.unwrap();
+    node.stop().await;
 }

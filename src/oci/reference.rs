@@ -179,6 +179,11 @@ impl TagKey {
         &self.0
     }
 
+    /// The registry part (`host[:port]`), what containerd sends as `ns`.
+    pub fn registry(&self) -> &str {
+        self.0.split_once('/').map(|(r, _)| r).unwrap_or_default()
+    }
+
     /// The tag part.
     pub fn tag(&self) -> &str {
         self.0.rsplit_once(':').map(|(_, t)| t).unwrap_or_default()
@@ -293,6 +298,7 @@ mod tests {
         .unwrap();
         assert_eq!(k.as_str(), "127.0.0.1:5000/test/app:v1");
         assert_eq!(k.tag(), "v1");
+        assert_eq!(k.registry(), "127.0.0.1:5000");
         assert_eq!(k.as_str().parse::<TagKey>().unwrap(), k);
         assert_eq!(
             TagKey::from_image_name("127.0.0.1:5000/test/app:v1"),

@@ -20,7 +20,8 @@ pub use routes::{Route, parse as parse_route};
 
 use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::metrics::{Metrics, RequestLabels, Source};
-use crate::oci::{ByteRange, Digest, ErrorCode, OciError, RangeError, Reference, TagKey};
+use crate::mirror::{MIRRORED_HEADER, Mirror, MirrorError, Target};
+use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeError, Reference, TagKey};
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
@@ -30,6 +31,8 @@ pub struct Registry {
     index: Arc<Index>,
     source: Arc<dyn ContentSource>,
     metrics: Arc<Metrics>,
+    /// Serves local misses from peers; `None` runs a local-only mirror.
+    mirror: Option<Arc<Mirror>>,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -66,12 +69,32 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// 416 with the `Content-Range: bytes */SIZE` that RFC 9110 asks for.
+    fn unsatisfiable(size: u64, route: &'static str) -> Self {
+        let mut a = Answer::error(
+            OciError::new(ErrorCode::RangeInvalid, "requested range not satisfiable"),
+            route,
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            a.response.headers_mut().insert(CONTENT_RANGE, v);
+        }
+        a
+    }
+}
+
 impl Registry {
-    pub fn new(index: Arc<Index>, source: Arc<dyn ContentSource>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        index: Arc<Index>,
+        source: Arc<dyn ContentSource>,
+        metrics: Arc<Metrics>,
+        mirror: Option<Arc<Mirror>>,
+    ) -> Self {
         Registry {
             index,
             source,
             metrics,
+            mirror,
         }
     }
 
@@ -135,36 +158,79 @@ impl Registry {
                 }
             }
             Route::Manifest { name, reference } => {
-                let digest = match reference {
-                    Reference::Digest(d) => Some(d),
-                    Reference::Tag(tag) => {
-                        let ns = query_param(req.uri().query(), "ns");
-                        ns.and_then(|ns| TagKey::new(&ns, &name, &tag).ok())
-                            .and_then(|key| self.index.resolve(&key))
-                    }
+                let ns = query_param(req.uri().query(), "ns");
+                let tag_key = match (&reference, &ns) {
+                    (Reference::Tag(tag), Some(ns)) => TagKey::new(ns, &name, tag).ok(),
+                    _ => None,
                 };
-                let found = digest.and_then(|d| self.index.stat(&d));
-                match found {
-                    Some(desc) => self.serve(req, desc, "manifest").await,
-                    None => Answer::error(
-                        OciError::new(
-                            ErrorCode::ManifestUnknown,
-                            "manifest unknown to this mirror",
-                        ),
-                        "manifest",
-                    ),
+                let digest = match &reference {
+                    Reference::Digest(d) => Some(*d),
+                    Reference::Tag(_) => tag_key.as_ref().and_then(|k| self.index.resolve(k)),
+                };
+                if let Some(desc) = digest.and_then(|d| self.index.stat(&d)) {
+                    return self.serve(req, desc, "manifest").await;
+                }
+                let target = match (reference, tag_key) {
+                    (Reference::Digest(d), _) => Some(Target::ManifestDigest(d)),
+                    (Reference::Tag(tag), Some(key)) => Some(Target::ManifestTag(key, tag)),
+                    (Reference::Tag(_), None) => None,
+                };
+                let miss = OciError::new(
+                    ErrorCode::ManifestUnknown,
+                    "manifest unknown to this mirror",
+                );
+                match target {
+                    Some(t) => self.ask_peers(req, &name, t, "manifest", miss).await,
+                    None => Answer::error(miss, "manifest"),
                 }
             }
-            Route::Blob { digest, .. } => match self.index.stat(&digest) {
+            Route::Blob { name, digest } => match self.index.stat(&digest) {
                 Some(desc) => self.serve(req, desc, "blob").await,
-                None => Answer::error(
-                    OciError::new(
+                None => {
+                    let miss = OciError::new(
                         ErrorCode::BlobUnknown,
                         format!("blob {digest} unknown to this mirror"),
-                    ),
-                    "blob",
-                ),
+                    );
+                    self.ask_peers(req, &name, Target::Blob(digest), "blob", miss)
+                        .await
+                }
             },
+        }
+    }
+
+    /// A local miss: ask peers, unless this request came from a peer (then it is a miss here,
+    /// never forwarded again, so requests cannot loop).
+    async fn ask_peers<B>(
+        &self,
+        req: &Request<B>,
+        name: &Name,
+        target: Target,
+        route: &'static str,
+        miss: OciError,
+    ) -> Answer {
+        let mirrored = req.headers().contains_key(MIRRORED_HEADER);
+        let Some(mirror) = self.mirror.as_ref().filter(|_| !mirrored) else {
+            return Answer::error(miss, route);
+        };
+        let head = req.method() == Method::HEAD;
+        let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
+        match mirror.fetch(name, target, head, range).await {
+            Ok(f) => {
+                let mut response = Response::new(match f.body {
+                    Some(s) => body::stream(s),
+                    None => body::empty(),
+                });
+                *response.status_mut() = f.status;
+                *response.headers_mut() = f.headers;
+                Answer {
+                    response,
+                    source: Source::Peer,
+                    route,
+                    expected: f.expected_len,
+                }
+            }
+            Err(MirrorError::NotFound) => Answer::error(miss, route),
+            Err(MirrorError::RangeNotSatisfiable(size)) => Answer::unsatisfiable(size, route),
         }
     }
 
@@ -176,16 +242,7 @@ impl Registry {
                 Ok(r) => Some(r),
                 // RFC 9110: a malformed Range may be ignored; serve the whole blob.
                 Err(RangeError::Malformed) => None,
-                Err(RangeError::Unsatisfiable) => {
-                    let mut a = Answer::error(
-                        OciError::new(ErrorCode::RangeInvalid, "requested range not satisfiable"),
-                        route,
-                    );
-                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", desc.size)) {
-                        a.response.headers_mut().insert(CONTENT_RANGE, v);
-                    }
-                    return a;
-                }
+                Err(RangeError::Unsatisfiable) => return Answer::unsatisfiable(desc.size, route),
             },
         };
         let (status, offset, len) = match range {

@@ -51,7 +51,10 @@ impl Advertiser {
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "index changes lagged; re-advertising everything");
+                    tracing::warn!(
+                        missed = n,
+                        "index changes lagged; re-advertising everything"
+                    );
                     self.full_pass().await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -65,12 +68,22 @@ impl Advertiser {
     }
 
     fn count(&self) -> i64 {
-        let n = self.index.blob_count() + if self.advertise_tags { self.index.tag_count() } else { 0 };
+        let n = self.index.blob_count()
+            + if self.advertise_tags {
+                self.index.tag_count()
+            } else {
+                0
+            };
         i64::try_from(n).unwrap_or(i64::MAX)
     }
 
     async fn full_pass(&self) {
-        let keys: Vec<Key> = self.index.keys().into_iter().filter(|k| self.wanted(k)).collect();
+        let keys: Vec<Key> = self
+            .index
+            .keys()
+            .into_iter()
+            .filter(|k| self.wanted(k))
+            .collect();
         let total = keys.len();
         for batch in keys.chunks(BATCH) {
             // One failing key is logged by the router, never fatal.

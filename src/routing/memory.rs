@@ -54,7 +54,12 @@ impl Router for MemoryRouter {
             .network
             .lock()
             .get(key)
-            .map(|s| s.iter().filter(|p| p.peer != self.me.peer).cloned().collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|p| p.peer != self.me.peer)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         let (tx, rx) = mpsc::channel(found.len().max(1));
         let mut sorted = found;

@@ -21,7 +21,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, identity, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, identity, noise, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -75,10 +77,11 @@ impl FromStr for Bootstrap {
             return Ok(Bootstrap::None);
         }
         if let Some(addr) = s.strip_prefix("static:") {
-            return addr
-                .parse()
-                .map(Bootstrap::Static)
-                .map_err(|e| format!("static bootstrap {addr:?} is not a multiaddr like /ip4/10.0.0.2/tcp/5001: {e}"));
+            return addr.parse().map(Bootstrap::Static).map_err(|e| {
+                format!(
+                    "static bootstrap {addr:?} is not a multiaddr like /ip4/10.0.0.2/tcp/5001: {e}"
+                )
+            });
         }
         if let Some(rest) = s.strip_prefix("dns:") {
             let (host, port) = rest
@@ -160,7 +163,9 @@ pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, P2pError
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io_err)?;
-            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err)?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(io_err)?;
             std::fs::rename(&tmp, &path).map_err(io_err)?;
             Ok(key)
         }
@@ -257,7 +262,10 @@ impl P2pRouter {
 
     /// Addresses the transport is listening on, with `/p2p/<PeerId>` appended.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.listen_addrs.lock().map(|v| v.clone()).unwrap_or_default()
+        self.listen_addrs
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     pub async fn peers(&self) -> Vec<PeerStatus> {
@@ -286,7 +294,10 @@ impl Router for P2pRouter {
 
     async fn advertise(&self, keys: Vec<Key>) -> Result<(), RouterError> {
         let (reply, rx) = oneshot::channel();
-        let keys = keys.iter().map(|k| RecordKey::new(&record_key(k))).collect();
+        let keys = keys
+            .iter()
+            .map(|k| RecordKey::new(&record_key(k)))
+            .collect();
         self.commands
             .send(Command::Provide { keys, reply })
             .await
@@ -302,7 +313,10 @@ impl Router for P2pRouter {
     }
 
     async fn withdraw(&self, keys: Vec<Key>) -> Result<(), RouterError> {
-        let keys = keys.iter().map(|k| RecordKey::new(&record_key(k))).collect();
+        let keys = keys
+            .iter()
+            .map(|k| RecordKey::new(&record_key(k)))
+            .collect();
         self.commands
             .send(Command::Withdraw { keys })
             .await
@@ -332,8 +346,15 @@ fn multiaddr_ip(addr: &Multiaddr) -> Option<IpAddr> {
 
 /// identify's agent string carries the registry endpoint: `peermirror/<ver> registry=[IP]:PORT`.
 fn agent_version(config: &P2pConfig) -> String {
-    let ip = config.advertise.map(|a| a.ip().to_string()).unwrap_or_default();
-    let ip = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    let ip = config
+        .advertise
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let ip = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
     format!(
         "peermirror/{} registry={ip}:{}",
         env!("CARGO_PKG_VERSION"),
@@ -343,7 +364,9 @@ fn agent_version(config: &P2pConfig) -> String {
 
 /// The registry endpoint a peer announced; a missing IP means "the IP you reached me at".
 fn parse_registry(agent: &str, conn_ip: Option<IpAddr>) -> Option<SocketAddr> {
-    let spec = agent.split_whitespace().find_map(|w| w.strip_prefix("registry="))?;
+    let spec = agent
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("registry="))?;
     if let Ok(sa) = spec.parse::<SocketAddr>() {
         return Some(sa);
     }
@@ -567,7 +590,8 @@ impl EventLoop {
         };
         if state.sent.is_empty() && state.attempt < LOOKUP_RETRIES && !state.tx.is_closed() {
             // Routing tables may still be filling: try again shortly.
-            self.retries.push((Instant::now() + LOOKUP_RETRY_DELAY, state));
+            self.retries
+                .push((Instant::now() + LOOKUP_RETRY_DELAY, state));
         }
     }
 
@@ -586,7 +610,10 @@ impl EventLoop {
                 let remote = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     // A dialled address is a listen address of the peer: routable.
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, remote.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, remote.clone());
                 }
                 let entry = self.known.entry(peer_id).or_insert_with(|| KnownPeer {
                     conn_ip: multiaddr_ip(&remote),
@@ -633,7 +660,9 @@ impl EventLoop {
                 step,
                 ..
             })) => match result {
-                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
+                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                    providers, ..
+                })) => {
                     self.on_providers(id, providers);
                     if step.last {
                         self.on_lookup_finished(id);
@@ -735,7 +764,9 @@ impl EventLoop {
             .collect();
         for addr in statics {
             let opts = match addr.iter().last() {
-                Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build(),
+                Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .build(),
                 _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
             };
             if let Err(e) = self.swarm.dial(opts) {
@@ -763,7 +794,9 @@ impl EventLoop {
                         Ok(Ok(addrs)) => {
                             let _ = tx.send(addrs.map(socket_multiaddr).collect()).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%host, error = %e, "bootstrap DNS lookup failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%host, error = %e, "bootstrap DNS lookup failed")
+                        }
                         Err(_) => tracing::debug!(%host, "bootstrap DNS lookup timed out"),
                     }
                 });
@@ -781,7 +814,9 @@ impl EventLoop {
             .chain(self.swarm.external_addresses().filter_map(multiaddr_ip))
             .collect();
         for addr in addrs {
-            let Some(ip) = multiaddr_ip(&addr) else { continue };
+            let Some(ip) = multiaddr_ip(&addr) else {
+                continue;
+            };
             if connected.contains(&ip) || own.contains(&ip) {
                 continue;
             }
@@ -810,7 +845,14 @@ mod tests {
                 port: 5001
             })
         );
-        for bad in ["", "static:nope", "dns:host", "dns::1", "dns:h:x", "tcp:1.2.3.4"] {
+        for bad in [
+            "",
+            "static:nope",
+            "dns:host",
+            "dns::1",
+            "dns:h:x",
+            "tcp:1.2.3.4",
+        ] {
             assert!(bad.parse::<Bootstrap>().is_err(), "{bad}");
         }
     }
@@ -827,7 +869,10 @@ mod tests {
             Some("10.1.1.1:5443".parse().unwrap())
         );
         assert_eq!(parse_registry("peermirror/0.1.0", Some(ip)), None);
-        assert_eq!(parse_registry("peermirror/0.1.0 registry=:x", Some(ip)), None);
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=:x", Some(ip)),
+            None
+        );
     }
 
     #[test]
@@ -837,7 +882,10 @@ mod tests {
         let b = load_or_create_identity(dir.path()).unwrap();
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("identity.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("identity.key"), b"garbage").unwrap();
         assert!(matches!(

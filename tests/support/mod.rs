@@ -1,0 +1,209 @@
+//! In-process nodes for integration tests: in-memory content, any router, real HTTP on
+//! loopback. (End-to-end tests with real containerd live in `tests/common` and `e2e_*`.)
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use peermirror::content::MemorySource;
+use peermirror::daemon::{Config, Listeners, Routing, run_with_source};
+use peermirror::mirror::MirrorConfig;
+use peermirror::server::ServerLimits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Node {
+    pub base: String,
+    pub ops: String,
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), peermirror::daemon::DaemonError>>,
+}
+
+impl Node {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
+    Config {
+        containerd_sock: "/nonexistent".into(),
+        containerd_namespace: "k8s.io".into(),
+        content_dir: None,
+        limits: ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+            ..ServerLimits::default()
+        },
+        routing,
+        mirror,
+    }
+}
+
+/// Start a node on already-bound listeners (so a router can learn the registry port first).
+pub async fn start_on(registry: TcpListener, source: MemorySource, config: Config) -> Node {
+    init_logs();
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = registry.local_addr().unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_with_source(
+        config,
+        Arc::new(source),
+        Listeners { registry, ops },
+        shutdown.clone(),
+    ));
+    Node {
+        base: format!("http://{addr}"),
+        ops: format!("http://{ops_addr}"),
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=peermirror=debug).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn start(source: MemorySource, config: Config) -> Node {
+    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = start_on(registry, source, config).await;
+    wait_ready(&node, true).await;
+    node
+}
+
+pub async fn wait_ready(node: &Node, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = reqwest::get(format!("{}/readyz", node.ops))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if (status == 200) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz never became {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// How a fake peer misbehaves.
+#[derive(Clone)]
+pub enum FakePeer {
+    /// Sends the right headers, then only the first `cut` bytes, then drops the connection.
+    CutShort { data: Bytes, cut: usize },
+    /// Sends the right length of wrong bytes.
+    Corrupt { len: usize, digest: String },
+    /// Waits before answering, then serves correctly.
+    Slow { data: Bytes, delay: Duration },
+}
+
+/// Start a fake peer registry on loopback; returns its address. Requests counted in `hits`.
+pub async fn fake_peer(
+    kind: FakePeer,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let handler = move |req: http::Request<hyper::body::Incoming>, _remote: SocketAddr| {
+        let kind = kind.clone();
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head = req.method() == http::Method::HEAD;
+            let (digest, len, body): (String, usize, peermirror::registry::Body) = match kind {
+                FakePeer::CutShort { data, cut } => {
+                    let digest = peermirror::oci::Digest::of(&data).to_string();
+                    let part = data.slice(..cut);
+                    let s = futures_util::stream::iter(vec![
+                        Ok(Frame::data(part)),
+                        Err(std::io::Error::other("cut")),
+                    ]);
+                    (
+                        digest,
+                        data.len(),
+                        BodyExt::boxed_unsync(StreamBody::new(s)),
+                    )
+                }
+                FakePeer::Corrupt { len, digest } => {
+                    let data = Bytes::from(vec![0x5au8; len]);
+                    (
+                        digest,
+                        len,
+                        Full::new(data).map_err(|n| match n {}).boxed_unsync(),
+                    )
+                }
+                FakePeer::Slow { data, delay } => {
+                    tokio::time::sleep(delay).await;
+                    let digest = peermirror::oci::Digest::of(&data).to_string();
+                    let len = data.len();
+                    (
+                        digest,
+                        len,
+                        Full::new(data).map_err(|n| match n {}).boxed_unsync(),
+                    )
+                }
+            };
+            let body = if head {
+                http_body_util::Empty::new()
+                    .map_err(|n| match n {})
+                    .boxed_unsync()
+            } else {
+                body
+            };
+            http::Response::builder()
+                .header("content-length", len)
+                .header("docker-content-digest", digest)
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .unwrap()
+        }
+    };
+    tokio::spawn(peermirror::server::serve(
+        listener,
+        handler,
+        ServerLimits::default(),
+        stop.clone(),
+    ));
+    (addr, stop)
+}
