@@ -115,7 +115,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let content_dir = config.content_dir.clone().filter(|d| usable_content_dir(d));
+    if let Some(dir) = &config.content_dir {
+        check_content_dir(dir);
+    }
+    let content_dir = config.content_dir.clone();
     let source = ContainerdSource::new(
         &config.containerd_sock,
         &config.containerd_namespace,
@@ -266,12 +269,10 @@ pub async fn run_with_source(
     Ok(())
 }
 
-fn usable_content_dir(dir: &std::path::Path) -> bool {
-    match std::fs::read_dir(dir.join("blobs/sha256")) {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "content dir not readable; reading blobs over gRPC");
-            false
-        }
+/// Warn early about a content dir we cannot read. It is still used: on a fresh containerd
+/// `blobs/sha256` appears only with the first blob, and each read falls back to gRPC anyway.
+fn check_content_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::read_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "content dir not readable; blobs will be read over gRPC");
     }
 }

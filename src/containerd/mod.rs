@@ -18,7 +18,7 @@ use containerd_client::services::v1::{
     GetImageRequest, ImageCreate, ImageDelete, ImageUpdate, InfoRequest, ListImagesRequest,
     ReadContentRequest, SubscribeRequest,
 };
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -35,6 +35,10 @@ pub const READ_CHUNK: usize = 1024 * 1024;
 /// Unary calls to a local daemon that take longer than this mean it is wedged.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events buffered between containerd and the indexer.
+const EVENT_QUEUE: usize = 1024;
+/// Time for containerd to register a new subscriber before we list images.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(50);
 /// containerd answers reads in chunks of up to 1 MiB; leave room above that.
 const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
@@ -227,17 +231,41 @@ impl ContentSource for ContainerdSource {
                 format!(r#"namespace=="{ns}",topic=="/content/delete""#),
             ],
         };
-        let stream = EventsClient::new(self.channel.clone())
-            .subscribe(self.request(req, None))
-            .await
-            .map_err(|s| status_error(s, None))?
-            .into_inner();
-        Ok(Box::pin(stream.filter_map(|item| async move {
-            match item {
-                Ok(env) => decode_event(&env.topic, env.event.map(|a| a.value)),
-                Err(s) => Some(Err(status_error(s, None))),
+        // containerd sends the response headers of Subscribe together with the first event,
+        // so awaiting the call would block until something happens. Run it in a task that
+        // forwards events; the request reaches containerd at once, and the short wait below
+        // lets it register the subscriber before the caller lists images.
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let mut client = EventsClient::new(self.channel.clone());
+        let req = self.request(req, None);
+        tokio::spawn(async move {
+            let mut stream = match client.subscribe(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    let _ = tx.send(Err(status_error(s, None))).await;
+                    return;
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    _ = tx.closed() => return,
+                    m = stream.message() => m,
+                };
+                let ev = match item {
+                    Ok(Some(env)) => match decode_event(&env.topic, env.event.map(|a| a.value)) {
+                        Some(ev) => ev,
+                        None => continue,
+                    },
+                    Ok(None) => return,
+                    Err(s) => Err(status_error(s, None)),
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
             }
-        })))
+        });
+        tokio::time::sleep(SUBSCRIBE_SETTLE).await;
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 

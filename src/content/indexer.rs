@@ -40,6 +40,8 @@ const MAX_BLOBS_PER_IMAGE: usize = 10_000;
 const MAX_DEPTH: usize = 4;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A full re-listing now and then repairs anything an event stream may have missed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 impl Indexer {
     pub fn new(source: Arc<dyn ContentSource>, index: Arc<Index>) -> Self {
@@ -87,16 +89,22 @@ impl Indexer {
         }
     }
 
-    /// One connected period: returns when the source fails or the event stream ends.
-    async fn sync_and_follow(&self) -> Result<(), SourceError> {
-        // Subscribe first so nothing that happens during the listing is missed.
-        let mut events = self.source.subscribe().await?;
+    /// List every image, walk it, and replace the index with the result.
+    async fn full_sync(&self) -> Result<(), SourceError> {
         let images = self.source.list_images().await?;
         let mut walked = Vec::with_capacity(images.len());
         for image in &images {
             walked.push(walk_image(self.source.as_ref(), image).await?);
         }
         self.index.replace_all(walked);
+        Ok(())
+    }
+
+    /// One connected period: returns when the source fails or the event stream ends.
+    async fn sync_and_follow(&self) -> Result<(), SourceError> {
+        // Subscribe first so nothing that happens during the listing is missed.
+        let mut events = self.source.subscribe().await?;
+        self.full_sync().await?;
         tracing::info!(
             images = self.index.image_count(),
             blobs = self.index.blob_count(),
@@ -108,7 +116,19 @@ impl Indexer {
             loaded: true,
             reason: None,
         });
-        while let Some(event) = events.next().await {
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.tick().await;
+        loop {
+            let event = tokio::select! {
+                e = events.next() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                _ = resync.tick() => {
+                    self.full_sync().await?;
+                    continue;
+                }
+            };
             match event? {
                 SourceEvent::ImageChanged(name) => match self.source.get_image(&name).await? {
                     Some(image) => {
