@@ -11,6 +11,7 @@
 //! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cli;
 pub mod configure;
 pub mod containerd;

@@ -20,8 +20,12 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Configure(args) => {
+            init_tracing(&LogArgs {
+                log_format: LogFormat::Text,
+                log_level: "warn".into(),
+            })?;
             let report = peermirror::configure::run(&args)?;
-            println!("{report}");
+            print!("{report}");
             Ok(())
         }
         Command::Version => {

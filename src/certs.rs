@@ -1,0 +1,1 @@
+//! `peermirror certs`: a small cluster CA with rcgen (being written).
