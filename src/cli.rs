@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::AuthMode;
 use crate::routing::Bootstrap;
+use crate::tls::CrlExpired;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +28,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Write containerd hosts.toml files that name this node's mirror.
     Configure(crate::configure::ConfigureArgs),
+    /// A small cluster CA: init-ca, issue, revoke, crl, inspect.
+    Certs(crate::certs::CertsArgs),
     /// Print the version.
     Version,
 }
@@ -127,7 +131,64 @@ pub struct RunArgs {
     pub p2p_psk_file: Option<PathBuf>,
 
     #[command(flatten)]
+    pub security: SecurityArgs,
+
+    /// Most uploads (response bodies) at once; beyond it requests get 503 with Retry-After.
+    /// 0 = unlimited.
+    #[arg(long, env = "PEERMIRROR_MAX_CONCURRENT_UPLOADS", default_value_t = 64)]
+    pub max_concurrent_uploads: usize,
+
+    /// Egress cap in bytes per second shared by all uploads. 0 = unlimited.
+    #[arg(long, env = "PEERMIRROR_MAX_EGRESS_BPS", default_value_t = 0)]
+    pub max_egress_bps: u64,
+
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Who may use the registry endpoint, and the TLS material for it and for peer fetches.
+#[derive(Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// How clients authenticate: mtls, token, mtls+token, or none (needs --insecure-no-auth).
+    #[arg(long, env = "PEERMIRROR_AUTH_MODE", value_enum, default_value_t = AuthMode::Mtls)]
+    pub auth_mode: AuthMode,
+
+    /// Allow --auth-mode none: anyone who reaches the port can pull through this node.
+    #[arg(long, env = "PEERMIRROR_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Server certificate (PEM chain) for the registry endpoint; also presented to peers.
+    #[arg(long, env = "PEERMIRROR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "PEERMIRROR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Cluster CA (PEM): when given, clients must present a certificate it signed.
+    #[arg(long, env = "PEERMIRROR_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// CA for peers' server certificates (default: --tls-client-ca).
+    #[arg(long, env = "PEERMIRROR_TLS_PEER_CA")]
+    pub tls_peer_ca: Option<PathBuf>,
+
+    /// Check peers' certificates for this DNS name rather than their IP address.
+    #[arg(long, env = "PEERMIRROR_TLS_PEER_SERVER_NAME")]
+    pub tls_peer_server_name: Option<String>,
+
+    /// Certificate revocation list (PEM or DER), repeatable; reloaded when it changes.
+    #[arg(long = "tls-crl", env = "PEERMIRROR_TLS_CRL", value_delimiter = ',')]
+    pub tls_crl: Vec<PathBuf>,
+
+    /// What to do when a CRL is past its nextUpdate: deny (refuse every certificate) or warn.
+    #[arg(long, env = "PEERMIRROR_CRL_EXPIRED", value_enum, default_value_t = CrlExpired::Deny)]
+    pub crl_expired: CrlExpired,
+
+    /// Bearer tokens, one per line (several lines let a rotation overlap); reloaded when it
+    /// changes. The first line is sent to peers.
+    #[arg(long, env = "PEERMIRROR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `--advertise-addr`: an IP, optionally with a port.

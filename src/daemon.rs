@@ -11,16 +11,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunArgs;
+use crate::auth::{AuthError, AuthMode, FailureThrottle, Guard, Tokens};
+use crate::cli::{RunArgs, SecurityArgs};
 use crate::containerd::{ContainerdError, ContainerdSource};
 use crate::content::{ContentSource, Index, Indexer};
+use crate::limits::UploadLimits;
 use crate::metrics::Metrics;
 use crate::mirror::{Mirror, MirrorConfig};
 use crate::ops::Health;
 use crate::registry::Registry;
 use crate::routing::advertiser::Advertiser;
 use crate::routing::{Bootstrap, P2pConfig, P2pError, P2pRouter, Router, load_or_create_identity};
+use crate::server::TlsProvider;
 use crate::server::{ServerLimits, serve};
+use crate::tls::{TlsError, TlsFiles, TlsReloader};
 
 /// Already-bound listeners, so tests can use port 0 and read the address back.
 pub struct Listeners {
@@ -50,6 +54,50 @@ pub struct P2pSettings {
     pub republish_interval: Duration,
 }
 
+/// Authentication and TLS settings.
+#[derive(Clone, Debug)]
+pub struct Security {
+    pub mode: AuthMode,
+    pub insecure_no_auth: bool,
+    pub tls: Option<TlsFiles>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Security {
+    /// No TLS, no auth: for tests and a loopback-only demo.
+    pub fn insecure() -> Self {
+        Security {
+            mode: AuthMode::None,
+            insecure_no_auth: true,
+            tls: None,
+            token_file: None,
+        }
+    }
+
+    /// Refuse combinations that would silently be less safe than asked for.
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        let bad = |m: &str| Err(DaemonError::Security(m.to_string()));
+        match self.mode {
+            AuthMode::None if !self.insecure_no_auth => {
+                return bad(
+                    "--auth-mode none lets anyone pull through this node: pass --insecure-no-auth to allow it, or choose mtls, token or mtls+token",
+                );
+            }
+            m if m.needs_client_cert() => match &self.tls {
+                Some(t) if t.client_ca.is_some() => {}
+                _ => {
+                    return bad("--auth-mode mtls needs --tls-cert, --tls-key and --tls-client-ca");
+                }
+            },
+            _ => {}
+        }
+        if self.mode.needs_token() && self.token_file.is_none() {
+            return bad("--auth-mode token needs --token-file");
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's settings, from flags (see [`RunArgs`]).
 #[derive(Clone)]
 pub struct Config {
@@ -59,6 +107,10 @@ pub struct Config {
     pub limits: ServerLimits,
     pub routing: Routing,
     pub mirror: MirrorConfig,
+    pub security: Security,
+    /// Concurrent uploads (0 = unlimited) and egress bytes per second (0 = unlimited).
+    pub max_uploads: usize,
+    pub max_egress_bps: u64,
 }
 
 impl Config {
@@ -91,6 +143,32 @@ impl Config {
                 hedge_delay: args.mirror_hedge_delay,
                 ..MirrorConfig::default()
             },
+            security: Security::from_args(&args.security),
+            max_uploads: args.max_concurrent_uploads,
+            max_egress_bps: args.max_egress_bps,
+        }
+    }
+}
+
+impl Security {
+    pub fn from_args(a: &SecurityArgs) -> Self {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.tls_client_ca.clone(),
+                peer_ca: a.tls_peer_ca.clone(),
+                crls: a.tls_crl.clone(),
+                crl_expired: a.crl_expired,
+                peer_server_name: a.tls_peer_server_name.clone(),
+            }),
+            _ => None,
+        };
+        Security {
+            mode: a.auth_mode,
+            insecure_no_auth: a.insecure_no_auth,
+            tls,
+            token_file: a.token_file.clone(),
         }
     }
 }
@@ -107,6 +185,12 @@ pub enum DaemonError {
     Client(String),
     #[error("cannot read a listener's address: {0}")]
     Listener(std::io::Error),
+    #[error("{0}")]
+    Security(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// Run against the containerd the config names.
@@ -147,11 +231,34 @@ pub async fn run_with_source(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    config.security.validate()?;
     let metrics = Arc::new(Metrics::new());
     let index = Arc::new(Index::new());
     let indexer = Indexer::new(source.clone(), index.clone());
     let readiness = indexer.readiness();
     let mut tasks = Vec::new();
+
+    let tls = match &config.security.tls {
+        Some(files) => {
+            let r = TlsReloader::new(files.clone(), metrics.clone())?;
+            tasks.push(tokio::spawn(r.clone().run(shutdown.clone())));
+            Some(r)
+        }
+        None => None,
+    };
+    let tokens = match &config.security.token_file {
+        Some(path) => {
+            let t = Arc::new(Tokens::load(path)?);
+            tasks.push(tokio::spawn(watch_tokens(
+                t.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )));
+            Some(t)
+        }
+        None => None,
+    };
+    warn_about_security(&config.security, &shutdown);
 
     let (router, bootstrap_none, router_task): (Option<Arc<dyn Router>>, bool, _) =
         match &config.routing {
@@ -225,28 +332,56 @@ pub async fn run_with_source(
                     None
                 }
             }));
-            let client =
-                Mirror::default_client().map_err(|e| DaemonError::Client(e.to_string()))?;
-            Some(Mirror::new(
+            let mut mirror_config = config.mirror.clone();
+            let client = match &tls {
+                Some(t) => {
+                    mirror_config.scheme = "https";
+                    peer_client(Some(&t.current()))?
+                }
+                None => peer_client(None)?,
+            };
+            let peer_tokens = tokens
+                .clone()
+                .filter(|_| config.security.mode.needs_token());
+            let mirror = Mirror::new(
                 router.clone(),
                 client,
                 metrics.clone(),
-                config.mirror.clone(),
-            ))
+                mirror_config,
+                peer_tokens,
+            );
+            if let Some(t) = &tls {
+                let m = mirror.clone();
+                t.on_reload(Box::new(move |material| {
+                    match peer_client(Some(material)) {
+                        Ok(c) => m.set_client(c),
+                        Err(e) => tracing::error!(error = %e, "cannot rebuild the peer client"),
+                    }
+                }));
+            }
+            Some(mirror)
         }
     };
 
     let health = Arc::new(health);
-    let registry = Arc::new(Registry::new(index, source, metrics, mirror));
+    let guard = Guard {
+        mode: config.security.mode,
+        tokens,
+        throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+    };
+    let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, metrics.clone());
+    let registry = Arc::new(Registry::new(index, source, metrics, mirror, guard, limits));
+    let tls_provider = tls.map(|t| t as Arc<dyn TlsProvider>);
 
     tasks.push(tokio::spawn(indexer.run(shutdown.clone())));
     tasks.push(tokio::spawn(serve(
         listeners.registry,
-        move |req, remote| {
+        move |req, conn| {
             let registry = registry.clone();
-            async move { registry.handle(req, remote).await }
+            async move { registry.handle(req, conn).await }
         },
         config.limits.clone(),
+        tls_provider,
         shutdown.clone(),
     )));
     let ops_limits = ServerLimits {
@@ -256,17 +391,74 @@ pub async fn run_with_source(
     };
     tasks.push(tokio::spawn(serve(
         listeners.ops,
-        move |req, remote| {
+        move |req, _conn| {
             let health = health.clone();
-            async move { health.handle(req, remote).await }
+            async move { health.handle(req).await }
         },
         ops_limits,
+        None,
         shutdown.clone(),
     )));
     for t in tasks {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The HTTP client for peer fetches, presenting this node's certificate when TLS is on.
+fn peer_client(tls: Option<&crate::tls::TlsMaterial>) -> Result<reqwest::Client, DaemonError> {
+    let mut b = Mirror::client_builder();
+    if let Some(m) = tls {
+        b = b.use_preconfigured_tls((*m.client).clone());
+    }
+    b.build().map_err(|e| DaemonError::Client(e.to_string()))
+}
+
+/// Re-read the token file whenever it changes; a broken file keeps the old tokens.
+async fn watch_tokens(tokens: Arc<Tokens>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let paths = vec![tokens.path().to_path_buf()];
+    let mut last = crate::reload::fingerprint(&paths);
+    let mut tick = tokio::time::interval(crate::tls::POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::reload::fingerprint(&paths);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match tokens.reload() {
+            Ok(n) => tracing::info!(tokens = n, "token file reloaded"),
+            Err(e) => {
+                metrics
+                    .reload_failures
+                    .get_or_create(&crate::metrics::WhatLabels { what: "token" })
+                    .inc();
+                tracing::error!(error = %e, "token file changed but does not load; keeping the previous tokens");
+            }
+        }
+    }
+}
+
+/// Say loudly, and keep saying, when the endpoint is less protected than it should be.
+fn warn_about_security(security: &Security, shutdown: &CancellationToken) {
+    if security.mode == AuthMode::None {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = hourly.tick() => tracing::warn!("--auth-mode none: anyone who can reach the registry port can pull through this node"),
+                }
+            }
+        });
+    }
+    if security.mode.needs_token() && security.tls.is_none() {
+        tracing::warn!("token mode without TLS: peer fetches carry the token in clear text");
+    }
 }
 
 /// Warn early about a content dir we cannot read. It is still used: on a fresh containerd

@@ -11,16 +11,20 @@
 //! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod configure;
 pub mod containerd;
 pub mod content;
 pub mod daemon;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod ops;
 pub mod registry;
+pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod tls;

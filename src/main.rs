@@ -28,6 +28,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
+        Command::Certs(args) => {
+            print!("{}", peermirror::certs::run(&args)?);
+            Ok(())
+        }
         Command::Version => {
             println!("peermirror {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -66,6 +66,23 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     pub provider_failures: Counter,
     pub content_ready: Gauge,
+    pub uploads_in_flight: Gauge,
+    pub uploads_rejected: Counter,
+    pub egress_throttled_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub reload_failures: Family<WhatLabels, Counter>,
+    /// Seconds until the CRL's nextUpdate (negative once it has passed).
+    pub crl_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabels {
+    pub what: &'static str,
 }
 
 impl Default for Metrics {
@@ -126,7 +143,45 @@ impl Metrics {
             "1 when containerd is reachable and the index is loaded",
             content_ready.clone(),
         );
+        let uploads_in_flight = Gauge::default();
+        registry.register(
+            "uploads_in_flight",
+            "Responses with a body being sent now",
+            uploads_in_flight.clone(),
+        );
+        let uploads_rejected = Counter::default();
+        registry.register(
+            "uploads_rejected",
+            "Requests refused with 503 at --max-concurrent-uploads",
+            uploads_rejected.clone(),
+        );
+        let egress_throttled_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "egress_throttled_seconds",
+            "Time uploads waited for the egress cap",
+            egress_throttled_seconds.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Refused handshakes and requests, by reason",
+            auth_failures.clone(),
+        );
+        let reload_failures = Family::<WhatLabels, Counter>::default();
+        registry.register("reload_failures", "Certificate, key, CA, CRL or token files that failed to reload (the old material stays)", reload_failures.clone());
+        let crl_expiry_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "crl_next_update_seconds",
+            "Seconds until the CRL's nextUpdate; alert well before 0",
+            crl_expiry_seconds.clone(),
+        );
         Metrics {
+            uploads_in_flight,
+            uploads_rejected,
+            egress_throttled_seconds,
+            auth_failures,
+            reload_failures,
+            crl_expiry_seconds,
             registry,
             requests,
             bytes,

@@ -2,7 +2,6 @@
 //! answers), `/readyz` (every readiness check passes; otherwise 503 with the reasons), and
 //! `/metrics` in Prometheus text format.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,7 +36,7 @@ impl Health {
         self.checks.iter().filter_map(|c| c()).collect()
     }
 
-    pub async fn handle<B>(&self, req: Request<B>, _remote: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n".into());
         }

@@ -1,5 +1,6 @@
 //! The HTTP accept loop shared by the registry and operations listeners: connection limits,
-//! header size and read timeouts, HTTP/1.1 and HTTP/2, and graceful draining on shutdown.
+//! TLS handshakes off the accept path with a deadline, header size and read timeouts,
+//! HTTP/1.1 and HTTP/2, and graceful draining on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +13,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,8 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// How long in-flight responses may take to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// A TLS client must complete its handshake within this time.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -37,18 +41,46 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The verified client certificate, on an mTLS listener.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// The parts of a verified client certificate worth logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    pub subject: String,
+    pub serial: String,
+}
+
+/// Supplies the TLS configuration for each new connection and hears about failed handshakes.
+pub trait TlsProvider: Send + Sync + 'static {
+    /// The configuration new connections use now (it may change on reload).
+    fn server_config(&self) -> Arc<rustls::ServerConfig>;
+    /// Describe the peer's verified certificate.
+    fn identify(&self, cert: &rustls_pki_types::CertificateDer<'_>) -> ClientCert;
+    /// A handshake failed (or timed out: `None`).
+    fn handshake_failed(&self, remote: SocketAddr, error: Option<&std::io::Error>);
+}
+
 /// Serve `handler` on `listener` until `shutdown` fires, then drain in-flight responses.
+/// With `tls`, every connection is a TLS connection first.
 pub async fn serve<H, Fut, B>(
     listener: TcpListener,
     handler: H,
     limits: ServerLimits,
+    tls: Option<Arc<dyn TlsProvider>>,
     shutdown: CancellationToken,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -86,18 +118,46 @@ pub async fn serve<H, Fut, B>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, remote).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
+            let Some(tls) = tls else {
+                let info = Arc::new(ConnInfo {
+                    remote,
+                    client_cert: None,
+                });
+                serve_conn(stream, info, handler, &builder, watcher).await;
+                drop(permit);
+                return;
+            };
+            // The handshake runs here, not in the accept loop: a client that stalls in it
+            // holds only its own connection slot, and only until the deadline.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tls.handshake_failed(remote, Some(&e));
+                        return;
+                    }
+                    Err(_) => {
+                        tls.handshake_failed(remote, None);
+                        return;
+                    }
+                };
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| tls.identify(c));
+            let info = Arc::new(ConnInfo {
+                remote,
+                client_cert,
+            });
+            serve_conn(stream, info, handler, &builder, watcher).await;
             drop(permit);
         });
     }
@@ -107,5 +167,32 @@ pub async fn serve<H, Fut, B>(
         _ = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing remaining connections")
         }
+    }
+}
+
+async fn serve_conn<I, H, Fut, B>(
+    io: I,
+    info: Arc<ConnInfo>,
+    handler: H,
+    builder: &Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let remote = info.remote;
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handler(req, info).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
 }

@@ -89,7 +89,10 @@ pub enum MirrorError {
 
 pub struct Mirror {
     router: Arc<dyn Router>,
-    client: reqwest::Client,
+    /// Replaced when TLS material is reloaded.
+    client: std::sync::RwLock<reqwest::Client>,
+    /// Sent to peers as a bearer token in token mode.
+    token: Option<Arc<crate::auth::Tokens>>,
     metrics: Arc<Metrics>,
     config: MirrorConfig,
     /// Providers skipped until the given time.
@@ -107,10 +110,12 @@ impl Mirror {
         client: reqwest::Client,
         metrics: Arc<Metrics>,
         config: MirrorConfig,
+        token: Option<Arc<crate::auth::Tokens>>,
     ) -> Arc<Self> {
         Arc::new(Mirror {
             router,
-            client,
+            client: std::sync::RwLock::new(client),
+            token,
             metrics,
             config,
             penalties: Mutex::new(HashMap::new()),
@@ -306,8 +311,27 @@ fn response_headers(
 }
 
 impl Mirror {
-    pub(crate) fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// A request to a peer: the current client, the mirrored marker, and the token if any.
+    pub(crate) fn peer_request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+    ) -> reqwest::RequestBuilder {
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut req = client.request(method, url).header(MIRRORED_HEADER, "true");
+        if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
+            req = req.bearer_auth(t);
+        }
+        req
+    }
+
+    /// Use a new HTTP client for peer fetches from now on (after a TLS reload).
+    pub fn set_client(&self, client: reqwest::Client) {
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
     }
 }
 

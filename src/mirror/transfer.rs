@@ -8,10 +8,7 @@ use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
 use tokio::sync::mpsc;
 
-use super::{
-    BlobInfo, Fetched, MIRRORED_HEADER, Mirror, MirrorError, ProviderSet, blob_info,
-    response_headers,
-};
+use super::{BlobInfo, Fetched, Mirror, MirrorError, ProviderSet, blob_info, response_headers};
 use crate::oci::{ByteRange, Digest, Name, RangeError, Sha256Verifier, Tag, TagKey};
 use crate::routing::Provider;
 
@@ -54,9 +51,7 @@ async fn head_any(
 ) -> Result<BlobInfo, MirrorError> {
     while let Some(p) = providers.next(NEXT_PROVIDER_WAIT).await {
         let req = mirror
-            .client()
-            .head(url(mirror, &p, path))
-            .header(MIRRORED_HEADER, "true")
+            .peer_request(reqwest::Method::HEAD, url(mirror, &p, path))
             .timeout(mirror.config.response_timeout);
         match req.send().await {
             Ok(r) if r.status() == StatusCode::OK => match blob_info(r.headers(), digest) {
@@ -92,10 +87,7 @@ async fn connect(
     wait_first: Duration,
 ) -> Option<(Provider, reqwest::Response)> {
     let request = |p: Provider| {
-        let mut req = mirror
-            .client()
-            .get(url(mirror, &p, path))
-            .header(MIRRORED_HEADER, "true");
+        let mut req = mirror.peer_request(reqwest::Method::GET, url(mirror, &p, path));
         if offset > 0 {
             req = req.header(http::header::RANGE, format!("bytes={offset}-"));
         }

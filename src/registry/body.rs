@@ -12,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
 use crate::content::ByteStream;
+use crate::limits::UploadSlot;
 use crate::metrics::{Metrics, Source, SourceLabels};
 
 /// Every response body: boxed so streams, fixed bytes and empty bodies share one type.
@@ -36,6 +37,8 @@ pub struct AccessRecord {
     pub method: http::Method,
     pub path: String,
     pub remote: SocketAddr,
+    /// Who the request was accepted as (certificate, token line), never a secret.
+    pub identity: String,
     pub status: u16,
     pub source: Source,
     pub started: Instant,
@@ -50,14 +53,17 @@ pub struct LoggedBody {
     inner: Body,
     sent: u64,
     record: AccessRecord,
+    /// Released when the body is done: the upload slot it occupies.
+    _slot: Option<UploadSlot>,
 }
 
 impl LoggedBody {
-    pub fn new(inner: Body, record: AccessRecord) -> Self {
+    pub fn new(inner: Body, record: AccessRecord, slot: Option<UploadSlot>) -> Self {
         LoggedBody {
             inner,
             sent: 0,
             record,
+            _slot: slot,
         }
     }
 }
@@ -103,6 +109,7 @@ impl Drop for LoggedBody {
             method = %r.method,
             path = %r.path,
             remote = %r.remote,
+            client = %r.identity,
             status = r.status,
             source = r.source.as_str(),
             bytes = self.sent,

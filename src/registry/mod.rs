@@ -7,7 +7,6 @@
 mod body;
 mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,10 +17,13 @@ use body::AccessRecord;
 pub use body::{Body, LoggedBody};
 pub use routes::{Route, parse as parse_route};
 
+use crate::auth::{Guard, Refusal};
 use crate::content::{ContentSource, Descriptor, Index, SourceError};
+use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels, Source};
 use crate::mirror::{MIRRORED_HEADER, Mirror, MirrorError, Target};
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeError, Reference, TagKey};
+use crate::server::ConnInfo;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
@@ -33,6 +35,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Serves local misses from peers; `None` runs a local-only mirror.
     mirror: Option<Arc<Mirror>>,
+    guard: Guard,
+    limits: UploadLimits,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -41,6 +45,8 @@ struct Answer {
     source: Source,
     route: &'static str,
     expected: u64,
+    /// Held while the body uploads.
+    slot: Option<UploadSlot>,
 }
 
 impl Answer {
@@ -65,7 +71,47 @@ impl Answer {
             source,
             route,
             expected: 0,
+            slot: None,
         }
+    }
+
+    fn refused(r: Refusal) -> Self {
+        let (code, msg) = match r {
+            Refusal::Throttled => (
+                ErrorCode::TooManyRequests,
+                "too many failed attempts; slow down",
+            ),
+            Refusal::NoClientCert => (ErrorCode::Unauthorized, "a client certificate is required"),
+            Refusal::MissingToken | Refusal::WrongToken => {
+                (ErrorCode::Unauthorized, "a valid bearer token is required")
+            }
+        };
+        let mut a = Answer::error(OciError::new(code, msg), "refused");
+        a.source = Source::None;
+        let h = a.response.headers_mut();
+        if code == ErrorCode::Unauthorized {
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="peermirror""#),
+            );
+        } else {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        a
+    }
+
+    fn busy(route: &'static str) -> Self {
+        let mut a = Answer::error(
+            OciError::new(
+                ErrorCode::Unavailable,
+                "too many uploads in progress; retry shortly",
+            ),
+            route,
+        );
+        a.response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        a
     }
 }
 
@@ -89,21 +135,40 @@ impl Registry {
         source: Arc<dyn ContentSource>,
         metrics: Arc<Metrics>,
         mirror: Option<Arc<Mirror>>,
+        guard: Guard,
+        limits: UploadLimits,
     ) -> Self {
         Registry {
             index,
             source,
             metrics,
             mirror,
+            guard,
+            limits,
         }
     }
 
     /// Answer one request. Never fails: every problem becomes an OCI error response.
-    pub async fn handle<B>(&self, req: Request<B>, remote: SocketAddr) -> Response<LoggedBody> {
+    pub async fn handle<B>(&self, req: Request<B>, conn: Arc<ConnInfo>) -> Response<LoggedBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let answer = self.answer(&req).await;
+        // Strangers are refused before any lookup, read or peer traffic.
+        let (answer, identity) = match self.guard.check(req.headers(), &conn) {
+            Ok(identity) => (self.answer(&req).await, identity),
+            Err(refusal) => {
+                self.metrics
+                    .auth_failures
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: refusal.reason(),
+                    })
+                    .inc();
+                (
+                    Answer::refused(refusal),
+                    format!("refused:{}", refusal.reason()),
+                )
+            }
+        };
         let status = answer.response.status().as_u16();
         self.metrics
             .requests
@@ -117,14 +182,16 @@ impl Registry {
         let record = AccessRecord {
             method,
             path,
-            remote,
+            remote: conn.remote,
+            identity,
             status,
             source: answer.source,
             started,
             expected: answer.expected,
             metrics: self.metrics.clone(),
         };
-        answer.response.map(|b| LoggedBody::new(b, record))
+        let slot = answer.slot;
+        answer.response.map(|b| LoggedBody::new(b, record, slot))
     }
 
     async fn answer<B>(&self, req: &Request<B>) -> Answer {
@@ -155,6 +222,7 @@ impl Registry {
                     source: Source::None,
                     route: "base",
                     expected: 0,
+                    slot: None,
                 }
             }
             Route::Manifest { name, reference } => {
@@ -213,11 +281,19 @@ impl Registry {
             return Answer::error(miss, route);
         };
         let head = req.method() == Method::HEAD;
+        let slot = if head {
+            None
+        } else {
+            match self.limits.try_start() {
+                Some(s) => Some(s),
+                None => return Answer::busy(route),
+            }
+        };
         let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
         match mirror.fetch(name, target, head, range).await {
             Ok(f) => {
                 let mut response = Response::new(match f.body {
-                    Some(s) => body::stream(s),
+                    Some(s) => body::stream(self.limits.pace(s)),
                     None => body::empty(),
                 });
                 *response.status_mut() = f.status;
@@ -227,6 +303,7 @@ impl Registry {
                     source: Source::Peer,
                     route,
                     expected: f.expected_len,
+                    slot,
                 }
             }
             Err(MirrorError::NotFound) => Answer::error(miss, route),
@@ -249,11 +326,16 @@ impl Registry {
             Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len()),
             None => (StatusCode::OK, 0, desc.size),
         };
+        let mut slot = None;
         let body = if req.method() == Method::HEAD {
             body::empty()
         } else {
+            let Some(s) = self.limits.try_start() else {
+                return Answer::busy(route);
+            };
+            slot = Some(s);
             match self.source.read(&desc.digest, offset, Some(len)).await {
-                Ok(s) => body::stream(s),
+                Ok(s) => body::stream(self.limits.pace(s)),
                 Err(e) => return self.read_failed(e, &desc.digest, route),
             }
         };
@@ -276,6 +358,7 @@ impl Registry {
             source: Source::Local,
             route,
             expected: len,
+            slot,
         }
     }
 

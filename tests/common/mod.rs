@@ -875,6 +875,19 @@ impl PeermirrorBuilder<'_> {
         self
     }
 
+    /// `--bootstrap static:/ip4/127.0.0.1/tcp/<router port of peer>` (repeatable:
+    /// each call adds one more static peer).
+    pub fn bootstrap(self, peer: &Peermirror) -> Self {
+        let spec = peer.bootstrap_spec();
+        self.args(&["--bootstrap", &spec])
+    }
+
+    /// `--mirror-resolve-timeout <timeout>` (how long a miss waits for a provider).
+    pub fn resolve_timeout(self, timeout: Duration) -> Self {
+        let value = format!("{}ms", timeout.as_millis());
+        self.args(&["--mirror-resolve-timeout", &value])
+    }
+
     pub fn start(self) -> Peermirror {
         let dir = new_temp_dir("pm-e2e-peermirror-");
         let registry_port = free_port();
@@ -913,6 +926,11 @@ impl PeermirrorBuilder<'_> {
             "text",
         ])
         .args(&self.extra_args);
+        // The daemon refuses to run unauthenticated unless told to; tests that exercise auth
+        // pass their own --auth-mode.
+        if !self.extra_args.iter().any(|a| a == "--auth-mode") {
+            cmd.args(["--auth-mode", "none", "--insecure-no-auth"]);
+        }
         let (out, err) = log_file(&log);
         // Write the command line first so a failure report shows it.
         fs::write(&log, format!("[harness] {cmd:?}\n")).expect("write log");
@@ -974,6 +992,47 @@ impl Peermirror {
     /// `127.0.0.1:PORT` of the libp2p (DHT) listener.
     pub fn router_addr(&self) -> String {
         format!("127.0.0.1:{}", self.router_port)
+    }
+
+    /// Port of the libp2p (DHT) listener.
+    pub fn router_port(&self) -> u16 {
+        self.router_port
+    }
+
+    /// What another node passes to `--bootstrap` to find this one.
+    pub fn bootstrap_spec(&self) -> String {
+        format!("static:/ip4/127.0.0.1/tcp/{}", self.router_port)
+    }
+
+    /// Port of the registry (mirror) endpoint.
+    pub fn registry_port(&self) -> u16 {
+        self.registry_port
+    }
+
+    /// The `/metrics` text (empty when there is no answer).
+    pub fn metrics_text(&self) -> String {
+        http_get_sync(&self.metrics_host(), "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// One sample of `/metrics`, see [`metric_value`]; 0 when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics_text(), name, labels).unwrap_or(0.0)
+    }
+
+    /// SIGKILL by PID (a crash, not a shutdown), and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn metrics_host(&self) -> String {
@@ -1055,6 +1114,70 @@ impl Drop for Peermirror {
             );
         }
     }
+}
+
+/// Runs `peermirror configure ARGS...` (no PEERMIRROR_* from the environment).
+pub fn peermirror_configure(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peermirror"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PEERMIRROR_") {
+            cmd.env_remove(key);
+        }
+    }
+    run_with_timeout(cmd.arg("configure").args(args), Duration::from_secs(30))
+}
+
+/// Like [`peermirror_configure`], panicking with the output unless it succeeds.
+pub fn peermirror_configure_ok(args: &[&str]) -> String {
+    let out = peermirror_configure(args);
+    assert!(
+        out.status.success(),
+        "peermirror configure {args:?}: {}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one sample in Prometheus text format: `name` (exactly, e.g.
+/// `peermirror_response_bytes_total`) whose labels include every `labels`
+/// pair. Several matching samples are summed. None: no sample matched.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = if let Some(inner) = rest.strip_prefix('{') {
+            match inner.split_once('}') {
+                Some((l, v)) => (l, v),
+                None => continue,
+            }
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue; // a longer metric name with this prefix
+        };
+        let present: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if !labels.iter().all(|want| present.contains(want)) {
+            continue;
+        }
+        let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        total = Some(total.unwrap_or(0.0) + v);
+    }
+    total
 }
 
 // ---------------------------------------------------------------------------

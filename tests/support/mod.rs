@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use peermirror::content::MemorySource;
-use peermirror::daemon::{Config, Listeners, Routing, run_with_source};
+use peermirror::daemon::{Config, Listeners, Routing, Security, run_with_source};
 use peermirror::mirror::MirrorConfig;
 use peermirror::server::ServerLimits;
 use tokio::net::TcpListener;
@@ -52,6 +52,9 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         },
         routing,
         mirror,
+        security: Security::insecure(),
+        max_uploads: 0,
+        max_egress_bps: 0,
     }
 }
 
@@ -145,7 +148,8 @@ pub async fn fake_peer(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let handler = move |req: http::Request<hyper::body::Incoming>, _remote: SocketAddr| {
+    let handler = move |req: http::Request<hyper::body::Incoming>,
+                        _conn: Arc<peermirror::server::ConnInfo>| {
         let kind = kind.clone();
         let hits = hits.clone();
         async move {
@@ -203,6 +207,7 @@ pub async fn fake_peer(
         listener,
         handler,
         ServerLimits::default(),
+        None,
         stop.clone(),
     ));
     (addr, stop)

@@ -1,0 +1,335 @@
+//! Who may use the registry endpoint: the auth mode, bearer tokens, and the throttle for
+//! clients that keep failing. Decided before any containerd, DHT or peer work.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use subtle::ConstantTimeEq;
+
+use crate::server::ConnInfo;
+
+/// How clients prove who they are.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Client certificates from the cluster CA (`--tls-client-ca`).
+    Mtls,
+    /// `Authorization: Bearer <token>` from `--token-file`.
+    Token,
+    /// Both.
+    #[value(name = "mtls+token")]
+    MtlsToken,
+    /// Nobody is checked; needs `--insecure-no-auth`.
+    None,
+}
+
+impl AuthMode {
+    pub fn needs_token(self) -> bool {
+        matches!(self, AuthMode::Token | AuthMode::MtlsToken)
+    }
+
+    pub fn needs_client_cert(self) -> bool {
+        matches!(self, AuthMode::Mtls | AuthMode::MtlsToken)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Mtls => "mtls",
+            AuthMode::Token => "token",
+            AuthMode::MtlsToken => "mtls+token",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read --token-file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--token-file {path} holds no token: put one token per line")]
+    NoTokens { path: String },
+}
+
+/// The accepted tokens: one per line of the token file; several lines let a rotation overlap.
+pub struct Tokens {
+    path: PathBuf,
+    tokens: RwLock<Arc<Vec<Vec<u8>>>>,
+}
+
+impl Tokens {
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let tokens = read_tokens(path)?;
+        Ok(Tokens {
+            path: path.to_path_buf(),
+            tokens: RwLock::new(Arc::new(tokens)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-read the file; on any problem the old tokens stay in force.
+    pub fn reload(&self) -> Result<usize, AuthError> {
+        let fresh = read_tokens(&self.path)?;
+        let n = fresh.len();
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(n)
+    }
+
+    /// The token this node sends to its peers: the first line.
+    pub fn first(&self) -> Option<String> {
+        let t = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        t.first().and_then(|b| String::from_utf8(b.clone()).ok())
+    }
+
+    /// Which line (1-based) matches `presented`. Every token is compared, in constant time
+    /// per token, so the timing does not tell which line (or how much of one) matched.
+    pub fn check(&self, presented: &[u8]) -> Option<usize> {
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut found = None;
+        for (i, t) in tokens.iter().enumerate() {
+            if bool::from(t.as_slice().ct_eq(presented)) && found.is_none() {
+                found = Some(i + 1);
+            }
+        }
+        found
+    }
+}
+
+fn read_tokens(path: &Path) -> Result<Vec<Vec<u8>>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let tokens: Vec<Vec<u8>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    if tokens.is_empty() {
+        return Err(AuthError::NoTokens {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MissingToken,
+    WrongToken,
+    NoClientCert,
+    /// Too many failures from this address lately: 429.
+    Throttled,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::MissingToken => "missing_token",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::NoClientCert => "no_certificate",
+            Refusal::Throttled => "throttled",
+        }
+    }
+}
+
+/// Counts recent failures per address and slows down those with too many.
+pub struct FailureThrottle {
+    window: Duration,
+    max_failures: u32,
+    state: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// Bound on remembered addresses, so a flood of sources cannot grow the map without limit.
+const MAX_TRACKED: usize = 10_000;
+
+impl FailureThrottle {
+    pub fn new(max_failures: u32, window: Duration) -> Self {
+        FailureThrottle {
+            window,
+            max_failures,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_throttled(&self, ip: IpAddr) -> bool {
+        let map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip)
+            .is_some_and(|(n, since)| *n >= self.max_failures && since.elapsed() < self.window)
+    }
+
+    pub fn record_failure(&self, ip: IpAddr) {
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TRACKED {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// The registry endpoint's gatekeeper.
+pub struct Guard {
+    pub mode: AuthMode,
+    pub tokens: Option<Arc<Tokens>>,
+    pub throttle: FailureThrottle,
+}
+
+/// Who a request was accepted as, for the audit log (never the token itself).
+pub fn identity(conn: &ConnInfo, token_line: Option<usize>) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &conn.client_cert {
+        parts.push(format!("cert:{} serial={}", c.subject, c.serial));
+    }
+    if let Some(l) = token_line {
+        parts.push(format!("token:line{l}"));
+    }
+    if parts.is_empty() {
+        "anonymous".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+impl Guard {
+    pub fn open() -> Self {
+        Guard {
+            mode: AuthMode::None,
+            tokens: None,
+            throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+        }
+    }
+
+    /// Accept or refuse a request from its headers and connection; returns the identity.
+    pub fn check(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<String, Refusal> {
+        if self.mode == AuthMode::None {
+            return Ok(identity(conn, None));
+        }
+        let ip = conn.remote.ip();
+        if self.throttle.is_throttled(ip) {
+            return Err(Refusal::Throttled);
+        }
+        let result = self.decide(headers, conn);
+        if result.is_err() {
+            self.throttle.record_failure(ip);
+        }
+        result
+    }
+
+    fn decide(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<String, Refusal> {
+        if self.mode.needs_client_cert() && conn.client_cert.is_none() {
+            return Err(Refusal::NoClientCert);
+        }
+        let mut line = None;
+        if self.mode.needs_token() {
+            let presented = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .ok_or(Refusal::MissingToken)?;
+            let tokens = self.tokens.as_ref().ok_or(Refusal::WrongToken)?;
+            line = Some(tokens.check(presented).ok_or(Refusal::WrongToken)?);
+        }
+        Ok(identity(conn, line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ClientCert;
+
+    fn conn(cert: bool) -> ConnInfo {
+        ConnInfo {
+            remote: "127.0.0.9:1234".parse().unwrap(),
+            client_cert: cert.then(|| ClientCert {
+                subject: "CN=node1".into(),
+                serial: "0a".into(),
+            }),
+        }
+    }
+
+    fn bearer(t: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn tokens_rotate_with_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "# comment\nold-token\n\nnew-token\n").unwrap();
+        let t = Tokens::load(&f).unwrap();
+        assert_eq!(t.check(b"old-token"), Some(1));
+        assert_eq!(t.check(b"new-token"), Some(2));
+        assert_eq!(t.check(b"new-toke"), None);
+        assert_eq!(t.first().as_deref(), Some("old-token"));
+        std::fs::write(&f, "new-token\n").unwrap();
+        assert_eq!(t.reload().unwrap(), 1);
+        assert_eq!(t.check(b"old-token"), None);
+        // A broken rewrite keeps the old tokens.
+        std::fs::write(&f, "\n\n").unwrap();
+        assert!(t.reload().is_err());
+        assert_eq!(t.check(b"new-token"), Some(1));
+    }
+
+    #[test]
+    fn guard_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let g = Guard {
+            mode: AuthMode::MtlsToken,
+            tokens: Some(Arc::new(Tokens::load(&f).unwrap())),
+            throttle: FailureThrottle::new(3, Duration::from_secs(60)),
+        };
+        let ok = g.check(&bearer("s3cret"), &conn(true)).unwrap();
+        assert_eq!(ok, "cert:CN=node1 serial=0a token:line1");
+        assert!(!ok.contains("s3cret"));
+        assert_eq!(
+            g.check(&bearer("s3cret"), &conn(false)),
+            Err(Refusal::NoClientCert)
+        );
+        assert_eq!(
+            g.check(&http::HeaderMap::new(), &conn(true)),
+            Err(Refusal::MissingToken)
+        );
+        assert_eq!(
+            g.check(&bearer("nope"), &conn(true)),
+            Err(Refusal::WrongToken)
+        );
+        // Three failures so far from this address: now throttled, even with the right token.
+        assert_eq!(
+            g.check(&bearer("s3cret"), &conn(true)),
+            Err(Refusal::Throttled)
+        );
+    }
+}

@@ -1,1 +1,0 @@
-//! `peermirror certs`: a small cluster CA with rcgen (being written).

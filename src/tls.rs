@@ -1,0 +1,399 @@
+//! TLS for the registry endpoint and for peer fetches, from the same cluster CA and CRLs.
+//!
+//! [`TlsFiles`] names the PEM/DER files; [`build`] turns them into a rustls server config
+//! (client certificates required when a client CA is given, checked against the CRLs) and a
+//! client config for fetching from peers (this node's certificate as client identity; peers'
+//! server certificates checked against the same CA and CRLs). [`TlsReloader`] polls the files
+//! and swaps in new configs for new connections within seconds; a broken or half-written file
+//! keeps the old material, logs an error and counts a reload failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use clap::ValueEnum;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::certs;
+use crate::metrics::{Metrics, ReasonLabels, WhatLabels};
+use crate::server::{ClientCert, TlsProvider};
+
+/// What to do when a CRL is past its nextUpdate.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlExpired {
+    /// Refuse every client (and peer) certificate until a fresh CRL is in place: fail closed.
+    Deny,
+    /// Keep using the stale CRL, and say so in the log and the metric.
+    Warn,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The cluster CA: client certificates are required and checked against it when set.
+    pub client_ca: Option<PathBuf>,
+    /// The CA that peers' server certificates are checked against (default: `client_ca`).
+    pub peer_ca: Option<PathBuf>,
+    pub crls: Vec<PathBuf>,
+    pub crl_expired: CrlExpired,
+    /// Check peers' certificates for this name instead of their IP address (one certificate
+    /// shared by all nodes, e.g. from cert-manager).
+    pub peer_server_name: Option<String>,
+}
+
+impl TlsFiles {
+    fn all_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.cert.clone(), self.key.clone()];
+        v.extend(self.client_ca.clone());
+        v.extend(self.peer_ca.clone());
+        v.extend(self.crls.iter().cloned());
+        v
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertsError),
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA {path}: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("building the certificate verifier: {0}")]
+    Verifier(String),
+    #[error("--tls-peer-server-name {0:?} is not a valid DNS name")]
+    ServerName(String),
+    #[error("peer fetches over TLS need a CA: set --tls-client-ca or --tls-peer-ca")]
+    NoPeerCa,
+}
+
+/// The configs built from one consistent read of the files.
+pub struct TlsMaterial {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+    /// The earliest nextUpdate of the loaded CRLs.
+    pub crl_next_update: Option<SystemTime>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(
+    path: &std::path::Path,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
+    let certs = certs::load_certs(path)?;
+    let mut store = RootCertStore::empty();
+    for c in &certs {
+        store.add(c.clone()).map_err(|e| TlsError::Ca {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok((store, certs))
+}
+
+/// Read every file and build both configs. Fails as a whole: nothing half-loaded is used.
+pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
+    let chain = certs::load_certs(&files.cert)?;
+    let key = certs::load_key(&files.key)?;
+    let mut crls = Vec::new();
+    for p in &files.crls {
+        crls.extend(certs::load_crls(p)?);
+    }
+    let enforce = files.crl_expired == CrlExpired::Deny;
+    let now = SystemTime::now();
+
+    // Every CRL must be signed by the CA it is used with; its nextUpdate feeds the metric.
+    let mut crl_next_update: Option<SystemTime> = None;
+    let ca_for_crls = files.client_ca.as_ref().or(files.peer_ca.as_ref());
+    if let Some(ca_path) = ca_for_crls {
+        let (_, ca_certs) = roots(ca_path)?;
+        for crl in &crls {
+            let info = ca_certs
+                .iter()
+                .find_map(|ca| certs::check_crl(crl, ca, now).ok())
+                .ok_or_else(|| TlsError::Ca {
+                    path: ca_path.display().to_string(),
+                    reason: "a CRL is not signed by this CA (or does not parse)".into(),
+                })?;
+            if let Some(n) = info.next_update {
+                crl_next_update = Some(crl_next_update.map_or(n, |c| c.min(n)));
+            }
+            if info.expired {
+                tracing::warn!(issuer = %info.issuer, policy = ?files.crl_expired, "CRL is past its nextUpdate");
+            }
+        }
+    }
+
+    let server_builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mut server = match &files.client_ca {
+        Some(ca) => {
+            let (store, _) = roots(ca)?;
+            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                .with_crls(crls.clone());
+            if enforce {
+                vb = vb.enforce_revocation_expiration();
+            }
+            let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+            server_builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())?
+        }
+        None => server_builder
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())?,
+    };
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+    let peer_ca = files
+        .peer_ca
+        .as_ref()
+        .or(files.client_ca.as_ref())
+        .ok_or(TlsError::NoPeerCa)?;
+    let (store, _) = roots(peer_ca)?;
+    let mut vb =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider()).with_crls(crls);
+    if enforce {
+        vb = vb.enforce_revocation_expiration();
+    }
+    let webpki = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match &files.peer_server_name {
+        Some(name) => Arc::new(FixedNameVerifier {
+            inner: webpki,
+            name: ServerName::try_from(name.clone())
+                .map_err(|_| TlsError::ServerName(name.clone()))?,
+        }),
+        None => webpki,
+    };
+    let mut client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)?;
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+    Ok(TlsMaterial {
+        server: Arc::new(server),
+        client: Arc::new(client),
+        crl_next_update,
+    })
+}
+
+/// Verifies a peer's certificate fully (chain, CRLs, expiry) but for a configured name
+/// instead of the address dialled.
+#[derive(Debug)]
+struct FixedNameVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for FixedNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Why a handshake failed, as a short label for the audit log and metrics.
+pub fn handshake_reason(err: Option<&std::io::Error>) -> &'static str {
+    let Some(err) = err else {
+        return "handshake_timeout";
+    };
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return "not_tls";
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::Revoked => "revoked",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "expired_crl",
+            CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+            _ => "bad_certificate",
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "bad_handshake"
+        }
+        _ => "tls_error",
+    }
+}
+
+/// Called with each newly loaded material.
+pub type ReloadHook = Box<dyn Fn(&TlsMaterial) + Send + Sync>;
+
+/// Holds the current TLS material and replaces it when the files change.
+pub struct TlsReloader {
+    files: TlsFiles,
+    current: RwLock<Arc<TlsMaterial>>,
+    metrics: Arc<Metrics>,
+    on_reload: RwLock<Vec<ReloadHook>>,
+}
+
+/// How often the files are looked at. Kubernetes updates mounted Secrets by swapping a
+/// symlink, which inotify-style watching misses; a cheap stat poll does not.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+impl TlsReloader {
+    pub fn new(files: TlsFiles, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
+        let material = build(&files)?;
+        let r = Arc::new(TlsReloader {
+            files,
+            current: RwLock::new(Arc::new(material)),
+            metrics,
+            on_reload: RwLock::new(Vec::new()),
+        });
+        r.update_crl_gauge();
+        Ok(r)
+    }
+
+    pub fn current(&self) -> Arc<TlsMaterial> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Run `f` with every newly loaded material (e.g. to rebuild the peer HTTP client).
+    pub fn on_reload(&self, f: ReloadHook) {
+        f(&self.current());
+        self.on_reload
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
+    }
+
+    fn update_crl_gauge(&self) {
+        if let Some(next) = self.current().crl_next_update {
+            let secs = match next.duration_since(SystemTime::now()) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            self.metrics.crl_expiry_seconds.set(secs);
+        }
+    }
+
+    /// Try to load the files again; on failure the old material stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match build(&self.files) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = m.clone();
+                for f in self
+                    .on_reload
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    f(&m);
+                }
+                self.update_crl_gauge();
+                tracing::info!("TLS material reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .reload_failures
+                    .get_or_create(&WhatLabels { what: "tls" })
+                    .inc();
+                tracing::error!(error = %e, "TLS files changed but do not load; keeping the previous material");
+                Err(e)
+            }
+        }
+    }
+
+    /// Poll the files until shutdown, reloading when any of them changes.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let paths = self.files.all_paths();
+        let mut last = crate::reload::fingerprint(&paths);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = crate::reload::fingerprint(&paths);
+            if now != last {
+                last = now;
+                let _ = self.reload();
+            }
+            self.update_crl_gauge();
+        }
+    }
+}
+
+impl TlsProvider for TlsReloader {
+    fn server_config(&self) -> Arc<ServerConfig> {
+        self.current().server.clone()
+    }
+
+    fn identify(&self, cert: &CertificateDer<'_>) -> ClientCert {
+        match certs::cert_summary(cert) {
+            Ok(s) => ClientCert {
+                subject: s.subject,
+                serial: s.serial_hex,
+            },
+            Err(_) => ClientCert {
+                subject: "(unparsable)".into(),
+                serial: String::new(),
+            },
+        }
+    }
+
+    fn handshake_failed(&self, remote: SocketAddr, error: Option<&std::io::Error>) {
+        let reason = handshake_reason(error);
+        self.metrics
+            .auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        tracing::warn!(target: "audit", %remote, reason, detail = ?error.map(|e| e.to_string()), "TLS handshake refused");
+    }
+}
