@@ -410,3 +410,61 @@ async fn memory_router_contract() {
     a.withdraw(vec![k.clone()]).await.unwrap();
     assert!(b.lookup(&k).recv().await.is_none());
 }
+
+/// Start a bare router (no daemon) for DHT membership checks.
+fn bare_router(
+    psk: Option<libp2p::pnet::PreSharedKey>,
+    bootstrap: Vec<Bootstrap>,
+    stop: &CancellationToken,
+) -> P2pRouter {
+    P2pRouter::start(
+        P2pConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            registry_port: 1,
+            bootstrap,
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            psk,
+            provider_ttl: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(180),
+        },
+        Arc::new(Metrics::new()),
+        stop.clone(),
+    )
+    .unwrap()
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_key_cannot_join() {
+    let psk = libp2p::pnet::PreSharedKey::new([7u8; 32]);
+    let stop = CancellationToken::new();
+    let a = bare_router(Some(psk), vec![], &stop);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.listen_addrs().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let boot = vec![Bootstrap::Static(a.listen_addrs()[0].clone())];
+    let member = bare_router(Some(psk), boot.clone(), &stop);
+    let stranger = bare_router(None, boot.clone(), &stop);
+    let wrong_key = bare_router(
+        Some(libp2p::pnet::PreSharedKey::new([8u8; 32])),
+        boot,
+        &stop,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while member.peer_count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a node with the key never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the others the same time and more: they must stay outside.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stranger.peer_count(), 0, "a node without the key joined");
+    assert_eq!(wrong_key.peer_count(), 0, "a node with another key joined");
+    assert_eq!(a.peer_count(), 1);
+    stop.cancel();
+}
