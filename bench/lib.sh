@@ -250,7 +250,7 @@ EOF
 pm_start() {
     local name="$1" ctd="$2" mode="$3" boot="$4"
     shift 4
-    local dir="$WORK/pm-$name" args=() p_reg p_met p_router
+    local dir="$WORK/pm-$name" args=() auth=() p_reg p_met p_router
     mkdir -p "$dir/data"
     free_port p_reg
     free_port p_met
@@ -263,6 +263,10 @@ pm_start() {
         --registry-addr "${PM_REG[$name]}" --metrics-addr "${PM_MET[$name]}"
         --router-addr "127.0.0.1:${PM_ROUTER[$name]}" --data-dir "$dir/data"
         --log-level "${PM_LOG_LEVEL:-info}")
+    # Plain HTTP on loopback, like the curl and docker-registry baselines.
+    # PM_AUTH_ARGS overrides (e.g. to measure the TLS modes).
+    read -r -a auth <<<"${PM_AUTH_ARGS:---auth-mode none --insecure-no-auth}"
+    args+=("${auth[@]}")
     [ "$mode" = dir ] && args+=(--containerd-content-dir "$(ctd_content_dir "$ctd")")
     if [ "$boot" = none ]; then
         args+=(--bootstrap none)
@@ -275,10 +279,14 @@ pm_start() {
 }
 
 pm_wait_ready() {
-    wait_http "http://${PM_MET[$1]}/readyz" 200 "${2:-30}" || {
-        tail -n 20 "${PM_LOG[$1]}" >&2
-        die "peermirror $1 not ready"
-    }
+    local i
+    for ((i = 0; i < ${2:-30} * 10; i++)); do
+        [ "$(http_code "http://${PM_MET[$1]}/readyz")" = 200 ] && return 0
+        kill -0 "${PM_PID[$1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 20 "${PM_LOG[$1]}" >&2
+    die "peermirror $1 not ready"
 }
 
 pm_stop() {

@@ -13,7 +13,9 @@
 #   fanout  NODES nodes (NODES containerd + NODES peermirror); node 1 pulled the image from
 #           the registry (its access log gives the upstream egress), the registry is
 #           stopped, then nodes 2..NODES pull concurrently through their peermirrors.
-#           Wall time, bytes each node served (/metrics), CPU per node.
+#           Wall time, bytes each node served (/metrics), 404 misses, CPU per node.
+#           Run once per --mirror-resolve-timeout in FANOUT_RESOLVE ("20ms 250ms": the
+#           default, then a longer one to see what the CPU-starved lookups need).
 #
 # Root; needs containerd, ctr, docker-registry, skopeo, umoci (scripts/install-deps.sh).
 # Only 127.0.0.1; every process is stopped by PID on exit; the temp dir is removed.
@@ -81,6 +83,14 @@ part_peer() {
     local c1a c1b c2a c2b r bytes secs rate p1 p2
     c1a="$(cpu_ticks "${PM_PID[n1]}")"
     c2a="$(cpu_ticks "${PM_PID[n2]}")"
+    local perf_pid=""
+    if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
+        # Profile of the relaying node during the peer rounds (PERF=1).
+        perf record -q -F 499 -g -o "$WORK/perf.n2.data" -p "${PM_PID[n2]}" >/dev/null 2>&1 &
+        perf_pid=$!
+        track "$perf_pid"
+        sleep 0.5
+    fi
     p1="$(pm_bytes n1 local)"
     p2="$(pm_bytes n2 peer)"
     for ((r = 1; r <= RUNS; r++)); do
@@ -94,6 +104,15 @@ part_peer() {
     done
     c1b="$(cpu_ticks "${PM_PID[n1]}")"
     c2b="$(cpu_ticks "${PM_PID[n2]}")"
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        untrack "$perf_pid"
+        perf report -i "$WORK/perf.n2.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+            grep -E '^ +[0-9]' | head -n 25 >"$WORK/perf.n2.top" || true
+        log "perf top symbols of node 2 while relaying:"
+        cat "$WORK/perf.n2.top" >&2
+    fi
     local relayed=$(($(pm_bytes n2 peer) - p2))
     [ "$relayed" -eq $((RUNS * SIZE)) ] || log "WARNING: node 2 relayed $relayed bytes, want $((RUNS * SIZE))"
     local served=$(($(pm_bytes n1 local) - p1))
@@ -174,88 +193,104 @@ EOF
 }
 
 # ---------------------------------------------------------------------------
+# part_fanout RESOLVE_TIMEOUT: one fan-out round with that --mirror-resolve-timeout.
 part_fanout() {
-    local i name pids=() t0 t1 fails=0
+    local resolve="$1"
+    local fp="f${resolve}-" i name pids=() t0 t1 fails=0
     [ -z "$REGISTRY_PID" ] || registry_stop
     for ((i = 2; i <= NODES; i++)); do
-        name="f$i"
+        name="$fp$i"
         ctd_start "$name"
-        pm_start "$name" "$name" dir n1
+        pm_start "$name" "$name" dir n1 --mirror-resolve-timeout "$resolve"
     done
     for ((i = 2; i <= NODES; i++)); do
-        pm_wait_ready "f$i" 60
-        hosts_dir "$WORK/hosts-f$i" "${PM_REG[f$i]}"
+        pm_wait_ready "$fp$i" 60
+        hosts_dir "$WORK/hosts-$fp$i" "${PM_REG[$fp$i]}"
     done
-    for ((i = 2; i <= NODES; i++)); do wait_blob "f$i"; done
+    for ((i = 2; i <= NODES; i++)); do wait_blob "$fp$i"; done
     local b1_local b1_peer c1
     b1_local="$(pm_bytes n1 local)"
     b1_peer="$(pm_bytes n1 peer)"
     c1="$(cpu_ticks "${PM_PID[n1]}")"
-    declare -A ctd_cpu0
-    for ((i = 2; i <= NODES; i++)); do ctd_cpu0[f$i]="$(cpu_ticks "${CTD_PID[f$i]}")"; done
-    log "fan-out: $((NODES - 1)) nodes pull concurrently (load $(loadavg))"
+    declare -A ctd_cpu0 pm_cpu0 miss0
+    for ((i = 2; i <= NODES; i++)); do
+        name="$fp$i"
+        ctd_cpu0[$name]="$(cpu_ticks "${CTD_PID[$name]}")"
+        pm_cpu0[$name]="$(cpu_ticks "${PM_PID[$name]}")"
+        miss0[$name]="$(grep -c '"miss"' "${PM_LOG[$name]}" || true)"
+    done
+    LOAD_FAN="$(loadavg)"
+    log "fan-out (resolve timeout $resolve): $((NODES - 1)) nodes pull concurrently (load $LOAD_FAN)"
     t0="$(date +%s.%N)"
     for ((i = 2; i <= NODES; i++)); do
+        name="$fp$i"
         (
             s="$(date +%s.%N)"
-            ctd_pull "f$i" "$REF" "$WORK/hosts-f$i"
+            ctd_pull "$name" "$REF" "$WORK/hosts-$name"
             e="$(date +%s.%N)"
-            calc "$e - $s" >"$WORK/fan.time.f$i"
-        ) >"$WORK/fan.log.f$i" 2>&1 &
+            calc "$e - $s" >"$WORK/fan.time.$name"
+        ) >"$WORK/fan.log.$name" 2>&1 &
         pids+=($!)
         track "$!"
     done
     for i in "${!pids[@]}"; do
+        name="$fp$((i + 2))"
         wait "${pids[i]}" || {
             fails=$((fails + 1))
-            log "node f$((i + 2)) pull FAILED: $(tail -n 3 "$WORK/fan.log.f$((i + 2))")"
+            log "node $name pull FAILED: $(tail -n 1 "$WORK/fan.log.$name")"
         }
     done
     t1="$(date +%s.%N)"
-    local wall
+    local wall total_local=0 total_peer=0 total_miss=0 rows="" l p c cc tm ms
     wall="$(calc "$t1 - $t0")"
-    local total_local=0 total_peer=0 rows="" l p c cc tm
     l=$(($(pm_bytes n1 local) - b1_local))
     p=$(($(pm_bytes n1 peer) - b1_peer))
     c="$(calc "($(cpu_ticks "${PM_PID[n1]}") - $c1) / $CLK_TCK")"
     total_local=$((total_local + l))
     total_peer=$((total_peer + p))
-    rows+="| n1 (had the image) | - | $l | $p | $c | - |"$'\n'
+    rows+="| n1 (had the image) | - | $l | $p | - | $c | - |"$'\n'
     for ((i = 2; i <= NODES; i++)); do
-        name="f$i"
+        name="$fp$i"
         l="$(pm_bytes "$name" local)"
         p="$(pm_bytes "$name" peer)"
-        c="$(calc "$(cpu_ticks "${PM_PID[$name]}") / $CLK_TCK")"
+        c="$(calc "($(cpu_ticks "${PM_PID[$name]}") - ${pm_cpu0[$name]}) / $CLK_TCK")"
         cc="$(calc "($(cpu_ticks "${CTD_PID[$name]}") - ${ctd_cpu0[$name]}) / $CLK_TCK")"
+        ms=$(($(grep -c '"miss"' "${PM_LOG[$name]}" || true) - miss0[$name]))
         tm="$(cat "$WORK/fan.time.$name" 2>/dev/null || echo FAILED)"
         total_local=$((total_local + l))
         total_peer=$((total_peer + p))
-        rows+="| $name | $tm | $l | $p | $c | $cc |"$'\n'
+        total_miss=$((total_miss + ms))
+        rows+="| n$i | $tm | $l | $p | $ms | $c | $cc |"$'\n'
     done
     cat >>"$SUMMARY" <<EOF
 
-### fan-out: $((NODES - 1)) nodes pull test/big:v1 concurrently, node 1 has it, upstream stopped
+### fan-out, --mirror-resolve-timeout $resolve: $((NODES - 1)) nodes pull test/big:v1 concurrently, node 1 has it, upstream stopped
 | figure | value |
 |---|---|
 | wall time, all $((NODES - 1)) pulls | $wall s |
-| failed pulls | $fails |
+| failed pulls | $fails of $((NODES - 1)) |
+| requests answered 404 (no provider within the resolve timeout), all nodes | $total_miss |
 | upstream egress: node 1's pull from the registry (access log) | $EGRESS_N1 bytes (image blobs total $IMAGE_BYTES) |
 | upstream egress during the fan-out | 0 (registry stopped) |
 | bytes served from local containerd, all nodes | $total_local |
 | bytes relayed from peers, all nodes | $total_peer ($(calc "$total_peer / $IMAGE_BYTES") image copies) |
-| load at end | $(loadavg) |
+| load before / at end | $LOAD_FAN / $(loadavg) |
 
-| node | pull s | local bytes served | peer bytes relayed | peermirror CPU s | containerd CPU s (during fan-out) |
-|---|---|---|---|---|---|
+| node | pull s | local bytes served | peer bytes relayed | 404 misses | peermirror CPU s | containerd CPU s |
+|---|---|---|---|---|---|---|
 $rows
 EOF
+    for ((i = 2; i <= NODES; i++)); do
+        pm_stop "$fp$i"
+        ctd_stop "$fp$i"
+    done
 }
 
 for part in $PARTS; do
     case "$part" in
         peer) part_peer ;;
         pull) part_pull ;;
-        fanout) part_fanout ;;
+        fanout) for resolve in ${FANOUT_RESOLVE:-20ms 250ms}; do part_fanout "$resolve"; done ;;
         *) die "unknown part $part" ;;
     esac
 done

@@ -22,7 +22,8 @@ CONC="${CONC:-8}"
 ROUNDS="${ROUNDS:-3}"
 
 bench_init serve
-log "load before: $(loadavg)"
+LOAD_START="$(loadavg)"
+log "load before: $LOAD_START"
 read -r LAYER SIZE < <(big_layer)
 log "big layer $LAYER ($SIZE bytes)"
 
@@ -57,6 +58,8 @@ log "all three sources return the verified blob"
 
 cpu0_grpc="$(cpu_ticks "${PM_PID[grpc]}")"
 cpu0_dir="$(cpu_ticks "${PM_PID[dir]}")"
+# containerd works only for (a) in this loop: its Content.Read stream is (a)'s source.
+cpu0_ctd="$(cpu_ticks "${CTD_PID[n1]}")"
 for ((r = 1; r <= RUNS; r++)); do
     for m in a b c; do
         read -r bytes secs rate < <(fetch_rate "${URL[$m]}")
@@ -67,6 +70,7 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 cpu_grpc=$(($(cpu_ticks "${PM_PID[grpc]}") - cpu0_grpc))
 cpu_dir=$(($(cpu_ticks "${PM_PID[dir]}") - cpu0_dir))
+cpu_ctd=$(($(cpu_ticks "${CTD_PID[n1]}") - cpu0_ctd))
 GB_SERVED="$(calc "$RUNS * $SIZE / 1e9")"
 declare -A MED
 for m in a b c; do MED[$m]="$(median <"$WORK/rate.$m")"; done
@@ -74,6 +78,7 @@ RATIO_B="$(calc "${MED[b]} / ${MED[c]}")"
 RATIO_A="$(calc "${MED[a]} / ${MED[c]}")"
 CPU_GB_GRPC="$(calc "$cpu_grpc / $CLK_TCK / $GB_SERVED")"
 CPU_GB_DIR="$(calc "$cpu_dir / $CLK_TCK / $GB_SERVED")"
+CPU_GB_CTD="$(calc "$cpu_ctd / $CLK_TCK / $GB_SERVED")"
 LOAD_MID="$(loadavg)"
 pm_stop grpc
 pm_stop dir
@@ -118,12 +123,13 @@ done
 AGG[registry]="$(median <"$WORK/agg.registry")"
 
 met() { if awk "BEGIN { exit !($1) }"; then echo yes; else echo NO; fi; }
-mb() { calc "$1 / 1024"; }
+# KiB -> "X MB (Y MiB)"
+mb() { printf '%s MB (%s MiB)' "$(calc "$1 * 1024 / 1e6")" "$(calc "$1 / 1024")"; }
 
 cat <<EOF
 
 == bench/serve.sh summary ($(date -u +%Y-%m-%dT%H:%MZ)) ==
-machine: $(machine_notes)   (load before: see log; mid-run: $LOAD_MID)
+machine: $(machine_notes)   (load before: $LOAD_START; mid-run: $LOAD_MID)
 blob: $LAYER, $SIZE bytes; $RUNS interleaved rounds; MB = 10^6 bytes
 
 | figure | value | target | met? |
@@ -133,10 +139,11 @@ blob: $LAYER, $SIZE bytes; $RUNS interleaved rounds; MB = 10^6 bytes
 | (c) docker-registry, median | ${MED[c]} MB/s | | |
 | (b)/(c) | $RATIO_B | >= 1.0 | $(met "$RATIO_B >= 1.0") |
 | (a)/(c) | $RATIO_A | >= 0.5 | $(met "$RATIO_A >= 0.5") |
-| peak RSS, content dir, $CONC concurrent x $ROUNDS rounds | $(mb "${HWM[dir]}") MiB (idle $(mb "${HWM0[dir]}") MiB) | <= 50 MB | $(met "${HWM[dir]} * 1024 <= 50e6") |
-| peak RSS, gRPC only, $CONC concurrent x $ROUNDS rounds | $(mb "${HWM[grpc]}") MiB (idle $(mb "${HWM0[grpc]}") MiB) | <= 50 MB | $(met "${HWM[grpc]} * 1024 <= 50e6") |
+| peak RSS, content dir, $CONC concurrent x $ROUNDS rounds | $(mb "${HWM[dir]}"), idle $(mb "${HWM0[dir]}") | <= 50 MB | $(met "${HWM[dir]} * 1024 <= 50e6") |
+| peak RSS, gRPC only, $CONC concurrent x $ROUNDS rounds | $(mb "${HWM[grpc]}"), idle $(mb "${HWM0[grpc]}") | <= 50 MB | $(met "${HWM[grpc]} * 1024 <= 50e6") |
 | aggregate, $CONC concurrent, content dir / gRPC / registry | ${AGG[dir]} / ${AGG[grpc]} / ${AGG[registry]} MB/s | | |
 | peermirror CPU per GB served, content dir / gRPC | $CPU_GB_DIR / $CPU_GB_GRPC s | | |
+| containerd CPU per GB read over gRPC for (a) | $CPU_GB_CTD s | | |
 
 raw MB/s (a): $(paste -sd' ' "$WORK/rate.a")
 raw MB/s (b): $(paste -sd' ' "$WORK/rate.b")

@@ -30,6 +30,9 @@ pub enum Command {
     Configure(crate::configure::ConfigureArgs),
     /// A small cluster CA: init-ca, issue, revoke, crl, inspect.
     Certs(crate::certs::CertsArgs),
+    /// Show this node's status, peers, lookups and content (talks to the admin socket).
+    /// Exits 0 when ready (or found), 3 when not, saying why.
+    Status(crate::status::StatusArgs),
     /// Print the version.
     Version,
 }
@@ -124,6 +127,11 @@ pub struct RunArgs {
     /// How often provider records are re-published (well under --provider-ttl).
     #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
     pub republish_interval: Duration,
+
+    /// Unix socket of the admin API (mode 0600), used by `peermirror status`
+    /// [default: <data-dir>/admin.sock].
+    #[arg(long, env = "PEERMIRROR_ADMIN_SOCK")]
+    pub admin_sock: Option<PathBuf>,
 
     /// libp2p private-network pre-shared key file (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex
     /// characters): only nodes holding the same key can join the DHT.

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminState;
 use crate::auth::{AuthError, AuthMode, FailureThrottle, Guard, Tokens};
 use crate::cli::{RunArgs, SecurityArgs};
 use crate::containerd::{ContainerdError, ContainerdSource};
@@ -111,6 +112,8 @@ pub struct Config {
     /// Concurrent uploads (0 = unlimited) and egress bytes per second (0 = unlimited).
     pub max_uploads: usize,
     pub max_egress_bps: u64,
+    /// Where the admin API listens; `None` turns it off.
+    pub admin_sock: Option<PathBuf>,
 }
 
 impl Config {
@@ -146,6 +149,11 @@ impl Config {
             security: Security::from_args(&args.security),
             max_uploads: args.max_concurrent_uploads,
             max_egress_bps: args.max_egress_bps,
+            admin_sock: Some(
+                args.admin_sock
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("admin.sock")),
+            ),
         }
     }
 }
@@ -191,6 +199,8 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Run against the containerd the config names.
@@ -370,6 +380,32 @@ pub async fn run_with_source(
         throttle: FailureThrottle::new(10, Duration::from_secs(60)),
     };
     let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, metrics.clone());
+    let registry_addr = listeners
+        .registry
+        .local_addr()
+        .map_err(DaemonError::Listener)?;
+    if let Some(path) = &config.admin_sock {
+        let state = Arc::new(AdminState {
+            index: index.clone(),
+            readiness: readiness.clone(),
+            health: health.clone(),
+            router: router.clone(),
+            mirror: mirror.clone(),
+            metrics: metrics.clone(),
+            auth_mode: config.security.mode,
+            tls: tls.clone(),
+            registry_addr: registry_addr.to_string(),
+        });
+        let path = path.clone();
+        let shutdown = shutdown.clone();
+        // Bind now so a bad path fails start-up, not silently later.
+        let server = crate::admin::bind(&path)?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(server, &path, state, shutdown).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        }));
+    }
     let registry = Arc::new(Registry::new(index, source, metrics, mirror, guard, limits));
     let tls_provider = tls.map(|t| t as Arc<dyn TlsProvider>);
 

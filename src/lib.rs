@@ -11,6 +11,7 @@
 //! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod certs;
 pub mod cli;
@@ -27,4 +28,5 @@ pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod status;
 pub mod tls;

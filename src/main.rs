@@ -32,6 +32,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", peermirror::certs::run(&args)?);
             Ok(())
         }
+        Command::Status(args) => {
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let (text, ok) = rt.block_on(peermirror::status::run(&args))?;
+            print!("{text}");
+            if !ok {
+                // Not ready (or not found): a distinct code for scripts and probes.
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Version => {
             println!("peermirror {}", env!("CARGO_PKG_VERSION"));
             Ok(())

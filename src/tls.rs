@@ -83,6 +83,8 @@ pub struct TlsMaterial {
     pub client: Arc<ClientConfig>,
     /// The earliest nextUpdate of the loaded CRLs.
     pub crl_next_update: Option<SystemTime>,
+    /// When this node's certificate expires.
+    pub cert_not_after: Option<SystemTime>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -106,6 +108,10 @@ fn roots(
 /// Read every file and build both configs. Fails as a whole: nothing half-loaded is used.
 pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     let chain = certs::load_certs(&files.cert)?;
+    let cert_not_after = chain
+        .first()
+        .and_then(|c| certs::cert_summary(c).ok())
+        .map(|s| s.not_after);
     let key = certs::load_key(&files.key)?;
     let mut crls = Vec::new();
     for p in &files.crls {
@@ -188,6 +194,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         server: Arc::new(server),
         client: Arc::new(client),
         crl_next_update,
+        cert_not_after,
     })
 }
 

@@ -231,7 +231,7 @@ fn revoke_and_crl_list_the_serial_with_increasing_numbers() {
         "{out}"
     );
     let info = crl_info(dir);
-    assert_eq!(info.revoked, [serial_a.clone()]);
+    assert_eq!(info.revoked, std::slice::from_ref(&serial_a));
     assert_eq!(info.number, Some(2));
     assert_eq!(info.reasons, [Some(certs::Reason::KeyCompromise)]);
 
@@ -327,12 +327,18 @@ fn loaders_accept_pem_and_der() {
     fs::write(dir.join("node-a.der"), &cert).unwrap();
     fs::write(dir.join("key.der"), key.secret_der()).unwrap();
     fs::write(dir.join("crl.der"), &crl).unwrap();
-    assert_eq!(load_certs(dir.join("node-a.der")).unwrap(), [cert.clone()]);
+    assert_eq!(
+        load_certs(dir.join("node-a.der")).unwrap(),
+        std::slice::from_ref(&cert)
+    );
     assert_eq!(
         load_key(dir.join("key.der")).unwrap().secret_der(),
         key.secret_der()
     );
-    assert_eq!(load_crls(dir.join("crl.der")).unwrap(), [crl.clone()]);
+    assert_eq!(
+        load_crls(dir.join("crl.der")).unwrap(),
+        std::slice::from_ref(&crl)
+    );
 
     // Several: a PEM bundle (chain) and back-to-back DER.
     let ca = first_cert(&dir.join("ca.crt"));

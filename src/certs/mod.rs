@@ -36,7 +36,7 @@ use time::{OffsetDateTime, UtcOffset};
 pub use ca::{Ca, CertRequest, DEFAULT_CA_DAYS, IssuedCert, RevokedSerial, Usage, issue_for_test};
 pub use info::{CertSummary, CrlInfo, cert_summary, check_crl};
 pub use load::{load_certs, load_crls, load_key, to_pem};
-pub use store::{CA_CERT, CA_KEY, CRL_FILE, STATE_FILE, State};
+pub use store::{CA_CERT, CA_KEY, CRL_FILE, IssuedRecord, RevokedRecord, STATE_FILE, State};
 
 /// Longest lifetime `--days` accepts: a century is already far beyond any sane CA.
 const MAX_DAYS: i64 = 36_500;

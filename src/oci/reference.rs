@@ -184,6 +184,12 @@ impl TagKey {
         self.0.split_once('/').map(|(r, _)| r).unwrap_or_default()
     }
 
+    /// The repository name part, between the registry and the tag.
+    pub fn name(&self) -> &str {
+        let rest = self.0.split_once('/').map(|(_, r)| r).unwrap_or_default();
+        rest.rsplit_once(':').map(|(n, _)| n).unwrap_or_default()
+    }
+
     /// The tag part.
     pub fn tag(&self) -> &str {
         self.0.rsplit_once(':').map(|(_, t)| t).unwrap_or_default()
@@ -299,6 +305,7 @@ mod tests {
         assert_eq!(k.as_str(), "127.0.0.1:5000/test/app:v1");
         assert_eq!(k.tag(), "v1");
         assert_eq!(k.registry(), "127.0.0.1:5000");
+        assert_eq!(k.name(), "test/app");
         assert_eq!(k.as_str().parse::<TagKey>().unwrap(), k);
         assert_eq!(
             TagKey::from_image_name("127.0.0.1:5000/test/app:v1"),

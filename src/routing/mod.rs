@@ -50,6 +50,21 @@ pub trait Router: Send + Sync + 'static {
 
     /// Number of peers currently connected.
     fn peer_count(&self) -> usize;
+
+    /// The connected peers, for status reporting.
+    async fn peers(&self) -> Vec<PeerStatus> {
+        Vec::new()
+    }
+
+    /// This node's identity in the routing layer.
+    fn local_id(&self) -> String {
+        String::new()
+    }
+
+    /// Where the router listens, and the addresses it advertises to others.
+    fn addresses(&self) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// Record keys are the key's text: `sha256:<hex>` or `registry/repo:tag`.

@@ -203,6 +203,8 @@ pub struct P2pRouter {
     peers: Arc<AtomicUsize>,
     peer_id: PeerId,
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    /// The external address registered for provider records, if any.
+    advertised: Vec<Multiaddr>,
 }
 
 impl P2pRouter {
@@ -220,10 +222,13 @@ impl P2pRouter {
             reason: e.to_string(),
         })?;
         // Provider records carry only external addresses: register the reachable one.
-        if let Some(adv) = config.advertise {
-            swarm.add_external_address(socket_multiaddr(adv));
-        } else if !config.listen.ip().is_unspecified() {
-            swarm.add_external_address(socket_multiaddr(config.listen));
+        let external = match config.advertise {
+            Some(adv) => Some(socket_multiaddr(adv)),
+            None if !config.listen.ip().is_unspecified() => Some(socket_multiaddr(config.listen)),
+            None => None,
+        };
+        if let Some(a) = &external {
+            swarm.add_external_address(a.clone());
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let peers = Arc::new(AtomicUsize::new(0));
@@ -251,6 +256,7 @@ impl P2pRouter {
                 peers,
                 peer_id,
                 listen_addrs,
+                advertised: external.into_iter().collect(),
             },
             handle,
         ))
@@ -325,6 +331,22 @@ impl Router for P2pRouter {
 
     fn peer_count(&self) -> usize {
         self.peers.load(Ordering::Relaxed)
+    }
+
+    async fn peers(&self) -> Vec<PeerStatus> {
+        P2pRouter::peers(self).await
+    }
+
+    fn local_id(&self) -> String {
+        self.peer_id()
+    }
+
+    fn addresses(&self) -> (Vec<String>, Vec<String>) {
+        let listen = self.listen_addrs().iter().map(|a| a.to_string()).collect();
+        (
+            listen,
+            self.advertised.iter().map(|a| a.to_string()).collect(),
+        )
     }
 }
 

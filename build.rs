@@ -1,0 +1,9 @@
+// Builds the admin API from proto/ (needs `protoc`, which containerd-client needs too).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/peermirror/v1/admin.proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&["proto/peermirror/v1/admin.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The node-local admin API (gRPC over a unix socket, mode 0600): status, peers, lookups and
+//! content, so "why didn't that pull come from a peer?" is answered in a minute.
+//! `peermirror status` is the client ([`crate::status`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::auth::AuthMode;
+use crate::content::{Index, Key, Readiness};
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+use crate::oci::{Digest, TagKey};
+use crate::ops::Health;
+use crate::routing::Router;
+use crate::tls::TlsReloader;
+
+pub mod proto {
+    tonic::include_proto!("peermirror.v1");
+}
+
+use proto::admin_server::{Admin, AdminServer};
+use proto::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot create the admin socket {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot reach the admin socket {path}: {reason} (is `peermirror run` running, and are you root?)"
+    )]
+    Connect { path: String, reason: String },
+    #[error("admin API call failed: {0}")]
+    Call(#[from] Status),
+    #[error("admin API server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// What the admin API reports on; all shared with the running daemon.
+pub struct AdminState {
+    pub index: Arc<Index>,
+    pub readiness: watch::Receiver<Readiness>,
+    pub health: Arc<Health>,
+    pub router: Option<Arc<dyn Router>>,
+    pub mirror: Option<Arc<Mirror>>,
+    pub metrics: Arc<Metrics>,
+    pub auth_mode: AuthMode,
+    pub tls: Option<Arc<TlsReloader>>,
+    pub registry_addr: String,
+}
+
+fn unix_secs(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(0)
+}
+
+/// Parse what a user types: a digest, or an image reference with a tag.
+pub fn parse_key(s: &str) -> Option<Key> {
+    if s.starts_with("sha256:") {
+        return s.parse::<Digest>().ok().map(Key::Digest);
+    }
+    TagKey::from_image_name(s).map(Key::Tag)
+}
+
+struct Service(Arc<AdminState>);
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = &self.0;
+        let r = s.readiness.borrow().clone();
+        let reasons = s.health.not_ready_reasons();
+        let (listen, advertised) = s.router.as_ref().map(|r| r.addresses()).unwrap_or_default();
+        let tls = s.tls.as_ref().map(|t| t.current());
+        Ok(Response::new(StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            peer_id: s.router.as_ref().map(|r| r.local_id()).unwrap_or_default(),
+            listen_addrs: listen,
+            advertised_addrs: advertised,
+            registry_addr: s.registry_addr.clone(),
+            ready: reasons.is_empty(),
+            not_ready_reasons: reasons,
+            containerd_up: r.source_up,
+            index_loaded: r.loaded,
+            containerd_reason: r.reason.unwrap_or_default(),
+            blobs: s.index.blob_count() as u64,
+            tags: s.index.tag_count() as u64,
+            images: s.index.image_count() as u64,
+            advertised_keys: u64::try_from(s.metrics.advertised_keys.get()).unwrap_or(0),
+            connected_peers: s
+                .router
+                .as_ref()
+                .map_or(0, |r| u32::try_from(r.peer_count()).unwrap_or(u32::MAX)),
+            auth_mode: s.auth_mode.as_str().into(),
+            cert_not_after: unix_secs(tls.as_ref().and_then(|t| t.cert_not_after)),
+            crl_next_update: unix_secs(tls.as_ref().and_then(|t| t.crl_next_update)),
+        }))
+    }
+
+    async fn peers(&self, _: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
+        let peers = match &self.0.router {
+            Some(r) => r.peers().await,
+            None => Vec::new(),
+        };
+        Ok(Response::new(PeersResponse {
+            peers: peers
+                .into_iter()
+                .map(|p| Peer {
+                    peer_id: p.peer,
+                    registry_addr: p.registry.map(|a| a.to_string()).unwrap_or_default(),
+                    addrs: p.addrs,
+                    last_seen: unix_secs(Some(p.last_seen)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let req = req.into_inner();
+        let key = parse_key(&req.key).ok_or_else(|| {
+            Status::invalid_argument("key must be sha256:<64 hex> or registry/repo:tag")
+        })?;
+        let timeout = Duration::from_millis(u64::from(if req.timeout_ms == 0 {
+            2000
+        } else {
+            req.timeout_ms.min(30_000)
+        }));
+        let s = &self.0;
+        let local = match &key {
+            Key::Digest(d) => s.index.stat(d).is_some(),
+            Key::Tag(t) => s.index.resolve(t).is_some(),
+        };
+        let (Some(router), Some(mirror)) = (&s.router, &s.mirror) else {
+            return Ok(Response::new(LookupResponse {
+                key: key.to_string(),
+                local,
+                providers: Vec::new(),
+            }));
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = router.lookup(&key);
+        let mut found = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if !found.contains(&p) && found.len() < 64 {
+                found.push(p);
+            }
+        }
+        let path = match &key {
+            Key::Digest(d) => format!("/v2/peermirror/status/blobs/{d}"),
+            Key::Tag(t) => format!(
+                "/v2/{}/manifests/{}?ns={}",
+                t.name(),
+                t.tag(),
+                form_urlencoded::byte_serialize(t.registry().as_bytes()).collect::<String>()
+            ),
+        };
+        let checks = futures_util::future::join_all(found.into_iter().map(|p| {
+            let url = format!("{}://{}{}", mirror.config().scheme, p.addr, path);
+            let req = mirror
+                .peer_request(reqwest::Method::HEAD, url)
+                .timeout(timeout);
+            async move {
+                let started = Instant::now();
+                let res = req.send().await;
+                let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                match res {
+                    Ok(r) => ProviderCheck {
+                        peer_id: p.peer,
+                        registry_addr: p.addr.to_string(),
+                        answered: r.status().is_success(),
+                        status: u32::from(r.status().as_u16()),
+                        latency_ms,
+                        error: String::new(),
+                    },
+                    Err(e) => ProviderCheck {
+                        peer_id: p.peer,
+                        registry_addr: p.addr.to_string(),
+                        answered: false,
+                        status: 0,
+                        latency_ms,
+                        error: e.to_string(),
+                    },
+                }
+            }
+        }))
+        .await;
+        Ok(Response::new(LookupResponse {
+            key: key.to_string(),
+            local,
+            providers: checks,
+        }))
+    }
+
+    async fn content(
+        &self,
+        req: Request<ContentRequest>,
+    ) -> Result<Response<ContentResponse>, Status> {
+        let req = req.into_inner();
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit as usize
+        };
+        let index = &self.0.index;
+        let mut keys: Vec<Key> = index
+            .keys()
+            .into_iter()
+            .filter(|k| req.filter.is_empty() || k.to_string().contains(&req.filter))
+            .collect();
+        keys.sort();
+        let total = keys.len() as u64;
+        let entries = keys
+            .into_iter()
+            .take(limit)
+            .map(|k| match &k {
+                Key::Digest(d) => {
+                    let desc = index.stat(d);
+                    ContentEntry {
+                        key: k.to_string(),
+                        kind: "digest".into(),
+                        size: desc.as_ref().map_or(0, |d| d.size),
+                        media_type: desc.map(|d| d.media_type).unwrap_or_default(),
+                        target: String::new(),
+                    }
+                }
+                Key::Tag(t) => ContentEntry {
+                    key: k.to_string(),
+                    kind: "tag".into(),
+                    size: 0,
+                    media_type: String::new(),
+                    target: index.resolve(t).map(|d| d.to_string()).unwrap_or_default(),
+                },
+            })
+            .collect();
+        Ok(Response::new(ContentResponse { entries, total }))
+    }
+}
+
+/// Create the admin socket at `path` (mode 0600), replacing a stale one.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, AdminError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let bind_err = |source| AdminError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    // A socket left by a previous run would make bind fail; anything else there is not ours.
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serve the admin API on `listener` until shutdown, then remove the socket file.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    path: &Path,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) -> Result<(), AdminError> {
+    tracing::info!(path = %path.display(), "admin API listening");
+    tonic::transport::Server::builder()
+        .add_service(AdminServer::new(Service(state)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// A client for the admin socket.
+pub async fn connect(
+    path: &Path,
+) -> Result<proto::admin_client::AdminClient<tonic::transport::Channel>, AdminError> {
+    let p = path.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = p.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(p).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .map_err(|e| AdminError::Connect {
+            path: path.display().to_string(),
+            reason: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+        })?;
+    Ok(proto::admin_client::AdminClient::new(channel))
+}

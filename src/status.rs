@@ -1,0 +1,283 @@
+//! `peermirror status`: the admin API's client, as a readable table or JSON for scripts.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::admin::{AdminError, connect, proto};
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The admin socket of the running daemon (`peermirror run --admin-sock`).
+    #[arg(
+        long,
+        env = "PEERMIRROR_ADMIN_SOCK",
+        default_value = "/var/lib/peermirror/admin.sock"
+    )]
+    pub admin_sock: PathBuf,
+
+    /// Output format.
+    #[arg(long, short, env = "PEERMIRROR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub what: Option<StatusCommand>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum StatusCommand {
+    /// Connected peers.
+    Peers,
+    /// Which peers provide a digest or a tag, and whether each answers a HEAD in time.
+    Lookup {
+        /// `sha256:<hex>` or `registry/repo:tag`.
+        reference: String,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// What this node advertises.
+    Content {
+        /// Only keys containing this text.
+        filter: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// The text to print and whether the command succeeded (for `status`: whether the node is
+/// ready).
+pub async fn run(args: &StatusArgs) -> Result<(String, bool), AdminError> {
+    let mut client = connect(&args.admin_sock).await?;
+    let json = args.output == Output::Json;
+    match &args.what {
+        None => {
+            let s = client.status(proto::StatusRequest {}).await?.into_inner();
+            let ready = s.ready;
+            Ok((
+                if json {
+                    status_json(&s)
+                } else {
+                    status_table(&s)
+                },
+                ready,
+            ))
+        }
+        Some(StatusCommand::Peers) => {
+            let p = client.peers(proto::PeersRequest {}).await?.into_inner();
+            Ok((
+                if json {
+                    peers_json(&p)
+                } else {
+                    peers_table(&p)
+                },
+                true,
+            ))
+        }
+        Some(StatusCommand::Lookup { reference, timeout }) => {
+            let l = client
+                .lookup(proto::LookupRequest {
+                    key: reference.clone(),
+                    timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                })
+                .await?
+                .into_inner();
+            let found = l.local || l.providers.iter().any(|p| p.answered);
+            Ok((
+                if json {
+                    lookup_json(&l)
+                } else {
+                    lookup_table(&l)
+                },
+                found,
+            ))
+        }
+        Some(StatusCommand::Content { filter, limit }) => {
+            let c = client
+                .content(proto::ContentRequest {
+                    filter: filter.clone().unwrap_or_default(),
+                    limit: *limit,
+                })
+                .await?
+                .into_inner();
+            Ok((
+                if json {
+                    content_json(&c)
+                } else {
+                    content_table(&c)
+                },
+                true,
+            ))
+        }
+    }
+}
+
+fn when(secs: i64) -> String {
+    if secs <= 0 {
+        return "-".into();
+    }
+    let t = UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+    let rel = match t.duration_since(SystemTime::now()) {
+        Ok(d) => format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        Err(e) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(e.duration().as_secs()))
+        ),
+    };
+    format!("{} ({rel})", humantime::format_rfc3339_seconds(t))
+}
+
+fn status_table(s: &proto::StatusResponse) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<18} {v}\n"));
+    row("version", s.version.clone());
+    row("peer id", or_dash(&s.peer_id));
+    row("registry", s.registry_addr.clone());
+    row("listening", or_dash(&s.listen_addrs.join(", ")));
+    row("advertised", or_dash(&s.advertised_addrs.join(", ")));
+    row("ready", if s.ready { "yes".into() } else { "NO".into() });
+    for r in &s.not_ready_reasons {
+        row("  because", r.clone());
+    }
+    let ctrd = match (s.containerd_up, s.index_loaded) {
+        (true, true) => "reachable, indexed".to_string(),
+        _ => format!("NOT ready: {}", or_dash(&s.containerd_reason)),
+    };
+    row("containerd", ctrd);
+    row(
+        "content",
+        format!("{} images, {} blobs, {} tags", s.images, s.blobs, s.tags),
+    );
+    row("advertised keys", s.advertised_keys.to_string());
+    row("peers", s.connected_peers.to_string());
+    row("auth", s.auth_mode.clone());
+    row("cert expires", when(s.cert_not_after));
+    row("crl next update", when(s.crl_next_update));
+    out
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn status_json(s: &proto::StatusResponse) -> String {
+    json!({
+        "version": s.version, "peer_id": s.peer_id, "registry_addr": s.registry_addr,
+        "listen_addrs": s.listen_addrs, "advertised_addrs": s.advertised_addrs,
+        "ready": s.ready, "not_ready_reasons": s.not_ready_reasons,
+        "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason},
+        "content": {"images": s.images, "blobs": s.blobs, "tags": s.tags},
+        "advertised_keys": s.advertised_keys, "connected_peers": s.connected_peers,
+        "auth_mode": s.auth_mode, "cert_not_after": s.cert_not_after, "crl_next_update": s.crl_next_update,
+    })
+    .to_string()
+        + "\n"
+}
+
+fn peers_table(p: &proto::PeersResponse) -> String {
+    let mut out = format!("{:<54} {:<22} {}\n", "PEER", "REGISTRY", "LAST SEEN");
+    for peer in &p.peers {
+        out.push_str(&format!(
+            "{:<54} {:<22} {}\n",
+            peer.peer_id,
+            or_dash(&peer.registry_addr),
+            when(peer.last_seen)
+        ));
+    }
+    out.push_str(&format!("{} peer(s)\n", p.peers.len()));
+    out
+}
+
+fn peers_json(p: &proto::PeersResponse) -> String {
+    let peers: Vec<_> = p
+        .peers
+        .iter()
+        .map(|x| json!({"peer_id": x.peer_id, "registry_addr": x.registry_addr, "addrs": x.addrs, "last_seen": x.last_seen}))
+        .collect();
+    json!({ "peers": peers }).to_string() + "\n"
+}
+
+fn lookup_table(l: &proto::LookupResponse) -> String {
+    let mut out = format!(
+        "key      {}\nlocal    {}\n",
+        l.key,
+        if l.local { "yes" } else { "no" }
+    );
+    if l.providers.is_empty() {
+        out.push_str("providers: none found (a pull would go to the upstream registry)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<54} {:<22} {:<8} {:<7} {}\n",
+        "PROVIDER", "REGISTRY", "ANSWER", "MS", "ERROR"
+    ));
+    for p in &l.providers {
+        let answer = if p.answered {
+            "ok".to_string()
+        } else if p.status > 0 {
+            p.status.to_string()
+        } else {
+            "none".into()
+        };
+        out.push_str(&format!(
+            "{:<54} {:<22} {:<8} {:<7} {}\n",
+            p.peer_id, p.registry_addr, answer, p.latency_ms, p.error
+        ));
+    }
+    out
+}
+
+fn lookup_json(l: &proto::LookupResponse) -> String {
+    let providers: Vec<_> = l
+        .providers
+        .iter()
+        .map(|p| json!({"peer_id": p.peer_id, "registry_addr": p.registry_addr, "answered": p.answered, "status": p.status, "latency_ms": p.latency_ms, "error": p.error}))
+        .collect();
+    json!({"key": l.key, "local": l.local, "providers": providers}).to_string() + "\n"
+}
+
+fn content_table(c: &proto::ContentResponse) -> String {
+    let mut out = format!("{:<6} {:<12} {}\n", "KIND", "SIZE", "KEY");
+    for e in &c.entries {
+        let detail = if e.kind == "tag" {
+            format!("{} -> {}", e.key, e.target)
+        } else {
+            format!("{} {}", e.key, e.media_type)
+        };
+        out.push_str(&format!(
+            "{:<6} {:<12} {}\n",
+            e.kind,
+            if e.kind == "tag" {
+                "-".into()
+            } else {
+                e.size.to_string()
+            },
+            detail
+        ));
+    }
+    out.push_str(&format!("{} of {} key(s)\n", c.entries.len(), c.total));
+    out
+}
+
+fn content_json(c: &proto::ContentResponse) -> String {
+    let entries: Vec<_> = c
+        .entries
+        .iter()
+        .map(|e| json!({"key": e.key, "kind": e.kind, "size": e.size, "media_type": e.media_type, "target": e.target}))
+        .collect();
+    json!({"entries": entries, "total": c.total}).to_string() + "\n"
+}
