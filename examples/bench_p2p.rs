@@ -97,6 +97,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         security: Security::insecure(),
         max_uploads: 0,
         max_egress_bps: 0,
+        admin_sock: None,
     };
     let task = tokio::spawn(run_with_source(
         config,
