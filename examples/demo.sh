@@ -9,8 +9,9 @@
 #   2. builds peermirror (cargo build; debug unless BUILD_PROFILE=release)
 #   3. builds the fixture images (tests/fixtures/build-images.sh -> target/e2e-fixtures)
 #   4. starts an upstream docker-registry on 127.0.0.1 and pushes the fixtures
-#   5. starts three nodes, each its own containerd + peermirror on 127.0.0.1;
-#      nodes 2 and 3 bootstrap statically to node 1; hosts.toml by `peermirror configure`
+#   5. starts three nodes, each its own containerd + peermirror on 127.0.0.1 (plain http,
+#      --auth-mode none: demo only); nodes 2 and 3 bootstrap statically to node 1;
+#      hosts.toml by `peermirror configure`
 #   6. node 1 pulls big, multi and multiarch (its mirror misses, the upstream serves)
 #   7. STOPS the upstream; nodes 2 and 3 pull the same images through their peermirror
 #   8. prints, per node, the pull result and the bytes served by source (from /metrics)
@@ -249,6 +250,7 @@ EOF
         --router-addr "127.0.0.1:${PM_ROUTER[$n]}" \
         --bootstrap "$bootstrap" \
         --data-dir "$dir/pm-data" \
+        --auth-mode none --insecure-no-auth \
         --log-level info \
         >"$DEMO_DIR/node$n-peermirror.log" 2>&1 &
     PIDS+=("$!")

@@ -86,9 +86,10 @@ impl Node {
     fn pull_ok(&self, image: &FixtureImage, registry_host: &str) {
         if let Err(e) = self.pull(image, registry_host) {
             panic!(
-                "{}: pull of {} through peermirror failed:\n{e}\n--- {} peermirror log ---\n{}",
+                "{}: pull of {} through peermirror failed:\n{}\n--- {} peermirror log ---\n{}",
                 self.name,
                 image.reference(registry_host),
+                last_lines(&e, 4),
                 self.name,
                 self.pm.log_tail(60)
             );
@@ -267,6 +268,14 @@ fn grep(log: &str, needles: &[&str], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The last `n` non-empty lines of a command's output, without colours
+/// (ctr prints a progress table per second; the error is at the end).
+fn last_lines(text: &str, n: usize) -> String {
+    let text = strip_ansi(text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Bytes the kernel has sent so far on the established TCP connections whose
 /// local port is `port` (the server side of a peermirror's registry
 /// endpoint), from `ss -ti`. This is how a test sees a transfer mid-way:
@@ -286,6 +295,17 @@ fn bytes_sent_from_port(port: u16) -> u64 {
         .filter_map(|w| w.strip_prefix("bytes_sent:"))
         .filter_map(|v| v.parse::<u64>().ok())
         .sum()
+}
+
+/// Size of the largest blob containerd is still writing (`ingest/*/data`).
+fn ingest_bytes(ctd: &Containerd) -> u64 {
+    let Ok(dirs) = fs::read_dir(ctd.content_dir().join("ingest")) else {
+        return 0;
+    };
+    dirs.filter_map(|d| fs::metadata(d.ok()?.path().join("data")).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Flips `len` bytes in the middle of a file, keeping its length.
@@ -411,6 +431,10 @@ fn serving_provider(c: &Cluster, threshold: u64) -> Option<(bool, u64)> {
 /// A slow reader of node 2's blob URL: the provider streaming it is SIGKILLed
 /// mid-way; node 2 resumes from the other provider and the body completes
 /// with the right sha256. Deterministic: the reader paces the transfer.
+///
+/// Node 2 picks its provider itself (DHT order, hedging), so the victim is
+/// whichever of node 1 / node 3 is seen streaming (kernel socket counters:
+/// `peermirror_response_bytes_total` only moves when a response ends).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn b1_slow_reader_survives_provider_sigkill() {
@@ -477,7 +501,8 @@ async fn b1_slow_reader_survives_provider_sigkill() {
 
 /// The same with `ctr images pull` on node 2: the provider streaming the big
 /// layer is SIGKILLed when the test sees it mid-way (no guarantee on
-/// loopback: containerd takes the 52 MiB in about half a second).
+/// loopback, where containerd takes the 52 MiB in a second or so: the test
+/// then only checks that the pull succeeds and says it missed the window).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn b2_ctr_pull_survives_provider_sigkill() {
@@ -502,8 +527,14 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
         let pull = s.spawn(|| node2.pull(&big, &reg));
         let mut killed = None;
         let mut polls = 0u32;
+        let mut too_late = false;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !pull.is_finished() && killed.is_none() && Instant::now() < deadline {
+        while !pull.is_finished() && killed.is_none() && !too_late && Instant::now() < deadline {
+            // Cheap trigger: containerd's ingest file for the layer is growing.
+            if ingest_bytes(&node2.ctd) < (1 << 20) {
+                thread::sleep(Duration::from_millis(2));
+                continue;
+            }
             polls += 1;
             let b1 = bytes_sent_from_port(node1.pm.registry_port());
             let b3 = bytes_sent_from_port(node3.pm.registry_port());
@@ -515,8 +546,8 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
             if (MIN..max).contains(&sent) {
                 victim.pm.kill();
                 killed = Some((victim.name, sent, started.elapsed()));
-            } else {
-                thread::sleep(Duration::from_millis(2));
+            } else if sent >= max {
+                too_late = true;
             }
         }
         (pull.join().unwrap(), killed, polls)
@@ -535,7 +566,8 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
     );
     if let Err(e) = result {
         panic!(
-            "node2 pull failed after killing {killed:?}:\n{e}\n--- node2 ---\n{}",
+            "node2 pull failed after killing {killed:?}:\n{}\n--- node2 ---\n{}",
+            last_lines(&e, 4),
             c.node2.pm.log_tail(60)
         );
     }
@@ -561,6 +593,15 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
 /// Node 1's copy of the big layer is corrupted on disk (same length). Node 2
 /// pulls with the upstream up and node 3 lacking it: the pull must succeed,
 /// nothing wrong may be committed, and node 2 must have counted the mismatch.
+///
+/// Observed with containerd 1.6.20 (this fails, on purpose not weakened): node
+/// 2 streams node 1's bytes, finds the mismatch at the end, aborts the body
+/// short of the held-back tail and shuns node 1. containerd re-opens the blob
+/// at the byte it reached, trying its hosts in order: node 2 answers that
+/// `Range: bytes=N-` with 404 (no other provider), so containerd asks the
+/// UPSTREAM for `bytes=N-` (206), appends that tail to the corrupt prefix it
+/// kept, and its commit fails with "unexpected commit digest". Nothing wrong
+/// is committed; a second pull succeeds (node 1 is shunned: 404, upstream).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn c_corrupt_peer_copy_is_never_committed() {
@@ -583,6 +624,8 @@ async fn c_corrupt_peer_copy_is_never_committed() {
     let started = Instant::now();
     let result = c.node2.pull(&big, &reg);
     let took = started.elapsed();
+    // Whatever happened, nothing with wrong bytes may be in node 2's store.
+    let checked = c.node2.ctd.verify_content_blobs();
     let log2 = c.node2.log();
     let mismatches = c.node2.pm.metric("peermirror_digest_mismatches_total", &[]);
     let layer_requests: Vec<String> = audit_lines(&log2)
@@ -591,27 +634,45 @@ async fn c_corrupt_peer_copy_is_never_committed() {
         .map(|a| a.line)
         .collect();
     eprintln!(
-        "[c] node2 pull {} in {:.1}s; digest mismatches {mismatches}; {} audit lines for the layer",
+        "[c] node2 pull {} in {:.1}s; digest mismatches {mismatches}; {checked} blobs verified on node2",
         if result.is_ok() { "ok" } else { "FAILED" },
         took.as_secs_f64(),
-        layer_requests.len()
     );
     if let Err(e) = result {
-        // Diagnostics: what node 2 answered, and whether a second pull works.
+        // What the upstream was asked for the layer (docker-registry logs no
+        // Range header, but a 206 and the bytes written tell the story).
+        let upstream: Vec<String> = strip_ansi(&c.registry.log_tail(400))
+            .lines()
+            .filter(|l| l.contains(layer.hex()) && l.contains("response completed"))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|w| {
+                        w.starts_with("time=")
+                            || w.starts_with("http.request.method=")
+                            || w.starts_with("http.response.status=")
+                            || w.starts_with("http.response.written=")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        // And whether a second pull, right after, works.
         let retry = c.node2.pull(&big, &reg);
         panic!(
-            "node2 pull failed after a corrupt peer copy ({:.1}s, digest mismatches {mismatches}):\n{e}\n\
-             --- node2 audit lines for the layer (first 5, last 5 of {}) ---\n{}\n...\n{}\n\
+            "node2 pull failed after a corrupt peer copy ({:.1}s, digest mismatches {mismatches}, \
+             {checked} blobs on node2 all verified: nothing wrong committed):\n{}\n\
+             --- node2 audit lines for the layer ---\n{}\n\
              --- node2 mismatch/shun lines ---\n{}\n\
+             --- upstream registry requests for the layer ---\n{}\n\
              --- a second pull right after: {} ---",
             took.as_secs_f64(),
-            layer_requests.len(),
-            layer_requests[..layer_requests.len().min(5)].join("\n"),
-            layer_requests[layer_requests.len().saturating_sub(5)..].join("\n"),
+            last_lines(&e, 2),
+            layer_requests.join("\n"),
             grep(&log2, &["mismatch", "shunned"], 10),
+            upstream.join("\n"),
             match retry {
                 Ok(()) => "succeeded".to_string(),
-                Err(e) => format!("failed too: {}", e.lines().last().unwrap_or_default()),
+                Err(e) => format!("failed too: {}", last_lines(&e, 1)),
             }
         );
     }
