@@ -65,6 +65,7 @@ pub struct Metrics {
     pub advertised_keys: Gauge,
     pub digest_mismatches: Counter,
     pub provider_failures: Counter,
+    pub local_corruptions: Counter,
     pub content_ready: Gauge,
     pub uploads_in_flight: Gauge,
     pub uploads_rejected: Counter,
@@ -137,6 +138,12 @@ impl Metrics {
             "Peer fetches that failed (connect, status, stream)",
             provider_failures.clone(),
         );
+        let local_corruptions = Counter::default();
+        registry.register(
+            "local_corruptions",
+            "Local blobs found damaged (not matching their digest) before serving a peer",
+            local_corruptions.clone(),
+        );
         let content_ready = Gauge::default();
         registry.register(
             "content_ready",
@@ -190,6 +197,7 @@ impl Metrics {
             advertised_keys,
             digest_mismatches,
             provider_failures,
+            local_corruptions,
             content_ready,
         }
     }

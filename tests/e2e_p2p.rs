@@ -678,11 +678,32 @@ async fn c_corrupt_peer_copy_is_never_committed() {
     }
     c.node2.assert_has(&big);
     c.node2.ctd.verify_content_blobs();
+    // The damage must have been caught: by node 1 itself before uploading (it checks its own
+    // copy and refuses it), or by node 2 at the end of the transfer.
+    let caught_at_source = c.node1.pm.metric("peermirror_local_corruptions_total", &[]);
+    let log1 = c.node1.log();
+    let node1_layer: Vec<String> = audit_lines(&log1)
+        .into_iter()
+        .filter(|a| a.path.contains(layer.hex()))
+        .map(|a| a.line)
+        .collect();
     assert!(
-        mismatches >= 1.0,
-        "node2 counted no digest mismatch (did it fetch from node1 at all?):\n{}",
-        layer_requests.join("\n")
+        caught_at_source >= 1.0 || mismatches >= 1.0,
+        "nobody noticed the damaged copy:\n--- node2 ---\n{}\n--- node1 ---\n{}\n{}",
+        layer_requests.join("\n"),
+        node1_layer.join("\n"),
+        grep(&log1, &["damaged", "does not match"], 10),
     );
+    // Once caught at the source, node 1 stops offering the damaged blob to anyone.
+    if caught_at_source >= 1.0 {
+        let url = format!(
+            "{}/v2/test/big/blobs/{}",
+            c.node1.pm.registry_url(),
+            layer.digest
+        );
+        let r = common::head(&url, &[("x-peermirror-mirrored", "true")]).await;
+        assert_eq!(r.status, 404, "node 1 still offers its damaged copy");
+    }
 }
 
 // (d) ------------------------------------------------------------------------

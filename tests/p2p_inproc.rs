@@ -468,3 +468,54 @@ async fn a_node_without_the_cluster_key_cannot_join() {
     assert_eq!(a.peer_count(), 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_damaged_local_copy_is_never_uploaded_to_peers() {
+    let net = MemoryNetwork::new();
+    let good = pattern(300_000, 6);
+    let digest = Digest::of(&good);
+    // Node "a" indexed the blob, then its stored bytes were damaged (same length).
+    let src_a = MemorySource::new();
+    src_a.add_image("127.0.0.1:5000/test/app:v1", &[&good]);
+    let mut bad = good.clone();
+    bad[150_000] ^= 0xff;
+    src_a.add_blob_as(digest, bad);
+    let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ra = MemoryRouter::new(net.clone(), "a", la.local_addr().unwrap());
+    let a = start_on(
+        la,
+        src_a,
+        config(Routing::Custom(Arc::new(ra), true), mirror_config()),
+    )
+    .await;
+    wait_ready(&a, true).await;
+    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rc = MemoryRouter::new(net.clone(), "c", lc.local_addr().unwrap());
+    let c = start_on(
+        lc,
+        MemorySource::new(),
+        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
+    )
+    .await;
+    wait_ready(&c, true).await;
+
+    // The peer refuses before sending a byte, so the client gets a clean 404 (and containerd
+    // would go upstream for the whole blob), not a body that breaks at the end.
+    let r = client()
+        .get(format!("{}/v2/test/app/blobs/{digest}", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let m = a.metrics().await;
+    assert!(m.contains("peermirror_local_corruptions_total 1"), "{m}");
+    // And node "a" no longer offers it at all.
+    let r = client()
+        .head(format!("{}/v2/test/app/blobs/{digest}", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    a.stop().await;
+    c.stop().await;
+}

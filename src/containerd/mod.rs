@@ -223,6 +223,14 @@ impl ContentSource for ContainerdSource {
         ))
     }
 
+    async fn stamp(&self, digest: &Digest) -> Option<(u64, std::time::SystemTime)> {
+        let dir = self.content_dir.as_ref()?;
+        let meta = tokio::fs::metadata(dir.join("blobs/sha256").join(digest.hex()))
+            .await
+            .ok()?;
+        Some((meta.len(), meta.modified().ok()?))
+    }
+
     async fn subscribe(&self) -> Result<EventStream, SourceError> {
         let ns = &self.namespace;
         let req = SubscribeRequest {

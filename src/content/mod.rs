@@ -95,6 +95,12 @@ pub trait ContentSource: Send + Sync + 'static {
     /// Subscribe to image and content changes. Implementations subscribe before returning,
     /// so a listing made after this call misses nothing.
     async fn subscribe(&self) -> Result<EventStream, SourceError>;
+
+    /// A cheap stamp of a blob's stored bytes (length and modification time) when the source
+    /// can tell, so a verification result can be reused until the bytes change.
+    async fn stamp(&self, _digest: &Digest) -> Option<(u64, std::time::SystemTime)> {
+        None
+    }
 }
 
 /// The largest manifest or index read into memory; the distribution spec's registries use 4 MiB.

@@ -6,7 +6,10 @@
 //! streams the body through a sha256 check that holds back the final chunk until the digest
 //! matches. A provider that fails mid-stream is replaced by the next with a `Range` from the
 //! byte reached; one that sends wrong bytes is shunned for a while and the client connection is
-//! aborted, never ended cleanly, so containerd can never commit unverified content.
+//! aborted, never ended cleanly, so no response made of unverified bytes ever completes.
+//! (containerd then resumes elsewhere and fails that pull at commit, keeping nothing; its next
+//! attempt avoids the shunned peer. Serving nodes verify their own copies before uploading to
+//! peers, see `registry::verify`, so this backstop is for hostile peers and races.)
 
 mod providers;
 mod transfer;

@@ -80,7 +80,16 @@ impl HttpBody for LoggedBody {
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(data) = frame.data_ref()
         {
-            self.sent += data.len() as u64;
+            let n = data.len() as u64;
+            self.sent += n;
+            // Counted as it goes, so a long transfer is visible while it runs.
+            self.record
+                .metrics
+                .bytes
+                .get_or_create(&SourceLabels {
+                    source: self.record.source,
+                })
+                .inc_by(n);
         }
         poll
     }
@@ -97,12 +106,6 @@ impl HttpBody for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let r = &self.record;
-        if self.sent > 0 {
-            r.metrics
-                .bytes
-                .get_or_create(&SourceLabels { source: r.source })
-                .inc_by(self.sent);
-        }
         let complete = r.method == http::Method::HEAD || self.sent >= r.expected;
         tracing::info!(
             target: "audit",

@@ -6,6 +6,7 @@
 
 mod body;
 mod routes;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,7 @@ pub struct Registry {
     mirror: Option<Arc<Mirror>>,
     guard: Guard,
     limits: UploadLimits,
+    verifier: verify::LocalVerifier,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -145,6 +147,7 @@ impl Registry {
             mirror,
             guard,
             limits,
+            verifier: verify::LocalVerifier::default(),
         }
     }
 
@@ -326,6 +329,26 @@ impl Registry {
             Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len()),
             None => (StatusCode::OK, 0, desc.size),
         };
+        // A peer gets only bytes we have checked: see `verify`.
+        if req.headers().contains_key(MIRRORED_HEADER) {
+            match self
+                .verifier
+                .check(self.source.as_ref(), &desc.digest)
+                .await
+            {
+                Ok(verify::Verdict::Intact) => {}
+                Ok(verify::Verdict::Corrupt) => {
+                    tracing::error!(digest = %desc.digest, "local content does not match its digest; no longer serving or advertising it");
+                    self.metrics.local_corruptions.inc();
+                    self.index.remove_content(&desc.digest);
+                    return Answer::error(
+                        OciError::new(ErrorCode::BlobUnknown, "local copy is damaged"),
+                        route,
+                    );
+                }
+                Err(e) => return self.read_failed(e, &desc.digest, route),
+            }
+        }
         let mut slot = None;
         let body = if req.method() == Method::HEAD {
             body::empty()
