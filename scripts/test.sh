@@ -31,3 +31,29 @@ cargo build --all-targets
 
 echo "== test (unit, integration and end-to-end)"
 cargo test --all-targets --no-fail-fast -- --include-ignored
+
+# ---- chart tests (charts/peermirror, tests/chart) ------------------------------------------
+# Renders, lints and validates the Helm chart offline (helm-python-sdk, kubernetes-validate:
+# no helm binary, no cluster) and checks its flags against the binary built above. The Python
+# tools go into a venv under target/, so a fresh machine needs only python3.
+echo "== chart tests"
+chart_venv=target/chart-venv
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "test.sh: installing python3 and python3-venv for the chart tests"
+    DEBIAN_FRONTEND=noninteractive apt-get update </dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv </dev/null
+fi
+if ! "$chart_venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$chart_venv"
+    python3 -m venv "$chart_venv"
+fi
+"$chart_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+chart_rc=0
+PYTHONDONTWRITEBYTECODE=1 PEERMIRROR_BIN=target/debug/peermirror "$chart_venv/bin/python" -m pytest -q -p no:cacheprovider \
+    -c tests/chart/pytest.ini --rootdir tests/chart tests/chart || chart_rc=$?
+case "$chart_rc" in
+    0) ;;
+    5) echo "test.sh: ERROR: pytest collected no chart tests in tests/chart" >&2; exit 1 ;;
+    *) echo "test.sh: ERROR: chart tests failed (pytest exit $chart_rc)" >&2; exit "$chart_rc" ;;
+esac
+# ---- end of chart tests --------------------------------------------------------------------

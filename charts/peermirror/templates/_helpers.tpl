@@ -56,7 +56,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "peermirror.helperImage" -}}
 {{- with .Values.hostFiles.image }}
 {{- if .repository }}
-{{- printf "%s:%s" .repository (.tag | default "latest") }}
+{{- printf "%s:%s" .repository (required "hostFiles.image.tag is required with hostFiles.image.repository" .tag) }}
 {{- else }}
 {{- include "peermirror.image" $ }}
 {{- end }}
