@@ -66,6 +66,7 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     pub provider_failures: Counter,
     pub local_corruptions: Counter,
+    pub dht_lookups: Counter,
     pub content_ready: Gauge,
     pub uploads_in_flight: Gauge,
     pub uploads_rejected: Counter,
@@ -144,6 +145,12 @@ impl Metrics {
             "Local blobs found damaged (not matching their digest) before serving a peer",
             local_corruptions.clone(),
         );
+        let dht_lookups = Counter::default();
+        registry.register(
+            "dht_lookups",
+            "Provider lookups sent to the DHT (the rest are answered from providers already known)",
+            dht_lookups.clone(),
+        );
         let content_ready = Gauge::default();
         registry.register(
             "content_ready",
@@ -198,6 +205,7 @@ impl Metrics {
             digest_mismatches,
             provider_failures,
             local_corruptions,
+            dht_lookups,
             content_ready,
         }
     }

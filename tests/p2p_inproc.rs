@@ -519,3 +519,69 @@ async fn a_damaged_local_copy_is_never_uploaded_to_peers() {
     a.stop().await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_pull_needs_one_dht_lookup_then_uses_known_providers() {
+    let net = MemoryNetwork::new();
+    let layers = [pattern(100_000, 11), pattern(200_000, 12)];
+    let src_b = MemorySource::new();
+    let manifest = src_b.add_image("127.0.0.1:5000/test/app:v1", &[&layers[0], &layers[1]]);
+    let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rb = MemoryRouter::new(net.clone(), "b", lb.local_addr().unwrap());
+    let b = start_on(
+        lb,
+        src_b.clone(),
+        config(Routing::Custom(Arc::new(rb), true), mirror_config()),
+    )
+    .await;
+    wait_ready(&b, true).await;
+    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rc = MemoryRouter::new(net.clone(), "c", lc.local_addr().unwrap());
+    let c = start_on(
+        lc,
+        MemorySource::new(),
+        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
+    )
+    .await;
+    wait_ready(&c, true).await;
+    let http = client();
+
+    // What containerd does: HEAD the tag, GET the manifest by digest, GET config and layers.
+    let r = http
+        .head(format!("{}/v2/test/app/manifests/v1?ns={NS}", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        manifest.digest.to_string().as_str()
+    );
+    let body = http
+        .get(format!(
+            "{}/v2/test/app/manifests/{}?ns={NS}",
+            c.base, manifest.digest
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(Digest::of(&body), manifest.digest);
+    let children = peermirror::oci::children(&manifest.media_type, &body).unwrap();
+    assert_eq!(children.len(), 3);
+    for child in &children {
+        let r = http
+            .get(format!("{}/v2/test/app/blobs/{}", c.base, child.digest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(Digest::of(&r.bytes().await.unwrap()), child.digest);
+    }
+    let m = c.metrics().await;
+    assert!(m.contains("peermirror_dht_lookups_total 1\n"), "{m}");
+    b.stop().await;
+    c.stop().await;
+}

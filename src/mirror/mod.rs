@@ -102,10 +102,17 @@ pub struct Mirror {
     penalties: Mutex<HashMap<String, Instant>>,
     /// Keys nobody had, answered 404 without a lookup until the given time.
     negative: Mutex<HashMap<Key, Instant>>,
+    /// Providers known to have a key without asking the DHT: those that just served it, the
+    /// digest a tag resolved to, and the children of a manifest a provider served. A pull is
+    /// one lookup for the tag and then mostly cache hits, so a busy DHT cannot make the later
+    /// requests of the same pull miss the resolve timeout.
+    known: Mutex<HashMap<Key, (Instant, Vec<Provider>)>>,
 }
 
 const NEGATIVE_TTL: Duration = Duration::from_millis(250);
 const NEGATIVE_MAX: usize = 4096;
+const KNOWN_TTL: Duration = Duration::from_secs(300);
+const KNOWN_MAX: usize = 65_536;
 
 impl Mirror {
     pub fn new(
@@ -123,6 +130,7 @@ impl Mirror {
             config,
             penalties: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -191,13 +199,46 @@ impl Mirror {
         map.insert(key, Instant::now() + NEGATIVE_TTL);
     }
 
+    /// Ask the DHT for providers of `key`, counting it.
+    pub(crate) fn lookup(&self, key: &Key) -> tokio::sync::mpsc::Receiver<Provider> {
+        self.metrics.dht_lookups.inc();
+        self.router.lookup(key)
+    }
+
+    /// Remember that `providers` have `key`.
+    pub(crate) fn remember(&self, key: Key, providers: &[Provider]) {
+        if providers.is_empty() {
+            return;
+        }
+        let mut map = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= KNOWN_MAX {
+            map.retain(|_, (at, _)| at.elapsed() < KNOWN_TTL);
+            if map.len() >= KNOWN_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (Instant::now(), providers.to_vec()));
+    }
+
+    fn known_providers(&self, key: &Key) -> Vec<Provider> {
+        let map = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(key) {
+            Some((at, p)) if at.elapsed() < KNOWN_TTL => p.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Find providers of `key`; `None` if none answered within the resolve timeout.
     async fn providers(self: &Arc<Self>, key: Key) -> Option<ProviderSet> {
-        if self.negative_hit(&key) {
+        let known = self.known_providers(&key);
+        if known.is_empty() && self.negative_hit(&key) {
             return None;
         }
+        if !known.is_empty() {
+            return Some(ProviderSet::known(key, known, self.clone()));
+        }
         let started = Instant::now();
-        let rx = self.router.lookup(&key);
+        let rx = self.lookup(&key);
         let mut set = ProviderSet::new(rx, self.clone());
         let first = set.first(self.config.resolve_timeout).await;
         self.metrics
@@ -239,6 +280,8 @@ impl Mirror {
                 // the digest it names, like any other manifest.
                 let info = transfer::resolve_tag(self, &mut providers, name, key, tag).await?;
                 providers.rewind();
+                // containerd asks for the manifest by digest next: the same peers have it.
+                self.remember(Key::Digest(info.digest), providers.seen());
                 (
                     info.digest,
                     format!("manifests/{}", info.digest),

@@ -4,12 +4,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Mirror;
+use crate::content::Key;
 use crate::routing::Provider;
 
 /// The providers of one key, as the lookup finds them: those already found first, then more
 /// from the still-running lookup. Shunned providers are skipped; each is offered once.
 pub struct ProviderSet {
     rx: Option<mpsc::Receiver<Provider>>,
+    /// A lookup not started yet: known providers come first, the DHT only if they fail.
+    deferred: Option<Key>,
     /// Providers handed back unused (the losers of a hedge race), offered again first.
     returned: Vec<Provider>,
     found: Vec<Provider>,
@@ -21,6 +24,7 @@ impl ProviderSet {
     pub(super) fn new(rx: mpsc::Receiver<Provider>, mirror: Arc<Mirror>) -> Self {
         ProviderSet {
             rx: Some(rx),
+            deferred: None,
             returned: Vec::new(),
             found: Vec::new(),
             next: 0,
@@ -44,6 +48,34 @@ impl ProviderSet {
             }
         }
         true
+    }
+
+    /// Providers already known to have `key`; the DHT is asked only if they all fail.
+    pub(super) fn known(key: Key, known: Vec<Provider>, mirror: Arc<Mirror>) -> Self {
+        let mut set = ProviderSet {
+            rx: None,
+            deferred: Some(key),
+            returned: Vec::new(),
+            found: Vec::new(),
+            next: 0,
+            mirror,
+        };
+        set.seed(known);
+        set
+    }
+
+    /// Start with providers already known to have the key (no need to wait for the DHT).
+    pub(super) fn seed(&mut self, known: Vec<Provider>) {
+        for p in known {
+            if !self.found.contains(&p) {
+                self.found.push(p);
+            }
+        }
+    }
+
+    /// Every provider offered so far (to remember who had what).
+    pub(super) fn seen(&self) -> &[Provider] {
+        &self.found
     }
 
     /// Give back a provider that was asked but whose answer was not used.
@@ -75,6 +107,11 @@ impl ProviderSet {
 
     /// Receive one more provider before `deadline`; false when none will come in time.
     async fn receive(&mut self, deadline: tokio::time::Instant) -> bool {
+        if self.rx.is_none()
+            && let Some(key) = self.deferred.take()
+        {
+            self.rx = Some(self.mirror.lookup(&key));
+        }
         let Some(rx) = self.rx.as_mut() else {
             return false;
         };

@@ -9,6 +9,7 @@ use http::StatusCode;
 use tokio::sync::mpsc;
 
 use super::{BlobInfo, Fetched, Mirror, MirrorError, ProviderSet, blob_info, response_headers};
+use crate::content::Key;
 use crate::oci::{ByteRange, Digest, Name, RangeError, Sha256Verifier, Tag, TagKey};
 use crate::routing::Provider;
 
@@ -55,7 +56,12 @@ async fn head_any(
             .timeout(mirror.config.response_timeout);
         match req.send().await {
             Ok(r) if r.status() == StatusCode::OK => match blob_info(r.headers(), digest) {
-                Some(info) if digest.is_none_or(|d| d == info.digest) => return Ok(info),
+                Some(info) if digest.is_none_or(|d| d == info.digest) => {
+                    if digest.is_some() {
+                        mirror.remember(Key::Digest(info.digest), std::slice::from_ref(&p));
+                    }
+                    return Ok(info);
+                }
                 _ => mirror.penalize(&p, false),
             },
             // A stale provider record: the peer no longer has it. Not a fault.
@@ -187,6 +193,10 @@ pub(super) async fn get(
         _ => (0, info.size.saturating_sub(1)),
     };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    // A manifest's bytes are kept (they are small) to learn who has its children.
+    let capture = (crate::oci::is_manifest_media_type(&info.media_type)
+        && info.size <= crate::content::MAX_MANIFEST_SIZE)
+        .then(|| (info.media_type.clone(), Vec::new()));
     let job = Transfer {
         mirror: mirror.clone(),
         providers,
@@ -195,6 +205,7 @@ pub(super) async fn get(
         size: info.size,
         window,
         tx,
+        capture,
     };
     tokio::spawn(job.run(first, resp));
     Ok(Fetched {
@@ -214,6 +225,8 @@ struct Transfer {
     /// Inclusive byte window the client asked for.
     window: (u64, u64),
     tx: mpsc::Sender<io::Result<Bytes>>,
+    /// Media type and bytes of a manifest being relayed.
+    capture: Option<(String, Vec<u8>)>,
 }
 
 enum Step {
@@ -268,12 +281,26 @@ impl Transfer {
             if let Some(h) = held {
                 let _ = self.tx.send(Ok(h)).await;
             }
+            self.learn(&contributors);
         } else {
             tracing::error!(digest = %self.digest, "digest mismatch from peers; aborting the response");
             for p in &contributors {
                 self.mirror.penalize(p, true);
             }
             self.fail("digest mismatch").await;
+        }
+    }
+
+    /// A verified transfer tells us who has this blob and, for a manifest, its children.
+    fn learn(&self, providers: &[Provider]) {
+        self.mirror.remember(Key::Digest(self.digest), providers);
+        let Some((media_type, data)) = &self.capture else {
+            return;
+        };
+        if let Ok(children) = crate::oci::children(media_type, data) {
+            for c in children {
+                self.mirror.remember(Key::Digest(c.digest), providers);
+            }
         }
     }
 
@@ -284,7 +311,7 @@ impl Transfer {
 
     /// Copy one provider's body into the verifier and the client channel.
     async fn pump(
-        &self,
+        &mut self,
         p: &Provider,
         resp: reqwest::Response,
         verifier: &mut Sha256Verifier,
@@ -330,6 +357,9 @@ impl Transfer {
                 return Step::Abort;
             }
             verifier.update(&chunk);
+            if let Some((_, buf)) = self.capture.as_mut() {
+                buf.extend_from_slice(&chunk);
+            }
             if let Some(out) = clip(&chunk, start, self.window)
                 && let Some(prev) = held.replace(out)
                 && self.tx.send(Ok(prev)).await.is_err()
