@@ -585,3 +585,37 @@ async fn a_pull_needs_one_dht_lookup_then_uses_known_providers() {
     b.stop().await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_in_its_dns_bootstrap_does_not_wait_for_peers() {
+    let stop = CancellationToken::new();
+    // The "headless Service" resolves to this node's own address only: a one-node cluster.
+    let alone = bare_router(
+        None,
+        vec![Bootstrap::Dns {
+            host: "127.0.0.1".into(),
+            port: 1,
+        }],
+        &stop,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alone.expects_peers() {
+        assert!(Instant::now() < deadline, "never noticed it is alone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With a static peer configured, a node always expects peers.
+    let with_static = bare_router(
+        None,
+        vec![
+            Bootstrap::Dns {
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            Bootstrap::Static("/ip4/127.0.0.1/tcp/1".parse().unwrap()),
+        ],
+        &stop,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(with_static.expects_peers());
+    stop.cancel();
+}

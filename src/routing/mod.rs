@@ -56,6 +56,12 @@ pub trait Router: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether this node should wait for a peer before it is ready. False when bootstrap
+    /// found nobody but this node (a one-node cluster).
+    fn expects_peers(&self) -> bool {
+        true
+    }
+
     /// This node's identity in the routing layer.
     fn local_id(&self) -> String {
         String::new()

@@ -205,6 +205,8 @@ pub struct P2pRouter {
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     /// The external address registered for provider records, if any.
     advertised: Vec<Multiaddr>,
+    /// Set when DNS bootstrap resolved to this node alone (and there are no static peers).
+    alone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl P2pRouter {
@@ -233,7 +235,9 @@ impl P2pRouter {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let peers = Arc::new(AtomicUsize::new(0));
         let listen_addrs = Arc::new(Mutex::new(Vec::new()));
+        let alone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let event_loop = EventLoop {
+            alone: alone.clone(),
             swarm,
             commands: rx,
             metrics,
@@ -257,6 +261,7 @@ impl P2pRouter {
                 peer_id,
                 listen_addrs,
                 advertised: external.into_iter().collect(),
+                alone,
             },
             handle,
         ))
@@ -339,6 +344,10 @@ impl Router for P2pRouter {
 
     fn local_id(&self) -> String {
         self.peer_id()
+    }
+
+    fn expects_peers(&self) -> bool {
+        !self.alone.load(Ordering::Relaxed)
     }
 
     fn addresses(&self) -> (Vec<String>, Vec<String>) {
@@ -489,6 +498,7 @@ struct EventLoop {
     next_dns: Instant,
     /// Set when the last peer went away: re-announce everything when one comes back.
     reprovide_pending: bool,
+    alone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EventLoop {
@@ -835,6 +845,15 @@ impl EventLoop {
             .filter_map(multiaddr_ip)
             .chain(self.swarm.external_addresses().filter_map(multiaddr_ip))
             .collect();
+        let has_static = self
+            .bootstrap
+            .iter()
+            .any(|b| matches!(b, Bootstrap::Static(_)));
+        let others = addrs
+            .iter()
+            .filter_map(multiaddr_ip)
+            .any(|ip| !own.contains(&ip));
+        self.alone.store(!others && !has_static, Ordering::Relaxed);
         for addr in addrs {
             let Some(ip) = multiaddr_ip(&addr) else {
                 continue;
