@@ -620,8 +620,14 @@ impl EventLoop {
         let Some(state) = self.lookups.remove(&id) else {
             return;
         };
-        if state.sent.is_empty() && state.attempt < LOOKUP_RETRIES && !state.tx.is_closed() {
-            // Routing tables may still be filling: try again shortly.
+        // With no peer connected yet the routing table is still filling: try again shortly.
+        // With peers, the query really asked them, so nothing found is a miss: closing the
+        // channel now lets the mirror answer 404 at once instead of at its timeout.
+        if state.sent.is_empty()
+            && state.attempt < LOOKUP_RETRIES
+            && !state.tx.is_closed()
+            && self.connected() == 0
+        {
             self.retries
                 .push((Instant::now() + LOOKUP_RETRY_DELAY, state));
         }
