@@ -109,6 +109,7 @@ async fn admin_api_reports_status_peers_lookup_and_content() {
             break l;
         }
         assert!(Instant::now() < deadline, "lookup never found node 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!l.local);
     assert_eq!(l.providers[0].peer_id, r1.peer_id());
