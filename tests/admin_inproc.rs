@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use peermirror::admin::{connect, proto};
 use peermirror::content::MemorySource;
 use peermirror::daemon::Routing;
-use peermirror::metrics::Metrics;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
-use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter};
-use support::{config, start_on, wait_ready};
+use peermirror::routing::{Bootstrap, P2pRouter};
+use support::{config, p2p_router, start_on, wait_ready};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,26 +24,7 @@ async fn node(
 ) -> (support::Node, P2pRouter) {
     let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let none = bootstrap.is_empty();
-    let (router, _) = P2pRouter::start(
-        P2pConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            registry_port: registry.local_addr().unwrap().port(),
-            bootstrap,
-            keypair: libp2p::identity::Keypair::generate_ed25519(),
-            psk: None,
-            provider_ttl: Duration::from_secs(600),
-            republish_interval: Duration::from_secs(180),
-        },
-        Arc::new(Metrics::new()),
-        stop.clone(),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while router.listen_addrs().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let router = p2p_router(registry.local_addr().unwrap().port(), None, bootstrap, stop).await;
     let mut cfg = config(
         Routing::Custom(Arc::new(router.clone()), none),
         MirrorConfig::default(),
@@ -88,7 +68,16 @@ async fn admin_api_reports_status_peers_lookup_and_content() {
     assert_eq!(s.auth_mode, "none");
     assert!(!s.listen_addrs.is_empty());
 
-    let peers = c2.peers(proto::PeersRequest {}).await.unwrap().into_inner();
+    // The registry address arrives with identify, just after the connection itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let peers = loop {
+        let p = c2.peers(proto::PeersRequest {}).await.unwrap().into_inner();
+        if p.peers.iter().all(|x| !x.registry_addr.is_empty()) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "identify never completed: {p:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(peers.peers.len(), 1);
     assert_eq!(peers.peers[0].peer_id, r1.peer_id());
     assert_eq!(peers.peers[0].registry_addr, n1.addr.to_string());

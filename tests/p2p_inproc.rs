@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use peermirror::content::{Key, MemorySource};
 use peermirror::daemon::Routing;
-use peermirror::metrics::Metrics;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
-use peermirror::routing::{
-    Bootstrap, MemoryNetwork, MemoryRouter, P2pConfig, P2pRouter, Provider, Router,
+use peermirror::routing::{Bootstrap, MemoryNetwork, MemoryRouter, P2pRouter, Provider, Router};
+use support::{
+    FakePeer, Node, client, config, fake_peer, p2p_router, pattern, start_on, wait_ready,
 };
-use support::{FakePeer, Node, client, config, fake_peer, pattern, start_on, wait_ready};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -40,26 +39,13 @@ async fn libp2p_node(
     let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop = CancellationToken::new();
     let none = bootstrap.is_empty();
-    let (router, _task) = P2pRouter::start(
-        P2pConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            registry_port: registry.local_addr().unwrap().port(),
-            bootstrap,
-            keypair: libp2p::identity::Keypair::generate_ed25519(),
-            psk: None,
-            provider_ttl: Duration::from_secs(600),
-            republish_interval: Duration::from_secs(180),
-        },
-        Arc::new(Metrics::new()),
-        stop.clone(),
+    let router = p2p_router(
+        registry.local_addr().unwrap().port(),
+        None,
+        bootstrap,
+        &stop,
     )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while router.listen_addrs().is_empty() {
-        assert!(Instant::now() < deadline, "router never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    .await;
     let node = start_on(
         registry,
         source,
@@ -411,48 +397,21 @@ async fn memory_router_contract() {
     assert!(b.lookup(&k).recv().await.is_none());
 }
 
-/// Start a bare router (no daemon) for DHT membership checks.
-fn bare_router(
-    psk: Option<libp2p::pnet::PreSharedKey>,
-    bootstrap: Vec<Bootstrap>,
-    stop: &CancellationToken,
-) -> P2pRouter {
-    P2pRouter::start(
-        P2pConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            registry_port: 1,
-            bootstrap,
-            keypair: libp2p::identity::Keypair::generate_ed25519(),
-            psk,
-            provider_ttl: Duration::from_secs(600),
-            republish_interval: Duration::from_secs(180),
-        },
-        Arc::new(Metrics::new()),
-        stop.clone(),
-    )
-    .unwrap()
-    .0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_cluster_key_cannot_join() {
     let psk = libp2p::pnet::PreSharedKey::new([7u8; 32]);
     let stop = CancellationToken::new();
-    let a = bare_router(Some(psk), vec![], &stop);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.listen_addrs().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let a = p2p_router(1, Some(psk), vec![], &stop).await;
     let boot = vec![Bootstrap::Static(a.listen_addrs()[0].clone())];
-    let member = bare_router(Some(psk), boot.clone(), &stop);
-    let stranger = bare_router(None, boot.clone(), &stop);
-    let wrong_key = bare_router(
+    let member = p2p_router(1, Some(psk), boot.clone(), &stop).await;
+    let stranger = p2p_router(1, None, boot.clone(), &stop).await;
+    let wrong_key = p2p_router(
+        1,
         Some(libp2p::pnet::PreSharedKey::new([8u8; 32])),
         boot,
         &stop,
-    );
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while member.peer_count() == 0 {
         assert!(
@@ -590,21 +549,24 @@ async fn a_pull_needs_one_dht_lookup_then_uses_known_providers() {
 async fn a_node_alone_in_its_dns_bootstrap_does_not_wait_for_peers() {
     let stop = CancellationToken::new();
     // The "headless Service" resolves to this node's own address only: a one-node cluster.
-    let alone = bare_router(
+    let alone = p2p_router(
+        1,
         None,
         vec![Bootstrap::Dns {
             host: "127.0.0.1".into(),
             port: 1,
         }],
         &stop,
-    );
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while alone.expects_peers() {
         assert!(Instant::now() < deadline, "never noticed it is alone");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // With a static peer configured, a node always expects peers.
-    let with_static = bare_router(
+    let with_static = p2p_router(
+        1,
         None,
         vec![
             Bootstrap::Dns {
@@ -614,7 +576,8 @@ async fn a_node_alone_in_its_dns_bootstrap_does_not_wait_for_peers() {
             Bootstrap::Static("/ip4/127.0.0.1/tcp/1".parse().unwrap()),
         ],
         &stop,
-    );
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(with_static.expects_peers());
     stop.cancel();

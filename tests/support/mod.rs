@@ -213,3 +213,34 @@ pub async fn fake_peer(
     ));
     (addr, stop)
 }
+
+/// A real libp2p router on 127.0.0.1 (port 0), waiting until it listens. `registry_port` is
+/// what it tells peers through identify.
+pub async fn p2p_router(
+    registry_port: u16,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+    bootstrap: Vec<peermirror::routing::Bootstrap>,
+    stop: &CancellationToken,
+) -> peermirror::routing::P2pRouter {
+    let (router, _task) = peermirror::routing::P2pRouter::start(
+        peermirror::routing::P2pConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            registry_port,
+            bootstrap,
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            psk,
+            provider_ttl: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(180),
+        },
+        Arc::new(peermirror::metrics::Metrics::new()),
+        stop.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while router.listen_addrs().is_empty() {
+        assert!(Instant::now() < deadline, "router never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    router
+}
