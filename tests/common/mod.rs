@@ -1369,3 +1369,192 @@ pub fn http_status_sync(addr: &str, path: &str) -> Option<u16> {
     let resp = raw_request(addr, req.as_bytes(), Duration::from_secs(2)).ok()?;
     raw_status(&resp)
 }
+
+// ---------------------------------------------------------------------------
+// peermirror CLI (certs, status), TLS clients, log reading
+// (used by e2e_security.rs and e2e_status.rs)
+// ---------------------------------------------------------------------------
+
+/// Runs `peermirror ARGS...` (no PEERMIRROR_* from the environment).
+pub fn peermirror_cli(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peermirror"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PEERMIRROR_") {
+            cmd.env_remove(key);
+        }
+    }
+    run_with_timeout(cmd.args(args), Duration::from_secs(60))
+}
+
+/// Status, stdout and stderr of a finished command, for failure reports.
+pub fn describe_output(out: &Output) -> String {
+    output_text(out)
+}
+
+/// A cluster CA made by the real `peermirror certs` CLI in a temp dir
+/// (`init-ca` on creation; `issue`, `revoke`, `crl` on demand).
+pub struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    /// `peermirror certs --dir <temp> init-ca`.
+    pub fn init() -> Pki {
+        let pki = Pki {
+            dir: new_temp_dir("pm-e2e-pki-"),
+        };
+        pki.certs(&["init-ca"]);
+        for f in ["ca.crt", "ca.key", "crl.pem"] {
+            assert!(pki.path(f).exists(), "init-ca wrote no {f}");
+        }
+        pki
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// `peermirror certs --dir <dir> ARGS...`; panics unless it succeeds; stdout.
+    pub fn certs(&self, args: &[&str]) -> String {
+        let dir = self.dir.path().display().to_string();
+        let mut all = vec!["certs", "--dir", dir.as_str()];
+        all.extend_from_slice(args);
+        let out = peermirror_cli(&all);
+        assert!(
+            out.status.success(),
+            "peermirror {all:?}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `certs issue --name NAME [--ip IP]...`: NAME.crt, NAME.key.
+    pub fn issue(&self, name: &str, ips: &[&str]) {
+        let mut args = vec!["issue", "--name", name];
+        for ip in ips {
+            args.extend(["--ip", ip]);
+        }
+        self.certs(&args);
+    }
+
+    /// `certs revoke --name NAME` (rewrites crl.pem in place).
+    pub fn revoke(&self, name: &str) {
+        self.certs(&["revoke", "--name", name]);
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+
+    pub fn crl(&self) -> PathBuf {
+        self.path("crl.pem")
+    }
+
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.path(&format!("{name}.crt"))
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.path(&format!("{name}.key"))
+    }
+
+    /// `peermirror run` arguments for mTLS with NAME's certificate as the node
+    /// identity, this CA and its CRL.
+    pub fn mtls_run_args(&self, name: &str) -> Vec<String> {
+        let p = |p: PathBuf| p.display().to_string();
+        vec![
+            "--auth-mode".into(),
+            "mtls".into(),
+            "--tls-cert".into(),
+            p(self.cert(name)),
+            "--tls-key".into(),
+            p(self.key(name)),
+            "--tls-client-ca".into(),
+            p(self.ca()),
+            "--tls-crl".into(),
+            p(self.crl()),
+        ]
+    }
+}
+
+/// A rustls client config (ring) trusting the CA in `ca` and presenting
+/// `identity` (certificate, key) when given.
+pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in peermirror::certs::load_certs(ca).expect("load CA") {
+        roots.add(c).expect("add CA root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                peermirror::certs::load_certs(cert).expect("load client cert"),
+                peermirror::certs::load_key(key).expect("load client key"),
+            )
+            .expect("client auth cert"),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// Like [`Http::new`] (HTTP/1.1, no proxy, no decompression) but for https
+/// URLs, trusting `ca` and presenting `identity` when given.
+pub fn https_http(ca: &Path, identity: Option<(&Path, &Path)>) -> Http {
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls_client_config(ca, identity))
+        .no_proxy()
+        .http1_only()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build https client");
+    Http { client }
+}
+
+/// A log file as text without ANSI colour codes ("" when unreadable).
+pub fn read_log(path: &Path) -> String {
+    strip_ansi_codes(&String::from_utf8_lossy(
+        &fs::read(path).unwrap_or_default(),
+    ))
+}
+
+/// Removes ANSI escape sequences (`ESC [ params final`): peermirror's text
+/// log is coloured even when written to a file.
+pub fn strip_ansi_codes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Lines of `text` containing every one of `needles`.
+pub fn lines_with<'a>(text: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .collect()
+}
+
+/// The last `n` non-empty lines of `text` (ctr prints its error at the end).
+pub fn last_lines_of(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
