@@ -136,6 +136,8 @@ pub enum Refusal {
     MissingToken,
     WrongToken,
     NoClientCert,
+    /// The certificate of an already established connection has since been revoked.
+    Revoked,
     /// Too many failures from this address lately: 429.
     Throttled,
 }
@@ -146,6 +148,7 @@ impl Refusal {
             Refusal::MissingToken => "missing_token",
             Refusal::WrongToken => "wrong_token",
             Refusal::NoClientCert => "no_certificate",
+            Refusal::Revoked => "revoked",
             Refusal::Throttled => "throttled",
         }
     }
@@ -193,11 +196,16 @@ impl FailureThrottle {
     }
 }
 
+/// Answers whether a certificate serial (lowercase hex) is revoked now.
+pub type RevocationCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The registry endpoint's gatekeeper.
 pub struct Guard {
     pub mode: AuthMode,
     pub tokens: Option<Arc<Tokens>>,
     pub throttle: FailureThrottle,
+    /// Tells whether a client certificate serial is revoked now (the current CRLs).
+    pub revocation: Option<RevocationCheck>,
 }
 
 /// Who a request was accepted as, for the audit log (never the token itself).
@@ -222,6 +230,7 @@ impl Guard {
             mode: AuthMode::None,
             tokens: None,
             throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+            revocation: None,
         }
     }
 
@@ -231,11 +240,14 @@ impl Guard {
             return Ok(identity(conn, None));
         }
         let ip = conn.remote.ip();
-        if self.throttle.is_throttled(ip) {
+        // Loopback is where containerd itself connects from: throttling it would let any local
+        // process push the node's pulls to the upstream, so only remote sources are slowed.
+        let throttled = !ip.is_loopback();
+        if throttled && self.throttle.is_throttled(ip) {
             return Err(Refusal::Throttled);
         }
         let result = self.decide(headers, conn);
-        if result.is_err() {
+        if result.is_err() && throttled {
             self.throttle.record_failure(ip);
         }
         result
@@ -244,6 +256,11 @@ impl Guard {
     fn decide(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<String, Refusal> {
         if self.mode.needs_client_cert() && conn.client_cert.is_none() {
             return Err(Refusal::NoClientCert);
+        }
+        if let (Some(cert), Some(is_revoked)) = (&conn.client_cert, &self.revocation)
+            && is_revoked(&cert.serial)
+        {
+            return Err(Refusal::Revoked);
         }
         let mut line = None;
         if self.mode.needs_token() {
@@ -265,7 +282,7 @@ mod tests {
 
     fn conn(cert: bool) -> ConnInfo {
         ConnInfo {
-            remote: "127.0.0.9:1234".parse().unwrap(),
+            remote: "10.0.0.9:1234".parse().unwrap(),
             client_cert: cert.then(|| ClientCert {
                 subject: "CN=node1".into(),
                 serial: "0a".into(),
@@ -310,6 +327,7 @@ mod tests {
             mode: AuthMode::MtlsToken,
             tokens: Some(Arc::new(Tokens::load(&f).unwrap())),
             throttle: FailureThrottle::new(3, Duration::from_secs(60)),
+            revocation: Some(Arc::new(|serial: &str| serial == "0b")),
         };
         let ok = g.check(&bearer("s3cret"), &conn(true)).unwrap();
         assert_eq!(ok, "cert:CN=node1 serial=0a token:line1");

@@ -72,6 +72,10 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Most simultaneous connections from one address; more are closed at once.
+    #[arg(long, env = "PEERMIRROR_MAX_CONNECTIONS_PER_IP", default_value_t = 128)]
+    pub max_connections_per_ip: usize,
+
     /// How long in-flight responses may take to finish after SIGTERM.
     #[arg(long, env = "PEERMIRROR_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -127,6 +127,7 @@ impl Config {
             content_dir: args.containerd_content_dir.clone(),
             limits: ServerLimits {
                 max_connections: args.max_connections,
+                max_connections_per_ip: args.max_connections_per_ip,
                 drain_timeout: args.drain_timeout,
                 ..ServerLimits::default()
             },
@@ -374,10 +375,15 @@ pub async fn run_with_source(
     };
 
     let health = Arc::new(health);
+    let revocation = tls.clone().map(|t| {
+        Arc::new(move |serial: &str| t.is_revoked(serial))
+            as Arc<dyn Fn(&str) -> bool + Send + Sync>
+    });
     let guard = Guard {
         mode: config.security.mode,
         tokens,
         throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+        revocation,
     };
     let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, metrics.clone());
     let registry_addr = listeners

@@ -102,8 +102,11 @@ fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
             log.log_level
         )
     })?;
+    // Colour only for a person at a terminal, never into files or log shippers.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Json => builder.json().init(),

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub struct ServerLimits {
     /// Connections beyond this are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Connections from one address beyond this are closed at once, so one source that opens
+    /// sockets and stays silent cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// A client must finish sending request headers within this time.
     pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1 read buffer; HTTP/2 header list).
@@ -38,6 +41,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 1024,
+            max_connections_per_ip: 128,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
@@ -87,6 +91,7 @@ pub async fn serve<H, Fut, B>(
 {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -112,10 +117,18 @@ pub async fn serve<H, Fut, B>(
                 }
             },
         };
+        let Some(ip_slot) = per_ip
+            .clone()
+            .enter(remote.ip(), limits.max_connections_per_ip)
+        else {
+            tracing::warn!(%remote, "per-address connection limit reached; closing new connection");
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection limit reached; closing new connection");
             continue;
         };
+        let permit = (permit, ip_slot);
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
@@ -166,6 +179,43 @@ pub async fn serve<H, Fut, B>(
         _ = graceful.shutdown() => tracing::debug!("all connections drained"),
         _ = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing remaining connections")
+        }
+    }
+}
+
+/// Open connections per remote address.
+#[derive(Default)]
+struct PerIp {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`], given back on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn enter(self: Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        drop(counts);
+        Some(IpSlot { table: self, ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }

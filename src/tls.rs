@@ -85,6 +85,9 @@ pub struct TlsMaterial {
     pub crl_next_update: Option<SystemTime>,
     /// When this node's certificate expires.
     pub cert_not_after: Option<SystemTime>,
+    /// Serials (lowercase hex) the loaded CRLs revoke: checked on every request too, because a
+    /// connection made before a revocation would otherwise keep being served.
+    pub revoked: std::collections::HashSet<String>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -122,6 +125,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
 
     // Every CRL must be signed by the CA it is used with; its nextUpdate feeds the metric.
     let mut crl_next_update: Option<SystemTime> = None;
+    let mut revoked = std::collections::HashSet::new();
     let ca_for_crls = files.client_ca.as_ref().or(files.peer_ca.as_ref());
     if let Some(ca_path) = ca_for_crls {
         let (_, ca_certs) = roots(ca_path)?;
@@ -133,6 +137,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
                     path: ca_path.display().to_string(),
                     reason: "a CRL is not signed by this CA (or does not parse)".into(),
                 })?;
+            revoked.extend(info.revoked.iter().cloned());
             if let Some(n) = info.next_update {
                 crl_next_update = Some(crl_next_update.map_or(n, |c| c.min(n)));
             }
@@ -195,6 +200,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         client: Arc::new(client),
         crl_next_update,
         cert_not_after,
+        revoked,
     })
 }
 
@@ -374,6 +380,13 @@ impl TlsReloader {
             }
             self.update_crl_gauge();
         }
+    }
+}
+
+impl TlsReloader {
+    /// Whether a certificate serial is revoked by the CRLs loaded now.
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.current().revoked.contains(serial_hex)
     }
 }
 

@@ -7,7 +7,7 @@
 //! (a) containerd pulls over mTLS; its certificate is revoked; its next pull is
 //!     refused in the handshake and falls back to the upstream.
 //! (b) bearer tokens: containerd pulls with the static header configure wrote;
-//!     strangers get 401; the token stays out of the log; the failure throttle.
+//!     strangers get 401; the token stays out of the log; loopback is never throttled.
 //! (c) two nodes fetch from each other over mTLS; a revoked node can then
 //!     neither fetch from nor serve the other.
 //! (d) hostile input on the TLS listener while good clients are served.
@@ -489,8 +489,8 @@ async fn a_containerd_over_mtls_then_revoked_falls_back_to_upstream() {
 /// Token mode: containerd pulls with the `Authorization` header `configure
 /// --token-file` wrote (hosts.toml 0600); requests without it get 401 with
 /// `WWW-Authenticate` and OCI `UNAUTHORIZED`; the token is never logged.
-/// Then the failure throttle: after 10 failures from 127.0.0.1 even the right
-/// token gets 429, and containerd falls back to the upstream meanwhile.
+/// Then the failure throttle: failures from 127.0.0.1 (where containerd connects
+/// from) are never throttled, so the right token keeps working.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn b_token_mode_with_containerd() {
@@ -618,39 +618,24 @@ async fn b_token_mode_with_containerd() {
         "the second token's request is not attributed to line 2"
     );
 
-    // The failure throttle is per source address: containerd shares 127.0.0.1
-    // with whoever fails.
+    // Failures from loopback are not throttled: containerd connects from 127.0.0.1, and a
+    // local process that keeps failing must not push its pulls to the upstream.
     let mut failures = 4; // 3 on /v2/ + 1 blob
-    while failures < 10 {
+    while failures < 15 {
         assert_eq!(http.get(&v2, &[]).await.status, 401);
         failures += 1;
     }
     let r = http.get(&v2, &[("authorization", &bearer)]).await;
-    eprintln!(
-        "[b] after {failures} failures from 127.0.0.1, the right token gets {} ({:?})",
-        r.status,
-        r.header("retry-after")
-    );
     assert_eq!(
-        r.status, 429,
-        "documented: an address that keeps failing gets 429"
+        r.status, 200,
+        "after {failures} failures from 127.0.0.1 the right token must still work"
     );
-    let multi_layer = multi.host_manifest().layers[0].clone();
-    let before = registry_gets(&registry, multi_layer.hex());
-    let t = Instant::now();
     client.pull_ok(&multi.reference(&reg), Some(hosts.path()), false);
     let throttled = request_audits(&read_log(pm.log_path()))
         .into_iter()
-        .filter(|l| l.contains("/test/multi/") && l.contains("status=429"))
+        .filter(|l| l.contains("status=429"))
         .count();
-    eprintln!(
-        "[b] NOTE: while 127.0.0.1 is throttled, containerd's pull of multi took {:.2}s: {throttled} requests \
-         answered 429, upstream served the layer {} time(s)",
-        t.elapsed().as_secs_f64(),
-        registry_gets(&registry, multi_layer.hex()) - before
-    );
-    assert!(throttled >= 1);
-    assert_eq!(registry_gets(&registry, multi_layer.hex()), before + 1);
+    assert_eq!(throttled, 0, "containerd was throttled on loopback");
     assert!(!read_log(pm.log_path()).contains(&token));
 }
 

@@ -398,3 +398,35 @@ async fn multi_platform_index_with_absent_platform() {
     }
     node.stop().await;
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let src = MemorySource::new();
+    src.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
+    let mut cfg = local_config();
+    cfg.limits.max_connections_per_ip = 4;
+    let node = start(src, cfg).await;
+    // Four silent sockets from 127.0.0.1 use up that address's share...
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a fifth connection from it is closed at once, not queued behind them.
+    let mut fifth = TcpStream::connect(node.addr).await.unwrap();
+    let _ = fifth
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut buf))
+        .await
+        .expect("the extra connection must be closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "over-limit connection was served");
+    // Once they go, the address is served again.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = reqwest::get(format!("{}/v2/", node.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    node.stop().await;
+}

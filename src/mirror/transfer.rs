@@ -71,12 +71,24 @@ async fn head_any(
                 mirror.penalize(&p, false);
             }
             Err(e) => {
-                tracing::debug!(peer = %p.peer, error = %e, "provider HEAD failed");
+                tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider HEAD failed");
                 mirror.penalize(&p, false);
             }
         }
     }
     Err(MirrorError::NotFound)
+}
+
+/// An error with its causes, so a refused handshake says why (e.g. "certificate revoked").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 fn encode(s: &str) -> String {
@@ -128,7 +140,7 @@ async fn connect(
                         mirror.penalize(&p, false);
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(peer = %p.peer, error = %e, "provider GET failed");
+                        tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider GET failed");
                         mirror.penalize(&p, false);
                     }
                     Err(_) => {

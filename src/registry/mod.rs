@@ -84,6 +84,7 @@ impl Answer {
                 "too many failed attempts; slow down",
             ),
             Refusal::NoClientCert => (ErrorCode::Unauthorized, "a client certificate is required"),
+            Refusal::Revoked => (ErrorCode::Denied, "the client certificate has been revoked"),
             Refusal::MissingToken | Refusal::WrongToken => {
                 (ErrorCode::Unauthorized, "a valid bearer token is required")
             }
@@ -96,7 +97,7 @@ impl Answer {
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="peermirror""#),
             );
-        } else {
+        } else if code == ErrorCode::TooManyRequests {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         a
