@@ -221,7 +221,8 @@ impl P2pRouter {
         let listen = socket_multiaddr(config.listen);
         swarm.listen_on(listen).map_err(|e| P2pError::Listen {
             addr: config.listen,
-            reason: e.to_string(),
+            // The transport error's Display can be empty; its Debug names the cause.
+            reason: format!("{e:?}"),
         })?;
         // Provider records carry only external addresses: register the reachable one.
         let external = match config.advertise {

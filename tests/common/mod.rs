@@ -37,10 +37,20 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 // Small helpers
 // ---------------------------------------------------------------------------
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, never one this process handed out
+/// before: the kernel may give a just-released port again, and two daemons of one test must
+/// not be told to bind the same one.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no fresh free port after 1000 tries");
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` has passed.
