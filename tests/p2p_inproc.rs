@@ -175,28 +175,26 @@ async fn libp2p_nodes_advertise_lookup_and_withdraw() {
     }
 }
 
+/// A ready node named `name` on the in-memory network `net`, serving `source`.
+async fn memory_node(net: &MemoryNetwork, name: &str, source: MemorySource) -> Node {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
+    let n = start_on(
+        l,
+        source,
+        config(Routing::Custom(Arc::new(r), true), mirror_config()),
+    )
+    .await;
+    wait_ready(&n, true).await;
+    n
+}
+
 /// Start a good node "b" holding `data` as a layer, and a client node "c", over a memory network.
 async fn memory_pair(net: &MemoryNetwork, data: &[u8]) -> (Node, Node, Digest) {
     let src_b = MemorySource::new();
     src_b.add_image("127.0.0.1:5000/test/app:v1", &[data]);
-    let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rb = MemoryRouter::new(net.clone(), "b-good", lb.local_addr().unwrap());
-    let b = start_on(
-        lb,
-        src_b,
-        config(Routing::Custom(Arc::new(rb), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&b, true).await;
-    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rc = MemoryRouter::new(net.clone(), "c-client", lc.local_addr().unwrap());
-    let c = start_on(
-        lc,
-        MemorySource::new(),
-        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&c, true).await;
+    let b = memory_node(net, "b-good", src_b).await;
+    let c = memory_node(net, "c-client", MemorySource::new()).await;
     (b, c, Digest::of(data))
 }
 
@@ -322,15 +320,7 @@ async fn client_range_resume_is_verified() {
     .await;
     let net2 = MemoryNetwork::new();
     insert_fake(&net2, digest, fake);
-    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rc = MemoryRouter::new(net2, "c2", lc.local_addr().unwrap());
-    let c2 = start_on(
-        lc,
-        MemorySource::new(),
-        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&c2, true).await;
+    let c2 = memory_node(&net2, "c2", MemorySource::new()).await;
     let r = client()
         .get(format!("{}/v2/test/app/blobs/{digest}", c2.base))
         .header("range", "bytes=1000-")
@@ -439,24 +429,8 @@ async fn a_damaged_local_copy_is_never_uploaded_to_peers() {
     let mut bad = good.clone();
     bad[150_000] ^= 0xff;
     src_a.add_blob_as(digest, bad);
-    let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ra = MemoryRouter::new(net.clone(), "a", la.local_addr().unwrap());
-    let a = start_on(
-        la,
-        src_a,
-        config(Routing::Custom(Arc::new(ra), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&a, true).await;
-    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rc = MemoryRouter::new(net.clone(), "c", lc.local_addr().unwrap());
-    let c = start_on(
-        lc,
-        MemorySource::new(),
-        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&c, true).await;
+    let a = memory_node(&net, "a", src_a).await;
+    let c = memory_node(&net, "c", MemorySource::new()).await;
 
     // The peer refuses before sending a byte, so the client gets a clean 404 (and containerd
     // would go upstream for the whole blob), not a body that breaks at the end.
@@ -485,24 +459,8 @@ async fn a_pull_needs_one_dht_lookup_then_uses_known_providers() {
     let layers = [pattern(100_000, 11), pattern(200_000, 12)];
     let src_b = MemorySource::new();
     let manifest = src_b.add_image("127.0.0.1:5000/test/app:v1", &[&layers[0], &layers[1]]);
-    let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rb = MemoryRouter::new(net.clone(), "b", lb.local_addr().unwrap());
-    let b = start_on(
-        lb,
-        src_b.clone(),
-        config(Routing::Custom(Arc::new(rb), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&b, true).await;
-    let lc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rc = MemoryRouter::new(net.clone(), "c", lc.local_addr().unwrap());
-    let c = start_on(
-        lc,
-        MemorySource::new(),
-        config(Routing::Custom(Arc::new(rc), true), mirror_config()),
-    )
-    .await;
-    wait_ready(&c, true).await;
+    let b = memory_node(&net, "b", src_b.clone()).await;
+    let c = memory_node(&net, "c", MemorySource::new()).await;
     let http = client();
 
     // What containerd does: HEAD the tag, GET the manifest by digest, GET config and layers.
