@@ -75,6 +75,8 @@ pub struct Metrics {
     pub reload_failures: Family<WhatLabels, Counter>,
     /// Seconds until the CRL's nextUpdate (negative once it has passed).
     pub crl_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds until this node's TLS certificate expires.
+    pub cert_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,7 +191,14 @@ impl Metrics {
             "Seconds until the CRL's nextUpdate; alert well before 0",
             crl_expiry_seconds.clone(),
         );
+        let cert_expiry_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cert_expiry_seconds",
+            "Seconds until this node's TLS certificate expires; alert well before 0",
+            cert_expiry_seconds.clone(),
+        );
         Metrics {
+            cert_expiry_seconds,
             uploads_in_flight,
             uploads_rejected,
             egress_throttled_seconds,

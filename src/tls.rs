@@ -324,13 +324,18 @@ impl TlsReloader {
             .push(f);
     }
 
+    /// Time left on the CRL and on this node's certificate, for alerts.
     fn update_crl_gauge(&self) {
-        if let Some(next) = self.current().crl_next_update {
-            let secs = match next.duration_since(SystemTime::now()) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            self.metrics.crl_expiry_seconds.set(secs);
+        let until = |t: SystemTime| match t.duration_since(SystemTime::now()) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let m = self.current();
+        if let Some(next) = m.crl_next_update {
+            self.metrics.crl_expiry_seconds.set(until(next));
+        }
+        if let Some(end) = m.cert_not_after {
+            self.metrics.cert_expiry_seconds.set(until(end));
         }
     }
 

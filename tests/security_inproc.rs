@@ -183,6 +183,12 @@ async fn mtls_accepts_good_clients_and_refuses_strangers() {
 
     let good = tls_client(&ca, Some((&pki.path("good.crt"), &pki.path("good.key"))));
     assert_eq!(try_get(&good, &url).await, Ok(200));
+    // The server certificate was issued for 30 days: the expiry gauge says so.
+    let left = metric(&node.metrics().await, "peermirror_cert_expiry_seconds");
+    assert!(
+        (29.0 * 86_400.0..=30.0 * 86_400.0).contains(&left),
+        "{left}"
+    );
 
     for (who, reason) in [
         ("revoked", "revoked"),
