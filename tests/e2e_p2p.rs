@@ -102,19 +102,6 @@ impl Node {
             .pull_ok(&image.reference(registry_host), None, true);
     }
 
-    /// Every digest a default-platform pull of `image` stores is in containerd.
-    fn assert_has(&self, image: &FixtureImage) {
-        let have = self.ctd.content_digests();
-        for digest in image.pulled_digests() {
-            assert!(
-                have.contains(&digest),
-                "{} lacks {digest} of {}",
-                self.name,
-                image.name
-            );
-        }
-    }
-
     /// `<peermirror>/v2/test/<name>/blobs/<digest>?ns=<registry>`.
     fn blob_url(&self, image: &FixtureImage, digest: &str, registry_host: &str) -> String {
         format!(
@@ -130,7 +117,7 @@ impl Node {
     }
 
     fn log(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(
+        common::strip_ansi_codes(&String::from_utf8_lossy(
             &fs::read(self.pm.log_path()).unwrap_or_default(),
         ))
     }
@@ -204,28 +191,6 @@ fn big_layer() -> Descriptor {
 // Log and socket helpers
 // ---------------------------------------------------------------------------
 
-/// Removes ANSI escape sequences (the text log is coloured even in a file).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                // Parameters, then one final byte in @..~.
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// One `target: "audit"` line of a peermirror log.
 #[derive(Debug)]
 struct Audit {
@@ -271,7 +236,7 @@ fn grep(log: &str, needles: &[&str], n: usize) -> String {
 /// The last `n` non-empty lines of a command's output, without colours
 /// (ctr prints a progress table per second; the error is at the end).
 fn last_lines(text: &str, n: usize) -> String {
-    let text = strip_ansi(text);
+    let text = common::strip_ansi_codes(text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -362,7 +327,7 @@ async fn a_nodes_pull_from_peers_with_upstream_down() {
         for name in FIXTURE_IMAGES {
             let image = fixture(name);
             node.pull_ok(&image, &reg);
-            node.assert_has(&image);
+            node.ctd.assert_has(&image);
         }
         eprintln!(
             "[a] {} pulled all three through peermirror in {:.1}s (upstream down)",
@@ -571,7 +536,7 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
             c.node2.pm.log_tail(60)
         );
     }
-    c.node2.assert_has(&big);
+    c.node2.ctd.assert_has(&big);
     c.node2.ctd.verify_content_blobs();
     match killed {
         Some((victim, sent, _)) => {
@@ -641,7 +606,7 @@ async fn c_corrupt_peer_copy_is_never_committed() {
     if let Err(e) = result {
         // What the upstream was asked for the layer (docker-registry logs no
         // Range header, but a 206 and the bytes written tell the story).
-        let upstream: Vec<String> = strip_ansi(&c.registry.log_tail(400))
+        let upstream: Vec<String> = common::strip_ansi_codes(&c.registry.log_tail(400))
             .lines()
             .filter(|l| l.contains(layer.hex()) && l.contains("response completed"))
             .map(|l| {
@@ -676,7 +641,7 @@ async fn c_corrupt_peer_copy_is_never_committed() {
             }
         );
     }
-    c.node2.assert_has(&big);
+    c.node2.ctd.assert_has(&big);
     c.node2.ctd.verify_content_blobs();
     // The damage must have been caught: by node 1 itself before uploading (it checks its own
     // copy and refuses it), or by node 2 at the end of the transfer.
@@ -725,7 +690,7 @@ async fn d_image_no_node_has_is_a_fast_miss() {
     let started = Instant::now();
     c.node2.pull_ok(&small, &reg);
     let took = started.elapsed();
-    c.node2.assert_has(&small);
+    c.node2.ctd.assert_has(&small);
     c.node2.ctd.verify_content_blobs();
 
     let misses: Vec<Audit> = audit_lines(&c.node2.log())

@@ -125,18 +125,6 @@ impl Node {
             .pull_ok(&image.reference(registry_host), None, true);
     }
 
-    fn assert_has(&self, image: &FixtureImage) {
-        let have = self.ctd.content_digests();
-        for digest in image.pulled_digests() {
-            assert!(
-                have.contains(&digest),
-                "{} lacks {digest} of {}",
-                self.name,
-                image.name
-            );
-        }
-    }
-
     fn log(&self) -> String {
         read_log(self.pm.log_path())
     }
@@ -327,19 +315,8 @@ async fn a_containerd_over_mtls_then_revoked_falls_back_to_upstream() {
 
     // The "client" containerd, with hosts.toml from configure (ca + client).
     let client = Containerd::start("client");
-    let hosts = tempfile::tempdir().unwrap();
     let mirror = mirror_url(&pm, true);
-    let mut args = strings(&[
-        "--config-path",
-        &hosts.path().display().to_string(),
-        "--mirror",
-        &mirror,
-        "--registry",
-        &registry.url(),
-    ]);
-    args.extend(configure_mtls(&pki, "containerd-client"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    peermirror_configure_ok(&args);
+    let hosts = mtls_hosts(&pki, &mirror, &registry);
     let toml_text =
         fs::read_to_string(hosts.path().join(&reg).join("hosts.toml")).expect("hosts.toml");
     assert!(
@@ -717,7 +694,7 @@ async fn c_two_nodes_over_mtls_and_a_revoked_node_gets_nothing() {
 
     registry.stop();
     let took = node2.pull_ok(&big, &reg);
-    node2.assert_has(&big);
+    node2.ctd.assert_has(&big);
     node2.ctd.verify_content_blobs();
     let peer_bytes = node2
         .pm
@@ -1034,18 +1011,7 @@ async fn d_hostile_tls_input_does_not_stop_good_clients() {
 
     // containerd, through configure's hosts.toml, also served meanwhile.
     let client = Containerd::start("client");
-    let hosts = tempfile::tempdir().unwrap();
-    let mut args = strings(&[
-        "--config-path",
-        &hosts.path().display().to_string(),
-        "--mirror",
-        &base,
-        "--registry",
-        &registry.url(),
-    ]);
-    args.extend(configure_mtls(&pki, "containerd-client"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    peermirror_configure_ok(&args);
+    let hosts = mtls_hosts(&pki, &base, &registry);
     let t = Instant::now();
     client.pull_ok(&big.reference(&reg), Some(hosts.path()), false);
     let pull_took = t.elapsed();
@@ -1190,4 +1156,22 @@ async fn e_private_network_key_keeps_strangers_out() {
     assert_eq!(peers(&none), 0.0);
     assert_eq!(peers(&other), 0.0);
     assert_eq!(readyz(&c).map(|r| r.0), Some(200));
+}
+
+/// A hosts.toml dir, written by `peermirror configure`, sending a containerd to `mirror` over
+/// mTLS with the `containerd-client` certificate, `registry` as the upstream.
+fn mtls_hosts(pki: &Pki, mirror: &str, registry: &Registry) -> tempfile::TempDir {
+    let hosts = tempfile::tempdir().unwrap();
+    let mut args = strings(&[
+        "--config-path",
+        &hosts.path().display().to_string(),
+        "--mirror",
+        mirror,
+        "--registry",
+        &registry.url(),
+    ]);
+    args.extend(configure_mtls(pki, "containerd-client"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    peermirror_configure_ok(&args);
+    hosts
 }

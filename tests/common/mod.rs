@@ -695,6 +695,19 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Every digest a default-platform pull of `image` stores is in this containerd.
+    pub fn assert_has(&self, image: &FixtureImage) {
+        let have = self.content_digests();
+        for digest in image.pulled_digests() {
+            assert!(
+                have.contains(&digest),
+                "{} lacks {digest} of {}",
+                self.name,
+                image.name
+            );
+        }
+    }
+
     /// `ctr images pull` (the ctr process itself does the HTTP fetching and
     /// honours `--hosts-dir`). Native snapshotter: unpacking needs no mounts.
     /// Returns the stderr/stdout text on failure.
