@@ -304,7 +304,7 @@ impl TlsReloader {
             metrics,
             on_reload: RwLock::new(Vec::new()),
         });
-        r.update_crl_gauge();
+        r.update_expiry_gauges();
         Ok(r)
     }
 
@@ -325,7 +325,7 @@ impl TlsReloader {
     }
 
     /// Time left on the CRL and on this node's certificate, for alerts.
-    fn update_crl_gauge(&self) {
+    fn update_expiry_gauges(&self) {
         let until = |t: SystemTime| match t.duration_since(SystemTime::now()) {
             Ok(d) => d.as_secs_f64(),
             Err(e) => -e.duration().as_secs_f64(),
@@ -353,7 +353,7 @@ impl TlsReloader {
                 {
                     f(&m);
                 }
-                self.update_crl_gauge();
+                self.update_expiry_gauges();
                 tracing::info!("TLS material reloaded");
                 Ok(())
             }
@@ -383,7 +383,7 @@ impl TlsReloader {
                 last = now;
                 let _ = self.reload();
             }
-            self.update_crl_gauge();
+            self.update_expiry_gauges();
         }
     }
 }

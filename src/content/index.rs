@@ -105,10 +105,7 @@ impl Index {
 
     /// Every key the node can serve now.
     pub fn keys(&self) -> Vec<Key> {
-        let s = self.read();
-        let mut keys: Vec<Key> = s.blobs.keys().map(|d| Key::Digest(*d)).collect();
-        keys.extend(s.tags.keys().map(|t| Key::Tag(t.clone())));
-        keys
+        keys_locked(&self.read()).into_iter().collect()
     }
 
     pub fn blob_count(&self) -> usize {

@@ -136,10 +136,6 @@ impl Mirror {
 
     /// The HTTP client for peer fetches: no redirects (a peer cannot send us elsewhere),
     /// bounded connect and read waits.
-    pub fn default_client() -> Result<reqwest::Client, reqwest::Error> {
-        Self::client_builder().build()
-    }
-
     pub fn client_builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
