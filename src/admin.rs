@@ -166,7 +166,7 @@ impl Admin for Service {
             ),
         };
         let checks = futures_util::future::join_all(found.into_iter().map(|p| {
-            let url = format!("{}://{}{}", mirror.config().scheme, p.addr, path);
+            let url = format!("{}{}", mirror.peer_base(&p), path);
             let req = mirror
                 .peer_request(reqwest::Method::HEAD, url)
                 .timeout(timeout);

@@ -18,7 +18,7 @@ use crate::containerd::{ContainerdError, ContainerdSource};
 use crate::content::{ContentSource, Index, Indexer};
 use crate::limits::UploadLimits;
 use crate::metrics::Metrics;
-use crate::mirror::{Mirror, MirrorConfig};
+use crate::mirror::{Mirror, MirrorConfig, PeerClient};
 use crate::ops::Health;
 use crate::registry::Registry;
 use crate::routing::advertiser::Advertiser;
@@ -343,29 +343,36 @@ pub async fn run_with_source(
                     None
                 }
             }));
-            let mut mirror_config = config.mirror.clone();
-            let client = match &tls {
-                Some(t) => {
-                    mirror_config.scheme = "https";
-                    peer_client(Some(&t.current()))?
-                }
-                None => peer_client(None)?,
+            let initial = match &tls {
+                Some(t) => PeerClient {
+                    client: peer_client(Some(&t.current()))?,
+                    scheme: "https",
+                },
+                None => PeerClient {
+                    client: peer_client(None)?,
+                    scheme: "http",
+                },
             };
+            let (client_tx, client_rx) = tokio::sync::watch::channel(initial);
             let peer_tokens = tokens
                 .clone()
                 .filter(|_| config.security.mode.needs_token());
             let mirror = Mirror::new(
                 router.clone(),
-                client,
+                client_rx,
                 metrics.clone(),
-                mirror_config,
+                config.mirror.clone(),
                 peer_tokens,
             );
             if let Some(t) = &tls {
-                let m = mirror.clone();
                 t.on_reload(Box::new(move |material| {
                     match peer_client(Some(material)) {
-                        Ok(c) => m.set_client(c),
+                        Ok(client) => {
+                            client_tx.send_replace(PeerClient {
+                                client,
+                                scheme: "https",
+                            });
+                        }
                         Err(e) => tracing::error!(error = %e, "cannot rebuild the peer client"),
                     }
                 }));

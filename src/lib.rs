@@ -19,6 +19,7 @@ pub mod configure;
 pub mod containerd;
 pub mod content;
 pub mod daemon;
+pub mod fsutil;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;

@@ -46,7 +46,14 @@ pub struct MirrorConfig {
     pub mismatch_penalty: Duration,
     /// Wait for one provider's response headers at most this long.
     pub response_timeout: Duration,
-    /// `http` or `https` for peer fetches.
+}
+
+/// The HTTP client for peer fetches and the scheme it speaks. The daemon publishes a new one
+/// through a `watch` channel whenever the TLS material changes; each request takes the latest.
+#[derive(Clone, Debug)]
+pub struct PeerClient {
+    pub client: reqwest::Client,
+    /// `http` or `https`.
     pub scheme: &'static str,
 }
 
@@ -60,7 +67,6 @@ impl Default for MirrorConfig {
             failure_penalty: Duration::from_secs(30),
             mismatch_penalty: Duration::from_secs(300),
             response_timeout: Duration::from_secs(3),
-            scheme: "http",
         }
     }
 }
@@ -92,8 +98,8 @@ pub enum MirrorError {
 
 pub struct Mirror {
     router: Arc<dyn Router>,
-    /// Replaced when TLS material is reloaded.
-    client: std::sync::RwLock<reqwest::Client>,
+    /// The latest peer client (replaced when TLS material is reloaded).
+    client: tokio::sync::watch::Receiver<PeerClient>,
     /// Sent to peers as a bearer token in token mode.
     token: Option<Arc<crate::auth::Tokens>>,
     metrics: Arc<Metrics>,
@@ -117,14 +123,14 @@ const KNOWN_MAX: usize = 65_536;
 impl Mirror {
     pub fn new(
         router: Arc<dyn Router>,
-        client: reqwest::Client,
+        client: tokio::sync::watch::Receiver<PeerClient>,
         metrics: Arc<Metrics>,
         config: MirrorConfig,
         token: Option<Arc<crate::auth::Tokens>>,
     ) -> Arc<Self> {
         Arc::new(Mirror {
             router,
-            client: std::sync::RwLock::new(client),
+            client,
             token,
             metrics,
             config,
@@ -359,11 +365,7 @@ impl Mirror {
         method: reqwest::Method,
         url: String,
     ) -> reqwest::RequestBuilder {
-        let client = self
-            .client
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let client = self.client.borrow().client.clone();
         let mut req = client.request(method, url).header(MIRRORED_HEADER, "true");
         if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
             req = req.bearer_auth(t);
@@ -371,9 +373,9 @@ impl Mirror {
         req
     }
 
-    /// Use a new HTTP client for peer fetches from now on (after a TLS reload).
-    pub fn set_client(&self, client: reqwest::Client) {
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+    /// `scheme://addr` of a provider's registry endpoint, in the scheme peers speak now.
+    pub(crate) fn peer_base(&self, p: &Provider) -> String {
+        format!("{}://{}", self.client.borrow().scheme, p.addr)
     }
 }
 

@@ -19,7 +19,7 @@ const CHANNEL_CHUNKS: usize = 8;
 const NEXT_PROVIDER_WAIT: Duration = Duration::from_millis(200);
 
 fn url(mirror: &Mirror, p: &Provider, path: &str) -> String {
-    format!("{}://{}{}", mirror.config.scheme, p.addr, path)
+    format!("{}{}", mirror.peer_base(p), path)
 }
 
 /// Ask providers, one after another, to resolve a tag with HEAD.
