@@ -5,5 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_protos(&["proto/peermirror/v1/admin.proto"], &["proto"])?;
+    // The kubelet's image pull (CRI), client side only: `peermirror::cri` for tests and the demo.
+    println!("cargo:rerun-if-changed=proto/cri/runtime/v1/api.proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_protos(&["proto/cri/runtime/v1/api.proto"], &["proto/cri"])?;
     Ok(())
 }

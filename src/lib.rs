@@ -18,6 +18,7 @@ pub mod cli;
 pub mod configure;
 pub mod containerd;
 pub mod content;
+pub mod cri;
 pub mod daemon;
 pub mod fsutil;
 pub mod limits;
