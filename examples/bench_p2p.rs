@@ -25,7 +25,7 @@ use peermirror::daemon::{Config, Listeners, Routing, Security, run_with_source};
 use peermirror::metrics::Metrics;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
-use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter};
+use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
 use peermirror::server::ServerLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -227,7 +227,7 @@ async fn main() {
         let r = node.router.clone();
         wait_until("both peers connected", Duration::from_secs(30), || {
             let r = r.clone();
-            async move { r.peers().await.len() >= 2 }
+            async move { r.status().peer_count() >= 2 }
         })
         .await;
     }

@@ -78,13 +78,13 @@ impl Admin for Service {
         let s = &self.0;
         let r = s.readiness.borrow().clone();
         let reasons = s.health.not_ready_reasons();
-        let (listen, advertised) = s.router.as_ref().map(|r| r.addresses()).unwrap_or_default();
+        let rs = s.router.as_ref().map(|r| r.status()).unwrap_or_default();
         let tls = s.tls.as_ref().map(|t| t.current());
         Ok(Response::new(StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
-            peer_id: s.router.as_ref().map(|r| r.local_id()).unwrap_or_default(),
-            listen_addrs: listen,
-            advertised_addrs: advertised,
+            peer_id: rs.local_id.clone(),
+            listen_addrs: rs.listen_addrs.clone(),
+            advertised_addrs: rs.advertised_addrs.clone(),
             registry_addr: s.registry_addr.clone(),
             ready: reasons.is_empty(),
             not_ready_reasons: reasons,
@@ -95,10 +95,7 @@ impl Admin for Service {
             tags: s.index.tag_count() as u64,
             images: s.index.image_count() as u64,
             advertised_keys: u64::try_from(s.metrics.advertised_keys.get()).unwrap_or(0),
-            connected_peers: s
-                .router
-                .as_ref()
-                .map_or(0, |r| u32::try_from(r.peer_count()).unwrap_or(u32::MAX)),
+            connected_peers: u32::try_from(rs.peer_count()).unwrap_or(u32::MAX),
             auth_mode: s.auth_mode.as_str().into(),
             cert_not_after: unix_secs(tls.as_ref().and_then(|t| t.cert_not_after)),
             crl_next_update: unix_secs(tls.as_ref().and_then(|t| t.crl_next_update)),
@@ -107,7 +104,7 @@ impl Admin for Service {
 
     async fn peers(&self, _: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
         let peers = match &self.0.router {
-            Some(r) => r.peers().await,
+            Some(r) => r.status().peers,
             None => Vec::new(),
         };
         Ok(Response::new(PeersResponse {

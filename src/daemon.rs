@@ -337,7 +337,7 @@ pub async fn run_with_source(
             health.add_check(Box::new(move || {
                 if !*done_rx.borrow() {
                     Some("first advertisement not done".into())
-                } else if !bootstrap_none && r.peer_count() == 0 && r.expects_peers() {
+                } else if !bootstrap_none && r.status().waiting_for_peers() {
                     Some("no peers connected".into())
                 } else {
                     None

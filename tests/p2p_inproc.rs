@@ -403,7 +403,7 @@ async fn a_node_without_the_cluster_key_cannot_join() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while member.peer_count() == 0 {
+    while member.status().peer_count() == 0 {
         assert!(
             Instant::now() < deadline,
             "a node with the key never joined"
@@ -412,9 +412,17 @@ async fn a_node_without_the_cluster_key_cannot_join() {
     }
     // Give the others the same time and more: they must stay outside.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(stranger.peer_count(), 0, "a node without the key joined");
-    assert_eq!(wrong_key.peer_count(), 0, "a node with another key joined");
-    assert_eq!(a.peer_count(), 1);
+    assert_eq!(
+        stranger.status().peer_count(),
+        0,
+        "a node without the key joined"
+    );
+    assert_eq!(
+        wrong_key.status().peer_count(),
+        0,
+        "a node with another key joined"
+    );
+    assert_eq!(a.status().peer_count(), 1);
     stop.cancel();
 }
 
@@ -518,7 +526,7 @@ async fn a_node_alone_in_its_dns_bootstrap_does_not_wait_for_peers() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alone.expects_peers() {
+    while alone.status().expects_peers {
         assert!(Instant::now() < deadline, "never noticed it is alone");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -537,6 +545,6 @@ async fn a_node_alone_in_its_dns_bootstrap_does_not_wait_for_peers() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(with_static.expects_peers());
+    assert!(with_static.status().expects_peers);
     stop.cancel();
 }

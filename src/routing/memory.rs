@@ -1,11 +1,12 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Provider, Router, RouterError};
+use super::{PeerStatus, Provider, Router, RouterError, RouterStatus};
 use crate::content::Key;
 
 /// A shared in-memory "DHT" that several [`MemoryRouter`]s join, for tests.
@@ -89,9 +90,32 @@ impl Router for MemoryRouter {
         Ok(())
     }
 
-    fn peer_count(&self) -> usize {
-        let map = self.network.lock();
-        let peers: HashSet<&String> = map.values().flatten().map(|p| &p.peer).collect();
-        peers.iter().filter(|p| ***p != self.me.peer).count()
+    /// Every other node with a record in the network counts as a connected peer.
+    fn status(&self) -> RouterStatus {
+        // One entry per peer name (sorted), as a peer is one node whatever it advertised.
+        let others: BTreeMap<String, SocketAddr> = self
+            .network
+            .lock()
+            .values()
+            .flatten()
+            .filter(|p| p.peer != self.me.peer)
+            .map(|p| (p.peer.clone(), p.addr))
+            .collect();
+        let peers = others
+            .into_iter()
+            .map(|(peer, addr)| PeerStatus {
+                peer,
+                registry: Some(addr),
+                addrs: Vec::new(),
+                last_seen: SystemTime::now(),
+            })
+            .collect();
+        RouterStatus {
+            local_id: self.me.peer.clone(),
+            peers,
+            listen_addrs: Vec::new(),
+            advertised_addrs: Vec::new(),
+            expects_peers: true,
+        }
     }
 }

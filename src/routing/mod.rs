@@ -9,6 +9,7 @@ mod memory;
 mod p2p;
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::content::Key;
 
 pub use memory::{MemoryNetwork, MemoryRouter};
-pub use p2p::{Bootstrap, P2pConfig, P2pError, P2pRouter, PeerStatus, load_or_create_identity};
+pub use p2p::{Bootstrap, P2pConfig, P2pError, P2pRouter, load_or_create_identity};
 
 /// A node that advertised a key, and where its registry endpoint answers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +26,44 @@ pub struct Provider {
     pub peer: String,
     /// Its registry endpoint.
     pub addr: SocketAddr,
+}
+
+/// What is known about a connected peer.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    pub peer: String,
+    /// Its registry endpoint, once identify told us the port.
+    pub registry: Option<SocketAddr>,
+    pub addrs: Vec<String>,
+    pub last_seen: SystemTime,
+}
+
+/// A snapshot of the router's state, for readiness and status reporting. The default is what a
+/// node without a router reports: nobody, nowhere.
+#[derive(Clone, Debug, Default)]
+pub struct RouterStatus {
+    /// This node's identity in the routing layer.
+    pub local_id: String,
+    /// The connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Where the router listens.
+    pub listen_addrs: Vec<String>,
+    /// The addresses it advertises to others.
+    pub advertised_addrs: Vec<String>,
+    /// Whether this node should wait for a peer before it is ready. False when bootstrap
+    /// found nobody but this node (a one-node cluster).
+    pub expects_peers: bool,
+}
+
+impl RouterStatus {
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// No peer yet, and there should be one (not a one-node cluster): not ready to serve.
+    pub fn waiting_for_peers(&self) -> bool {
+        self.peers.is_empty() && self.expects_peers
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,29 +87,8 @@ pub trait Router: Send + Sync + 'static {
     /// Stop announcing `keys`.
     async fn withdraw(&self, keys: Vec<Key>) -> Result<(), RouterError>;
 
-    /// Number of peers currently connected.
-    fn peer_count(&self) -> usize;
-
-    /// The connected peers, for status reporting.
-    async fn peers(&self) -> Vec<PeerStatus> {
-        Vec::new()
-    }
-
-    /// Whether this node should wait for a peer before it is ready. False when bootstrap
-    /// found nobody but this node (a one-node cluster).
-    fn expects_peers(&self) -> bool {
-        true
-    }
-
-    /// This node's identity in the routing layer.
-    fn local_id(&self) -> String {
-        String::new()
-    }
-
-    /// Where the router listens, and the addresses it advertises to others.
-    fn addresses(&self) -> (Vec<String>, Vec<String>) {
-        (Vec::new(), Vec::new())
-    }
+    /// What the router knows right now: cheap, never waits (readiness checks call it).
+    fn status(&self) -> RouterStatus;
 }
 
 /// Record keys are the key's text: `sha256:<hex>` or `registry/repo:tag`.

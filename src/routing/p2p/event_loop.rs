@@ -1,0 +1,459 @@
+//! The event loop: owns the swarm, runs commands from [`P2pRouter`](super::P2pRouter) handles,
+//! tracks lookups and peers, redials bootstrap peers, and publishes a [`Snapshot`] of what it
+//! knows whenever that changes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::handle::{Command, Snapshot};
+use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
+use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
+use crate::metrics::Metrics;
+use crate::routing::{PeerStatus, Provider};
+
+/// Lookups that find nothing are retried while routing tables fill after start-up.
+const LOOKUP_RETRIES: u32 = 3;
+const LOOKUP_RETRY_DELAY: Duration = Duration::from_millis(200);
+const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+struct LookupState {
+    key: RecordKey,
+    tx: mpsc::Sender<Provider>,
+    sent: HashSet<PeerId>,
+    attempt: u32,
+}
+
+struct KnownPeer {
+    /// The IP of the first connection: where its registry answers unless it says otherwise.
+    conn_ip: Option<IpAddr>,
+    registry: Option<SocketAddr>,
+    addrs: Vec<Multiaddr>,
+    last_seen: std::time::SystemTime,
+}
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    /// The only way state leaves the loop: handles read the latest snapshot.
+    state: watch::Sender<Snapshot>,
+    metrics: Arc<Metrics>,
+    bootstrap: Vec<Bootstrap>,
+    lookups: HashMap<QueryId, LookupState>,
+    retries: Vec<(Instant, LookupState)>,
+    /// Lookups waiting for a provider's registry address (we are dialling it).
+    awaiting: HashMap<PeerId, Vec<mpsc::Sender<Provider>>>,
+    known: HashMap<PeerId, KnownPeer>,
+    next_bootstrap: Instant,
+    bootstrap_backoff: Duration,
+    next_dns: Instant,
+    /// Set when the last peer went away: re-announce everything when one comes back.
+    reprovide_pending: bool,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        state: watch::Sender<Snapshot>,
+        metrics: Arc<Metrics>,
+        bootstrap: Vec<Bootstrap>,
+    ) -> Self {
+        EventLoop {
+            swarm,
+            commands,
+            state,
+            metrics,
+            bootstrap,
+            lookups: HashMap::new(),
+            retries: Vec::new(),
+            awaiting: HashMap::new(),
+            known: HashMap::new(),
+            next_bootstrap: Instant::now(),
+            bootstrap_backoff: Duration::from_secs(1),
+            next_dns: Instant::now(),
+            reprovide_pending: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (dns_tx, mut dns_rx) = mpsc::channel::<Vec<Multiaddr>>(8);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some(addrs) = dns_rx.recv() => self.dial_unknown(addrs),
+                _ = tick.tick() => self.on_tick(&dns_tx),
+            }
+        }
+    }
+
+    fn connected(&self) -> usize {
+        self.swarm.connected_peers().count()
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Lookup { key, tx } => self.start_lookup(key, tx, 1),
+            Command::Provide { keys, reply } => {
+                let mut failed = Vec::new();
+                for k in keys {
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(k.clone()) {
+                        let key = String::from_utf8_lossy(k.as_ref()).into_owned();
+                        tracing::warn!(%key, error = ?e, "cannot advertise key");
+                        failed.push(format!("{key}: {e:?}"));
+                    }
+                }
+                let _ = reply.send(failed);
+            }
+            Command::Withdraw { keys } => {
+                for k in keys {
+                    self.swarm.behaviour_mut().kad.stop_providing(&k);
+                }
+            }
+        }
+    }
+
+    fn start_lookup(&mut self, key: RecordKey, tx: mpsc::Sender<Provider>, attempt: u32) {
+        if tx.is_closed() {
+            return;
+        }
+        let id = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+        self.lookups.insert(
+            id,
+            LookupState {
+                key,
+                tx,
+                sent: HashSet::new(),
+                attempt,
+            },
+        );
+    }
+
+    fn provider_of(&self, peer: &PeerId) -> Option<Provider> {
+        let addr = self.known.get(peer)?.registry?;
+        Some(Provider {
+            peer: peer.to_string(),
+            addr,
+        })
+    }
+
+    fn on_providers(&mut self, id: QueryId, providers: HashSet<PeerId>) {
+        let local = *self.swarm.local_peer_id();
+        let mut to_dial = Vec::new();
+        if let Some(state) = self.lookups.get_mut(&id) {
+            for p in providers {
+                if p == local || !state.sent.insert(p) {
+                    continue;
+                }
+                match self.known.get(&p).and_then(|k| k.registry) {
+                    Some(addr) => {
+                        let _ = state.tx.try_send(Provider {
+                            peer: p.to_string(),
+                            addr,
+                        });
+                    }
+                    None => to_dial.push((p, state.tx.clone())),
+                }
+            }
+        }
+        for (p, tx) in to_dial {
+            self.awaiting.entry(p).or_default().push(tx);
+            if let Err(e) = self.swarm.dial(p) {
+                tracing::debug!(peer = %p, error = %e, "cannot dial provider");
+                self.awaiting.remove(&p);
+            }
+        }
+    }
+
+    fn on_lookup_finished(&mut self, id: QueryId) {
+        let Some(state) = self.lookups.remove(&id) else {
+            return;
+        };
+        // With no peer connected yet the routing table is still filling: try again shortly.
+        // With peers, the query really asked them, so nothing found is a miss: closing the
+        // channel now lets the mirror answer 404 at once instead of at its timeout.
+        if state.sent.is_empty()
+            && state.attempt < LOOKUP_RETRIES
+            && !state.tx.is_closed()
+            && self.connected() == 0
+        {
+            self.retries
+                .push((Instant::now() + LOOKUP_RETRY_DELAY, state));
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                tracing::info!(address = %full, "router listening");
+                self.state.send_modify(|s| s.listen.push(full));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let remote = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer() {
+                    // A dialled address is a listen address of the peer: routable.
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, remote.clone());
+                }
+                let entry = self.known.entry(peer_id).or_insert_with(|| KnownPeer {
+                    conn_ip: multiaddr_ip(&remote),
+                    registry: None,
+                    addrs: Vec::new(),
+                    last_seen: std::time::SystemTime::now(),
+                });
+                entry.last_seen = std::time::SystemTime::now();
+                self.publish_peers();
+                if self.connected() > 0 {
+                    self.bootstrap_backoff = Duration::from_secs(1);
+                }
+                tracing::debug!(peer = %peer_id, %remote, "peer connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.known.remove(&peer_id);
+                    tracing::debug!(peer = %peer_id, "peer disconnected");
+                }
+                self.publish_peers();
+                if self.connected() == 0 {
+                    self.reprovide_pending = true;
+                    self.next_bootstrap = Instant::now() + self.bootstrap_backoff;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(p) = peer_id {
+                    self.awaiting.remove(&p);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => match result {
+                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                    providers, ..
+                })) => {
+                    self.on_providers(id, providers);
+                    if step.last {
+                        self.on_lookup_finished(id);
+                    }
+                }
+                QueryResult::GetProviders(_) => self.on_lookup_finished(id),
+                QueryResult::StartProviding(Err(e)) => {
+                    tracing::debug!(error = ?e, "provider announcement incomplete")
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer_id: PeerId, info: identify::Info) {
+        if !info.agent_version.starts_with("peermirror/") {
+            tracing::warn!(peer = %peer_id, agent = %info.agent_version, "not a peermirror node; ignoring");
+            return;
+        }
+        let Some(entry) = self.known.get_mut(&peer_id) else {
+            return;
+        };
+        let conn_ip = entry.conn_ip;
+        entry.registry = parse_registry(&info.agent_version, conn_ip);
+        entry.addrs = info.listen_addrs.clone();
+        entry.last_seen = std::time::SystemTime::now();
+        let loopback_peer = conn_ip.is_some_and(|ip| ip.is_loopback());
+        for addr in info.listen_addrs {
+            // Another node's loopback address is our own machine: never route to it, unless we
+            // reached that peer over loopback in the first place (several nodes on one host).
+            let is_loopback = multiaddr_ip(&addr).is_some_and(|ip| ip.is_loopback());
+            if !is_loopback || loopback_peer {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
+        }
+        self.publish_peers();
+        if let Some(provider) = self.provider_of(&peer_id)
+            && let Some(waiting) = self.awaiting.remove(&peer_id)
+        {
+            for tx in waiting {
+                let _ = tx.try_send(provider.clone());
+            }
+        }
+        if self.reprovide_pending {
+            self.reprovide_pending = false;
+            let keys: Vec<RecordKey> = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .store_mut()
+                .provided()
+                .map(|r| r.key.clone())
+                .collect();
+            tracing::info!(keys = keys.len(), "peers back; re-announcing provided keys");
+            for k in keys {
+                let _ = self.swarm.behaviour_mut().kad.start_providing(k);
+            }
+        }
+    }
+
+    /// Publish the connected peers (and what identify told about them) to handles and metrics.
+    fn publish_peers(&mut self) {
+        let peers: Vec<PeerStatus> = self
+            .swarm
+            .connected_peers()
+            .map(|p| {
+                let k = self.known.get(p);
+                PeerStatus {
+                    peer: p.to_string(),
+                    registry: k.and_then(|k| k.registry),
+                    addrs: k
+                        .map(|k| k.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                    last_seen: k.map_or(std::time::SystemTime::now(), |k| k.last_seen),
+                }
+            })
+            .collect();
+        self.metrics
+            .connected_peers
+            .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
+        self.state.send_modify(|s| s.peers = peers);
+    }
+
+    fn on_tick(&mut self, dns_tx: &mpsc::Sender<Vec<Multiaddr>>) {
+        let now = Instant::now();
+        let due: Vec<LookupState> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            self.retries = later;
+            due.into_iter().map(|(_, s)| s).collect()
+        };
+        for s in due {
+            self.start_lookup(s.key, s.tx, s.attempt + 1);
+        }
+        if self.connected() == 0 && now >= self.next_bootstrap {
+            self.dial_bootstrap(dns_tx);
+            self.next_bootstrap = now + self.bootstrap_backoff;
+            self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+        } else if now >= self.next_dns {
+            // Re-resolve the headless Service now and then to meet nodes that joined later.
+            self.resolve_dns(dns_tx);
+        }
+    }
+
+    fn dial_bootstrap(&mut self, dns_tx: &mpsc::Sender<Vec<Multiaddr>>) {
+        let statics: Vec<Multiaddr> = self
+            .bootstrap
+            .iter()
+            .filter_map(|b| match b {
+                Bootstrap::Static(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        for addr in statics {
+            let opts = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .build(),
+                _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+            };
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+        self.resolve_dns(dns_tx);
+        if self.connected() > 0 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn resolve_dns(&mut self, dns_tx: &mpsc::Sender<Vec<Multiaddr>>) {
+        self.next_dns = Instant::now() + DNS_REFRESH;
+        for b in &self.bootstrap {
+            if let Bootstrap::Dns { host, port } = b {
+                let (host, port, tx) = (host.clone(), *port, dns_tx.clone());
+                tokio::spawn(async move {
+                    let lookup = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::net::lookup_host((host.as_str(), port)),
+                    )
+                    .await;
+                    match lookup {
+                        Ok(Ok(addrs)) => {
+                            let _ = tx.send(addrs.map(socket_multiaddr).collect()).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%host, error = %e, "bootstrap DNS lookup failed")
+                        }
+                        Err(_) => tracing::debug!(%host, "bootstrap DNS lookup timed out"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Dial addresses (from DNS) that no connected peer already uses.
+    fn dial_unknown(&mut self, addrs: Vec<Multiaddr>) {
+        let connected: HashSet<IpAddr> = self.known.values().filter_map(|k| k.conn_ip).collect();
+        let own: HashSet<IpAddr> = self
+            .swarm
+            .listeners()
+            .filter_map(multiaddr_ip)
+            .chain(self.swarm.external_addresses().filter_map(multiaddr_ip))
+            .collect();
+        let has_static = self
+            .bootstrap
+            .iter()
+            .any(|b| matches!(b, Bootstrap::Static(_)));
+        let others = addrs
+            .iter()
+            .filter_map(multiaddr_ip)
+            .any(|ip| !own.contains(&ip));
+        let alone = !others && !has_static;
+        self.state
+            .send_if_modified(|s| std::mem::replace(&mut s.alone, alone) != alone);
+        for addr in addrs {
+            let Some(ip) = multiaddr_ip(&addr) else {
+                continue;
+            };
+            if connected.contains(&ip) || own.contains(&ip) {
+                continue;
+            }
+            let _ = self
+                .swarm
+                .dial(DialOpts::unknown_peer_id().address(addr).build());
+        }
+    }
+}

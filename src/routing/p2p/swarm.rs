@@ -1,0 +1,193 @@
+//! Building the swarm: transport (TCP, optional pre-shared key, noise, yamux), the Kademlia and
+//! identify behaviours, and the node's persistent identity key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::core::upgrade;
+use libp2p::kad;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::pnet::PnetConfig;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, Transport, identify, identity, noise, tcp, yamux};
+
+use super::{P2pConfig, P2pError};
+use crate::fsutil::{Existing, write_atomic};
+
+const KAD_PROTOCOL: &str = "/peermirror/kad/1.0.0";
+const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
+/// How many keys of other nodes' provider records a node keeps; far above a cluster's layers.
+const MAX_KEYS: usize = 500_000;
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Load the node's libp2p identity from `<dir>/identity.key`, creating it (mode 0600) on first
+/// start, so a restart keeps the PeerId.
+pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, P2pError> {
+    let path = dir.join("identity.key");
+    let io_err = |source| P2pError::Identity {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            P2pError::IdentityCorrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| P2pError::IdentityCorrupt {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            write_atomic(&path, &bytes, 0o600, Existing::Replace).map_err(io_err)?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub(super) kad: kad::Behaviour<MemoryStore>,
+    pub(super) identify: identify::Behaviour,
+}
+
+/// identify's agent string carries the registry endpoint: `peermirror/<ver> registry=[IP]:PORT`.
+fn agent_version(config: &P2pConfig) -> String {
+    let ip = config
+        .advertise
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let ip = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    format!(
+        "peermirror/{} registry={ip}:{}",
+        env!("CARGO_PKG_VERSION"),
+        config.registry_port
+    )
+}
+
+/// The registry endpoint a peer announced; a missing IP means "the IP you reached me at".
+pub(super) fn parse_registry(agent: &str, conn_ip: Option<IpAddr>) -> Option<SocketAddr> {
+    let spec = agent
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("registry="))?;
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Some(sa);
+    }
+    let port: u16 = spec.strip_prefix(':')?.parse().ok()?;
+    Some(SocketAddr::new(conn_ip?, port))
+}
+
+pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pError> {
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let terr = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
+    let make_behaviour = |key: &identity::Keypair| {
+        let peer_id = key.public().to_peer_id();
+        let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kcfg.set_query_timeout(QUERY_TIMEOUT);
+        kcfg.set_provider_record_ttl(Some(config.provider_ttl));
+        kcfg.set_provider_publication_interval(Some(config.republish_interval));
+        if let Some(r) = NonZeroUsize::new(20) {
+            kcfg.set_replication_factor(r);
+        }
+        let store = MemoryStore::with_config(
+            peer_id,
+            MemoryStoreConfig {
+                max_provided_keys: MAX_KEYS,
+                max_records: 1024,
+                ..MemoryStoreConfig::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kcfg);
+        // Every node serves the DHT: a cluster has no NAT'd clients.
+        kad.set_mode(Some(kad::Mode::Server));
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(agent_version(config))
+                .with_interval(Duration::from_secs(60)),
+        );
+        Behaviour { kad, identify }
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone()).with_tokio();
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
+    let swarm = match config.psk {
+        None => builder
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(|e| terr(&e))?
+            .with_behaviour(|k| make_behaviour(k))
+            .map_err(|e| terr(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp_config)
+                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .timeout(Duration::from_secs(20)),
+                )
+            })
+            .map_err(|e| terr(&e))?
+            .with_behaviour(|k| make_behaviour(k))
+            .map_err(|e| terr(&e))?
+            .with_swarm_config(idle)
+            .build(),
+    };
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_address_from_agent() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=:5000", Some(ip)),
+            Some("10.0.0.7:5000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=10.1.1.1:5443", Some(ip)),
+            Some("10.1.1.1:5443".parse().unwrap())
+        );
+        assert_eq!(parse_registry("peermirror/0.1.0", Some(ip)), None);
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=:x", Some(ip)),
+            None
+        );
+    }
+
+    #[test]
+    fn identity_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_identity(dir.path()).unwrap();
+        let b = load_or_create_identity(dir.path()).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join("identity.key"), b"garbage").unwrap();
+        assert!(matches!(
+            load_or_create_identity(dir.path()),
+            Err(P2pError::IdentityCorrupt { .. })
+        ));
+    }
+}
