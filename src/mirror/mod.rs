@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::content::{ByteStream, Descriptor, Key};
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::oci::{ByteRange, Name, RangeSpec, TagKey};
+use crate::oci::{ByteRange, Digest, Name, RangeSpec, Tag, TagKey};
 use crate::routing::{Provider, Router};
 
 use book::ProviderBook;
@@ -71,9 +71,9 @@ impl Default for MirrorConfig {
 /// What is being asked for on a miss.
 #[derive(Clone, Debug)]
 pub enum Target {
-    Blob(crate::oci::Digest),
-    ManifestDigest(crate::oci::Digest),
-    ManifestTag(TagKey, crate::oci::Tag),
+    Blob(Digest),
+    ManifestDigest(Digest),
+    ManifestTag(TagKey, Tag),
 }
 
 impl Target {
