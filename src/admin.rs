@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +70,19 @@ pub fn parse_key(s: &str) -> Option<Key> {
     TagKey::from_image_name(s).map(Key::Tag)
 }
 
+/// How long a lookup waits for providers when the caller does not say.
+const DEFAULT_LOOKUP_TIMEOUT_MS: u32 = 2_000;
+/// The longest a caller may make a lookup wait.
+const MAX_LOOKUP_TIMEOUT_MS: u32 = 30_000;
+/// Providers probed per lookup: enough to diagnose, few enough to keep the probe cheap.
+const MAX_PROBED_PROVIDERS: usize = 64;
+/// Content entries listed when the caller does not say.
+const DEFAULT_CONTENT_LIMIT: usize = 1_000;
+/// The client gives up on a socket that does not accept this soon (the daemon is not running).
+const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer than the longest lookup a caller may ask for.
+const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct Service(Arc<AdminState>);
 
 #[tonic::async_trait]
@@ -129,73 +142,35 @@ impl Admin for Service {
             Status::invalid_argument("key must be sha256:<64 hex> or registry/repo:tag")
         })?;
         let timeout = Duration::from_millis(u64::from(if req.timeout_ms == 0 {
-            2000
+            DEFAULT_LOOKUP_TIMEOUT_MS
         } else {
-            req.timeout_ms.min(30_000)
+            req.timeout_ms.min(MAX_LOOKUP_TIMEOUT_MS)
         }));
         let s = &self.0;
         let local = match &key {
             Key::Digest(d) => s.index.stat(d).is_some(),
             Key::Tag(t) => s.index.resolve(t).is_some(),
         };
-        let (Some(router), Some(mirror)) = (&s.router, &s.mirror) else {
-            return Ok(Response::new(LookupResponse {
-                key: key.to_string(),
-                local,
-                providers: Vec::new(),
-            }));
+        let providers = match &s.mirror {
+            Some(mirror) => mirror
+                .probe(&key, timeout, MAX_PROBED_PROVIDERS)
+                .await
+                .into_iter()
+                .map(|r| ProviderCheck {
+                    peer_id: r.provider.peer,
+                    registry_addr: r.provider.addr.to_string(),
+                    answered: r.status.is_some_and(|s| s.is_success()),
+                    status: r.status.map_or(0, |s| u32::from(s.as_u16())),
+                    latency_ms: u32::try_from(r.latency.as_millis()).unwrap_or(u32::MAX),
+                    error: r.error.unwrap_or_default(),
+                })
+                .collect(),
+            None => Vec::new(),
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = router.lookup(&key);
-        let mut found = Vec::new();
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            if !found.contains(&p) && found.len() < 64 {
-                found.push(p);
-            }
-        }
-        let path = match &key {
-            Key::Digest(d) => format!("/v2/peermirror/status/blobs/{d}"),
-            Key::Tag(t) => format!(
-                "/v2/{}/manifests/{}?ns={}",
-                t.name(),
-                t.tag(),
-                form_urlencoded::byte_serialize(t.registry().as_bytes()).collect::<String>()
-            ),
-        };
-        let checks = futures_util::future::join_all(found.into_iter().map(|p| {
-            let url = format!("{}{}", mirror.peer_base(&p), path);
-            let req = mirror
-                .peer_request(reqwest::Method::HEAD, url)
-                .timeout(timeout);
-            async move {
-                let started = Instant::now();
-                let res = req.send().await;
-                let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
-                match res {
-                    Ok(r) => ProviderCheck {
-                        peer_id: p.peer,
-                        registry_addr: p.addr.to_string(),
-                        answered: r.status().is_success(),
-                        status: u32::from(r.status().as_u16()),
-                        latency_ms,
-                        error: String::new(),
-                    },
-                    Err(e) => ProviderCheck {
-                        peer_id: p.peer,
-                        registry_addr: p.addr.to_string(),
-                        answered: false,
-                        status: 0,
-                        latency_ms,
-                        error: e.to_string(),
-                    },
-                }
-            }
-        }))
-        .await;
         Ok(Response::new(LookupResponse {
             key: key.to_string(),
             local,
-            providers: checks,
+            providers,
         }))
     }
 
@@ -205,7 +180,7 @@ impl Admin for Service {
     ) -> Result<Response<ContentResponse>, Status> {
         let req = req.into_inner();
         let limit = if req.limit == 0 {
-            1000
+            DEFAULT_CONTENT_LIMIT
         } else {
             req.limit as usize
         };
@@ -290,8 +265,8 @@ pub async fn connect(
 ) -> Result<proto::admin_client::AdminClient<tonic::transport::Channel>, AdminError> {
     let p = path.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(60))
+        .connect_timeout(CLIENT_CONNECT_TIMEOUT)
+        .timeout(CLIENT_CALL_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_| {
             let p = p.clone();
             async move {

@@ -8,6 +8,7 @@
 //! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
 //! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: Prometheus metrics, passed in, never global.
+//! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
 //! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
 #![forbid(unsafe_code)]
 
@@ -32,3 +33,4 @@ pub mod routing;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod ttl;

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub provider_failures: Counter,
     pub local_corruptions: Counter,
     pub dht_lookups: Counter,
+    /// Local misses the peers could not serve either, by why (see `mirror::Miss`).
+    pub mirror_misses: Family<ReasonLabels, Counter>,
     pub content_ready: Gauge,
     pub uploads_in_flight: Gauge,
     pub uploads_rejected: Counter,
@@ -153,6 +155,12 @@ impl Metrics {
             "Provider lookups sent to the DHT (the rest are answered from providers already known)",
             dht_lookups.clone(),
         );
+        let mirror_misses = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mirror_misses",
+            "Local misses the peers could not serve either, by reason (tag_not_resolved, no_provider, providers_failed)",
+            mirror_misses.clone(),
+        );
         let content_ready = Gauge::default();
         registry.register(
             "content_ready",
@@ -215,6 +223,7 @@ impl Metrics {
             provider_failures,
             local_corruptions,
             dht_lookups,
+            mirror_misses,
             content_ready,
         }
     }

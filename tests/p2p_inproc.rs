@@ -133,6 +133,12 @@ async fn libp2p_nodes_advertise_lookup_and_withdraw() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // Misses are counted by why.
+    let m = n3.metrics().await;
+    assert!(
+        m.contains(r#"peermirror_mirror_misses_total{reason="tag_not_resolved"} 1"#),
+        "{m}"
+    );
 
     // Nobody has it: 404 quickly, not a hang.
     let started = Instant::now();
@@ -150,6 +156,11 @@ async fn libp2p_nodes_advertise_lookup_and_withdraw() {
         started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
+    );
+    let m = n2.metrics().await;
+    assert!(
+        m.contains(r#"peermirror_mirror_misses_total{reason="no_provider"}"#),
+        "{m}"
     );
 
     // A peer's request is served from local content only: node 2 never forwards it.
@@ -450,6 +461,11 @@ async fn a_damaged_local_copy_is_never_uploaded_to_peers() {
     assert_eq!(r.status(), 404);
     let m = a.metrics().await;
     assert!(m.contains("peermirror_local_corruptions_total 1"), "{m}");
+    let m = c.metrics().await;
+    assert!(
+        m.contains(r#"peermirror_mirror_misses_total{reason="providers_failed"} 1"#),
+        "{m}"
+    );
     // And node "a" no longer offers it at all.
     let r = client()
         .head(format!("{}/v2/test/app/blobs/{digest}", a.base))

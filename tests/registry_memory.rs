@@ -430,3 +430,118 @@ async fn one_address_cannot_take_every_connection_slot() {
     assert_eq!(r.status(), 200);
     node.stop().await;
 }
+
+/// A node on TLS (server certificate only, no client auth) and a client that trusts its CA,
+/// offering `alpn` (so `h2` gives HTTP/2 and `http/1.1` HTTP/1.1).
+async fn tls_node(src: MemorySource) -> (support::Node, tempfile::TempDir, std::path::PathBuf) {
+    use peermirror::auth::AuthMode;
+    use peermirror::certs::{Ca, issue_for_test};
+    use peermirror::daemon::Security;
+    use peermirror::tls::{CrlExpired, TlsFiles};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("test CA").unwrap();
+    let (cert, key) = issue_for_test(&ca, "node", 30, true).unwrap();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(p("node.crt"), cert).unwrap();
+    std::fs::write(p("node.key"), key).unwrap();
+    let mut cfg = local_config();
+    cfg.security = Security {
+        mode: AuthMode::None,
+        insecure_no_auth: true,
+        tls: Some(TlsFiles {
+            cert: p("node.crt"),
+            key: p("node.key"),
+            client_ca: None,
+            peer_ca: Some(p("ca.crt")),
+            crls: Vec::new(),
+            crl_expired: CrlExpired::Deny,
+            peer_server_name: None,
+        }),
+        token_file: None,
+    };
+    let node = start(src, cfg).await;
+    let ca_path = p("ca.crt");
+    (node, dir, ca_path)
+}
+
+fn tls_client(ca: &std::path::Path, alpn: &[u8]) -> reqwest::Client {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in peermirror::certs::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .unwrap()
+}
+
+/// HEAD answers headers only (Content-Length of what GET would send), hit or miss, on HTTP/2
+/// as on HTTP/1.1: a body on a HEAD response is a protocol error on an HTTP/2 stream.
+#[tokio::test]
+async fn head_answers_headers_only_over_http2_and_http1() {
+    let src = MemorySource::new();
+    let layer = b"a layer of some bytes";
+    let manifest = src.add_image("127.0.0.1:5000/test/app:v1", &[layer]);
+    let (node, _dir, ca) = tls_node(src).await;
+    let base = format!("https://localhost:{}", node.addr.port());
+    let missing = Digest::of(b"nobody has this");
+    let cases = [
+        ("/v2/".to_string(), 200, Some(2)),
+        (
+            format!("/v2/test/app/manifests/{}", manifest.digest),
+            200,
+            Some(manifest.size),
+        ),
+        (
+            format!("/v2/test/app/manifests/v1?ns={NS}"),
+            200,
+            Some(manifest.size),
+        ),
+        (
+            format!("/v2/test/app/blobs/{}", Digest::of(layer)),
+            200,
+            Some(layer.len() as u64),
+        ),
+        (format!("/v2/test/app/blobs/{missing}"), 404, None),
+        (format!("/v2/test/app/manifests/nope?ns={NS}"), 404, None),
+    ];
+    for (alpn, version) in [
+        (&b"h2"[..], reqwest::Version::HTTP_2),
+        (&b"http/1.1"[..], reqwest::Version::HTTP_11),
+    ] {
+        let c = tls_client(&ca, alpn);
+        for (path, status, len) in &cases {
+            let url = format!("{base}{path}");
+            let get = c.get(&url).send().await.unwrap();
+            assert_eq!(get.version(), version);
+            assert_eq!(get.status(), *status, "GET {path}");
+            let get_len = get.headers()["content-length"].clone();
+            let get_body = get.bytes().await.unwrap();
+            assert_eq!(get_len.to_str().unwrap(), get_body.len().to_string());
+            if let Some(len) = len {
+                assert_eq!(get_body.len() as u64, *len, "GET {path}");
+            }
+            let head = c
+                .head(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {path} over {version:?}: {e:?}"));
+            assert_eq!(head.status(), *status, "HEAD {path}");
+            assert_eq!(head.headers()["content-length"], get_len, "HEAD {path}");
+            let body = head
+                .bytes()
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {path} body over {version:?}: {e:?}"));
+            assert!(body.is_empty(), "HEAD {path}");
+        }
+    }
+    node.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Serving what this node lacks from its peers, verified.
 //!
 //! On a local miss the [`Mirror`] finds providers through the [`Router`] (waiting at most the
-//! resolve timeout for the first), asks them over HTTP with [`MIRRORED_HEADER`] set (so they
+//! resolve timeout for the first), asks them over HTTP with [`crate::oci::headers::MIRRORED`] set (so they
 //! answer from local content only and never forward), hedges when the first is slow, and
 //! streams the body through a sha256 check that holds back the final chunk until the digest
 //! matches. A provider that fails mid-stream is replaced by the next with a `Range` from the
@@ -11,24 +11,21 @@
 //! attempt avoids the shunned peer. Serving nodes verify their own copies before uploading to
 //! peers, see `registry::verify`, so this backstop is for hostile peers and races.)
 
+mod book;
 mod providers;
 mod transfer;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, StatusCode};
-
-use crate::content::{ByteStream, Key};
-use crate::metrics::Metrics;
-use crate::oci::{ByteRange, Digest, Name, RangeError, TagKey};
+use crate::content::{ByteStream, Descriptor, Key};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::oci::{ByteRange, Digest, Name, RangeSpec, Tag, TagKey};
 use crate::routing::{Provider, Router};
 
+use book::ProviderBook;
 pub use providers::ProviderSet;
-
-/// Marks a request sent by a peer: serve it from local content only.
-pub const MIRRORED_HEADER: &str = "x-peermirror-mirrored";
+use transfer::Fetcher;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -76,49 +73,93 @@ impl Default for MirrorConfig {
 pub enum Target {
     Blob(Digest),
     ManifestDigest(Digest),
-    ManifestTag(TagKey, crate::oci::Tag),
+    ManifestTag(TagKey, Tag),
 }
 
-/// A response ready to be sent to the local client.
-pub struct Fetched {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    /// `None` for HEAD.
+impl Target {
+    /// The path of this target on a peer's registry endpoint.
+    fn path(&self, name: &Name) -> String {
+        match self {
+            Target::Blob(d) => peer_path(name.as_str(), "blobs", &d.to_string(), None),
+            Target::ManifestDigest(d) => {
+                peer_path(name.as_str(), "manifests", &d.to_string(), None)
+            }
+            Target::ManifestTag(key, tag) => peer_path(
+                name.as_str(),
+                "manifests",
+                tag.as_str(),
+                Some(key.registry()),
+            ),
+        }
+    }
+}
+
+/// `/v2/NAME/KIND/REFERENCE[?ns=NS]`: the one place a peer's URL path is spelled.
+fn peer_path(name: &str, kind: &str, reference: &str, ns: Option<&str>) -> String {
+    let mut path = format!("/v2/{name}/{kind}/{reference}");
+    if let Some(ns) = ns {
+        path.push_str("?ns=");
+        path.extend(form_urlencoded::byte_serialize(ns.as_bytes()));
+    }
+    path
+}
+
+/// What the peers had: the content's descriptor and, for GET, its verified bytes.
+pub struct Found {
+    pub descriptor: Descriptor,
+    /// The part of the blob answered: `None` for all of it, else the client's one range.
+    pub window: Option<ByteRange>,
+    /// The bytes of `window`, verified as they stream; `None` for HEAD.
     pub body: Option<ByteStream>,
-    pub expected_len: u64,
+}
+
+/// Why the peers did not answer with the content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// Tags (or this tag, `latest`) are not resolved through peers here.
+    TagNotResolved,
+    /// No provider was found within the resolve timeout (or nobody had it a moment ago).
+    NoProvider,
+    /// Providers were found but none delivered: each failed, refused, or no longer had it.
+    ProvidersFailed,
+}
+
+impl Miss {
+    /// The `reason` label of `peermirror_mirror_misses_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::TagNotResolved => "tag_not_resolved",
+            Miss::NoProvider => "no_provider",
+            Miss::ProvidersFailed => "providers_failed",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("no peer has it")]
-    NotFound,
+    #[error("no peer has it ({})", .0.as_str())]
+    NotFound(Miss),
     #[error("requested range not satisfiable (size {0})")]
     RangeNotSatisfiable(u64),
 }
 
-pub struct Mirror {
-    router: Arc<dyn Router>,
-    /// The latest peer client (replaced when TLS material is reloaded).
-    client: tokio::sync::watch::Receiver<PeerClient>,
-    /// Sent to peers as a bearer token in token mode.
-    token: Option<Arc<crate::auth::Tokens>>,
-    metrics: Arc<Metrics>,
-    config: MirrorConfig,
-    /// Providers skipped until the given time.
-    penalties: Mutex<HashMap<String, Instant>>,
-    /// Keys nobody had, answered 404 without a lookup until the given time.
-    negative: Mutex<HashMap<Key, Instant>>,
-    /// Providers known to have a key without asking the DHT: those that just served it, the
-    /// digest a tag resolved to, and the children of a manifest a provider served. A pull is
-    /// one lookup for the tag and then mostly cache hits, so a busy DHT cannot make the later
-    /// requests of the same pull miss the resolve timeout.
-    known: Mutex<HashMap<Key, (Instant, Vec<Provider>)>>,
+/// What a diagnostic probe of one provider found.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub provider: Provider,
+    /// The HTTP status it answered with; `None` if the request failed.
+    pub status: Option<http::StatusCode>,
+    pub latency: Duration,
+    /// Why the request failed (with its causes), if it did.
+    pub error: Option<String>,
 }
 
-const NEGATIVE_TTL: Duration = Duration::from_millis(250);
-const NEGATIVE_MAX: usize = 4096;
-const KNOWN_TTL: Duration = Duration::from_secs(300);
-const KNOWN_MAX: usize = 65_536;
+pub struct Mirror {
+    book: Arc<ProviderBook>,
+    fetcher: Fetcher,
+    metrics: Arc<Metrics>,
+    config: MirrorConfig,
+}
 
 impl Mirror {
     pub fn new(
@@ -128,15 +169,13 @@ impl Mirror {
         config: MirrorConfig,
         token: Option<Arc<crate::auth::Tokens>>,
     ) -> Arc<Self> {
+        let book = Arc::new(ProviderBook::new(router, metrics.clone(), &config));
+        let fetcher = Fetcher::new(client, token, book.clone(), &config);
         Arc::new(Mirror {
-            router,
-            client,
-            token,
+            book,
+            fetcher,
             metrics,
             config,
-            penalties: Mutex::new(HashMap::new()),
-            negative: Mutex::new(HashMap::new()),
-            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -157,91 +196,18 @@ impl Mirror {
         &self.config
     }
 
-    fn is_penalized(&self, p: &Provider) -> bool {
-        let mut map = self.penalties.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&p.peer) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                map.remove(&p.peer);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn penalize(&self, p: &Provider, mismatch: bool) {
-        let d = if mismatch {
-            self.metrics.digest_mismatches.inc();
-            self.config.mismatch_penalty
-        } else {
-            self.metrics.provider_failures.inc();
-            self.config.failure_penalty
-        };
-        tracing::warn!(peer = %p.peer, addr = %p.addr, mismatch, penalty = ?d, "provider shunned");
-        self.penalties
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(p.peer.clone(), Instant::now() + d);
-    }
-
-    fn negative_hit(&self, key: &Key) -> bool {
-        let map = self.negative.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).is_some_and(|until| *until > Instant::now())
-    }
-
-    fn remember_miss(&self, key: Key) {
-        let mut map = self.negative.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= NEGATIVE_MAX {
-            let now = Instant::now();
-            map.retain(|_, until| *until > now);
-            if map.len() >= NEGATIVE_MAX {
-                map.clear();
-            }
-        }
-        map.insert(key, Instant::now() + NEGATIVE_TTL);
-    }
-
-    /// Ask the DHT for providers of `key`, counting it.
-    pub(crate) fn lookup(&self, key: &Key) -> tokio::sync::mpsc::Receiver<Provider> {
-        self.metrics.dht_lookups.inc();
-        self.router.lookup(key)
-    }
-
-    /// Remember that `providers` have `key`.
-    pub(crate) fn remember(&self, key: Key, providers: &[Provider]) {
-        if providers.is_empty() {
-            return;
-        }
-        let mut map = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= KNOWN_MAX {
-            map.retain(|_, (at, _)| at.elapsed() < KNOWN_TTL);
-            if map.len() >= KNOWN_MAX {
-                map.clear();
-            }
-        }
-        map.insert(key, (Instant::now(), providers.to_vec()));
-    }
-
-    fn known_providers(&self, key: &Key) -> Vec<Provider> {
-        let map = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(key) {
-            Some((at, p)) if at.elapsed() < KNOWN_TTL => p.clone(),
-            _ => Vec::new(),
-        }
-    }
-
     /// Find providers of `key`; `None` if none answered within the resolve timeout.
-    async fn providers(self: &Arc<Self>, key: Key) -> Option<ProviderSet> {
-        let known = self.known_providers(&key);
-        if known.is_empty() && self.negative_hit(&key) {
+    async fn providers(&self, key: Key) -> Option<ProviderSet> {
+        let known = self.book.known(&key);
+        if !known.is_empty() {
+            return Some(ProviderSet::known(key, known, self.book.clone()));
+        }
+        if self.book.recently_missed(&key) {
             return None;
         }
-        if !known.is_empty() {
-            return Some(ProviderSet::known(key, known, self.clone()));
-        }
         let started = Instant::now();
-        let rx = self.lookup(&key);
-        let mut set = ProviderSet::new(rx, self.clone());
+        let rx = self.book.lookup(&key);
+        let mut set = ProviderSet::new(rx, self.book.clone());
         let first = set.first(self.config.resolve_timeout).await;
         self.metrics
             .resolve_latency
@@ -249,162 +215,136 @@ impl Mirror {
         if first {
             Some(set)
         } else {
-            self.remember_miss(key);
+            self.book.remember_miss(key);
             None
         }
     }
 
-    /// Serve `target` from peers. `range` is the client's raw `Range` header, if any.
+    /// Serve `target` from peers, honouring the client's one `range` (checked against the
+    /// size once a provider has told it).
     pub async fn fetch(
-        self: &Arc<Self>,
+        &self,
         name: &Name,
         target: Target,
         head: bool,
-        range: Option<&str>,
-    ) -> Result<Fetched, MirrorError> {
-        let (key, path_ref, digest) = match &target {
-            Target::Blob(d) => (Key::Digest(*d), format!("blobs/{d}"), Some(*d)),
-            Target::ManifestDigest(d) => (Key::Digest(*d), format!("manifests/{d}"), Some(*d)),
+        range: Option<&RangeSpec>,
+    ) -> Result<Found, MirrorError> {
+        let result = self.fetch_inner(name, &target, head, range).await;
+        if let Err(MirrorError::NotFound(miss)) = &result {
+            tracing::debug!(%name, ?target, reason = miss.as_str(), "peers do not have it");
+            self.metrics
+                .mirror_misses
+                .get_or_create(&ReasonLabels {
+                    reason: miss.as_str(),
+                })
+                .inc();
+        }
+        result
+    }
+
+    async fn fetch_inner(
+        &self,
+        name: &Name,
+        target: &Target,
+        head: bool,
+        range: Option<&RangeSpec>,
+    ) -> Result<Found, MirrorError> {
+        let key = match target {
+            Target::Blob(d) | Target::ManifestDigest(d) => Key::Digest(*d),
             Target::ManifestTag(key, tag) => {
                 if !self.config.resolve_tags
                     || (tag.as_str() == "latest" && !self.config.resolve_latest_tag)
                 {
-                    return Err(MirrorError::NotFound);
+                    return Err(MirrorError::NotFound(Miss::TagNotResolved));
                 }
-                (Key::Tag(key.clone()), String::new(), None)
+                Key::Tag(key.clone())
             }
         };
-        let mut providers = self.providers(key).await.ok_or(MirrorError::NotFound)?;
-        let (digest, path_ref, head_info) = match (digest, &target) {
-            (Some(d), _) => (d, path_ref, None),
-            (None, Target::ManifestTag(key, tag)) => {
+        let mut providers = self
+            .providers(key)
+            .await
+            .ok_or(MirrorError::NotFound(Miss::NoProvider))?;
+        let (digest, known) = match target {
+            Target::Blob(d) | Target::ManifestDigest(d) => (*d, None),
+            Target::ManifestTag(..) => {
                 // A tag is resolved by one provider's HEAD; the bytes are then checked against
                 // the digest it names, like any other manifest.
-                let info = transfer::resolve_tag(self, &mut providers, name, key, tag).await?;
+                let desc = self
+                    .fetcher
+                    .head(&mut providers, &target.path(name), None)
+                    .await?;
                 providers.rewind();
                 // containerd asks for the manifest by digest next: the same peers have it.
-                self.remember(Key::Digest(info.digest), providers.seen());
-                (
-                    info.digest,
-                    format!("manifests/{}", info.digest),
-                    Some(info),
-                )
+                self.book
+                    .remember(Key::Digest(desc.digest), providers.seen());
+                (desc.digest, Some(desc))
             }
-            (None, _) => return Err(MirrorError::NotFound),
         };
-        let path = format!("/v2/{name}/{path_ref}");
+        let path = match target {
+            Target::Blob(_) => target.path(name),
+            _ => Target::ManifestDigest(digest).path(name),
+        };
         if head {
-            let info = match head_info {
-                Some(i) => i,
-                None => transfer::head(self, &mut providers, &path, digest).await?,
+            let descriptor = match known {
+                Some(d) => d,
+                None => {
+                    self.fetcher
+                        .head(&mut providers, &path, Some(digest))
+                        .await?
+                }
             };
-            let (status, len, headers) = response_headers(&info, range)?;
-            return Ok(Fetched {
-                status,
-                headers,
+            let window = RangeSpec::window(range, descriptor.size)
+                .map_err(|_| MirrorError::RangeNotSatisfiable(descriptor.size))?;
+            return Ok(Found {
+                descriptor,
+                window,
                 body: None,
-                expected_len: len,
             });
         }
-        transfer::get(self, providers, path, digest, range).await
+        self.fetcher.get(providers, path, digest, range).await
     }
-}
 
-/// What a provider told us about a blob before we send anything.
-#[derive(Clone, Debug)]
-pub struct BlobInfo {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-}
-
-/// Status, body length and headers for a response about `info`, honouring one range.
-fn response_headers(
-    info: &BlobInfo,
-    range: Option<&str>,
-) -> Result<(StatusCode, u64, HeaderMap), MirrorError> {
-    use http::HeaderValue;
-    use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
-    let parsed = match range.map(|r| ByteRange::parse(r, info.size)) {
-        None | Some(Err(RangeError::Malformed)) => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(RangeError::Unsatisfiable)) => {
-            return Err(MirrorError::RangeNotSatisfiable(info.size));
-        }
-    };
-    let mut h = HeaderMap::new();
-    let mt = if info.media_type.is_empty() {
-        crate::oci::media_types::OCTET_STREAM
-    } else {
-        info.media_type.as_str()
-    };
-    if let Ok(v) = HeaderValue::from_str(mt) {
-        h.insert(CONTENT_TYPE, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&info.digest.to_string()) {
-        h.insert(crate::registry::CONTENT_DIGEST_HEADER, v);
-    }
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let (status, len) = match parsed {
-        Some(r) => {
-            if let Ok(v) = HeaderValue::from_str(&r.content_range(info.size)) {
-                h.insert(CONTENT_RANGE, v);
+    /// Ask the DHT for providers of `key` for up to `timeout`, and HEAD it at the first
+    /// `max` found: the admin API's "who has it, and do they answer?".
+    pub async fn probe(&self, key: &Key, timeout: Duration, max: usize) -> Vec<ProbeResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.book.lookup_uncounted(key);
+        let mut found: Vec<Provider> = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if !found.contains(&p) && found.len() < max {
+                found.push(p);
             }
-            (StatusCode::PARTIAL_CONTENT, r.len())
         }
-        None => (StatusCode::OK, info.size),
-    };
-    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    Ok((status, len, h))
-}
-
-impl Mirror {
-    /// A request to a peer: the current client, the mirrored marker, and the token if any.
-    pub(crate) fn peer_request(
-        &self,
-        method: reqwest::Method,
-        url: String,
-    ) -> reqwest::RequestBuilder {
-        let client = self.client.borrow().client.clone();
-        let mut req = client.request(method, url).header(MIRRORED_HEADER, "true");
-        if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
-            req = req.bearer_auth(t);
-        }
-        req
+        let path = match key {
+            // Any valid name: a peer serves a blob by its digest, whatever the repository.
+            Key::Digest(d) => peer_path("peermirror/status", "blobs", &d.to_string(), None),
+            Key::Tag(t) => peer_path(t.name(), "manifests", t.tag(), Some(t.registry())),
+        };
+        let checks = found.into_iter().map(|p| {
+            let req = self
+                .fetcher
+                .request(reqwest::Method::HEAD, &p, &path)
+                .timeout(timeout);
+            async move {
+                let started = Instant::now();
+                let res = req.send().await;
+                let latency = started.elapsed();
+                match res {
+                    Ok(r) => ProbeResult {
+                        provider: p,
+                        status: Some(r.status()),
+                        latency,
+                        error: None,
+                    },
+                    Err(e) => ProbeResult {
+                        provider: p,
+                        status: None,
+                        latency,
+                        error: Some(e.to_string()),
+                    },
+                }
+            }
+        });
+        futures_util::future::join_all(checks).await
     }
-
-    /// `scheme://addr` of a provider's registry endpoint, in the scheme peers speak now.
-    pub(crate) fn peer_base(&self, p: &Provider) -> String {
-        format!("{}://{}", self.client.borrow().scheme, p.addr)
-    }
-}
-
-/// Parse the pieces of a provider's answer that describe the blob.
-pub(crate) fn blob_info(headers: &HeaderMap, fallback_digest: Option<Digest>) -> Option<BlobInfo> {
-    let digest = headers
-        .get(crate::registry::CONTENT_DIGEST_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .or(fallback_digest)?;
-    let size = headers
-        .get(http::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit_once('/'))
-        .and_then(|(_, total)| total.parse().ok())
-        .or_else(|| {
-            headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-        })?;
-    let media_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    Some(BlobInfo {
-        digest,
-        size,
-        media_type,
-    })
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Mirror;
+use super::book::ProviderBook;
 use crate::content::Key;
 use crate::routing::Provider;
 
@@ -17,18 +17,18 @@ pub struct ProviderSet {
     returned: Vec<Provider>,
     found: Vec<Provider>,
     next: usize,
-    mirror: Arc<Mirror>,
+    book: Arc<ProviderBook>,
 }
 
 impl ProviderSet {
-    pub(super) fn new(rx: mpsc::Receiver<Provider>, mirror: Arc<Mirror>) -> Self {
+    pub(super) fn new(rx: mpsc::Receiver<Provider>, book: Arc<ProviderBook>) -> Self {
         ProviderSet {
             rx: Some(rx),
             deferred: None,
             returned: Vec::new(),
             found: Vec::new(),
             next: 0,
-            mirror,
+            book,
         }
     }
 
@@ -51,14 +51,14 @@ impl ProviderSet {
     }
 
     /// Providers already known to have `key`; the DHT is asked only if they all fail.
-    pub(super) fn known(key: Key, known: Vec<Provider>, mirror: Arc<Mirror>) -> Self {
+    pub(super) fn known(key: Key, known: Vec<Provider>, book: Arc<ProviderBook>) -> Self {
         let mut set = ProviderSet {
             rx: None,
             deferred: Some(key),
             returned: Vec::new(),
             found: Vec::new(),
             next: 0,
-            mirror,
+            book,
         };
         set.seed(known);
         set
@@ -87,7 +87,7 @@ impl ProviderSet {
     pub(super) async fn next(&mut self, wait: Duration) -> Option<Provider> {
         let deadline = tokio::time::Instant::now() + wait;
         while let Some(p) = self.returned.pop() {
-            if !self.mirror.is_penalized(&p) {
+            if !self.book.is_penalized(&p) {
                 return Some(p);
             }
         }
@@ -95,7 +95,7 @@ impl ProviderSet {
             while self.next < self.found.len() {
                 let p = self.found[self.next].clone();
                 self.next += 1;
-                if !self.mirror.is_penalized(&p) {
+                if !self.book.is_penalized(&p) {
                     return Some(p);
                 }
             }
@@ -110,14 +110,14 @@ impl ProviderSet {
         if self.rx.is_none()
             && let Some(key) = self.deferred.take()
         {
-            self.rx = Some(self.mirror.lookup(&key));
+            self.rx = Some(self.book.lookup(&key));
         }
         let Some(rx) = self.rx.as_mut() else {
             return false;
         };
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(p)) => {
-                if !self.found.contains(&p) && !self.mirror.is_penalized(&p) {
+                if !self.found.contains(&p) && !self.book.is_penalized(&p) {
                     self.found.push(p);
                 }
                 true

@@ -6,11 +6,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::{BlobInfo, Fetched, Mirror, MirrorError, ProviderSet, blob_info, response_headers};
-use crate::content::Key;
-use crate::oci::{ByteRange, Digest, Name, RangeError, Sha256Verifier, Tag, TagKey};
+use super::book::{Fault, ProviderBook};
+use super::{Found, MirrorConfig, MirrorError, Miss, PeerClient, ProviderSet};
+use crate::content::{Descriptor, Key};
+use crate::oci::headers::{CONTENT_DIGEST, MIRRORED};
+use crate::oci::{ContentRange, Digest, RangeSpec, Sha256Verifier};
 use crate::routing::Provider;
 
 /// Chunks buffered between the peer and the client: back-pressure, bounded memory.
@@ -18,65 +20,117 @@ const CHANNEL_CHUNKS: usize = 8;
 /// How long to wait for the lookup to find another provider when one fails.
 const NEXT_PROVIDER_WAIT: Duration = Duration::from_millis(200);
 
-fn url(mirror: &Mirror, p: &Provider, path: &str) -> String {
-    format!("{}{}", mirror.peer_base(p), path)
+/// Everything a peer request needs: the client, the token, the book of providers and the
+/// timeouts. Cheap to clone into each spawned transfer.
+#[derive(Clone)]
+pub(super) struct Fetcher {
+    /// The latest peer client (replaced when TLS material is reloaded).
+    client: watch::Receiver<PeerClient>,
+    /// Sent to peers as a bearer token in token mode.
+    token: Option<Arc<crate::auth::Tokens>>,
+    book: Arc<ProviderBook>,
+    response_timeout: Duration,
+    hedge_delay: Duration,
 }
 
-/// Ask providers, one after another, to resolve a tag with HEAD.
-pub(super) async fn resolve_tag(
-    mirror: &Arc<Mirror>,
-    providers: &mut ProviderSet,
-    name: &Name,
-    key: &TagKey,
-    tag: &Tag,
-) -> Result<BlobInfo, MirrorError> {
-    let path = format!("/v2/{name}/manifests/{tag}?ns={}", encode(key.registry()));
-    head_any(mirror, providers, &path, None).await
-}
-
-/// HEAD a digest at the providers until one answers with matching headers.
-pub(super) async fn head(
-    mirror: &Arc<Mirror>,
-    providers: &mut ProviderSet,
-    path: &str,
-    digest: Digest,
-) -> Result<BlobInfo, MirrorError> {
-    head_any(mirror, providers, path, Some(digest)).await
-}
-
-async fn head_any(
-    mirror: &Arc<Mirror>,
-    providers: &mut ProviderSet,
-    path: &str,
-    digest: Option<Digest>,
-) -> Result<BlobInfo, MirrorError> {
-    while let Some(p) = providers.next(NEXT_PROVIDER_WAIT).await {
-        let req = mirror
-            .peer_request(reqwest::Method::HEAD, url(mirror, &p, path))
-            .timeout(mirror.config.response_timeout);
-        match req.send().await {
-            Ok(r) if r.status() == StatusCode::OK => match blob_info(r.headers(), digest) {
-                Some(info) if digest.is_none_or(|d| d == info.digest) => {
-                    if digest.is_some() {
-                        mirror.remember(Key::Digest(info.digest), std::slice::from_ref(&p));
-                    }
-                    return Ok(info);
-                }
-                _ => mirror.penalize(&p, false),
-            },
-            // A stale provider record: the peer no longer has it. Not a fault.
-            Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
-            Ok(r) => {
-                tracing::debug!(peer = %p.peer, status = %r.status(), "provider refused HEAD");
-                mirror.penalize(&p, false);
-            }
-            Err(e) => {
-                tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider HEAD failed");
-                mirror.penalize(&p, false);
-            }
+impl Fetcher {
+    pub(super) fn new(
+        client: watch::Receiver<PeerClient>,
+        token: Option<Arc<crate::auth::Tokens>>,
+        book: Arc<ProviderBook>,
+        config: &MirrorConfig,
+    ) -> Self {
+        Fetcher {
+            client,
+            token,
+            book,
+            response_timeout: config.response_timeout,
+            hedge_delay: config.hedge_delay,
         }
     }
-    Err(MirrorError::NotFound)
+
+    /// A request for `path` at provider `p`: the current client and scheme, the mirrored
+    /// marker (so the peer answers from local content only), and the token if any.
+    pub(super) fn request(
+        &self,
+        method: reqwest::Method,
+        p: &Provider,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let (client, scheme) = {
+            let c = self.client.borrow();
+            (c.client.clone(), c.scheme)
+        };
+        let url = format!("{scheme}://{}{path}", p.addr);
+        let mut req = client.request(method, url).header(MIRRORED, "true");
+        if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
+            req = req.bearer_auth(t);
+        }
+        req
+    }
+
+    /// HEAD `path` at the providers until one answers with usable headers: for a digest,
+    /// matching it; for a tag (`digest` is `None`), naming the digest it resolves to.
+    pub(super) async fn head(
+        &self,
+        providers: &mut ProviderSet,
+        path: &str,
+        digest: Option<Digest>,
+    ) -> Result<Descriptor, MirrorError> {
+        while let Some(p) = providers.next(NEXT_PROVIDER_WAIT).await {
+            let req = self
+                .request(reqwest::Method::HEAD, &p, path)
+                .timeout(self.response_timeout);
+            match req.send().await {
+                Ok(r) if r.status() == StatusCode::OK => match descriptor(r.headers(), digest) {
+                    Some(desc) if digest.is_none_or(|d| d == desc.digest) => {
+                        if digest.is_some() {
+                            self.book
+                                .remember(Key::Digest(desc.digest), std::slice::from_ref(&p));
+                        }
+                        return Ok(desc);
+                    }
+                    _ => self.book.penalize(&p, Fault::Failed),
+                },
+                // A stale provider record: the peer no longer has it. Not a fault.
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
+                Ok(r) => {
+                    tracing::debug!(peer = %p.peer, status = %r.status(), "provider refused HEAD");
+                    self.book.penalize(&p, Fault::Failed);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider HEAD failed");
+                    self.book.penalize(&p, Fault::Failed);
+                }
+            }
+        }
+        Err(MirrorError::NotFound(Miss::ProvidersFailed))
+    }
+}
+
+/// The descriptor a provider's answer gives: the digest it names (or the one asked for), the
+/// whole size (from `Content-Range` if ranged) and the media type.
+fn descriptor(headers: &http::HeaderMap, fallback_digest: Option<Digest>) -> Option<Descriptor> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    let digest = text(CONTENT_DIGEST)
+        .and_then(|v| v.parse().ok())
+        .or(fallback_digest)?;
+    let size = text(http::header::CONTENT_RANGE.as_str())
+        .and_then(ContentRange::parse)
+        .map(|r| r.size)
+        .or_else(|| text(http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok()))?;
+    let media_type = text(http::header::CONTENT_TYPE.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Some(Descriptor {
+        digest,
+        size,
+        media_type,
+    })
 }
 
 /// An error with its causes, so a refused handshake says why (e.g. "certificate revoked").
@@ -91,25 +145,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// Start a GET at `offset`, hedging: if the first provider has not answered within the hedge
 /// delay, the next one is asked too, and the first good answer wins.
 async fn connect(
-    mirror: &Arc<Mirror>,
+    f: &Fetcher,
     providers: &mut ProviderSet,
     path: &str,
     offset: u64,
     wait_first: Duration,
 ) -> Option<(Provider, reqwest::Response)> {
     let request = |p: Provider| {
-        let mut req = mirror.peer_request(reqwest::Method::GET, url(mirror, &p, path));
+        let mut req = f.request(reqwest::Method::GET, &p, path);
         if offset > 0 {
             req = req.header(http::header::RANGE, format!("bytes={offset}-"));
         }
-        let timeout = mirror.config.response_timeout;
+        let timeout = f.response_timeout;
         async move {
             let res = tokio::time::timeout(timeout, req.send()).await;
             (p, res)
@@ -121,7 +171,7 @@ async fn connect(
     inflight.push(request(first));
     let mut more = true;
     loop {
-        let hedge = tokio::time::sleep(mirror.config.hedge_delay);
+        let hedge = tokio::time::sleep(f.hedge_delay);
         tokio::select! {
             Some((p, res)) = inflight.next() => {
                 asked.retain(|a| a != &p);
@@ -137,15 +187,15 @@ async fn connect(
                     Ok(Ok(r)) if r.status() == StatusCode::NOT_FOUND => {}
                     Ok(Ok(r)) => {
                         tracing::debug!(peer = %p.peer, status = %r.status(), "provider refused GET");
-                        mirror.penalize(&p, false);
+                        f.book.penalize(&p, Fault::Failed);
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider GET failed");
-                        mirror.penalize(&p, false);
+                        f.book.penalize(&p, Fault::Failed);
                     }
                     Err(_) => {
                         tracing::debug!(peer = %p.peer, "provider did not answer in time");
-                        mirror.penalize(&p, false);
+                        f.book.penalize(&p, Fault::Failed);
                     }
                 }
                 // That one is out: ask the next at once.
@@ -176,60 +226,57 @@ async fn connect(
     }
 }
 
-/// GET a blob from peers and stream it, verified, to the client.
-pub(super) async fn get(
-    mirror: &Arc<Mirror>,
-    mut providers: ProviderSet,
-    path: String,
-    digest: Digest,
-    range: Option<&str>,
-) -> Result<Fetched, MirrorError> {
-    // Always fetch from byte 0: the digest covers the whole blob, so even a client's resume
-    // (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
-    let (first, resp) = connect(mirror, &mut providers, &path, 0, Duration::ZERO)
-        .await
-        .ok_or(MirrorError::NotFound)?;
-    let info = match blob_info(resp.headers(), Some(digest)) {
-        Some(i) if i.digest == digest => i,
-        _ => {
-            mirror.penalize(&first, false);
-            return Err(MirrorError::NotFound);
-        }
-    };
-    let (status, len, headers) = response_headers(&info, range)?;
-    let window = match range.map(|r| ByteRange::parse(r, info.size)) {
-        Some(Ok(r)) => (r.start, r.end),
-        Some(Err(RangeError::Unsatisfiable)) => {
-            return Err(MirrorError::RangeNotSatisfiable(info.size));
-        }
-        _ => (0, info.size.saturating_sub(1)),
-    };
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    // A manifest's bytes are kept (they are small) to learn who has its children.
-    let capture = (crate::oci::is_manifest_media_type(&info.media_type)
-        && info.size <= crate::content::MAX_MANIFEST_SIZE)
-        .then(|| (info.media_type.clone(), Vec::new()));
-    let job = Transfer {
-        mirror: mirror.clone(),
-        providers,
-        path,
-        digest,
-        size: info.size,
-        window,
-        tx,
-        capture,
-    };
-    tokio::spawn(job.run(first, resp));
-    Ok(Fetched {
-        status,
-        headers,
-        body: Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))),
-        expected_len: len,
-    })
+impl Fetcher {
+    /// GET a blob from peers and stream it, verified, to the client.
+    pub(super) async fn get(
+        &self,
+        mut providers: ProviderSet,
+        path: String,
+        digest: Digest,
+        range: Option<&RangeSpec>,
+    ) -> Result<Found, MirrorError> {
+        let failed = MirrorError::NotFound(Miss::ProvidersFailed);
+        // Always fetch from byte 0: the digest covers the whole blob, so even a client's resume
+        // (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
+        let (first, resp) = connect(self, &mut providers, &path, 0, Duration::ZERO)
+            .await
+            .ok_or(failed)?;
+        let descriptor = match descriptor(resp.headers(), Some(digest)) {
+            Some(d) if d.digest == digest => d,
+            _ => {
+                self.book.penalize(&first, Fault::Failed);
+                return Err(MirrorError::NotFound(Miss::ProvidersFailed));
+            }
+        };
+        let size = descriptor.size;
+        let window =
+            RangeSpec::window(range, size).map_err(|_| MirrorError::RangeNotSatisfiable(size))?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        // A manifest's bytes are kept (they are small) to learn who has its children.
+        let capture = (crate::oci::is_manifest_media_type(&descriptor.media_type)
+            && size <= crate::content::MAX_MANIFEST_SIZE)
+            .then(|| (descriptor.media_type.clone(), Vec::new()));
+        let job = Transfer {
+            fetcher: self.clone(),
+            providers,
+            path,
+            digest,
+            size,
+            window: window.map_or((0, size.saturating_sub(1)), |r| (r.start, r.end)),
+            tx,
+            capture,
+        };
+        tokio::spawn(job.run(first, resp));
+        Ok(Found {
+            descriptor,
+            window,
+            body: Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))),
+        })
+    }
 }
 
 struct Transfer {
-    mirror: Arc<Mirror>,
+    fetcher: Fetcher,
     providers: ProviderSet,
     path: String,
     digest: Digest,
@@ -263,7 +310,7 @@ impl Transfer {
                 None => {
                     let offset = verifier.bytes_seen();
                     match connect(
-                        &self.mirror,
+                        &self.fetcher,
                         &mut self.providers,
                         &self.path,
                         offset,
@@ -297,7 +344,7 @@ impl Transfer {
         } else {
             tracing::error!(digest = %self.digest, "digest mismatch from peers; aborting the response");
             for p in &contributors {
-                self.mirror.penalize(p, true);
+                self.fetcher.book.penalize(p, Fault::Mismatch);
             }
             self.fail("digest mismatch").await;
         }
@@ -305,13 +352,15 @@ impl Transfer {
 
     /// A verified transfer tells us who has this blob and, for a manifest, its children.
     fn learn(&self, providers: &[Provider]) {
-        self.mirror.remember(Key::Digest(self.digest), providers);
+        self.fetcher
+            .book
+            .remember(Key::Digest(self.digest), providers);
         let Some((media_type, data)) = &self.capture else {
             return;
         };
         if let Ok(children) = crate::oci::children(media_type, data) {
             for c in children {
-                self.mirror.remember(Key::Digest(c.digest), providers);
+                self.fetcher.book.remember(Key::Digest(c.digest), providers);
             }
         }
     }
@@ -339,7 +388,7 @@ impl Transfer {
         if resp.status() == StatusCode::PARTIAL_CONTENT
             && !range_starts_at(&resp, offset, self.size)
         {
-            self.mirror.penalize(p, false);
+            self.fetcher.book.penalize(p, Fault::Failed);
             return Step::Failed;
         }
         let mut body = resp.bytes_stream();
@@ -348,7 +397,7 @@ impl Transfer {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(peer = %p.peer, error = %e, at = verifier.bytes_seen(), "provider stream broke");
-                    self.mirror.penalize(p, false);
+                    self.fetcher.book.penalize(p, Fault::Failed);
                     return Step::Failed;
                 }
             };
@@ -364,7 +413,7 @@ impl Transfer {
             let end = start + chunk.len() as u64;
             if end > self.size {
                 tracing::error!(peer = %p.peer, "provider sent more bytes than the blob's size");
-                self.mirror.penalize(p, true);
+                self.fetcher.book.penalize(p, Fault::Mismatch);
                 self.fail("provider sent too many bytes").await;
                 return Step::Abort;
             }
@@ -386,7 +435,7 @@ impl Transfer {
             return Step::Complete;
         }
         tracing::warn!(peer = %p.peer, at = verifier.bytes_seen(), size = self.size, "provider body ended early");
-        self.mirror.penalize(p, false);
+        self.fetcher.book.penalize(p, Fault::Failed);
         Step::Failed
     }
 }
@@ -402,25 +451,13 @@ fn clip(chunk: &Bytes, start: u64, (lo, hi): (u64, u64)) -> Option<Bytes> {
     (from < to).then(|| chunk.slice(from..to))
 }
 
+/// A 206 answer to a resume must start where we are, for the blob's whole size.
 fn range_starts_at(resp: &reqwest::Response, offset: u64, size: u64) -> bool {
-    let Some(v) = resp
-        .headers()
+    resp.headers()
         .get(http::header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    // "bytes START-END/TOTAL"
-    let parsed = v
-        .strip_prefix("bytes ")
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(s, rest)| {
-            Some((
-                s.parse::<u64>().ok()?,
-                rest.rsplit_once('/')?.1.parse::<u64>().ok()?,
-            ))
-        });
-    parsed == Some((offset, size))
+        .and_then(ContentRange::parse)
+        .is_some_and(|r| r.start == offset && r.size == size)
 }
 
 #[cfg(test)]

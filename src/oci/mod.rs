@@ -3,6 +3,7 @@
 
 mod digest;
 mod error;
+pub mod headers;
 mod manifest;
 mod range;
 mod reference;
@@ -10,5 +11,5 @@ mod reference;
 pub use digest::{Digest, DigestError, Sha256Verifier};
 pub use error::{ErrorCode, OciError};
 pub use manifest::{ManifestError, children, is_manifest_media_type, media_types};
-pub use range::{ByteRange, RangeError};
+pub use range::{ByteRange, ContentRange, RangeError, RangeSpec};
 pub use reference::{Name, NameError, Reference, Tag, TagKey};

@@ -17,17 +17,28 @@ pub enum RangeError {
     Unsatisfiable,
 }
 
-impl ByteRange {
-    /// Parse a `Range` header value for a blob of `size` bytes. Only one range is served:
-    /// containerd never asks for more, and multipart responses are an abuse vector.
-    pub fn parse(header: &str, size: u64) -> Result<Self, RangeError> {
-        use http_range_header::RangeUnsatisfiableError as E;
+/// A client's `Range` header: one well-formed `bytes=` range, parsed once at the edge and
+/// checked against a size only once that size is known (for a peer's blob, after the first
+/// provider answers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSpec(http_range_header::ParsedRanges);
+
+impl RangeSpec {
+    /// Parse a `Range` header value. Only one range is served: containerd never asks for more,
+    /// and multipart responses are an abuse vector.
+    pub fn parse(header: &str) -> Result<Self, RangeError> {
         let parsed =
             http_range_header::parse_range_header(header).map_err(|_| RangeError::Malformed)?;
         if parsed.len() != 1 {
             return Err(RangeError::Malformed);
         }
-        let ranges = parsed.validate(size).map_err(|e| match e {
+        Ok(RangeSpec(parsed))
+    }
+
+    /// The range within a blob of `size` bytes.
+    pub fn resolve(&self, size: u64) -> Result<ByteRange, RangeError> {
+        use http_range_header::RangeUnsatisfiableError as E;
+        let ranges = self.0.clone().validate(size).map_err(|e| match e {
             E::Unsatisfiable => RangeError::Unsatisfiable,
             _ => RangeError::Malformed,
         })?;
@@ -39,6 +50,43 @@ impl ByteRange {
             // An empty blob has no satisfiable byte range.
             _ => Err(RangeError::Unsatisfiable),
         }
+    }
+
+    /// What to send of a blob of `size` bytes: `None` for all of it (no range asked, or one
+    /// that may be ignored per RFC 9110), or the one range; `Err` only when unsatisfiable (416).
+    pub fn window(spec: Option<&Self>, size: u64) -> Result<Option<ByteRange>, RangeError> {
+        match spec.map(|s| s.resolve(size)) {
+            None | Some(Err(RangeError::Malformed)) => Ok(None),
+            Some(Ok(r)) => Ok(Some(r)),
+            Some(Err(RangeError::Unsatisfiable)) => Err(RangeError::Unsatisfiable),
+        }
+    }
+}
+
+/// A peer's `Content-Range: bytes START-END/SIZE`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ContentRange {
+    pub start: u64,
+    pub end: u64,
+    pub size: u64,
+}
+
+impl ContentRange {
+    pub fn parse(value: &str) -> Option<Self> {
+        let (range, size) = value.strip_prefix("bytes ")?.rsplit_once('/')?;
+        let (start, end) = range.split_once('-')?;
+        Some(ContentRange {
+            start: start.parse().ok()?,
+            end: end.parse().ok()?,
+            size: size.parse().ok()?,
+        })
+    }
+}
+
+impl ByteRange {
+    /// Parse a `Range` header value for a blob of `size` bytes.
+    pub fn parse(header: &str, size: u64) -> Result<Self, RangeError> {
+        RangeSpec::parse(header)?.resolve(size)
     }
 
     pub fn len(&self) -> u64 {
@@ -87,6 +135,36 @@ mod tests {
         let r = ByteRange::parse("bytes=10-19", 100).unwrap();
         assert_eq!(r.len(), 10);
         assert_eq!(r.content_range(100), "bytes 10-19/100");
+    }
+
+    #[test]
+    fn windows_and_content_ranges() {
+        let spec = RangeSpec::parse("bytes=10-").unwrap();
+        assert_eq!(
+            RangeSpec::window(Some(&spec), 100),
+            Ok(Some(ByteRange { start: 10, end: 99 }))
+        );
+        assert_eq!(
+            RangeSpec::window(Some(&spec), 10),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(RangeSpec::window(None, 10), Ok(None));
+        // Well formed but backwards: ignored, the whole blob is sent.
+        let backwards = RangeSpec::parse("bytes=9-0");
+        if let Ok(b) = backwards {
+            assert_eq!(RangeSpec::window(Some(&b), 100), Ok(None));
+        }
+        assert_eq!(
+            ContentRange::parse("bytes 5-9/10"),
+            Some(ContentRange {
+                start: 5,
+                end: 9,
+                size: 10
+            })
+        );
+        for bad in ["bytes */10", "5-9/10", "bytes 5-9", "bytes a-9/10"] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

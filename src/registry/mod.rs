@@ -13,21 +13,20 @@ use std::time::Instant;
 
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 
 use body::AccessRecord;
 pub use body::{Body, LoggedBody};
-pub use routes::{Route, parse as parse_route};
+pub use routes::{Route, RouteKind, parse as parse_route};
 
 use crate::auth::{Guard, Refusal};
 use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels, Source};
-use crate::mirror::{MIRRORED_HEADER, Mirror, MirrorError, Target};
-use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeError, Reference, TagKey};
+use crate::mirror::{Mirror, MirrorError, Target};
+use crate::oci::headers::{API_VERSION, CONTENT_DIGEST, MIRRORED};
+use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
-
-pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
-pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
 
 /// Shared state of the endpoint.
 pub struct Registry {
@@ -45,14 +44,14 @@ pub struct Registry {
 struct Answer {
     response: Response<Body>,
     source: Source,
-    route: &'static str,
+    route: RouteKind,
     expected: u64,
     /// Held while the body uploads.
     slot: Option<UploadSlot>,
 }
 
 impl Answer {
-    fn error(e: OciError, route: &'static str) -> Self {
+    fn error(e: OciError, route: RouteKind) -> Self {
         let mut response = Response::new(body::full(e.to_json()));
         *response.status_mut() = e.status();
         response
@@ -89,7 +88,7 @@ impl Answer {
                 (ErrorCode::Unauthorized, "a valid bearer token is required")
             }
         };
-        let mut a = Answer::error(OciError::new(code, msg), "refused");
+        let mut a = Answer::error(OciError::new(code, msg), RouteKind::Refused);
         a.source = Source::None;
         let h = a.response.headers_mut();
         if code == ErrorCode::Unauthorized {
@@ -103,7 +102,7 @@ impl Answer {
         a
     }
 
-    fn busy(route: &'static str) -> Self {
+    fn busy(route: RouteKind) -> Self {
         let mut a = Answer::error(
             OciError::new(
                 ErrorCode::Unavailable,
@@ -120,7 +119,7 @@ impl Answer {
 
 impl Answer {
     /// 416 with the `Content-Range: bytes */SIZE` that RFC 9110 asks for.
-    fn unsatisfiable(size: u64, route: &'static str) -> Self {
+    fn unsatisfiable(size: u64, route: RouteKind) -> Self {
         let mut a = Answer::error(
             OciError::new(ErrorCode::RangeInvalid, "requested range not satisfiable"),
             route,
@@ -177,7 +176,7 @@ impl Registry {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                route: answer.route,
+                route: answer.route.as_str(),
                 method: method_label(&method),
                 status,
                 source: answer.source,
@@ -195,13 +194,17 @@ impl Registry {
             metrics: self.metrics.clone(),
         };
         let slot = answer.slot;
-        answer.response.map(|b| LoggedBody::new(b, record, slot))
+        let mut response = answer.response;
+        if record.method == Method::HEAD {
+            response = headers_only(response);
+        }
+        response.map(|b| LoggedBody::new(b, record, slot))
     }
 
     async fn answer<B>(&self, req: &Request<B>) -> Answer {
         let route = match routes::parse(req.uri().path()) {
             Ok(r) => r,
-            Err(e) => return Answer::error(e, "invalid"),
+            Err(e) => return Answer::error(e, RouteKind::Invalid),
         };
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Answer::error(
@@ -212,6 +215,7 @@ impl Registry {
                 route.kind(),
             );
         }
+        let asked = Asked::read(req);
         match route {
             Route::Base => {
                 let mut response = Response::new(body::full("{}"));
@@ -220,11 +224,11 @@ impl Registry {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
                     .headers_mut()
-                    .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+                    .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
                 Answer {
                     response,
                     source: Source::None,
-                    route: "base",
+                    route: RouteKind::Base,
                     expected: 0,
                     slot: None,
                 }
@@ -240,7 +244,7 @@ impl Registry {
                     Reference::Tag(_) => tag_key.as_ref().and_then(|k| self.index.resolve(k)),
                 };
                 if let Some(desc) = digest.and_then(|d| self.index.stat(&d)) {
-                    return self.serve(req, desc, "manifest").await;
+                    return self.serve(&asked, desc, RouteKind::Manifest).await;
                 }
                 let target = match (reference, tag_key) {
                     (Reference::Digest(d), _) => Some(Target::ManifestDigest(d)),
@@ -252,18 +256,21 @@ impl Registry {
                     "manifest unknown to this mirror",
                 );
                 match target {
-                    Some(t) => self.ask_peers(req, &name, t, "manifest", miss).await,
-                    None => Answer::error(miss, "manifest"),
+                    Some(t) => {
+                        self.ask_peers(&asked, &name, t, RouteKind::Manifest, miss)
+                            .await
+                    }
+                    None => Answer::error(miss, RouteKind::Manifest),
                 }
             }
             Route::Blob { name, digest } => match self.index.stat(&digest) {
-                Some(desc) => self.serve(req, desc, "blob").await,
+                Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
                 None => {
                     let miss = OciError::new(
                         ErrorCode::BlobUnknown,
                         format!("blob {digest} unknown to this mirror"),
                     );
-                    self.ask_peers(req, &name, Target::Blob(digest), "blob", miss)
+                    self.ask_peers(&asked, &name, Target::Blob(digest), RouteKind::Blob, miss)
                         .await
                 }
             },
@@ -272,20 +279,18 @@ impl Registry {
 
     /// A local miss: ask peers, unless this request came from a peer (then it is a miss here,
     /// never forwarded again, so requests cannot loop).
-    async fn ask_peers<B>(
+    async fn ask_peers(
         &self,
-        req: &Request<B>,
+        asked: &Asked,
         name: &Name,
         target: Target,
-        route: &'static str,
+        route: RouteKind,
         miss: OciError,
     ) -> Answer {
-        let mirrored = req.headers().contains_key(MIRRORED_HEADER);
-        let Some(mirror) = self.mirror.as_ref().filter(|_| !mirrored) else {
+        let Some(mirror) = self.mirror.as_ref().filter(|_| !asked.mirrored) else {
             return Answer::error(miss, route);
         };
-        let head = req.method() == Method::HEAD;
-        let slot = if head {
+        let slot = if asked.head {
             None
         } else {
             match self.limits.try_start() {
@@ -293,45 +298,31 @@ impl Registry {
                 None => return Answer::busy(route),
             }
         };
-        let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
-        match mirror.fetch(name, target, head, range).await {
-            Ok(f) => {
-                let mut response = Response::new(match f.body {
+        match mirror
+            .fetch(name, target, asked.head, asked.range.as_ref())
+            .await
+        {
+            Ok(found) => {
+                let body = match found.body {
                     Some(s) => body::stream(self.limits.pace(s)),
                     None => body::empty(),
-                });
-                *response.status_mut() = f.status;
-                *response.headers_mut() = f.headers;
-                Answer {
-                    response,
-                    source: Source::Peer,
-                    route,
-                    expected: f.expected_len,
-                    slot,
-                }
+                };
+                let mut a = content(&found.descriptor, found.window, body, route, slot);
+                a.source = Source::Peer;
+                a
             }
-            Err(MirrorError::NotFound) => Answer::error(miss, route),
+            Err(MirrorError::NotFound(_)) => Answer::error(miss, route),
             Err(MirrorError::RangeNotSatisfiable(size)) => Answer::unsatisfiable(size, route),
         }
     }
 
     /// Serve a blob or manifest held locally, honouring one byte range.
-    async fn serve<B>(&self, req: &Request<B>, desc: Descriptor, route: &'static str) -> Answer {
-        let range = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
-            None => None,
-            Some(h) => match ByteRange::parse(h, desc.size) {
-                Ok(r) => Some(r),
-                // RFC 9110: a malformed Range may be ignored; serve the whole blob.
-                Err(RangeError::Malformed) => None,
-                Err(RangeError::Unsatisfiable) => return Answer::unsatisfiable(desc.size, route),
-            },
-        };
-        let (status, offset, len) = match range {
-            Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.len()),
-            None => (StatusCode::OK, 0, desc.size),
+    async fn serve(&self, asked: &Asked, desc: Descriptor, route: RouteKind) -> Answer {
+        let Ok(window) = RangeSpec::window(asked.range.as_ref(), desc.size) else {
+            return Answer::unsatisfiable(desc.size, route);
         };
         // A peer gets only bytes we have checked: see `verify`.
-        if req.headers().contains_key(MIRRORED_HEADER) {
+        if asked.mirrored {
             match self
                 .verifier
                 .check(self.source.as_ref(), &desc.digest)
@@ -351,46 +342,27 @@ impl Registry {
             }
         }
         let mut slot = None;
-        let body = if req.method() == Method::HEAD {
+        let body = if asked.head {
             body::empty()
         } else {
             let Some(s) = self.limits.try_start() else {
                 return Answer::busy(route);
             };
             slot = Some(s);
+            let (offset, len) = window.map_or((0, desc.size), |r| (r.start, r.len()));
             match self.source.read(&desc.digest, offset, Some(len)).await {
                 Ok(s) => body::stream(self.limits.pace(s)),
                 Err(e) => return self.read_failed(e, &desc.digest, route),
             }
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, media_type_header(&desc.media_type));
-        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        if let Ok(v) = HeaderValue::from_str(&desc.digest.to_string()) {
-            h.insert(CONTENT_DIGEST_HEADER, v);
-        }
-        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(r) = range
-            && let Ok(v) = HeaderValue::from_str(&r.content_range(desc.size))
-        {
-            h.insert(CONTENT_RANGE, v);
-        }
-        Answer {
-            response,
-            source: Source::Local,
-            route,
-            expected: len,
-            slot,
-        }
+        content(&desc, window, body, route, slot)
     }
 
-    fn read_failed(&self, e: SourceError, digest: &Digest, route: &'static str) -> Answer {
+    fn read_failed(&self, e: SourceError, digest: &Digest, route: RouteKind) -> Answer {
         let code = if e.is_not_found() {
             // The store lost it since it was indexed: stop offering it.
             self.index.remove_content(digest);
-            if route == "manifest" {
+            if route == RouteKind::Manifest {
                 ErrorCode::ManifestUnknown
             } else {
                 ErrorCode::BlobUnknown
@@ -401,6 +373,78 @@ impl Registry {
         tracing::warn!(%digest, error = %e, "reading local content failed");
         Answer::error(OciError::new(code, e.to_string()), route)
     }
+}
+
+/// What of a request matters once it is routed, read from its headers once.
+struct Asked {
+    head: bool,
+    /// Sent by a peer: answer from local content only, and verify it first.
+    mirrored: bool,
+    /// The client's one byte range, not yet checked against a size; a header that is not one
+    /// well-formed range is ignored (RFC 9110) and the whole content is sent.
+    range: Option<RangeSpec>,
+}
+
+impl Asked {
+    fn read<B>(req: &Request<B>) -> Self {
+        let h = req.headers();
+        Asked {
+            head: req.method() == Method::HEAD,
+            mirrored: h.contains_key(MIRRORED),
+            range: h
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| RangeSpec::parse(v).ok()),
+        }
+    }
+}
+
+/// The one answer with content, local or from peers: status, headers and `body` for
+/// `window` of `desc` (`None`: all of it).
+fn content(
+    desc: &Descriptor,
+    window: Option<ByteRange>,
+    body: Body,
+    route: RouteKind,
+    slot: Option<UploadSlot>,
+) -> Answer {
+    let (status, len) = match window {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.len()),
+        None => (StatusCode::OK, desc.size),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, media_type_header(&desc.media_type));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&desc.digest.to_string()) {
+        h.insert(CONTENT_DIGEST, v);
+    }
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(r) = window
+        && let Ok(v) = HeaderValue::from_str(&r.content_range(desc.size))
+    {
+        h.insert(CONTENT_RANGE, v);
+    }
+    Answer {
+        response,
+        source: Source::Local,
+        route,
+        expected: len,
+        slot,
+    }
+}
+
+/// A HEAD answer: the headers GET would send (with its Content-Length), no body. Over HTTP/2
+/// a body on a HEAD response is a protocol error that resets the stream.
+fn headers_only(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if !parts.headers.contains_key(CONTENT_LENGTH)
+        && let Some(len) = body.size_hint().exact()
+    {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, body::empty())
 }
 
 fn media_type_header(mt: &str) -> HeaderValue {

@@ -15,13 +15,37 @@ pub enum Route {
     },
 }
 
-impl Route {
-    /// A short label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
+/// What a request was about, for metrics, logs and error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Base,
+    Manifest,
+    Blob,
+    /// The path did not parse.
+    Invalid,
+    /// Refused before routing (authentication).
+    Refused,
+}
+
+impl RouteKind {
+    /// The `route` label of `peermirror_requests_total`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Route::Base => "base",
-            Route::Manifest { .. } => "manifest",
-            Route::Blob { .. } => "blob",
+            RouteKind::Base => "base",
+            RouteKind::Manifest => "manifest",
+            RouteKind::Blob => "blob",
+            RouteKind::Invalid => "invalid",
+            RouteKind::Refused => "refused",
+        }
+    }
+}
+
+impl Route {
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Base => RouteKind::Base,
+            Route::Manifest { .. } => RouteKind::Manifest,
+            Route::Blob { .. } => RouteKind::Blob,
         }
     }
 }

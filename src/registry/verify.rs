@@ -6,18 +6,20 @@
 //! node hashes a blob before its first upload to a peer, remembers the result until the stored
 //! bytes change, and refuses (and stops advertising) a blob that does not match its digest.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::TryStreamExt;
 
 use crate::content::{ContentSource, SourceError};
 use crate::oci::{Digest, Sha256Verifier};
+use crate::ttl::TtlMap;
 
 /// Without a stamp from the source, a result is trusted this long.
 const UNSTAMPED_TTL: Duration = Duration::from_secs(600);
 const MAX_ENTRIES: usize = 100_000;
+/// Results are judged by [`LocalVerifier::cached`], not by the map's expiry: they are kept
+/// until the map is full, and a forgotten result just means hashing the blob again.
+const KEEP: Duration = Duration::MAX;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -25,9 +27,16 @@ struct Entry {
     at: Instant,
 }
 
-#[derive(Default)]
 pub struct LocalVerifier {
-    verified: Mutex<HashMap<Digest, Entry>>,
+    verified: TtlMap<Digest, Entry>,
+}
+
+impl Default for LocalVerifier {
+    fn default() -> Self {
+        LocalVerifier {
+            verified: TtlMap::new(MAX_ENTRIES),
+        }
+    }
 }
 
 pub enum Verdict {
@@ -38,11 +47,12 @@ pub enum Verdict {
 
 impl LocalVerifier {
     fn cached(&self, digest: &Digest, stamp: Option<(u64, SystemTime)>) -> bool {
-        let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(digest).is_some_and(|e| match (e.stamp, stamp) {
-            (Some(a), Some(b)) => a == b,
-            _ => e.at.elapsed() < UNSTAMPED_TTL,
-        })
+        self.verified
+            .get(digest)
+            .is_some_and(|e| match (e.stamp, stamp) {
+                (Some(a), Some(b)) => a == b,
+                _ => e.at.elapsed() < UNSTAMPED_TTL,
+            })
     }
 
     /// Hash the whole blob unless a still-valid result says it is intact.
@@ -61,22 +71,16 @@ impl LocalVerifier {
             v.update(&chunk);
         }
         if !v.matches() {
-            self.verified
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(digest);
+            self.verified.remove(digest);
             return Ok(Verdict::Corrupt);
         }
-        let mut map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
-        }
-        map.insert(
+        self.verified.insert(
             *digest,
             Entry {
                 stamp,
                 at: Instant::now(),
             },
+            KEEP,
         );
         Ok(Verdict::Intact)
     }

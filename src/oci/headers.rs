@@ -1,0 +1,8 @@
+//! The header names of the registry wire protocol that `http` does not define.
+
+/// The digest of the content a response is about.
+pub const CONTENT_DIGEST: &str = "docker-content-digest";
+/// Sent on `/v2/`: which distribution API this endpoint speaks.
+pub const API_VERSION: &str = "docker-distribution-api-version";
+/// Marks a request sent by a peer: serve it from local content only, never forward it.
+pub const MIRRORED: &str = "x-peermirror-mirrored";
