@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use super::containerd::Containerd;
 use super::fixtures::FixtureImage;
 use super::peermirror::{Peermirror, peermirror_configure_ok};
-use super::process::{last_lines_of, new_temp_dir, read_log};
+use super::process::{last_lines_of, new_temp_dir, read_log, strip_ansi_codes};
 use super::registry::Registry;
 
 /// How long a node's peermirror may take to answer `/readyz` with 200.
@@ -147,7 +147,7 @@ impl Node {
                 "{}: pull of {} through peermirror failed:\n{}\n--- {} peermirror log ---\n{}",
                 self.name,
                 image.reference(registry_host),
-                last_lines_of(&e, 6),
+                last_lines_of(&strip_ansi_codes(&e), 6),
                 self.name,
                 self.pm.log_tail(60)
             );
