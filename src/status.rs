@@ -11,15 +11,17 @@ use crate::admin::{AdminError, connect, proto};
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
     /// The admin socket of the running daemon (`peermirror run --admin-sock`).
+    // `global`: also accepted after the subcommand (`status peers --admin-sock ...`).
     #[arg(
         long,
+        global = true,
         env = "PEERMIRROR_ADMIN_SOCK",
         default_value = "/var/lib/peermirror/admin.sock"
     )]
     pub admin_sock: PathBuf,
 
     /// Output format.
-    #[arg(long, short, env = "PEERMIRROR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    #[arg(long, short, global = true, env = "PEERMIRROR_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 
     #[command(subcommand)]
@@ -280,4 +282,73 @@ fn content_json(c: &proto::ContentResponse) -> String {
         .map(|e| json!({"key": e.key, "kind": e.kind, "size": e.size, "media_type": e.media_type, "target": e.target}))
         .collect();
     json!({"entries": entries, "total": c.total}).to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> StatusArgs {
+        match Cli::try_parse_from(args) {
+            Ok(Cli {
+                command: Command::Status(args),
+            }) => args,
+            Ok(other) => panic!("{args:?}: not status: {other:?}"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    /// `--output` and `--admin-sock` go before or after the subcommand, as a person types them.
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let before = parse(&[
+            "peermirror",
+            "status",
+            "--output",
+            "json",
+            "--admin-sock",
+            "/x.sock",
+            "peers",
+        ]);
+        let after = parse(&[
+            "peermirror",
+            "status",
+            "peers",
+            "--output",
+            "json",
+            "--admin-sock",
+            "/x.sock",
+        ]);
+        for args in [&before, &after] {
+            assert_eq!(args.output, Output::Json);
+            assert_eq!(args.admin_sock, std::path::Path::new("/x.sock"));
+            assert!(matches!(args.what, Some(StatusCommand::Peers)));
+        }
+        let lookup = parse(&[
+            "peermirror",
+            "status",
+            "lookup",
+            "sha256:00",
+            "-o",
+            "json",
+            "--timeout",
+            "1s",
+        ]);
+        assert_eq!(lookup.output, Output::Json);
+        assert!(matches!(
+            lookup.what,
+            Some(StatusCommand::Lookup { ref reference, timeout })
+                if reference == "sha256:00" && timeout == Duration::from_secs(1)
+        ));
+        // Without a subcommand, the defaults.
+        let plain = parse(&["peermirror", "status"]);
+        assert_eq!(plain.output, Output::Table);
+        assert_eq!(
+            plain.admin_sock,
+            std::path::Path::new("/var/lib/peermirror/admin.sock")
+        );
+    }
 }

@@ -16,111 +16,21 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 use common::*;
 
 /// How long a node may take to learn, through the DHT, what another one holds.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// A node and a three-node cluster
+// A three-node cluster
 // ---------------------------------------------------------------------------
 
-/// containerd + peermirror + the hosts.toml dir `peermirror configure` wrote.
-/// Fields drop in order: peermirror (its log is printed on failure), containerd.
-struct Node {
-    name: &'static str,
-    pm: Peermirror,
-    ctd: Containerd,
-    hosts: TempDir,
-}
-
-impl Node {
-    /// Starts containerd and peermirror (bootstrapping to `peer`, if any),
-    /// waits for `/readyz`, and writes hosts.toml for `registry` with
-    /// `peermirror configure` (mirror = this node's own peermirror).
-    fn start(name: &'static str, peer: Option<&Peermirror>, registry: &Registry) -> Node {
-        let ctd = Containerd::start(name);
-        let mut builder = Peermirror::builder(&ctd);
-        if let Some(peer) = peer {
-            builder = builder.bootstrap(peer);
-        }
-        let mut pm = builder.start();
-        pm.wait_ready(Duration::from_secs(30));
-        let hosts = tempfile::Builder::new()
-            .prefix(&format!("pm-e2e-hosts-{name}-"))
-            .tempdir()
-            .unwrap();
-        peermirror_configure_ok(&[
-            "--config-path",
-            &hosts.path().display().to_string(),
-            "--mirror",
-            &pm.registry_url(),
-            "--registry",
-            &registry.url(),
-        ]);
-        let toml = hosts.path().join(registry.host()).join("hosts.toml");
-        assert!(
-            toml.exists(),
-            "{name}: configure wrote no {}",
-            toml.display()
-        );
-        Node {
-            name,
-            pm,
-            ctd,
-            hosts,
-        }
-    }
-
-    /// `ctr images pull --hosts-dir` through this node's peermirror.
-    fn pull(&self, image: &FixtureImage, registry_host: &str) -> Result<(), String> {
-        self.ctd.pull(
-            &image.reference(registry_host),
-            Some(self.hosts.path()),
-            false,
-        )
-    }
-
-    fn pull_ok(&self, image: &FixtureImage, registry_host: &str) {
-        if let Err(e) = self.pull(image, registry_host) {
-            panic!(
-                "{}: pull of {} through peermirror failed:\n{}\n--- {} peermirror log ---\n{}",
-                self.name,
-                image.reference(registry_host),
-                last_lines(&e, 4),
-                self.name,
-                self.pm.log_tail(60)
-            );
-        }
-    }
-
-    /// Straight from the upstream, bypassing every mirror.
-    fn pull_direct(&self, image: &FixtureImage, registry_host: &str) {
-        self.ctd
-            .pull_ok(&image.reference(registry_host), None, true);
-    }
-
-    /// `<peermirror>/v2/test/<name>/blobs/<digest>?ns=<registry>`.
-    fn blob_url(&self, image: &FixtureImage, digest: &str, registry_host: &str) -> String {
-        format!(
-            "{}/v2/{}/blobs/{digest}?ns={registry_host}",
-            self.pm.registry_url(),
-            image.repo()
-        )
-    }
-
-    fn bytes_from(&self, source: &str) -> f64 {
-        self.pm
-            .metric("peermirror_response_bytes_total", &[("source", source)])
-    }
-
-    fn log(&self) -> String {
-        common::strip_ansi_codes(&String::from_utf8_lossy(
-            &fs::read(self.pm.log_path()).unwrap_or_default(),
-        ))
-    }
+/// A node whose hosts.toml (written by `peermirror configure`) names its own
+/// peermirror as the mirror of `registry`.
+fn start_node(name: &'static str, peer: Option<&Peermirror>, registry: &Registry) -> Node {
+    let node = Node::start(name, peer);
+    node.configure(registry, &node.pm.registry_url(), &[] as &[&str]);
+    node
 }
 
 /// Fields drop in order: the nodes, then the registry.
@@ -140,9 +50,9 @@ impl Cluster {
         let registry = Registry::start();
         registry.push_fixtures();
         registry.push(&fixture("small"));
-        let node1 = Node::start("node1", None, &registry);
-        let node2 = Node::start("node2", Some(&node1.pm), &registry);
-        let node3 = Node::start("node3", Some(&node1.pm), &registry);
+        let node1 = start_node("node1", None, &registry);
+        let node2 = start_node("node2", Some(&node1.pm), &registry);
+        let node3 = start_node("node3", Some(&node1.pm), &registry);
         eprintln!(
             "[e2e_p2p] cluster up in {:.1}s (registry {}, peermirrors {} {} {})",
             started.elapsed().as_secs_f64(),

@@ -1,80 +1,52 @@
 //! End-to-end tests of `peermirror status` against a real two-node run: two
 //! containerd daemons, two `peermirror run` processes (node 2 bootstrapping to
 //! node 1, `--auth-mode none`), docker-registry as the upstream, the admin
-//! socket at an explicit `--admin-sock` path in each node's temp dir.
+//! socket at an explicit `--admin-sock` path in each node's directory.
 //!
 //! Run with `cargo test --test e2e_status -- --include-ignored` (as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-use tempfile::TempDir;
 
 use common::*;
 
 /// How long a node may take to learn, through the DHT, what another one holds.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
-/// containerd + peermirror with its admin socket. Fields drop in order.
-struct Node {
-    pm: Peermirror,
-    ctd: Containerd,
-    sock: PathBuf,
-    _dir: TempDir,
+/// A node with its admin socket at an explicit `--admin-sock` in its directory.
+fn start_node(name: &'static str, peer: Option<&Peermirror>) -> Node {
+    Node::builder(name).bootstrap(peer).admin_sock().start()
 }
 
-impl Node {
-    fn start(name: &str, peer: Option<&Peermirror>) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("pm-e2e-adm-{name}-"))
-            .tempdir()
-            .unwrap();
-        let sock = dir.path().join("admin.sock");
-        let ctd = Containerd::start(name);
-        let sock_arg = sock.display().to_string();
-        let mut builder = Peermirror::builder(&ctd).args(&["--admin-sock", &sock_arg]);
-        if let Some(peer) = peer {
-            builder = builder.bootstrap(peer);
-        }
-        let mut pm = builder.start();
-        pm.wait_ready(Duration::from_secs(30));
-        Node {
-            pm,
-            ctd,
-            sock,
-            _dir: dir,
-        }
-    }
+/// `peermirror status --admin-sock <node's socket> ARGS...`
+fn status(node: &Node, args: &[&str]) -> Output {
+    status_at(&node.admin_sock(), args)
+}
 
-    /// `peermirror status --admin-sock <sock> ARGS...`
-    fn status(&self, args: &[&str]) -> Output {
-        status_at(&self.sock, args)
-    }
+/// Like [`status`], panicking unless the exit code is `code`; stdout.
+fn status_code(node: &Node, code: i32, args: &[&str]) -> String {
+    let out = status(node, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "status {args:?}: {}",
+        describe_output(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
-    /// Like [`Node::status`], panicking unless the exit code is `code`; stdout.
-    fn status_code(&self, code: i32, args: &[&str]) -> String {
-        let out = self.status(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "status {args:?}: {}",
-            describe_output(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn status_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(args);
-        let out = self.status(&all);
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("status {all:?}: not JSON ({e}): {}", describe_output(&out)))
-    }
+/// `status --output json ARGS...`, parsed.
+fn status_json(node: &Node, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = status(node, &all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {all:?}: not JSON ({e}): {}", describe_output(&out)))
 }
 
 fn status_at(sock: &Path, args: &[&str]) -> Output {
@@ -101,17 +73,17 @@ async fn status_against_a_two_node_run() {
     let big = fixture("big");
     registry.push(&big);
     let reg = registry.host();
-    let mut node1 = Node::start("node1", None);
+    let mut node1 = start_node("node1", None);
     node1.ctd.pull_ok(&big.reference(&reg), None, true);
-    let node2 = Node::start("node2", Some(&node1.pm));
+    let node2 = start_node("node2", Some(&node1.pm));
     let layer = big.host_manifest().layers[0].clone();
 
     // --- status: ready, peers --------------------------------------------
     let ready = wait_until(VISIBLE_WITHIN, || {
-        node1.status(&[]).status.code() == Some(0)
-            && node1.status_json(&[])["content"]["blobs"].as_u64() >= Some(3)
+        status(&node1, &[]).status.code() == Some(0)
+            && status_json(&node1, &[])["content"]["blobs"].as_u64() >= Some(3)
     });
-    let table = node1.status_code(if ready { 0 } else { 3 }, &[]);
+    let table = status_code(&node1, if ready { 0 } else { 3 }, &[]);
     eprintln!("[status] node1 `status`:\n{table}");
     assert!(ready, "node1 not ready with its content indexed");
     assert_eq!(row(&table, "ready"), Some("yes"));
@@ -122,8 +94,8 @@ async fn status_against_a_two_node_run() {
         row(&table, "registry"),
         Some(node1.pm.registry_host().as_str())
     );
-    let s1 = node1.status_json(&[]);
-    let s2 = node2.status_json(&[]);
+    let s1 = status_json(&node1, &[]);
+    let s2 = status_json(&node2, &[]);
     assert_eq!(s1["ready"], true);
     assert_eq!(s1["connected_peers"], 1);
     assert_eq!(s2["connected_peers"], 1);
@@ -134,7 +106,7 @@ async fn status_against_a_two_node_run() {
     assert_eq!(row(&table, "peer id"), Some(id1.as_str()));
 
     // --- status peers ----------------------------------------------------
-    let peers = node2.status_code(0, &["peers"]);
+    let peers = status_code(&node2, 0, &["peers"]);
     eprintln!("[status] node2 `status peers`:\n{peers}");
     let line = peers
         .lines()
@@ -145,7 +117,7 @@ async fn status_against_a_two_node_run() {
         "node1's registry address missing: {line}"
     );
     assert!(peers.contains("1 peer(s)"));
-    let pj = node2.status_json(&["peers"]);
+    let pj = status_json(&node2, &["peers"]);
     let listed: Vec<&str> = pj["peers"]
         .as_array()
         .unwrap()
@@ -153,6 +125,18 @@ async fn status_against_a_two_node_run() {
         .filter_map(|p| p["peer_id"].as_str())
         .collect();
     assert_eq!(listed, vec![id1.as_str()], "{pj}");
+    // Options after the subcommand, as a person types them, mean the same.
+    let after = status(&node2, &["peers", "--output", "json"]);
+    let after: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status peers --output json: {e}: {}",
+            describe_output(&after)
+        )
+    });
+    assert_eq!(
+        after["peers"][0]["peer_id"], pj["peers"][0]["peer_id"],
+        "{after}"
+    );
     assert_eq!(
         pj["peers"][0]["registry_addr"].as_str(),
         Some(node1.pm.registry_host().as_str())
@@ -163,9 +147,9 @@ async fn status_against_a_two_node_run() {
     for key in [tag.as_str(), layer.digest.as_str()] {
         let started = Instant::now();
         let found = wait_until(VISIBLE_WITHIN, || {
-            node2.status(&["lookup", key]).status.code() == Some(0)
+            status(&node2, &["lookup", key]).status.code() == Some(0)
         });
-        let table = node2.status_code(if found { 0 } else { 3 }, &["lookup", key]);
+        let table = status_code(&node2, if found { 0 } else { 3 }, &["lookup", key]);
         eprintln!(
             "[status] node2 `status lookup {key}` (found after {:.2}s):\n{table}",
             started.elapsed().as_secs_f64()
@@ -179,7 +163,7 @@ async fn status_against_a_two_node_run() {
         let cols: Vec<&str> = provider.split_whitespace().collect();
         assert_eq!(cols.get(1), Some(&node1.pm.registry_host().as_str()));
         assert_eq!(cols.get(2), Some(&"ok"), "node1 did not answer: {provider}");
-        let lj = node2.status_json(&["lookup", key]);
+        let lj = status_json(&node2, &["lookup", key]);
         assert_eq!(lj["local"], false);
         let p = &lj["providers"][0];
         assert_eq!(p["peer_id"].as_str(), Some(id1.as_str()), "{lj}");
@@ -187,18 +171,18 @@ async fn status_against_a_two_node_run() {
         assert_eq!(p["status"], 200, "{lj}");
     }
     // The same digest on node 1 itself is local.
-    let local = node1.status_json(&["lookup", &layer.digest]);
+    let local = status_json(&node1, &["lookup", &layer.digest]);
     assert_eq!(local["local"], true, "{local}");
     // Something nobody has: exit 3, says so.
     let nobody = format!("sha256:{}", sha256_hex(b"nobody has this"));
-    let out = node2.status_code(3, &["lookup", &nobody, "--timeout", "300ms"]);
+    let out = status_code(&node2, 3, &["lookup", &nobody, "--timeout", "300ms"]);
     eprintln!("[status] node2 `status lookup <unknown>`:\n{out}");
     assert!(out.contains("none found"), "{out}");
-    let out = node2.status_code(3, &["lookup", &format!("{reg}/test/absent:v9")]);
+    let out = status_code(&node2, 3, &["lookup", &format!("{reg}/test/absent:v9")]);
     assert!(out.contains("none found"), "{out}");
 
     // --- status content on node 1 ----------------------------------------
-    let content = node1.status_code(0, &["content"]);
+    let content = status_code(&node1, 0, &["content"]);
     eprintln!(
         "[status] node1 `status content`:\n{}",
         content.lines().take(12).collect::<Vec<_>>().join("\n")
@@ -220,13 +204,13 @@ async fn status_against_a_two_node_run() {
             .any(|l| l.starts_with("tag") && l.contains("test/big:v1")),
         "no tag line for test/big:v1:\n{content}"
     );
-    let filtered = node1.status_code(0, &["content", &layer.hex()[..16]]);
+    let filtered = status_code(&node1, 0, &["content", &layer.hex()[..16]]);
     assert_eq!(
         filtered.lines().filter(|l| l.starts_with("digest")).count(),
         1,
         "{filtered}"
     );
-    let cj = node1.status_json(&["content"]);
+    let cj = status_json(&node1, &["content"]);
     let entries = cj["entries"].as_array().unwrap();
     assert!(cj["total"].as_u64().unwrap() >= entries.len() as u64);
     assert!(
@@ -235,7 +219,7 @@ async fn status_against_a_two_node_run() {
             .any(|e| e["key"] == layer.digest.as_str() && e["size"] == layer.size),
         "{cj}"
     );
-    let limited = node1.status_json(&["content", "--limit", "1"]);
+    let limited = status_json(&node1, &["content", "--limit", "1"]);
     assert_eq!(limited["entries"].as_array().unwrap().len(), 1);
     assert_eq!(limited["total"], cj["total"]);
 
@@ -243,10 +227,10 @@ async fn status_against_a_two_node_run() {
     node1.ctd.kill();
     let started = Instant::now();
     let not_ready = wait_until(VISIBLE_WITHIN, || {
-        node1.status(&[]).status.code() == Some(3)
+        status(&node1, &[]).status.code() == Some(3)
     });
     let took = started.elapsed();
-    let out = node1.status(&[]);
+    let out = status(&node1, &[]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!(
         "[status] node1 `status` {:.2}s after its containerd was killed (exit {:?}):\n{text}",
@@ -273,7 +257,7 @@ async fn status_against_a_two_node_run() {
         row(&text, "containerd").is_some_and(|v| v.starts_with("NOT ready")),
         "{text}"
     );
-    let j = node1.status_json(&[]);
+    let j = status_json(&node1, &[]);
     assert_eq!(j["ready"], false);
     assert_eq!(j["containerd"]["up"], false, "{j}");
     assert!(
@@ -289,7 +273,7 @@ async fn status_against_a_two_node_run() {
     // --- no daemon on the socket: a clear error, not a hang ---------------
     node1.pm.kill();
     let started = Instant::now();
-    let out = node1.status(&[]);
+    let out = status(&node1, &[]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!(
         "[status] with the daemon gone ({:.2}s, exit {:?}): {}",

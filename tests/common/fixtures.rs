@@ -1,0 +1,227 @@
+//! The fixture images (OCI layouts built once by `tests/fixtures/build-images.sh`) and digests.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::process::{output_text, run_with_timeout};
+
+/// Fixture images built by `tests/fixtures/build-images.sh`, each tagged `v1`.
+pub const FIXTURE_IMAGES: [&str; 3] = ["big", "multi", "multiarch"];
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// Streams a file through SHA-256 (blobs can be large).
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read blob");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The OCI architecture name of this host (what `ctr pull` picks by default).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The cargo target dir: the test binary lives in `<target>/<profile>/deps/`.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .filter(|p| p.join("CACHEDIR.TAG").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Builds the fixture OCI layouts once per process into `target/e2e-fixtures`.
+/// The script itself is cached (hash stamp) and serialises concurrent builds
+/// from several test binaries with a lock file.
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = target_dir().join("e2e-fixtures");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-images.sh");
+        let res = run_with_timeout(
+            Command::new("bash").arg(&script).arg(&out),
+            Duration::from_secs(900),
+        );
+        assert!(
+            res.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            output_text(&res)
+        );
+        out
+    })
+}
+
+/// An OCI descriptor (the fields the tests care about).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Descriptor {
+    fn from_json(v: &serde_json::Value) -> Descriptor {
+        Descriptor {
+            media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
+            digest: v["digest"].as_str().expect("descriptor digest").to_string(),
+            size: v["size"].as_u64().expect("descriptor size"),
+        }
+    }
+
+    /// Hex part of the digest (the blob's file name).
+    pub fn hex(&self) -> &str {
+        self.digest.strip_prefix("sha256:").expect("sha256 digest")
+    }
+}
+
+/// One fixture image: an OCI layout whose `v1` tag is the root descriptor.
+#[derive(Clone, Debug)]
+pub struct FixtureImage {
+    pub name: String,
+    pub layout: PathBuf,
+    /// The `v1` manifest or index.
+    pub root: Descriptor,
+}
+
+/// A single-platform image manifest of a fixture.
+#[derive(Clone, Debug)]
+pub struct FixtureManifest {
+    pub descriptor: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+pub fn fixture(name: &str) -> FixtureImage {
+    let layout = fixtures().join(name);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("read index.json"))
+            .expect("parse index.json");
+    let root = index["manifests"]
+        .as_array()
+        .expect("index.json manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
+        .map(Descriptor::from_json)
+        .unwrap_or_else(|| panic!("{name}: no v1 tag in index.json"));
+    FixtureImage {
+        name: name.to_string(),
+        layout,
+        root,
+    }
+}
+
+impl FixtureImage {
+    /// Repository name as pushed: `test/<name>`.
+    pub fn repo(&self) -> String {
+        format!("test/{}", self.name)
+    }
+
+    /// `HOST:PORT/test/<name>:v1`, also the containerd image name after a pull.
+    pub fn reference(&self, registry_host: &str) -> String {
+        format!("{registry_host}/test/{}:v1", self.name)
+    }
+
+    pub fn is_index(&self) -> bool {
+        self.root.media_type.contains("image.index") || self.root.media_type.contains("list")
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        self.layout.join("blobs/sha256").join(hex)
+    }
+
+    pub fn read_blob(&self, digest: &str) -> Vec<u8> {
+        let path = self.blob_path(digest);
+        fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// Platform manifests of an index (empty for a plain manifest), with arch.
+    pub fn platforms(&self) -> Vec<(String, Descriptor)> {
+        if !self.is_index() {
+            return Vec::new();
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&self.read_blob(&self.root.digest)).expect("parse index");
+        index["manifests"]
+            .as_array()
+            .expect("index manifests")
+            .iter()
+            .map(|m| {
+                let arch = m["platform"]["architecture"].as_str().unwrap_or_default();
+                (arch.to_string(), Descriptor::from_json(m))
+            })
+            .collect()
+    }
+
+    /// The image manifest for `arch` (the root itself when it is not an index).
+    pub fn manifest_for(&self, arch: &str) -> FixtureManifest {
+        let descriptor = if self.is_index() {
+            self.platforms()
+                .into_iter()
+                .find(|(a, _)| a == arch)
+                .map(|(_, d)| d)
+                .unwrap_or_else(|| panic!("{}: no {arch} manifest", self.name))
+        } else {
+            self.root.clone()
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.read_blob(&descriptor.digest)).expect("parse manifest");
+        FixtureManifest {
+            descriptor,
+            config: Descriptor::from_json(&manifest["config"]),
+            layers: manifest["layers"]
+                .as_array()
+                .expect("manifest layers")
+                .iter()
+                .map(Descriptor::from_json)
+                .collect(),
+        }
+    }
+
+    /// The manifest `ctr images pull` would pick on this host.
+    pub fn host_manifest(&self) -> FixtureManifest {
+        self.manifest_for(host_arch())
+    }
+
+    /// Every digest a default-platform pull stores: root, (platform manifest,)
+    /// config and layers.
+    pub fn pulled_digests(&self) -> BTreeSet<String> {
+        let m = self.host_manifest();
+        let mut set = BTreeSet::from([self.root.digest.clone(), m.descriptor.digest.clone()]);
+        set.insert(m.config.digest);
+        set.extend(m.layers.into_iter().map(|l| l.digest));
+        set
+    }
+}

@@ -1,0 +1,187 @@
+//! One node of a test cluster: its own containerd, `peermirror run` on it, and a directory for
+//! the hosts.toml tree `peermirror configure` writes and the admin socket.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::containerd::Containerd;
+use super::fixtures::FixtureImage;
+use super::peermirror::{Peermirror, peermirror_configure_ok};
+use super::process::{last_lines_of, new_temp_dir, read_log, strip_ansi_codes};
+use super::registry::Registry;
+
+/// How long a node's peermirror may take to answer `/readyz` with 200.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// containerd + peermirror + the node's directory.
+/// Fields drop in order: peermirror (its log is printed on failure), containerd, the directory.
+pub struct Node {
+    pub name: &'static str,
+    pub pm: Peermirror,
+    pub ctd: Containerd,
+    dir: TempDir,
+}
+
+/// Options for [`Node::builder`].
+pub struct NodeBuilder {
+    name: &'static str,
+    args: Vec<String>,
+    peers: Vec<String>,
+    admin_sock: bool,
+}
+
+impl NodeBuilder {
+    /// More `peermirror run` arguments.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.args
+            .extend(args.iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Bootstraps statically to `peer`, when given.
+    pub fn bootstrap(mut self, peer: Option<&Peermirror>) -> Self {
+        self.peers.extend(peer.map(Peermirror::bootstrap_spec));
+        self
+    }
+
+    /// `--admin-sock` at [`Node::admin_sock`] (otherwise the daemon's default, in its data dir).
+    pub fn admin_sock(mut self) -> Self {
+        self.admin_sock = true;
+        self
+    }
+
+    /// Starts containerd and peermirror and waits for `/readyz`.
+    pub fn start(self) -> Node {
+        let dir = new_temp_dir(&format!("pm-e2e-node-{}-", self.name));
+        let ctd = Containerd::start(self.name);
+        let mut args = self.args;
+        if self.admin_sock {
+            args.push("--admin-sock".into());
+            args.push(dir.path().join("admin.sock").display().to_string());
+        }
+        for spec in &self.peers {
+            args.push("--bootstrap".into());
+            args.push(spec.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut pm = Peermirror::builder(&ctd).args(&args).start();
+        pm.wait_ready(READY_WITHIN);
+        Node {
+            name: self.name,
+            pm,
+            ctd,
+            dir,
+        }
+    }
+}
+
+impl Node {
+    pub fn builder(name: &'static str) -> NodeBuilder {
+        NodeBuilder {
+            name,
+            args: Vec::new(),
+            peers: Vec::new(),
+            admin_sock: false,
+        }
+    }
+
+    /// A node with the harness's default flags, bootstrapping to `peer` if given.
+    pub fn start(name: &'static str, peer: Option<&Peermirror>) -> Node {
+        Node::builder(name).bootstrap(peer).start()
+    }
+
+    /// Runs `peermirror configure` for `registry` with the mirror `mirror` and `extra` arguments,
+    /// writing into [`Node::hosts_dir`]; panics unless it wrote the registry's hosts.toml.
+    pub fn configure<S: AsRef<str>>(&self, registry: &Registry, mirror: &str, extra: &[S]) {
+        let config_path = self.hosts_dir().display().to_string();
+        let reg_url = registry.url();
+        let mut args: Vec<&str> = vec![
+            "--config-path",
+            &config_path,
+            "--mirror",
+            mirror,
+            "--registry",
+            &reg_url,
+        ];
+        args.extend(extra.iter().map(AsRef::as_ref));
+        peermirror_configure_ok(&args);
+        let toml = self.hosts_toml(registry);
+        assert!(
+            toml.exists(),
+            "{}: configure wrote no {}",
+            self.name,
+            toml.display()
+        );
+    }
+
+    /// containerd's `config_path` for this node (`ctr --hosts-dir`).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.path().join("hosts")
+    }
+
+    pub fn hosts_toml(&self, registry: &Registry) -> PathBuf {
+        self.hosts_dir().join(registry.host()).join("hosts.toml")
+    }
+
+    /// Where [`NodeBuilder::admin_sock`] puts the admin socket.
+    pub fn admin_sock(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// `ctr images pull --hosts-dir` through this node's peermirror.
+    pub fn pull(&self, image: &FixtureImage, registry_host: &str) -> Result<(), String> {
+        self.ctd.pull(
+            &image.reference(registry_host),
+            Some(&self.hosts_dir()),
+            false,
+        )
+    }
+
+    /// Like [`Node::pull`], panicking with peermirror's log on failure; how long it took.
+    pub fn pull_ok(&self, image: &FixtureImage, registry_host: &str) -> Duration {
+        let started = Instant::now();
+        if let Err(e) = self.pull(image, registry_host) {
+            panic!(
+                "{}: pull of {} through peermirror failed:\n{}\n--- {} peermirror log ---\n{}",
+                self.name,
+                image.reference(registry_host),
+                last_lines_of(&strip_ansi_codes(&e), 6),
+                self.name,
+                self.pm.log_tail(60)
+            );
+        }
+        started.elapsed()
+    }
+
+    /// Straight from the upstream, bypassing every mirror.
+    pub fn pull_direct(&self, image: &FixtureImage, registry_host: &str) {
+        self.ctd
+            .pull_ok(&image.reference(registry_host), None, true);
+    }
+
+    /// `<peermirror>/v2/test/<name>/blobs/<digest>?ns=<registry>`.
+    pub fn blob_url(&self, image: &FixtureImage, digest: &str, registry_host: &str) -> String {
+        format!(
+            "{}/v2/{}/blobs/{digest}?ns={registry_host}",
+            self.pm.registry_url(),
+            image.repo()
+        )
+    }
+
+    /// `peermirror_response_bytes_total{source}`.
+    pub fn bytes_from(&self, source: &str) -> f64 {
+        self.pm
+            .metric("peermirror_response_bytes_total", &[("source", source)])
+    }
+
+    /// peermirror's log without colour codes.
+    pub fn log(&self) -> String {
+        read_log(self.pm.log_path())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -1,0 +1,187 @@
+//! The upstream: docker-registry (CNCF distribution 2.8) on 127.0.0.1, filled with skopeo.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::fixtures::{FIXTURE_IMAGES, FixtureImage, fixture};
+use super::http::http_status_sync;
+use super::process::{
+    COMMAND_TIMEOUT, free_port, kill_child, log_file, new_temp_dir, output_text, run_with_timeout,
+    tail, wait_until,
+};
+
+pub fn skopeo(args: &[&str]) -> Output {
+    run_with_timeout(Command::new("skopeo").args(args), COMMAND_TIMEOUT)
+}
+
+/// `skopeo inspect --raw` over plain http; panics with skopeo's output on failure.
+pub fn skopeo_inspect_raw(docker_ref: &str) -> Vec<u8> {
+    let out = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{docker_ref}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "skopeo inspect {docker_ref}: {}",
+        output_text(&out)
+    );
+    out.stdout
+}
+
+/// A docker-registry on 127.0.0.1 with filesystem storage in a temp dir.
+pub struct Registry {
+    port: u16,
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = new_temp_dir("pm-e2e-registry-");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        let storage = dir.path().join("storage");
+        fs::create_dir_all(&storage).expect("mkdir storage");
+        // No redis, no notifications, no proxy, no debug server: nothing
+        // listens anywhere but the one loopback port, nothing reaches out.
+        let yaml = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: peermirror-e2e-secret\n\
+             health:\n  storagedriver:\n    enabled: false\n",
+            storage = storage.display()
+        );
+        fs::write(&config, yaml).expect("write registry config");
+        let log = dir.path().join("registry.log");
+        let mut registry = Registry {
+            port,
+            child: None,
+            config,
+            log,
+            dir,
+        };
+        registry.start_again();
+        registry
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, the registry host as containerd names it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// (Re)starts the registry on the same port with the same storage.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "registry already running");
+        let (out, err) = log_file(&self.log);
+        let mut cmd = Command::new("docker-registry");
+        // REGISTRY_* variables would override the config file.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .arg("serve")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn docker-registry (run scripts/install-deps.sh)");
+        self.child = Some(child);
+        let addr = self.host();
+        let up = wait_until(Duration::from_secs(15), || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "docker-registry exited early ({status}):\n{}",
+                    tail(&self.log, 30)
+                );
+            }
+            http_status_sync(&addr, "/v2/") == Some(200)
+        });
+        assert!(up, "docker-registry not ready:\n{}", tail(&self.log, 30));
+    }
+
+    /// Stops the registry (SIGKILL by PID); storage and port are kept.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+        let addr = self.host();
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect(&addr)
+                .is_err()),
+            "registry port still open after stop"
+        );
+    }
+
+    /// Pushes one fixture image (`--all` for an index) as `test/<name>:v1`.
+    pub fn push(&self, image: &FixtureImage) {
+        let src = format!("oci:{}:v1", image.layout.display());
+        let dst = format!("docker://{}", image.reference(&self.host()));
+        let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false"];
+        if image.is_index() {
+            args.push("--all");
+        }
+        args.extend([src.as_str(), dst.as_str()]);
+        let out = skopeo(&args);
+        assert!(
+            out.status.success(),
+            "skopeo push {dst}: {}",
+            output_text(&out)
+        );
+    }
+
+    /// Pushes every fixture image.
+    pub fn push_fixtures(&self) {
+        for name in FIXTURE_IMAGES {
+            self.push(&fixture(name));
+        }
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- docker-registry log (last 20 lines) ---\n{}",
+                tail(&self.log, 20)
+            );
+        }
+    }
+}
