@@ -383,8 +383,8 @@ pub async fn run_with_source(
 
     let health = Arc::new(health);
     let revocation = tls.clone().map(|t| {
-        Arc::new(move |serial: &str| t.is_revoked(serial))
-            as Arc<dyn Fn(&str) -> bool + Send + Sync>
+        Arc::new(move |serial: &crate::pki::Serial| t.is_revoked(serial))
+            as crate::auth::RevocationCheck
     });
     let guard = Guard {
         mode: config.security.mode,

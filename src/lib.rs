@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod ops;
+pub mod pki;
 pub mod registry;
 pub mod reload;
 pub mod routing;

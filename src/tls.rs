@@ -23,8 +23,8 @@ use rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
 use crate::metrics::{Metrics, ReasonLabels, WhatLabels};
+use crate::pki::{self, Serial};
 use crate::server::{ClientCert, TlsProvider};
 
 /// What to do when a CRL is past its nextUpdate.
@@ -64,7 +64,7 @@ impl TlsFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(transparent)]
-    Certs(#[from] certs::CertsError),
+    Load(#[from] pki::LoadError),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client CA {path}: {reason}")]
@@ -85,9 +85,9 @@ pub struct TlsMaterial {
     pub crl_next_update: Option<SystemTime>,
     /// When this node's certificate expires.
     pub cert_not_after: Option<SystemTime>,
-    /// Serials (lowercase hex) the loaded CRLs revoke: checked on every request too, because a
-    /// connection made before a revocation would otherwise keep being served.
-    pub revoked: std::collections::HashSet<String>,
+    /// Serials the loaded CRLs revoke: checked on every request too, because a connection made
+    /// before a revocation would otherwise keep being served.
+    pub revoked: std::collections::HashSet<Serial>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -97,7 +97,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(
     path: &std::path::Path,
 ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
-    let certs = certs::load_certs(path)?;
+    let certs = pki::load_certs(path)?;
     let mut store = RootCertStore::empty();
     for c in &certs {
         store.add(c.clone()).map_err(|e| TlsError::Ca {
@@ -110,15 +110,15 @@ fn roots(
 
 /// Read every file and build both configs. Fails as a whole: nothing half-loaded is used.
 pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
-    let chain = certs::load_certs(&files.cert)?;
+    let chain = pki::load_certs(&files.cert)?;
     let cert_not_after = chain
         .first()
-        .and_then(|c| certs::cert_summary(c).ok())
+        .and_then(|c| pki::cert_summary(c).ok())
         .map(|s| s.not_after);
-    let key = certs::load_key(&files.key)?;
+    let key = pki::load_key(&files.key)?;
     let mut crls = Vec::new();
     for p in &files.crls {
-        crls.extend(certs::load_crls(p)?);
+        crls.extend(pki::load_crls(p)?);
     }
     let enforce = files.crl_expired == CrlExpired::Deny;
     let now = SystemTime::now();
@@ -132,7 +132,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         for crl in &crls {
             let info = ca_certs
                 .iter()
-                .find_map(|ca| certs::check_crl(crl, ca, now).ok())
+                .find_map(|ca| pki::check_crl(crl, ca, now).ok())
                 .ok_or_else(|| TlsError::Ca {
                     path: ca_path.display().to_string(),
                     reason: "a CRL is not signed by this CA (or does not parse)".into(),
@@ -390,8 +390,8 @@ impl TlsReloader {
 
 impl TlsReloader {
     /// Whether a certificate serial is revoked by the CRLs loaded now.
-    pub fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.current().revoked.contains(serial_hex)
+    pub fn is_revoked(&self, serial: &Serial) -> bool {
+        self.current().revoked.contains(serial)
     }
 }
 
@@ -401,14 +401,14 @@ impl TlsProvider for TlsReloader {
     }
 
     fn identify(&self, cert: &CertificateDer<'_>) -> ClientCert {
-        match certs::cert_summary(cert) {
+        match pki::cert_summary(cert) {
             Ok(s) => ClientCert {
                 subject: s.subject,
-                serial: s.serial_hex,
+                serial: Some(s.serial),
             },
             Err(_) => ClientCert {
                 subject: "(unparsable)".into(),
-                serial: String::new(),
+                serial: None,
             },
         }
     }
