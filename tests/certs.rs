@@ -436,7 +436,10 @@ fn bad_inputs_give_clear_errors() {
     let err = try_run(dir, &["inspect", "empty.pem"]).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
     let err = try_run(dir, &["inspect", "missing.pem"]).unwrap_err();
-    assert!(matches!(err, CertsError::Load(LoadError::Read { .. })), "{err}");
+    assert!(
+        matches!(err, CertsError::Load(LoadError::Read { .. })),
+        "{err}"
+    );
 
     // Flag-level mistakes are caught by clap.
     assert!(parse(dir, &["issue", "--name", "x", "--days", "0"]).is_err());
