@@ -71,10 +71,16 @@ pub enum TlsError {
     Load(#[from] pki::LoadError),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("client CA {path}: {reason}")]
-    Ca { path: String, reason: String },
+    #[error("client CA {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("client CA {path}: a CRL is not signed by this CA (or does not parse)")]
+    CrlNotFromCa { path: String },
     #[error("building the certificate verifier: {0}")]
-    Verifier(String),
+    Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("--tls-peer-server-name {0:?} is not a valid DNS name")]
     ServerName(String),
     #[error("peer fetches over TLS need a CA: set --tls-client-ca or --tls-peer-ca")]
@@ -104,9 +110,9 @@ fn roots(
     let certs = pki::load_certs(path)?;
     let mut store = RootCertStore::empty();
     for c in &certs {
-        store.add(c.clone()).map_err(|e| TlsError::Ca {
+        store.add(c.clone()).map_err(|source| TlsError::Ca {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
     }
     Ok((store, certs))
@@ -137,9 +143,8 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
             let info = ca_certs
                 .iter()
                 .find_map(|ca| pki::check_crl(crl, ca, now).ok())
-                .ok_or_else(|| TlsError::Ca {
+                .ok_or_else(|| TlsError::CrlNotFromCa {
                     path: ca_path.display().to_string(),
-                    reason: "a CRL is not signed by this CA (or does not parse)".into(),
                 })?;
             revoked.extend(info.revoked.iter().cloned());
             if let Some(n) = info.next_update {
@@ -161,7 +166,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
             if enforce {
                 vb = vb.enforce_revocation_expiration();
             }
-            let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let verifier = vb.build().map_err(TlsError::Verifier)?;
             server_builder
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())?
@@ -183,7 +188,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     if enforce {
         vb = vb.enforce_revocation_expiration();
     }
-    let webpki = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let webpki = vb.build().map_err(TlsError::Verifier)?;
     let verifier: Arc<dyn ServerCertVerifier> = match &files.peer_server_name {
         Some(name) => Arc::new(FixedNameVerifier {
             inner: webpki,
