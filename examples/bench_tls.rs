@@ -34,7 +34,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn tls_config(ca: &str, cert: &str, key: &str, resume: bool) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in peermirror::certs::load_certs(ca).expect("load CA") {
+    for c in peermirror::pki::load_certs(ca).expect("load CA") {
         roots.add(c).expect("add CA");
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -42,8 +42,8 @@ fn tls_config(ca: &str, cert: &str, key: &str, resume: bool) -> rustls::ClientCo
         .expect("protocol versions")
         .with_root_certificates(roots)
         .with_client_auth_cert(
-            peermirror::certs::load_certs(cert).expect("load client certificate"),
-            peermirror::certs::load_key(key).expect("load client key"),
+            peermirror::pki::load_certs(cert).expect("load client certificate"),
+            peermirror::pki::load_key(key).expect("load client key"),
         )
         .expect("client certificate");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

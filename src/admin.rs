@@ -17,7 +17,7 @@ use crate::mirror::Mirror;
 use crate::oci::{Digest, TagKey};
 use crate::ops::Health;
 use crate::routing::Router;
-use crate::tls::TlsReloader;
+use crate::tls::MaterialRx;
 
 pub mod proto {
     tonic::include_proto!("peermirror.v1");
@@ -52,7 +52,7 @@ pub struct AdminState {
     pub mirror: Option<Arc<Mirror>>,
     pub metrics: Arc<Metrics>,
     pub auth_mode: AuthMode,
-    pub tls: Option<Arc<TlsReloader>>,
+    pub tls: Option<MaterialRx>,
     pub registry_addr: String,
 }
 
@@ -92,7 +92,7 @@ impl Admin for Service {
         let r = s.readiness.borrow().clone();
         let reasons = s.health.not_ready_reasons();
         let rs = s.router.as_ref().map(|r| r.status()).unwrap_or_default();
-        let tls = s.tls.as_ref().map(|t| t.current());
+        let tls = s.tls.as_ref().map(|t| t.borrow().clone());
         Ok(Response::new(StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             peer_id: rs.local_id.clone(),

@@ -2,6 +2,7 @@
 //! clients that keep failing. Decided before any containerd, DHT or peer work.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use subtle::ConstantTimeEq;
 
-use crate::server::ConnInfo;
+use crate::pki::Serial;
+use crate::server::{ClientCert, ConnInfo};
 
 /// How clients prove who they are.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,8 +198,8 @@ impl FailureThrottle {
     }
 }
 
-/// Answers whether a certificate serial (lowercase hex) is revoked now.
-pub type RevocationCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Answers whether a certificate serial is revoked now.
+pub type RevocationCheck = Arc<dyn Fn(&Serial) -> bool + Send + Sync>;
 
 /// The registry endpoint's gatekeeper.
 pub struct Guard {
@@ -208,19 +210,42 @@ pub struct Guard {
     pub revocation: Option<RevocationCheck>,
 }
 
-/// Who a request was accepted as, for the audit log (never the token itself).
-pub fn identity(conn: &ConnInfo, token_line: Option<usize>) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = &conn.client_cert {
-        parts.push(format!("cert:{} serial={}", c.subject, c.serial));
+/// Who a request was accepted as, for the audit log (never the token itself). Displays as
+/// `cert:<subject> serial=<hex> token:line<n>`, or `anonymous`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The verified client certificate, on an mTLS connection.
+    pub cert: Option<ClientCert>,
+    /// Which line of the token file matched (1-based), when a token was checked.
+    pub token_line: Option<usize>,
+}
+
+impl Identity {
+    fn of(conn: &ConnInfo, token_line: Option<usize>) -> Self {
+        Identity {
+            cert: conn.client_cert.clone(),
+            token_line,
+        }
     }
-    if let Some(l) = token_line {
-        parts.push(format!("token:line{l}"));
-    }
-    if parts.is_empty() {
-        "anonymous".into()
-    } else {
-        parts.join(" ")
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(c) = &self.cert {
+            write!(f, "cert:{} serial=", c.subject)?;
+            if let Some(serial) = &c.serial {
+                write!(f, "{serial}")?;
+            }
+            sep = " ";
+        }
+        if let Some(l) = self.token_line {
+            write!(f, "{sep}token:line{l}")?;
+        }
+        if self.cert.is_none() && self.token_line.is_none() {
+            f.write_str("anonymous")?;
+        }
+        Ok(())
     }
 }
 
@@ -235,9 +260,9 @@ impl Guard {
     }
 
     /// Accept or refuse a request from its headers and connection; returns the identity.
-    pub fn check(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<String, Refusal> {
+    pub fn check(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<Identity, Refusal> {
         if self.mode == AuthMode::None {
-            return Ok(identity(conn, None));
+            return Ok(Identity::of(conn, None));
         }
         let ip = conn.remote.ip();
         // Loopback is where containerd itself connects from: throttling it would let any local
@@ -253,12 +278,14 @@ impl Guard {
         result
     }
 
-    fn decide(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<String, Refusal> {
+    fn decide(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<Identity, Refusal> {
         if self.mode.needs_client_cert() && conn.client_cert.is_none() {
             return Err(Refusal::NoClientCert);
         }
-        if let (Some(cert), Some(is_revoked)) = (&conn.client_cert, &self.revocation)
-            && is_revoked(&cert.serial)
+        if let (Some(serial), Some(is_revoked)) = (
+            conn.client_cert.as_ref().and_then(|c| c.serial.as_ref()),
+            &self.revocation,
+        ) && is_revoked(serial)
         {
             return Err(Refusal::Revoked);
         }
@@ -271,21 +298,20 @@ impl Guard {
             let tokens = self.tokens.as_ref().ok_or(Refusal::WrongToken)?;
             line = Some(tokens.check(presented).ok_or(Refusal::WrongToken)?);
         }
-        Ok(identity(conn, line))
+        Ok(Identity::of(conn, line))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::ClientCert;
 
     fn conn(cert: bool) -> ConnInfo {
         ConnInfo {
             remote: "10.0.0.9:1234".parse().unwrap(),
             client_cert: cert.then(|| ClientCert {
                 subject: "CN=node1".into(),
-                serial: "0a".into(),
+                serial: Some(Serial::from_be_bytes(&[0x0a])),
             }),
         }
     }
@@ -327,11 +353,11 @@ mod tests {
             mode: AuthMode::MtlsToken,
             tokens: Some(Arc::new(Tokens::load(&f).unwrap())),
             throttle: FailureThrottle::new(3, Duration::from_secs(60)),
-            revocation: Some(Arc::new(|serial: &str| serial == "0b")),
+            revocation: Some(Arc::new(|serial: &Serial| *serial == "0b")),
         };
         let ok = g.check(&bearer("s3cret"), &conn(true)).unwrap();
-        assert_eq!(ok, "cert:CN=node1 serial=0a token:line1");
-        assert!(!ok.contains("s3cret"));
+        assert_eq!(ok.to_string(), "cert:CN=node1 serial=0a token:line1");
+        assert!(!ok.to_string().contains("s3cret"));
         assert_eq!(
             g.check(&bearer("s3cret"), &conn(false)),
             Err(Refusal::NoClientCert)
@@ -343,6 +369,15 @@ mod tests {
         assert_eq!(
             g.check(&bearer("nope"), &conn(true)),
             Err(Refusal::WrongToken)
+        );
+        let open = Guard::open();
+        assert_eq!(
+            open.check(&bearer("x"), &conn(false)).unwrap().to_string(),
+            "anonymous"
+        );
+        assert_eq!(
+            open.check(&bearer("x"), &conn(true)).unwrap().to_string(),
+            "cert:CN=node1 serial=0a"
         );
         // Three failures so far from this address: now throttled, even with the right token.
         assert_eq!(

@@ -8,8 +8,11 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
+use crate::daemon::{Config, P2pSettings, Routing, Security};
+use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
-use crate::tls::CrlExpired;
+use crate::server::ServerLimits;
+use crate::tls::{CrlExpired, TlsFiles};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -201,6 +204,75 @@ pub struct SecurityArgs {
     /// changes. The first line is sent to peers.
     #[arg(long, env = "PEERMIRROR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The daemon's settings from `peermirror run`'s flags.
+    pub fn from_args(args: &RunArgs) -> Self {
+        let advertise = args
+            .advertise_addr
+            .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(args.router_addr.port())));
+        Config {
+            containerd_sock: args.containerd_sock.clone(),
+            containerd_namespace: args.containerd_namespace.clone(),
+            content_dir: args.containerd_content_dir.clone(),
+            limits: ServerLimits {
+                max_connections: args.max_connections,
+                max_connections_per_ip: args.max_connections_per_ip,
+                drain_timeout: args.drain_timeout,
+                ..ServerLimits::default()
+            },
+            routing: Routing::P2p(P2pSettings {
+                listen: args.router_addr,
+                advertise,
+                bootstrap: args.bootstrap.clone(),
+                data_dir: args.data_dir.clone(),
+                psk_file: args.p2p_psk_file.clone(),
+                provider_ttl: args.provider_ttl,
+                republish_interval: args.republish_interval,
+            }),
+            mirror: MirrorConfig {
+                resolve_timeout: args.mirror_resolve_timeout,
+                resolve_tags: args.resolve_tags,
+                resolve_latest_tag: args.resolve_latest_tag,
+                hedge_delay: args.mirror_hedge_delay,
+                ..MirrorConfig::default()
+            },
+            security: Security::from_args(&args.security),
+            max_uploads: args.max_concurrent_uploads,
+            max_egress_bps: args.max_egress_bps,
+            admin_sock: Some(
+                args.admin_sock
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("admin.sock")),
+            ),
+        }
+    }
+}
+
+impl Security {
+    /// Auth mode, TLS files and token file from the security flags. TLS is on only when both
+    /// --tls-cert and --tls-key are given.
+    pub fn from_args(a: &SecurityArgs) -> Self {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.tls_client_ca.clone(),
+                peer_ca: a.tls_peer_ca.clone(),
+                crls: a.tls_crl.clone(),
+                crl_expired: a.crl_expired,
+                peer_server_name: a.tls_peer_server_name.clone(),
+            }),
+            _ => None,
+        };
+        Security {
+            mode: a.auth_mode,
+            insecure_no_auth: a.insecure_no_auth,
+            tls,
+            token_file: a.token_file.clone(),
+        }
+    }
 }
 
 /// `--advertise-addr`: an IP, optionally with a port.

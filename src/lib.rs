@@ -7,6 +7,7 @@
 //! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API (and its content dir).
 //! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
 //! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
+//! - [`pki`]: reading certificates, keys and CRLs at run time (the `certs` CLI makes them).
 //! - [`metrics`]: Prometheus metrics, passed in, never global.
 //! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
 //! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod ops;
+pub mod pki;
 pub mod registry;
 pub mod reload;
 pub mod routing;

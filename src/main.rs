@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("peermirror: {e:#}");
             ExitCode::FAILURE
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Configure(args) => {
             init_tracing(&LogArgs {
@@ -26,25 +26,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             let report = peermirror::configure::run(&args)?;
             print!("{report}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Certs(args) => {
             print!("{}", peermirror::certs::run(&args)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let (text, ok) = rt.block_on(peermirror::status::run(&args))?;
             print!("{text}");
-            if !ok {
-                // Not ready (or not found): a distinct code for scripts and probes.
-                std::process::exit(3);
-            }
-            Ok(())
+            // Not ready (or not found): a distinct code for scripts and probes.
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Command::Version => {
             println!("peermirror {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             init_tracing(&args.log)?;
@@ -72,7 +73,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running the daemon")?;
                 tracing::info!("peermirror stopped");
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             })
         }
     }

@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::pki::Serial;
+
 /// Limits that keep hostile or broken clients from tying the server up.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -62,7 +64,8 @@ pub struct ConnInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientCert {
     pub subject: String,
-    pub serial: String,
+    /// `None` only for a certificate that verified but that x509-parser cannot read.
+    pub serial: Option<Serial>,
 }
 
 /// Supplies the TLS configuration for each new connection and hears about failed handshakes.

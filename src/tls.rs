@@ -3,14 +3,15 @@
 //! [`TlsFiles`] names the PEM/DER files; [`build`] turns them into a rustls server config
 //! (client certificates required when a client CA is given, checked against the CRLs) and a
 //! client config for fetching from peers (this node's certificate as client identity; peers'
-//! server certificates checked against the same CA and CRLs). [`TlsReloader`] polls the files
-//! and swaps in new configs for new connections within seconds; a broken or half-written file
-//! keeps the old material, logs an error and counts a reload failure.
+//! server certificates checked against the same CA and CRLs). The material lives in one
+//! `watch` channel ([`MaterialRx`]): [`keep_current`] polls the files and sends new material
+//! within seconds, and every user (the accept loop through [`Endpoint`], the peer client, the
+//! revocation check) reads the latest; a broken or half-written file keeps the old material.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use clap::ValueEnum;
 use rustls::client::WebPkiServerVerifier;
@@ -21,10 +22,13 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme,
 };
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
+use crate::auth::RevocationCheck;
 use crate::metrics::{Metrics, ReasonLabels, WhatLabels};
+use crate::pki::{self, Serial};
+use crate::reload;
 use crate::server::{ClientCert, TlsProvider};
 
 /// What to do when a CRL is past its nextUpdate.
@@ -64,13 +68,19 @@ impl TlsFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(transparent)]
-    Certs(#[from] certs::CertsError),
+    Load(#[from] pki::LoadError),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("client CA {path}: {reason}")]
-    Ca { path: String, reason: String },
+    #[error("client CA {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("client CA {path}: a CRL is not signed by this CA (or does not parse)")]
+    CrlNotFromCa { path: String },
     #[error("building the certificate verifier: {0}")]
-    Verifier(String),
+    Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("--tls-peer-server-name {0:?} is not a valid DNS name")]
     ServerName(String),
     #[error("peer fetches over TLS need a CA: set --tls-client-ca or --tls-peer-ca")]
@@ -85,9 +95,9 @@ pub struct TlsMaterial {
     pub crl_next_update: Option<SystemTime>,
     /// When this node's certificate expires.
     pub cert_not_after: Option<SystemTime>,
-    /// Serials (lowercase hex) the loaded CRLs revoke: checked on every request too, because a
-    /// connection made before a revocation would otherwise keep being served.
-    pub revoked: std::collections::HashSet<String>,
+    /// Serials the loaded CRLs revoke: checked on every request too, because a connection made
+    /// before a revocation would otherwise keep being served.
+    pub revoked: std::collections::HashSet<Serial>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -97,12 +107,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn roots(
     path: &std::path::Path,
 ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
-    let certs = certs::load_certs(path)?;
+    let certs = pki::load_certs(path)?;
     let mut store = RootCertStore::empty();
     for c in &certs {
-        store.add(c.clone()).map_err(|e| TlsError::Ca {
+        store.add(c.clone()).map_err(|source| TlsError::Ca {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
     }
     Ok((store, certs))
@@ -110,15 +120,15 @@ fn roots(
 
 /// Read every file and build both configs. Fails as a whole: nothing half-loaded is used.
 pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
-    let chain = certs::load_certs(&files.cert)?;
+    let chain = pki::load_certs(&files.cert)?;
     let cert_not_after = chain
         .first()
-        .and_then(|c| certs::cert_summary(c).ok())
+        .and_then(|c| pki::cert_summary(c).ok())
         .map(|s| s.not_after);
-    let key = certs::load_key(&files.key)?;
+    let key = pki::load_key(&files.key)?;
     let mut crls = Vec::new();
     for p in &files.crls {
-        crls.extend(certs::load_crls(p)?);
+        crls.extend(pki::load_crls(p)?);
     }
     let enforce = files.crl_expired == CrlExpired::Deny;
     let now = SystemTime::now();
@@ -132,10 +142,9 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         for crl in &crls {
             let info = ca_certs
                 .iter()
-                .find_map(|ca| certs::check_crl(crl, ca, now).ok())
-                .ok_or_else(|| TlsError::Ca {
+                .find_map(|ca| pki::check_crl(crl, ca, now).ok())
+                .ok_or_else(|| TlsError::CrlNotFromCa {
                     path: ca_path.display().to_string(),
-                    reason: "a CRL is not signed by this CA (or does not parse)".into(),
                 })?;
             revoked.extend(info.revoked.iter().cloned());
             if let Some(n) = info.next_update {
@@ -157,7 +166,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
             if enforce {
                 vb = vb.enforce_revocation_expiration();
             }
-            let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let verifier = vb.build().map_err(TlsError::Verifier)?;
             server_builder
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())?
@@ -179,7 +188,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     if enforce {
         vb = vb.enforce_revocation_expiration();
     }
-    let webpki = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let webpki = vb.build().map_err(TlsError::Verifier)?;
     let verifier: Arc<dyn ServerCertVerifier> = match &files.peer_server_name {
         Some(name) => Arc::new(FixedNameVerifier {
             inner: webpki,
@@ -280,135 +289,115 @@ pub fn handshake_reason(err: Option<&std::io::Error>) -> &'static str {
     }
 }
 
-/// Called with each newly loaded material.
-pub type ReloadHook = Box<dyn Fn(&TlsMaterial) + Send + Sync>;
+/// The TLS material in force: the accept loop, the peer client and the revocation check each
+/// read the latest from it; a reload replaces it whole.
+pub type MaterialRx = watch::Receiver<Arc<TlsMaterial>>;
 
-/// Holds the current TLS material and replaces it when the files change.
-pub struct TlsReloader {
+/// Loads the files for the first time: any problem fails start-up.
+pub fn load(files: &TlsFiles) -> Result<watch::Sender<Arc<TlsMaterial>>, TlsError> {
+    Ok(watch::channel(Arc::new(build(files)?)).0)
+}
+
+/// Until shutdown: reload the material when any of the files changes, and keep the expiry
+/// gauges current. A broken or half-written file keeps the old material, logs an error and
+/// counts a reload failure.
+pub async fn keep_current(
     files: TlsFiles,
-    current: RwLock<Arc<TlsMaterial>>,
+    material: watch::Sender<Arc<TlsMaterial>>,
     metrics: Arc<Metrics>,
-    on_reload: RwLock<Vec<ReloadHook>>,
+    shutdown: CancellationToken,
+) {
+    let gauges = expiry_gauges(material.subscribe(), metrics.clone(), shutdown.clone());
+    let watch = reload::watch(files.all_paths(), shutdown, || {
+        let _ = reload(&files, &material, &metrics);
+    });
+    tokio::join!(watch, gauges);
 }
 
-/// How often the files are looked at. Kubernetes updates mounted Secrets by swapping a
-/// symlink, which inotify-style watching misses; a cheap stat poll does not.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-impl TlsReloader {
-    pub fn new(files: TlsFiles, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
-        let material = build(&files)?;
-        let r = Arc::new(TlsReloader {
-            files,
-            current: RwLock::new(Arc::new(material)),
-            metrics,
-            on_reload: RwLock::new(Vec::new()),
-        });
-        r.update_expiry_gauges();
-        Ok(r)
-    }
-
-    pub fn current(&self) -> Arc<TlsMaterial> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Run `f` with every newly loaded material (e.g. to rebuild the peer HTTP client).
-    pub fn on_reload(&self, f: ReloadHook) {
-        f(&self.current());
-        self.on_reload
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(f);
-    }
-
-    /// Time left on the CRL and on this node's certificate, for alerts.
-    fn update_expiry_gauges(&self) {
-        let until = |t: SystemTime| match t.duration_since(SystemTime::now()) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        };
-        let m = self.current();
-        if let Some(next) = m.crl_next_update {
-            self.metrics.crl_expiry_seconds.set(until(next));
+/// Try to load the files again; on failure the old material stays.
+fn reload(
+    files: &TlsFiles,
+    material: &watch::Sender<Arc<TlsMaterial>>,
+    metrics: &Metrics,
+) -> Result<(), TlsError> {
+    match build(files) {
+        Ok(m) => {
+            material.send_replace(Arc::new(m));
+            tracing::info!("TLS material reloaded");
+            Ok(())
         }
-        if let Some(end) = m.cert_not_after {
-            self.metrics.cert_expiry_seconds.set(until(end));
-        }
-    }
-
-    /// Try to load the files again; on failure the old material stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        match build(&self.files) {
-            Ok(m) => {
-                let m = Arc::new(m);
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = m.clone();
-                for f in self
-                    .on_reload
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                {
-                    f(&m);
-                }
-                self.update_expiry_gauges();
-                tracing::info!("TLS material reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics
-                    .reload_failures
-                    .get_or_create(&WhatLabels { what: "tls" })
-                    .inc();
-                tracing::error!(error = %e, "TLS files changed but do not load; keeping the previous material");
-                Err(e)
-            }
-        }
-    }
-
-    /// Poll the files until shutdown, reloading when any of them changes.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let paths = self.files.all_paths();
-        let mut last = crate::reload::fingerprint(&paths);
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = crate::reload::fingerprint(&paths);
-            if now != last {
-                last = now;
-                let _ = self.reload();
-            }
-            self.update_expiry_gauges();
+        Err(e) => {
+            metrics
+                .reload_failures
+                .get_or_create(&WhatLabels { what: "tls" })
+                .inc();
+            tracing::error!(error = %e, "TLS files changed but do not load; keeping the previous material");
+            Err(e)
         }
     }
 }
 
-impl TlsReloader {
-    /// Whether a certificate serial is revoked by the CRLs loaded now.
-    pub fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.current().revoked.contains(serial_hex)
+/// Time left on the CRL and on this node's certificate, for alerts: set on every poll (the
+/// time left shrinks) and at once when the material changes.
+async fn expiry_gauges(
+    mut material: MaterialRx,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let until = |t: SystemTime| match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    let mut tick = tokio::time::interval(reload::POLL_INTERVAL);
+    loop {
+        {
+            let m = material.borrow_and_update();
+            if let Some(next) = m.crl_next_update {
+                metrics.crl_expiry_seconds.set(until(next));
+            }
+            if let Some(end) = m.cert_not_after {
+                metrics.cert_expiry_seconds.set(until(end));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = material.changed() => if changed.is_err() { return },
+        }
     }
 }
 
-impl TlsProvider for TlsReloader {
+/// Answers from the CRLs in force now whether a client certificate serial is revoked.
+pub fn revocation_check(material: MaterialRx) -> RevocationCheck {
+    Arc::new(move |serial: &Serial| material.borrow().revoked.contains(serial))
+}
+
+/// The registry listener's side of TLS: each new connection uses the latest server config.
+pub struct Endpoint {
+    material: MaterialRx,
+    metrics: Arc<Metrics>,
+}
+
+impl Endpoint {
+    pub fn new(material: MaterialRx, metrics: Arc<Metrics>) -> Self {
+        Endpoint { material, metrics }
+    }
+}
+
+impl TlsProvider for Endpoint {
     fn server_config(&self) -> Arc<ServerConfig> {
-        self.current().server.clone()
+        self.material.borrow().server.clone()
     }
 
     fn identify(&self, cert: &CertificateDer<'_>) -> ClientCert {
-        match certs::cert_summary(cert) {
+        match pki::cert_summary(cert) {
             Ok(s) => ClientCert {
                 subject: s.subject,
-                serial: s.serial_hex,
+                serial: Some(s.serial),
             },
             Err(_) => ClientCert {
                 subject: "(unparsable)".into(),
-                serial: String::new(),
+                serial: None,
             },
         }
     }

@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use peermirror::certs::{
-    self, Ca, CertRequest, CertsArgs, CertsError, RevokedSerial, Usage, cert_summary, check_crl,
-    issue_for_test, load_certs, load_crls, load_key,
+    self, Ca, CertRequest, CertsArgs, CertsError, RevokedSerial, Usage, issue_for_test,
+};
+use peermirror::pki::{
+    self, CrlError, LoadError, cert_summary, check_crl, load_certs, load_crls, load_key,
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, RootCertStore};
@@ -66,7 +68,7 @@ fn first_cert(path: &Path) -> CertificateDer<'static> {
     load_certs(path).unwrap().remove(0)
 }
 
-fn crl_info(dir: &Path) -> certs::CrlInfo {
+fn crl_info(dir: &Path) -> pki::CrlInfo {
     let crl = load_crls(dir.join("crl.pem")).unwrap().remove(0);
     check_crl(&crl, &first_cert(&dir.join("ca.crt")), SystemTime::now()).unwrap()
 }
@@ -193,7 +195,8 @@ fn existing_files_are_not_overwritten_without_force() {
     // With --force: replaced, and told how to revoke the old one.
     let old_serial = cert_summary(&first_cert(&dir.join("node-a.crt")))
         .unwrap()
-        .serial_hex;
+        .serial
+        .to_string();
     let out = run(dir, &["issue", "--name", "node-a", "--force"]);
     assert!(
         out.contains(&format!("revoke --serial {old_serial}")),
@@ -215,10 +218,12 @@ fn revoke_and_crl_list_the_serial_with_increasing_numbers() {
     run(dir, &["issue", "--name", "node-b", "--ip", "10.0.0.2"]);
     let serial_a = cert_summary(&first_cert(&dir.join("node-a.crt")))
         .unwrap()
-        .serial_hex;
+        .serial
+        .to_string();
     let serial_b = cert_summary(&first_cert(&dir.join("node-b.crt")))
         .unwrap()
-        .serial_hex;
+        .serial
+        .to_string();
 
     let out = run(
         dir,
@@ -293,12 +298,12 @@ fn check_crl_accepts_own_ca_and_rejects_others() {
     // Another CA, another name: the issuer does not match.
     let other = Ca::generate("other CA").unwrap();
     let err = check_crl(&crl, other.cert_der(), SystemTime::now()).unwrap_err();
-    assert!(matches!(err, CertsError::CrlIssuer { .. }), "{err}");
+    assert!(matches!(err, CrlError::Issuer { .. }), "{err}");
 
     // Same name, different key: only the signature tells them apart.
     let twin = Ca::generate("cluster CA").unwrap();
     let err = check_crl(&crl, twin.cert_der(), SystemTime::now()).unwrap_err();
-    assert!(matches!(err, CertsError::CrlSignature { .. }), "{err}");
+    assert!(matches!(err, CrlError::Signature { .. }), "{err}");
     assert!(err.to_string().contains("peermirror certs crl"), "{err}");
 
     // A CRL whose next update has passed is flagged, not rejected.
@@ -312,7 +317,7 @@ fn check_crl_accepts_own_ca_and_rejects_others() {
 
     // Garbage is an error, not a panic.
     let err = check_crl(b"\x30\x03\x02\x01\x00", ca.cert_der(), SystemTime::now()).unwrap_err();
-    assert!(matches!(err, CertsError::Invalid { .. }), "{err}");
+    assert!(matches!(err, CrlError::Invalid { .. }), "{err}");
 }
 
 #[test]
@@ -376,7 +381,7 @@ fn loaders_accept_pem_and_der() {
     let err = load_crls(dir.join("ca.crt")).unwrap_err();
     assert!(err.to_string().contains("holds no CRL"), "{err}");
     let err = load_certs(dir.join("nope.pem")).unwrap_err();
-    assert!(matches!(err, CertsError::Io { .. }), "{err}");
+    assert!(matches!(err, LoadError::Read { .. }), "{err}");
 }
 
 #[test]
@@ -431,7 +436,10 @@ fn bad_inputs_give_clear_errors() {
     let err = try_run(dir, &["inspect", "empty.pem"]).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
     let err = try_run(dir, &["inspect", "missing.pem"]).unwrap_err();
-    assert!(matches!(err, CertsError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, CertsError::Load(LoadError::Read { .. })),
+        "{err}"
+    );
 
     // Flag-level mistakes are caught by clap.
     assert!(parse(dir, &["issue", "--name", "x", "--days", "0"]).is_err());

@@ -468,7 +468,7 @@ async fn tls_node(src: MemorySource) -> (support::Node, tempfile::TempDir, std::
 fn tls_client(ca: &std::path::Path, alpn: &[u8]) -> reqwest::Client {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in peermirror::certs::load_certs(ca).unwrap() {
+    for c in peermirror::pki::load_certs(ca).unwrap() {
         roots.add(c).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)

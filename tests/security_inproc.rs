@@ -107,7 +107,7 @@ async fn start_node(source: MemorySource, cfg: Config) -> Node {
 fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in peermirror::certs::load_certs(ca).unwrap() {
+    for c in peermirror::pki::load_certs(ca).unwrap() {
         roots.add(c).unwrap();
     }
     let b = rustls::ClientConfig::builder_with_provider(provider)
@@ -117,8 +117,8 @@ fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     let cfg = match identity {
         Some((c, k)) => b
             .with_client_auth_cert(
-                peermirror::certs::load_certs(c).unwrap(),
-                peermirror::certs::load_key(k).unwrap(),
+                peermirror::pki::load_certs(c).unwrap(),
+                peermirror::pki::load_key(k).unwrap(),
             )
             .unwrap(),
         None => b.with_no_client_auth(),

@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::parse_x509_certificate;
 
-use super::load::{load_certs, load_key, to_pem};
+use super::pem::to_pem;
 use super::store::{CA_CERT, CA_KEY};
-use super::{CertsError, Reason, fmt_time, serial_hex, to_odt};
+use super::{CertsError, Reason, fmt_time, to_odt};
+use crate::pki::{Serial, load_certs, load_key};
 
 /// Default lifetime of a CA made by `init-ca`.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
@@ -224,7 +225,7 @@ impl Ca {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
             key_pem: key.serialize_pem(),
-            serial_hex: serial_hex(&serial.to_bytes()),
+            serial_hex: Serial::from_be_bytes(&serial.to_bytes()).into(),
             not_after: req.not_after,
         })
     }
@@ -356,11 +357,12 @@ impl RevokedSerial {
     }
 }
 
-/// **For tests** (here and in the TLS modules): a certificate signed by `ca` for `name`, with
+/// **For tests** (unit tests, and integration tests through the `test-issuer` feature): a certificate signed by `ca` for `name`, with
 /// SANs `localhost`, `127.0.0.1`, `::1` (and `name` when it is a DNS name), valid for
 /// `days_valid_from_now` days (negative: expired that many days ago). `eku_server_and_client`
 /// false gives a serverAuth-only certificate, which client verifiers must reject.
 /// Returns `(cert_pem, key_pem)`; use [`Ca::issue`] for anything finer.
+#[cfg(any(test, feature = "test-issuer"))]
 pub fn issue_for_test(
     ca: &Ca,
     name: &str,
@@ -456,7 +458,7 @@ fn push_unique(sans: &mut Vec<SanType>, san: SanType) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{cert_summary, check_crl};
+    use crate::pki::{cert_summary, check_crl};
 
     #[test]
     fn generated_ca_is_a_crl_signing_ca_and_reloads_from_pem() {
@@ -489,8 +491,8 @@ mod tests {
         assert_eq!(s.ext_key_usage, ["serverAuth", "clientAuth"]);
         assert_eq!(s.key_usage, ["digitalSignature"]);
         assert!(!s.is_ca);
-        assert_eq!(s.serial_hex, issued.serial_hex);
-        assert_eq!(s.serial_hex.len(), 32);
+        assert_eq!(s.serial, issued.serial_hex);
+        assert_eq!(s.serial.as_str().len(), 32);
         assert!(!s.is_expired(SystemTime::now()));
         let lifetime = s.not_after.duration_since(s.not_before).unwrap();
         assert_eq!(lifetime, Duration::from_secs(30 * 86_400 + 60));

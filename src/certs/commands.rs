@@ -9,16 +9,17 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::pem::SectionKind;
 
 use super::ca::parse_serial;
-use super::info::{read_crl, signed_by};
-use super::load::{Object, read_objects};
 use super::store::{
     self, IssuedRecord, KEY_MODE, PUBLIC_MODE, RevokedRecord, State, load_state, save_state,
     write_file,
 };
 use super::{
-    CA_CERT, CA_KEY, CRL_FILE, Ca, CertRequest, CertSummary, CertsArgs, CertsCommand, CertsError,
-    CrlInfo, Reason, RevokedSerial, cert_summary, check_crl, check_dns_name, check_name,
-    fmt_system, load_certs, serial_hex, to_pem,
+    CA_CERT, CA_KEY, CRL_FILE, Ca, CertRequest, CertsArgs, CertsCommand, CertsError, Reason,
+    RevokedSerial, check_dns_name, check_name, fmt_system, to_pem,
+};
+use crate::pki::{
+    CertSummary, CrlInfo, Object, Serial, cert_summary, check_crl, load_certs, read_crl,
+    read_objects, signed_by,
 };
 
 /// nextUpdate of the empty CRL `init-ca` writes (the same as `crl`'s default).
@@ -172,7 +173,7 @@ fn issue(
         "issued {name}\n  {}\n  {}  mode 0600\n  serial:   {}\n  valid:    {} .. {}\n  SANs:     {}\n  usage:    {}\n",
         cert_path.display(),
         key_path.display(),
-        summary.serial_hex,
+        String::from(summary.serial),
         fmt_system(summary.not_before),
         fmt_system(summary.not_after),
         if summary.sans.is_empty() {
@@ -186,7 +187,7 @@ fn issue(
         let _ = writeln!(
             out,
             "The replaced certificate (serial {0}) stays valid until {1}; revoke it with `peermirror certs revoke --serial {0}`.",
-            old.serial_hex,
+            String::from(old.serial),
             fmt_system(old.not_after),
         );
     }
@@ -228,10 +229,10 @@ fn revoke(
                     ca_subject: ca.subject().to_string(),
                 });
             }
-            (summary.serial_hex, Some(name.to_string()))
+            (summary.serial.into(), Some(name.to_string()))
         }
         (None, Some(text)) => {
-            let serial = serial_hex(&parse_serial(text)?);
+            let serial = String::from(Serial::from_be_bytes(&parse_serial(text)?));
             let name = state.issued.get(&serial).map(|r| r.name.clone());
             (serial, name)
         }
@@ -448,7 +449,7 @@ fn cert_text(ctx: &Context<'_>, der: &[u8]) -> Result<(&'static str, String), Ce
     let mut out = String::new();
     let _ = writeln!(out, "  subject:        {}", s.subject);
     let _ = writeln!(out, "  issuer:         {}", s.issuer);
-    let _ = writeln!(out, "  serial:         {}", s.serial_hex);
+    let _ = writeln!(out, "  serial:         {}", s.serial);
     let _ = writeln!(out, "  not before:     {}", fmt_system(s.not_before));
     let _ = writeln!(
         out,
@@ -477,7 +478,7 @@ fn cert_text(ctx: &Context<'_>, der: &[u8]) -> Result<(&'static str, String), Ce
             ctx.dir.join(CA_CERT).display()
         );
     }
-    if let Some(record) = ctx.state.and_then(|st| st.revoked.get(&s.serial_hex)) {
+    if let Some(record) = ctx.state.and_then(|st| st.revoked.get(s.serial.as_str())) {
         let reason = record.reason.map(|r| format!(", {}", r.as_str()));
         let _ = writeln!(
             out,
@@ -574,7 +575,7 @@ mod tests {
         publish_crl(dir.path(), &ca, &mut state, Duration::from_secs(60), now).unwrap();
         publish_crl(dir.path(), &ca, &mut state, Duration::from_secs(60), now).unwrap();
         assert_eq!(load_state(dir.path()).unwrap().crl_number, 2);
-        let crls = super::super::load_crls(dir.path().join(CRL_FILE)).unwrap();
+        let crls = crate::pki::load_crls(dir.path().join(CRL_FILE)).unwrap();
         let info = check_crl(&crls[0], ca.cert_der(), now).unwrap();
         assert_eq!(info.number, Some(2));
         assert_eq!(info.revoked, ["0abc"]);

@@ -1,5 +1,5 @@
-//! `peermirror certs`: a small cluster CA for the mirror's mTLS, built on rcgen, plus the
-//! loading and checking helpers the TLS layer uses.
+//! `peermirror certs`: a small cluster CA for the mirror's mTLS, built on rcgen. Reading PEM/DER
+//! files and checking CRLs, which the daemon needs too, is in [`crate::pki`].
 //!
 //! # The directory (`--dir`, default `./pki`)
 //! - `ca.crt` (0644), `ca.key` (0600): the CA, ECDSA P-256, made by `init-ca`.
@@ -21,8 +21,7 @@
 
 mod ca;
 mod commands;
-mod info;
-mod load;
+mod pem;
 mod store;
 
 use std::io;
@@ -30,12 +29,16 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use crate::pki;
+
 use time::{OffsetDateTime, UtcOffset};
 
-pub use ca::{Ca, CertRequest, DEFAULT_CA_DAYS, IssuedCert, RevokedSerial, Usage, issue_for_test};
-pub use info::{CertSummary, CrlInfo, cert_summary, check_crl};
-pub use load::{load_certs, load_crls, load_key, to_pem};
+/// Revocation reasons live with the rest of the X.509 reading in [`crate::pki`].
+pub use crate::pki::Reason;
+#[cfg(any(test, feature = "test-issuer"))]
+pub use ca::issue_for_test;
+pub use ca::{Ca, CertRequest, DEFAULT_CA_DAYS, IssuedCert, RevokedSerial, Usage};
+pub use pem::to_pem;
 pub use store::{CA_CERT, CA_KEY, CRL_FILE, IssuedRecord, RevokedRecord, STATE_FILE, State};
 
 /// Longest lifetime `--days` accepts: a century is already far beyond any sane CA.
@@ -126,69 +129,6 @@ pub enum CertsCommand {
     Inspect { file: PathBuf },
 }
 
-/// RFC 5280 revocation reasons, spelled as in the RFC. (No `removeFromCRL`: that is for delta
-/// CRLs, which this CA does not make.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "camelCase")]
-#[value(rename_all = "camelCase")]
-pub enum Reason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-    CertificateHold,
-    PrivilegeWithdrawn,
-    AaCompromise,
-}
-
-impl Reason {
-    fn to_rcgen(self) -> rcgen::RevocationReason {
-        use rcgen::RevocationReason as R;
-        match self {
-            Reason::Unspecified => R::Unspecified,
-            Reason::KeyCompromise => R::KeyCompromise,
-            Reason::CaCompromise => R::CaCompromise,
-            Reason::AffiliationChanged => R::AffiliationChanged,
-            Reason::Superseded => R::Superseded,
-            Reason::CessationOfOperation => R::CessationOfOperation,
-            Reason::CertificateHold => R::CertificateHold,
-            Reason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
-            Reason::AaCompromise => R::AaCompromise,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Reason> {
-        Some(match code {
-            0 => Reason::Unspecified,
-            1 => Reason::KeyCompromise,
-            2 => Reason::CaCompromise,
-            3 => Reason::AffiliationChanged,
-            4 => Reason::Superseded,
-            5 => Reason::CessationOfOperation,
-            6 => Reason::CertificateHold,
-            9 => Reason::PrivilegeWithdrawn,
-            10 => Reason::AaCompromise,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Unspecified => "unspecified",
-            Reason::KeyCompromise => "keyCompromise",
-            Reason::CaCompromise => "caCompromise",
-            Reason::AffiliationChanged => "affiliationChanged",
-            Reason::Superseded => "superseded",
-            Reason::CessationOfOperation => "cessationOfOperation",
-            Reason::CertificateHold => "certificateHold",
-            Reason::PrivilegeWithdrawn => "privilegeWithdrawn",
-            Reason::AaCompromise => "aaCompromise",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("cannot {action} {path:?}: {source}")]
@@ -232,6 +172,12 @@ pub enum CertsError {
     OutlivesCa { ca_not_after: String, max_days: i64 },
     #[error("cannot use {path:?}: {detail}")]
     Unreadable { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Load(#[from] pki::LoadError),
+    #[error(transparent)]
+    Cert(#[from] pki::CertError),
+    #[error(transparent)]
+    Crl(#[from] pki::CrlError),
     #[error("{path:?} holds no {wanted}")]
     NotFoundIn { path: PathBuf, wanted: &'static str },
     #[error(
@@ -258,17 +204,6 @@ pub enum CertsError {
     RevokeTarget,
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },
-    #[error(
-        "the CRL was issued by {crl_issuer}, not by the CA {ca_subject}; use the crl.pem made by this CA (`peermirror certs crl`)"
-    )]
-    CrlIssuer {
-        crl_issuer: String,
-        ca_subject: String,
-    },
-    #[error(
-        "the CRL's signature does not verify with the key of {ca_subject} ({detail}): it was signed by another CA of the same name or altered; re-create it with `peermirror certs crl`"
-    )]
-    CrlSignature { ca_subject: String, detail: String },
     #[error("{path:?} is corrupt ({detail}); fix it or restore it from a backup")]
     CorruptState { path: PathBuf, detail: String },
     #[error("certificate generation failed: {0}")]
@@ -363,15 +298,6 @@ pub(crate) fn check_dns_name(name: &str) -> Result<(), CertsError> {
     Ok(())
 }
 
-/// Canonical serial text: lowercase hex of the big-endian bytes, leading zero bytes dropped.
-pub(crate) fn serial_hex(bytes: &[u8]) -> String {
-    let first = bytes.iter().position(|b| *b != 0);
-    match first {
-        Some(i) => hex::encode(&bytes[i..]),
-        None => "00".into(),
-    }
-}
-
 /// `SystemTime` → `OffsetDateTime` without the panic `From` has for far-off times.
 pub(crate) fn to_odt(t: SystemTime) -> Result<OffsetDateTime, CertsError> {
     let secs = match t.duration_since(UNIX_EPOCH) {
@@ -438,13 +364,6 @@ mod tests {
         for bad in ["", "-a", "a-", "a..b", "a_b", "10.0.0.1", "*", "a b"] {
             assert!(check_dns_name(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn serial_hex_is_canonical() {
-        assert_eq!(serial_hex(&[0, 0, 0x0a, 0xff]), "0aff");
-        assert_eq!(serial_hex(&[0]), "00");
-        assert_eq!(serial_hex(&[]), "00");
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! (CRL number, issued and revoked serials).
 
 use std::collections::BTreeMap;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::{CertsError, Reason};
+use crate::fsutil::{self, Existing};
 
 /// Mode of private keys: readable by the owner only.
 pub(crate) const KEY_MODE: u32 = 0o600;
@@ -107,57 +108,29 @@ pub(crate) fn ensure_absent(path: &Path, force: bool) -> Result<(), CertsError> 
     }
 }
 
-/// Writes `contents` to `path` atomically: a temp file in the same directory, created with
-/// `mode` (so a key is never readable by others, not even for a moment), synced, then moved into
-/// place. With `overwrite` off the move is a hard link, which fails if `path` appeared meanwhile.
+/// Writes `contents` to `path` atomically with `mode` set at creation (see
+/// [`fsutil::write_atomic`]). With `overwrite` off, fails with "use --force" if `path` exists,
+/// even if it appeared meanwhile.
 pub(crate) fn write_file(
     path: &Path,
     contents: &[u8],
     mode: u32,
     overwrite: bool,
 ) -> Result<(), CertsError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+    let existing = if overwrite {
+        Existing::Replace
+    } else {
+        Existing::Keep
     };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{:016x}.tmp", rand::random::<u64>()));
-
-    let result = write_new(&tmp, contents, mode).and_then(|()| {
-        if overwrite {
-            fs::rename(&tmp, path)
-        } else {
-            fs::hard_link(&tmp, path)
-        }
-    });
-    // After a rename the temp name is gone; after a link (or a failure) it must go.
-    let _ = fs::remove_file(&tmp);
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(CertsError::Exists {
+    fsutil::write_atomic(path, contents, mode, existing).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            CertsError::Exists {
                 path: path.to_path_buf(),
-            });
+            }
+        } else {
+            CertsError::io("write", path, source)
         }
-        Err(source) => return Err(CertsError::io("write", path, source)),
-    }
-    // Make the rename itself durable.
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| CertsError::io("sync directory", &dir, source))
-}
-
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    })
 }
 
 #[cfg(test)]

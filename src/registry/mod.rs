@@ -158,7 +158,7 @@ impl Registry {
         let path = req.uri().path().to_string();
         // Strangers are refused before any lookup, read or peer traffic.
         let (answer, identity) = match self.guard.check(req.headers(), &conn) {
-            Ok(identity) => (self.answer(&req).await, identity),
+            Ok(identity) => (self.answer(&req).await, identity.to_string()),
             Err(refusal) => {
                 self.metrics
                     .auth_failures

@@ -198,7 +198,7 @@ pub fn http_status_sync(addr: &str, path: &str) -> Option<u16> {
 pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in peermirror::certs::load_certs(ca).expect("load CA") {
+    for c in peermirror::pki::load_certs(ca).expect("load CA") {
         roots.add(c).expect("add CA root");
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -208,8 +208,8 @@ pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls:
     match identity {
         Some((cert, key)) => builder
             .with_client_auth_cert(
-                peermirror::certs::load_certs(cert).expect("load client cert"),
-                peermirror::certs::load_key(key).expect("load client key"),
+                peermirror::pki::load_certs(cert).expect("load client cert"),
+                peermirror::pki::load_key(key).expect("load client key"),
             )
             .expect("client auth cert"),
         None => builder.with_no_client_auth(),

@@ -11,7 +11,7 @@ use rustls_pki_types::pem::{PemObject as _, SectionKind};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::{parse_x509_certificate, parse_x509_crl};
 
-use super::CertsError;
+use super::LoadError;
 
 /// One object found in a file.
 #[derive(Debug)]
@@ -23,10 +23,13 @@ pub(crate) enum Object {
 }
 
 /// Reads `path` and splits it into PEM blocks, or returns it whole as DER.
-pub(crate) fn read_objects(path: &Path) -> Result<Vec<Object>, CertsError> {
-    let bytes = fs::read(path).map_err(|source| CertsError::io("read", path, source))?;
+pub(crate) fn read_objects(path: &Path) -> Result<Vec<Object>, LoadError> {
+    let bytes = fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(CertsError::Unreadable {
+        return Err(LoadError::Unreadable {
             path: path.to_path_buf(),
             detail: "the file is empty".into(),
         });
@@ -37,7 +40,7 @@ pub(crate) fn read_objects(path: &Path) -> Result<Vec<Object>, CertsError> {
     <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
         .map(|item| {
             item.map(|(kind, der)| Object::Pem(kind, der))
-                .map_err(|e| CertsError::Unreadable {
+                .map_err(|e| LoadError::Unreadable {
                     path: path.to_path_buf(),
                     detail: format!("malformed PEM: {e}"),
                 })
@@ -50,7 +53,7 @@ fn is_pem(bytes: &[u8]) -> bool {
 }
 
 /// Every certificate in a PEM or DER file, in file order (leaf first for a chain).
-pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, CertsError> {
+pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, LoadError> {
     let path = path.as_ref();
     let mut certs = Vec::new();
     for object in read_objects(path)? {
@@ -68,7 +71,7 @@ pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>
         }
     }
     if certs.is_empty() {
-        return Err(CertsError::NotFoundIn {
+        return Err(LoadError::NotFoundIn {
             path: path.to_path_buf(),
             wanted: "certificate (PEM \"CERTIFICATE\" or DER)",
         });
@@ -77,7 +80,7 @@ pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// The first private key (PKCS#8, SEC1 or PKCS#1) in a PEM or DER file.
-pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, CertsError> {
+pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, LoadError> {
     let path = path.as_ref();
     for object in read_objects(path)? {
         match object {
@@ -87,14 +90,14 @@ pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, CertsE
                 }
             }
             Object::Der(bytes) => {
-                return PrivateKeyDer::try_from(bytes).map_err(|e| CertsError::Unreadable {
+                return PrivateKeyDer::try_from(bytes).map_err(|e| LoadError::Unreadable {
                     path: path.to_path_buf(),
                     detail: format!("not a DER private key: {e}"),
                 });
             }
         }
     }
-    Err(CertsError::NotFoundIn {
+    Err(LoadError::NotFoundIn {
         path: path.to_path_buf(),
         wanted: "private key (PEM \"PRIVATE KEY\", \"EC PRIVATE KEY\" or \"RSA PRIVATE KEY\", or DER)",
     })
@@ -103,7 +106,7 @@ pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, CertsE
 /// Every CRL in a PEM or DER file.
 pub fn load_crls(
     path: impl AsRef<Path>,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, CertsError> {
+) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let path = path.as_ref();
     let mut crls = Vec::new();
     for object in read_objects(path)? {
@@ -121,7 +124,7 @@ pub fn load_crls(
         }
     }
     if crls.is_empty() {
-        return Err(CertsError::NotFoundIn {
+        return Err(LoadError::NotFoundIn {
             path: path.to_path_buf(),
             wanted: "CRL (PEM \"X509 CRL\" or DER)",
         });
@@ -150,14 +153,14 @@ fn check_one(
     what: &'static str,
     der: &[u8],
     measure: Measure,
-) -> Result<(), CertsError> {
+) -> Result<(), LoadError> {
     match measure(der) {
         Ok(used) if used == der.len() => Ok(()),
-        Ok(_) => Err(CertsError::Unreadable {
+        Ok(_) => Err(LoadError::Unreadable {
             path: path.to_path_buf(),
             detail: format!("a PEM {what} block has trailing bytes"),
         }),
-        Err(e) => Err(CertsError::Unreadable {
+        Err(e) => Err(LoadError::Unreadable {
             path: path.to_path_buf(),
             detail: format!("a PEM {what} block is not a valid {what}: {e}"),
         }),
@@ -170,7 +173,7 @@ fn split_der(
     what: &'static str,
     mut bytes: &[u8],
     measure: Measure,
-) -> Result<Vec<Vec<u8>>, CertsError> {
+) -> Result<Vec<Vec<u8>>, LoadError> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         match measure(bytes) {
@@ -181,7 +184,7 @@ fn split_der(
             }
             Ok(_) => break,
             Err(e) => {
-                return Err(CertsError::Unreadable {
+                return Err(LoadError::Unreadable {
                     path: path.to_path_buf(),
                     detail: format!("neither PEM nor a DER {what}: {e}"),
                 });
@@ -189,61 +192,4 @@ fn split_der(
         }
     }
     Ok(out)
-}
-
-/// PEM-armours `der` under `label` (64-column base64, as openssl and rcgen write it).
-pub fn to_pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]);
-            } else {
-                b64.push(b'=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn to_pem_matches_base64_vectors_and_reads_back() {
-        // RFC 4648 test vectors, through the PEM reader.
-        for (input, b64) in [
-            (&b""[..], ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foob", "Zm9vYg=="),
-            (b"fooba", "Zm9vYmE="),
-            (b"foobar", "Zm9vYmFy"),
-        ] {
-            let pem = to_pem("X509 CRL", input);
-            assert!(pem.contains(&format!("\n{b64}")), "{pem}");
-            if !input.is_empty() {
-                let back = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
-                assert_eq!(back.as_ref(), input);
-            }
-        }
-        let long: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
-        let pem = to_pem("CERTIFICATE", &long);
-        assert!(pem.lines().all(|l| l.len() <= 64));
-        let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        assert_eq!(back.as_ref(), &long[..]);
-    }
 }

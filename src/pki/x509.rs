@@ -1,4 +1,4 @@
-//! Reading certificates and CRLs back: summaries for `inspect`, the audit log and status, and
+//! Reading certificates and CRLs: summaries for `inspect`, the audit log and status, and
 //! [`check_crl`], which the TLS layer runs before trusting a CRL.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,7 +9,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{parse_x509_certificate, parse_x509_crl};
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use super::{CertsError, Reason, serial_hex};
+use super::{CertError, CrlError, Reason, Serial};
 
 /// What a certificate says, in printable form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +17,7 @@ pub struct CertSummary {
     /// RFC 4514-ish, e.g. `CN=node-a`.
     pub subject: String,
     pub issuer: String,
-    /// Lowercase hex without leading zero bytes, as in CRL listings and `revoke --serial`.
-    pub serial_hex: String,
+    pub serial: Serial,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// `DNS:name`, `IP:addr`, `URI:...`, `email:...`.
@@ -41,23 +40,20 @@ impl CertSummary {
 }
 
 /// Summarises a DER certificate.
-pub fn cert_summary(der: &[u8]) -> Result<CertSummary, CertsError> {
-    let (rest, cert) = parse_x509_certificate(der).map_err(|e| CertsError::Invalid {
-        what: "certificate",
+pub fn cert_summary(der: &[u8]) -> Result<CertSummary, CertError> {
+    let (rest, cert) = parse_x509_certificate(der).map_err(|e| CertError {
         detail: e.to_string(),
     })?;
     if !rest.is_empty() {
-        return Err(CertsError::Invalid {
-            what: "certificate",
+        return Err(CertError {
             detail: "trailing bytes after the certificate".into(),
         });
     }
     summarise(&cert)
 }
 
-fn summarise(cert: &X509Certificate<'_>) -> Result<CertSummary, CertsError> {
-    let invalid = |e: x509_parser::error::X509Error| CertsError::Invalid {
-        what: "certificate",
+fn summarise(cert: &X509Certificate<'_>) -> Result<CertSummary, CertError> {
+    let invalid = |e: x509_parser::error::X509Error| CertError {
         detail: format!("bad extension: {e}"),
     };
     let sans = match cert.subject_alternative_name().map_err(invalid)? {
@@ -110,7 +106,7 @@ fn summarise(cert: &X509Certificate<'_>) -> Result<CertSummary, CertsError> {
     Ok(CertSummary {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
-        serial_hex: serial_hex(&cert.tbs_certificate.serial.to_bytes_be()),
+        serial: Serial::from_be_bytes(&cert.tbs_certificate.serial.to_bytes_be()),
         not_before: SystemTime::from(validity.not_before.to_datetime()),
         not_after: SystemTime::from(validity.not_after.to_datetime()),
         sans,
@@ -147,8 +143,8 @@ pub struct CrlInfo {
     pub number: Option<u64>,
     pub this_update: SystemTime,
     pub next_update: Option<SystemTime>,
-    /// Revoked serials, lowercase hex without leading zero bytes, in CRL order.
-    pub revoked: Vec<String>,
+    /// Revoked serials, in CRL order.
+    pub revoked: Vec<Serial>,
     /// Reasons, parallel to `revoked` (None: no reason code).
     pub reasons: Vec<Option<Reason>>,
     /// `next_update` is before `now`. rustls ignores expiry unless told to enforce it, so a
@@ -159,24 +155,20 @@ pub struct CrlInfo {
 /// Parses a DER CRL and checks it was made by `ca_cert_der`: its issuer must equal the CA's
 /// subject (byte for byte, as rustls compares them) and its signature must verify with the
 /// CA's public key. Expiry is reported in [`CrlInfo::expired`], not an error.
-pub fn check_crl(
-    crl_der: &[u8],
-    ca_cert_der: &[u8],
-    now: SystemTime,
-) -> Result<CrlInfo, CertsError> {
+pub fn check_crl(crl_der: &[u8], ca_cert_der: &[u8], now: SystemTime) -> Result<CrlInfo, CrlError> {
     let crl = parse_crl(crl_der)?;
-    let (_, ca) = parse_x509_certificate(ca_cert_der).map_err(|e| CertsError::Invalid {
+    let (_, ca) = parse_x509_certificate(ca_cert_der).map_err(|e| CrlError::Invalid {
         what: "CA certificate",
         detail: e.to_string(),
     })?;
     if crl.issuer().as_raw() != ca.subject().as_raw() {
-        return Err(CertsError::CrlIssuer {
+        return Err(CrlError::Issuer {
             crl_issuer: crl.issuer().to_string(),
             ca_subject: ca.subject().to_string(),
         });
     }
     crl.verify_signature(ca.public_key())
-        .map_err(|e| CertsError::CrlSignature {
+        .map_err(|e| CrlError::Signature {
             ca_subject: ca.subject().to_string(),
             detail: e.to_string(),
         })?;
@@ -196,17 +188,17 @@ pub(crate) fn signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
 }
 
 /// Reads a DER CRL without verifying it (for `inspect`).
-pub(crate) fn read_crl(crl_der: &[u8], now: SystemTime) -> Result<CrlInfo, CertsError> {
+pub fn read_crl(crl_der: &[u8], now: SystemTime) -> Result<CrlInfo, CrlError> {
     crl_info(&parse_crl(crl_der)?, now)
 }
 
-fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, CertsError> {
-    let (rest, crl) = parse_x509_crl(der).map_err(|e| CertsError::Invalid {
+fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, CrlError> {
+    let (rest, crl) = parse_x509_crl(der).map_err(|e| CrlError::Invalid {
         what: "CRL",
         detail: e.to_string(),
     })?;
     if !rest.is_empty() {
-        return Err(CertsError::Invalid {
+        return Err(CrlError::Invalid {
             what: "CRL",
             detail: "trailing bytes after the CRL".into(),
         });
@@ -214,14 +206,14 @@ fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, CertsError> {
     Ok(crl)
 }
 
-fn crl_info(crl: &CertificateRevocationList<'_>, now: SystemTime) -> Result<CrlInfo, CertsError> {
+fn crl_info(crl: &CertificateRevocationList<'_>, now: SystemTime) -> Result<CrlInfo, CrlError> {
     let number = match crl.crl_number() {
         None => None,
         Some(n) => match n.to_u64_digits().as_slice() {
             [] => Some(0),
             [one] => Some(*one),
             _ => {
-                return Err(CertsError::Invalid {
+                return Err(CrlError::Invalid {
                     what: "CRL",
                     detail: "its CRL number does not fit in 64 bits".into(),
                 });
@@ -235,7 +227,7 @@ fn crl_info(crl: &CertificateRevocationList<'_>, now: SystemTime) -> Result<CrlI
             let reason = r
                 .reason_code()
                 .and_then(|(_, code)| Reason::from_code(code.0));
-            (serial_hex(&r.serial().to_bytes_be()), reason)
+            (Serial::from_be_bytes(&r.serial().to_bytes_be()), reason)
         })
         .unzip();
     Ok(CrlInfo {

@@ -1,0 +1,229 @@
+//! Wiring: `run(config, listeners, shutdown)` starts the indexer, the router and advertiser,
+//! the mirror, the registry endpoint, the operations endpoint and the admin API on
+//! already-bound listeners, and returns after a graceful drain.
+//!
+//! - `start`: one `start_*` per subsystem, each returning the handles later ones need.
+//! - `security`: refused settings combinations, TLS material and tokens (reloaded), warnings.
+//! - `tasks`: the set of long-running tasks, awaited on shutdown, panics logged.
+
+mod security;
+mod start;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminState;
+use crate::auth::{AuthError, FailureThrottle, Guard};
+use crate::containerd::{ContainerdError, ContainerdSource};
+use crate::content::ContentSource;
+use crate::limits::UploadLimits;
+use crate::metrics::Metrics;
+use crate::mirror::MirrorConfig;
+use crate::ops::Health;
+use crate::registry::Registry;
+use crate::routing::{Bootstrap, P2pError, Router};
+use crate::server::{ServerLimits, TlsProvider};
+use crate::tls::{self, TlsError};
+pub use security::Security;
+use tasks::Tasks;
+
+/// Already-bound listeners, so tests can use port 0 and read the address back.
+pub struct Listeners {
+    pub registry: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// How the node finds peers.
+#[derive(Clone)]
+pub enum Routing {
+    /// A standalone mirror: local content only.
+    Off,
+    /// The libp2p DHT, started by the daemon.
+    P2p(P2pSettings),
+    /// A router made by the caller (tests: in-memory, or a libp2p router they started).
+    Custom(Arc<dyn Router>, /* bootstrap is none */ bool),
+}
+
+#[derive(Clone, Debug)]
+pub struct P2pSettings {
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub bootstrap: Vec<Bootstrap>,
+    pub data_dir: PathBuf,
+    pub psk_file: Option<PathBuf>,
+    pub provider_ttl: Duration,
+    pub republish_interval: Duration,
+}
+
+/// The daemon's settings, from flags (see [`RunArgs`]).
+#[derive(Clone)]
+pub struct Config {
+    pub containerd_sock: PathBuf,
+    pub containerd_namespace: String,
+    pub content_dir: Option<PathBuf>,
+    pub limits: ServerLimits,
+    pub routing: Routing,
+    pub mirror: MirrorConfig,
+    pub security: Security,
+    /// Concurrent uploads (0 = unlimited) and egress bytes per second (0 = unlimited).
+    pub max_uploads: usize,
+    pub max_egress_bps: u64,
+    /// Where the admin API listens; `None` turns it off.
+    pub admin_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error(transparent)]
+    P2p(#[from] P2pError),
+    #[error("cannot read --p2p-psk-file {path}: {reason}")]
+    Psk { path: String, reason: String },
+    #[error("cannot build the peer HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error(
+        "--auth-mode none lets anyone pull through this node: pass --insecure-no-auth to allow it, or choose mtls, token or mtls+token"
+    )]
+    NoAuthNotAllowed,
+    #[error("--auth-mode mtls needs --tls-cert, --tls-key and --tls-client-ca")]
+    MtlsWithoutClientCa,
+    #[error("--auth-mode token needs --token-file")]
+    TokenWithoutFile,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+}
+
+/// What every `start_*` needs: the metrics, the shutdown signal, and the task set to spawn into.
+struct Wiring {
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: Tasks,
+}
+
+/// Run against the containerd the config names.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    if let Some(dir) = &config.content_dir {
+        check_content_dir(dir);
+    }
+    let content_dir = config.content_dir.clone();
+    let source = ContainerdSource::new(
+        &config.containerd_sock,
+        &config.containerd_namespace,
+        content_dir,
+    )?;
+    run_with_source(config, Arc::new(source), listeners, shutdown).await
+}
+
+/// Run against any content source (tests pass a [`crate::content::MemorySource`]).
+pub async fn run_with_source(
+    config: Config,
+    source: Arc<dyn ContentSource>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    config.security.validate()?;
+    let mut w = Wiring {
+        metrics: Arc::new(Metrics::new()),
+        shutdown,
+        tasks: Tasks::default(),
+    };
+    let content = start::start_index(&mut w, source.clone());
+    let tls = security::start_tls(&mut w, &config.security)?;
+    let tokens = security::start_tokens(&mut w, &config.security)?;
+    security::warn_about_security(&mut w, &config.security);
+    let registry_addr = start::local_addr(&listeners.registry)?;
+    let routed = start::start_routing(&mut w, &config.routing, registry_addr.port())?;
+
+    let mut health = Health::new(w.metrics.clone());
+    health.add_check(start::content_check(content.readiness.clone()));
+    let mirror = match &routed {
+        None => None,
+        Some(routed) => {
+            start::start_advertiser(
+                &mut w,
+                &content,
+                routed,
+                config.mirror.resolve_tags,
+                &mut health,
+            );
+            let peer_tokens = tokens
+                .clone()
+                .filter(|_| config.security.mode.needs_token());
+            Some(start::start_mirror(
+                &mut w,
+                routed.router.clone(),
+                tls.as_ref(),
+                peer_tokens,
+                &config.mirror,
+            )?)
+        }
+    };
+    let health = Arc::new(health);
+
+    let guard = Guard {
+        mode: config.security.mode,
+        tokens,
+        throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+        revocation: tls.clone().map(tls::revocation_check),
+    };
+    if let Some(path) = &config.admin_sock {
+        let state = AdminState {
+            index: content.index.clone(),
+            readiness: content.readiness.clone(),
+            health: health.clone(),
+            router: routed.as_ref().map(|r| r.router.clone()),
+            mirror: mirror.clone(),
+            metrics: w.metrics.clone(),
+            auth_mode: config.security.mode,
+            tls: tls.clone(),
+            registry_addr: registry_addr.to_string(),
+        };
+        start::start_admin(&mut w, path.clone(), state)?;
+    }
+    let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, w.metrics.clone());
+    let registry = Arc::new(Registry::new(
+        content.index,
+        source,
+        w.metrics.clone(),
+        mirror,
+        guard,
+        limits,
+    ));
+    let endpoint =
+        tls.map(|m| Arc::new(tls::Endpoint::new(m, w.metrics.clone())) as Arc<dyn TlsProvider>);
+    start::start_registry(
+        &mut w,
+        listeners.registry,
+        registry,
+        config.limits.clone(),
+        endpoint,
+    );
+    start::start_ops(&mut w, listeners.ops, health);
+    w.tasks.join_all().await;
+    Ok(())
+}
+
+/// Warn early about a content dir we cannot read. It is still used: on a fresh containerd
+/// `blobs/sha256` appears only with the first blob, and each read falls back to gRPC anyway.
+fn check_content_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::read_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "content dir not readable; blobs will be read over gRPC");
+    }
+}
