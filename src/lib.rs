@@ -1,16 +1,41 @@
 //! peermirror: a peer-to-peer, in-cluster container image mirror for containerd.
 //!
 //! # Layout
-//! - [`oci`]: pure OCI distribution types (digest, name, reference, range, error body, manifest walking).
+//! Pure types and seams:
+//! - [`oci`]: OCI distribution types with no I/O: digest, name, reference, range, wire headers,
+//!   error body, manifest walking.
 //! - [`content`]: the local-content seam ([`content::ContentSource`]), its in-memory fake, and the
 //!   [`content::Index`] of what this node can serve, kept current by the [`content::Indexer`].
-//! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API (and its content dir).
+//! - [`routing`]: the [`routing::Router`] seam (lookup, advertise, withdraw, status), the libp2p
+//!   Kademlia router, the in-memory router, and the advertiser that keeps the DHT current.
+//!
+//! Serving:
+//! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API and content dir.
 //! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
+//! - [`mirror`]: what this node lacks, fetched from peers and verified (see `DESIGN.md`).
+//! - [`server`]: the accept loop: connection limits, TLS handshakes off the accept path, draining.
+//! - [`limits`]: upload slots and egress pacing.
 //! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
-//! - [`pki`]: reading certificates, keys and CRLs at run time (the `certs` CLI makes them).
 //! - [`metrics`]: Prometheus metrics, passed in, never global.
+//!
+//! Security:
+//! - [`auth`]: auth modes, bearer tokens, the request guard and its [`auth::Identity`].
+//! - [`tls`]: rustls configurations with CRLs, published through a `watch` channel on reload.
+//! - [`pki`]: reading certificates, keys and CRLs at run time.
+//! - [`certs`]: the `peermirror certs` CLI: a small cluster CA (rcgen).
+//!
+//! Operation:
+//! - [`cli`]: flags (each with an env var) and their translation into configuration.
+//! - [`daemon`]: `run(listeners, shutdown)`, wiring the subsystems in `start_*` steps.
+//! - [`admin`]: the gRPC admin API on a unix socket (`proto/peermirror/v1/admin.proto`).
+//! - [`status`]: `peermirror status`, the admin API's command-line client.
+//! - [`configure`]: `peermirror configure`: writes containerd's `hosts.toml`.
+//! - [`cri`]: a CRI image-service client: the kubelet's pull, for tests and the demo.
+//!
+//! Small utilities:
+//! - [`reload`]: one poll loop that watches files and calls back on change.
 //! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
-//! - [`cli`] and [`daemon`]: flags, and `run(listeners, shutdown)` wiring it all together.
+//! - [`fsutil`]: atomic, durable file writes with the mode set at creation.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,15 +1,11 @@
 //! Serving what this node lacks from its peers, verified.
 //!
-//! On a local miss the [`Mirror`] finds providers through the [`Router`] (waiting at most the
-//! resolve timeout for the first), asks them over HTTP with [`crate::oci::headers::MIRRORED`] set (so they
-//! answer from local content only and never forward), hedges when the first is slow, and
-//! streams the body through a sha256 check that holds back the final chunk until the digest
-//! matches. A provider that fails mid-stream is replaced by the next with a `Range` from the
-//! byte reached; one that sends wrong bytes is shunned for a while and the client connection is
-//! aborted, never ended cleanly, so no response made of unverified bytes ever completes.
-//! (containerd then resumes elsewhere and fails that pull at commit, keeping nothing; its next
-//! attempt avoids the shunned peer. Serving nodes verify their own copies before uploading to
-//! peers, see `registry::verify`, so this backstop is for hostile peers and races.)
+//! On a local miss the [`Mirror`] finds providers (remembered ones first, else a [`Router`]
+//! lookup bounded by the resolve timeout), asks them over HTTP with
+//! [`crate::oci::headers::MIRRORED`] set (so they answer from local content only), hedges a slow
+//! one, resumes a broken one from the next with `Range`, and streams the body through a sha256
+//! check that holds back the final chunk until the digest matches. Why that means no response
+//! made of unverified bytes ever completes: "The integrity argument" in `DESIGN.md`.
 
 mod book;
 mod providers;
