@@ -32,10 +32,11 @@ pub use fds::{HEADROOM, fit_to_fd_limit, raise_nofile_limit};
 
 /// Limits that keep hostile or broken clients from tying the server up.
 ///
-/// Slots are cheap (measured: about 10 KiB per silent plain connection, a few tens of KiB
-/// for one in a TLS handshake), so the default pool is 4,096 plus a reserve of 256: well
-/// under 200 MiB in the worst case, and 5,376 descriptors with the headroom, which
-/// [`fit_to_fd_limit`] lowers when the open-file limit is smaller. An unfinished request head
+/// Slots are cheap (measured in tests/slots_inproc.rs: 12-21 KiB of RSS per silent
+/// connection, plain or TLS, both ends counted), so the default pool is 4,096 plus a reserve
+/// of 256: under 100 MiB when full of silent sockets, under 300 MiB if every one also filled
+/// its 64 KiB header buffer (the chart's limit is 512 MiB), and 5,376 descriptors with
+/// [`HEADROOM`]; [`fit_to_fd_limit`] lowers the caps when the open-file limit is smaller. An unfinished request head
 /// or handshake holds its slot for 5 s at most, and less under pressure: when the pool is
 /// full the oldest such connection is closed for a newcomer.
 #[derive(Clone, Debug)]
