@@ -354,12 +354,12 @@ impl TestTls {
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                peermirror::pki::load_certs(&path("s.crt")).unwrap(),
-                peermirror::pki::load_key(&path("s.key")).unwrap(),
+                peermirror::pki::load_certs(path("s.crt")).unwrap(),
+                peermirror::pki::load_key(path("s.key")).unwrap(),
             )
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        for c in peermirror::pki::load_certs(&path("ca.crt")).unwrap() {
+        for c in peermirror::pki::load_certs(path("ca.crt")).unwrap() {
             roots.add(c).unwrap();
         }
         let client = rustls::ClientConfig::builder_with_provider(provider)
