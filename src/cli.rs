@@ -71,13 +71,29 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
 
-    /// Most simultaneous connections to the registry endpoint; more are closed at once.
-    #[arg(long, env = "PEERMIRROR_MAX_CONNECTIONS", default_value_t = 1024)]
+    /// Connections to the registry endpoint anyone may hold. When all are taken, the oldest
+    /// one that has completed no request is closed for a newcomer; when all are busy, the
+    /// newcomer is closed. Lowered at start to fit the open-file limit.
+    #[arg(long, env = "PEERMIRROR_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Connections kept, beyond --max-connections, for this node's containerd (127.0.0.1)
+    /// and connected peers, so a flood from elsewhere cannot lock them out.
+    #[arg(long, env = "PEERMIRROR_RESERVED_CONNECTIONS", default_value_t = 256)]
+    pub reserved_connections: usize,
 
     /// Most simultaneous connections from one address; more are closed at once.
     #[arg(long, env = "PEERMIRROR_MAX_CONNECTIONS_PER_IP", default_value_t = 128)]
     pub max_connections_per_ip: usize,
+
+    /// How long a client may take to send a request head (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, env = "PEERMIRROR_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to complete the TLS handshake.
+    #[arg(long, env = "PEERMIRROR_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
 
     /// How long in-flight responses may take to finish after SIGTERM.
     #[arg(long, env = "PEERMIRROR_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -218,7 +234,10 @@ impl Config {
             content_dir: args.containerd_content_dir.clone(),
             limits: ServerLimits {
                 max_connections: args.max_connections,
+                reserved_connections: args.reserved_connections,
                 max_connections_per_ip: args.max_connections_per_ip,
+                header_read_timeout: args.header_read_timeout,
+                handshake_timeout: args.tls_handshake_timeout,
                 drain_timeout: args.drain_timeout,
                 ..ServerLimits::default()
             },

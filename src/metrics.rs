@@ -79,6 +79,10 @@ pub struct Metrics {
     pub crl_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Seconds until this node's TLS certificate expires.
     pub cert_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Registry connections closed at once, by reason (`server::Refusal`).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Registry connections closed to make room because they had completed no request.
+    pub connections_evicted: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,7 +209,21 @@ impl Metrics {
             "Seconds until this node's TLS certificate expires; alert well before 0",
             cert_expiry_seconds.clone(),
         );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Registry connections closed as soon as accepted, by reason (per_address, pool_full)",
+            connections_refused.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Registry connections that had completed no request, closed to make room for a new one",
+            connections_evicted.clone(),
+        );
         Metrics {
+            connections_refused,
+            connections_evicted,
             cert_expiry_seconds,
             uploads_in_flight,
             uploads_rejected,

@@ -214,6 +214,7 @@ pub async fn run_with_source(
         registry,
         config.limits.clone(),
         endpoint,
+        routed.map(|r| r.router),
     );
     start::start_ops(&mut w, listeners.ops, health);
     w.tasks.join_all().await;

@@ -20,7 +20,10 @@ use crate::ops::Health;
 use crate::registry::Registry;
 use crate::routing::advertiser::Advertiser;
 use crate::routing::{Bootstrap, P2pConfig, P2pRouter, Router, load_or_create_identity};
-use crate::server::{ServerLimits, TlsProvider, serve};
+use crate::server::{
+    Admission, ConnCounters, ServerLimits, TlsProvider, cached_set, fit_to_fd_limit,
+    raise_nofile_limit, serve, serve_with,
+};
 use crate::tls::{MaterialRx, TlsMaterial};
 
 /// What this node can serve, and whether that is known yet.
@@ -258,17 +261,37 @@ pub(super) fn start_admin(
     Ok(())
 }
 
-/// The registry endpoint containerd pulls from.
+/// The registry endpoint containerd pulls from. Its reserve of connection slots is open to
+/// this node's containerd and to the registry addresses of connected peers.
 pub(super) fn start_registry(
     w: &mut Wiring,
     listener: TcpListener,
     registry: Arc<Registry>,
     limits: ServerLimits,
     tls: Option<Arc<dyn TlsProvider>>,
+    router: Option<Arc<dyn Router>>,
 ) {
+    let limits = fit_to_fd_limit(limits, raise_nofile_limit());
+    let trusted = router.map(|router| {
+        cached_set(Duration::from_secs(1), move || {
+            router
+                .status()
+                .peers
+                .iter()
+                .filter_map(|p| p.registry)
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .collect()
+        })
+    });
+    let counters = ConnCounters {
+        refused: w.metrics.connections_refused.clone(),
+        evicted: w.metrics.connections_evicted.clone(),
+    };
+    let admission = Admission::new(&limits, trusted, counters);
     w.tasks.spawn(
         "registry endpoint",
-        serve(
+        serve_with(
             listener,
             move |req, conn| {
                 let registry = registry.clone();
@@ -276,6 +299,7 @@ pub(super) fn start_registry(
             },
             limits,
             tls,
+            admission,
             w.shutdown.clone(),
         ),
     );
@@ -285,6 +309,7 @@ pub(super) fn start_registry(
 pub(super) fn start_ops(w: &mut Wiring, listener: TcpListener, health: Arc<Health>) {
     let limits = ServerLimits {
         max_connections: 64,
+        reserved_connections: 8,
         drain_timeout: Duration::from_secs(1),
         ..ServerLimits::default()
     };
