@@ -208,8 +208,8 @@ async fn hostile_tls_input_does_not_stop_good_clients() {
     let log = read_log(pm.log_path());
     assert!(!lines_with(&log, &["TLS handshake refused", "unknown_ca"]).is_empty());
 
-    // Observation: silent connections count against --max-connections until
-    // the handshake deadline. A second daemon capped at 16, 20 silent clients.
+    // Silent connections fill the general pool of a daemon capped at 16; the node's own
+    // containerd (127.0.0.1) still gets in at once through the reserve.
     let mut args = pki.mtls_run_args("node1");
     args.extend(strings(&["--max-connections", "16"]));
     let capped = start_pm(&source, &args, None);
@@ -221,12 +221,14 @@ async fn hostile_tls_input_does_not_stop_good_clients() {
     let t = Instant::now();
     let r = good.client.get(&url).send().await;
     eprintln!(
-        "[d] NOTE: --max-connections 16 and 20 silent connections: a good client {} after {:.2}s",
+        "[d] --max-connections 16 and 20 silent connections: a good client {} after {:.2}s",
         match &r {
             Ok(r) => format!("got {}", r.status()),
             Err(e) => format!("failed ({e})"),
         },
         t.elapsed().as_secs_f64()
     );
+    assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     drop(silent);
 }
