@@ -115,13 +115,29 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub mirror_resolve_timeout: Duration,
 
-    /// Resolve tags through peers (digests always are).
-    #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", default_value_t = true, action = ArgAction::Set)]
-    pub resolve_tags: bool,
+    /// Resolve tags through peers (digests always are). Default: on with --auth-mode mtls or
+    /// mtls+token (peers prove they are cluster members), off with token or none (any DHT
+    /// member could answer for a tag; turning it on there logs a warning).
+    #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", action = ArgAction::Set)]
+    pub resolve_tags: Option<bool>,
 
     /// Also resolve the `latest` tag through peers (off: it moves too often to trust a peer).
     #[arg(long, env = "PEERMIRROR_RESOLVE_LATEST_TAG", default_value_t = false, action = ArgAction::Set)]
     pub resolve_latest_tag: bool,
+
+    /// How long to wait for a peer's response headers before asking the next.
+    #[arg(long, env = "PEERMIRROR_MIRROR_RESPONSE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub mirror_response_timeout: Duration,
+
+    /// A peer that sends no bytes for this long is left for the next (resuming where it
+    /// stopped); the response fails when none is left.
+    #[arg(long, env = "PEERMIRROR_MIRROR_STALL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub mirror_stall_timeout: Duration,
+
+    /// Blobs up to this many bytes are fetched whole from peers and verified before the
+    /// first byte is sent (a lying peer then costs a clean fallback, not a broken pull).
+    #[arg(long, env = "PEERMIRROR_VERIFY_BEFORE_SEND", default_value_t = 16 * 1024 * 1024)]
+    pub verify_before_send: u64,
 
     /// When the first peer has not answered by then, ask the next one too.
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -233,9 +249,12 @@ impl Config {
             }),
             mirror: MirrorConfig {
                 resolve_timeout: args.mirror_resolve_timeout,
-                resolve_tags: args.resolve_tags,
+                resolve_tags: resolve_tags(args.resolve_tags, args.security.auth_mode),
                 resolve_latest_tag: args.resolve_latest_tag,
                 hedge_delay: args.mirror_hedge_delay,
+                response_timeout: args.mirror_response_timeout,
+                stall_timeout: args.mirror_stall_timeout,
+                verify_before_send: args.verify_before_send,
                 ..MirrorConfig::default()
             },
             security: Security::from_args(&args.security),
@@ -247,6 +266,23 @@ impl Config {
                     .unwrap_or_else(|| args.data_dir.join("admin.sock")),
             ),
         }
+    }
+}
+
+/// Whether tags resolve through peers: a tag answer is only as good as the peer's identity, so
+/// the default is on only when peers' server certificates are checked against the cluster CA.
+pub fn resolve_tags(flag: Option<bool>, mode: AuthMode) -> bool {
+    let authenticated = matches!(mode, AuthMode::Mtls | AuthMode::MtlsToken);
+    match flag {
+        None => authenticated,
+        Some(true) if !authenticated => {
+            tracing::warn!(
+                auth_mode = ?mode,
+                "--resolve-tags is on without mTLS: any DHT member can answer for a tag and steer this node to an image of its choice"
+            );
+            true
+        }
+        Some(on) => on,
     }
 }
 
