@@ -27,8 +27,8 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::oci::{ByteRange, Digest, Name, RangeSpec, Tag, TagKey};
 use crate::routing::{Provider, Router};
 
-use book::ProviderBook;
 pub use book::PeerIdentity;
+use book::ProviderBook;
 pub use providers::ProviderSet;
 use transfer::Fetcher;
 
@@ -355,7 +355,9 @@ impl Mirror {
                         provider: p,
                         status: None,
                         latency: started.elapsed(),
-                        error: Some("not a connected peer's address: the token is not sent there".into()),
+                        error: Some(
+                            "not a connected peer's address: the token is not sent there".into(),
+                        ),
                     };
                 };
                 let res = req.send().await;

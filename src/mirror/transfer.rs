@@ -466,9 +466,7 @@ impl Transfer {
                 }
             }
             Outcome::Mismatch => self.fail("digest mismatch").await,
-            Outcome::NoProvider => {
-                self.fail("no provider could complete the transfer").await
-            }
+            Outcome::NoProvider => self.fail("no provider could complete the transfer").await,
             Outcome::ClientGone => {}
         }
     }
@@ -561,8 +559,7 @@ impl Transfer {
         loop {
             // Progress, not just the whole: a peer that drips a byte now and then is moved
             // past like one that stopped.
-            let item = match tokio::time::timeout(self.fetcher.stall_timeout, body.next()).await
-            {
+            let item = match tokio::time::timeout(self.fetcher.stall_timeout, body.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
