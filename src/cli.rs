@@ -346,3 +346,55 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["peermirror", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn tags_resolve_through_peers_by_default_only_under_mtls() {
+        for (mode, want) in [
+            ("mtls", true),
+            ("mtls+token", true),
+            ("token", false),
+            ("none", false),
+        ] {
+            let a = run_args(&["--auth-mode", mode]);
+            assert_eq!(Config::from_args(&a).mirror.resolve_tags, want, "{mode}");
+        }
+        let a = run_args(&["--auth-mode", "token", "--resolve-tags", "true"]);
+        assert!(Config::from_args(&a).mirror.resolve_tags);
+        let a = run_args(&["--resolve-tags", "false"]);
+        assert!(!Config::from_args(&a).mirror.resolve_tags);
+    }
+
+    #[test]
+    fn mirror_deadlines_and_verify_size_have_flags() {
+        let m = Config::from_args(&run_args(&[])).mirror;
+        assert_eq!(m.response_timeout, Duration::from_secs(3));
+        assert_eq!(m.stall_timeout, Duration::from_secs(2));
+        assert_eq!(m.verify_before_send, 16 * 1024 * 1024);
+        assert_eq!(m.mismatch_penalty, Duration::from_secs(3600));
+        let m = Config::from_args(&run_args(&[
+            "--mirror-response-timeout",
+            "1s",
+            "--mirror-stall-timeout",
+            "500ms",
+            "--verify-before-send",
+            "1024",
+        ]))
+        .mirror;
+        assert_eq!(m.response_timeout, Duration::from_secs(1));
+        assert_eq!(m.stall_timeout, Duration::from_millis(500));
+        assert_eq!(m.verify_before_send, 1024);
+    }
+}
