@@ -2,7 +2,7 @@
 //! nobody had a moment ago, who is known to have what, and the sizes trusted descriptors give.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,15 @@ impl fmt::Display for PeerIdentity {
     }
 }
 
+/// What a penalty is keyed by. Lies shun the identity (serial, else the whole IP: a liar
+/// cannot come back under a new PeerId or port); plain failures (a crash, a stall) shun the
+/// serial, else only the endpoint, so an honest node sharing the IP is not punished for them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PenaltyKey {
+    Identity(PeerIdentity),
+    Endpoint(SocketAddr),
+}
+
 /// Why a provider is shunned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fault {
@@ -65,9 +74,9 @@ pub(crate) struct ProviderBook {
     failure_penalty: Duration,
     mismatch_penalty: Duration,
     /// Identities skipped until their entry expires.
-    penalties: TtlMap<PeerIdentity, Fault>,
-    /// The serial each IP last presented (mTLS only).
-    serials: TtlMap<IpAddr, Serial>,
+    penalties: TtlMap<PenaltyKey, Fault>,
+    /// The serial each endpoint last presented (mTLS only).
+    serials: TtlMap<SocketAddr, Serial>,
     /// Size and media type of blobs named by a manifest this node relayed: a peer's
     /// `Content-Length` must match them.
     sizes: TtlMap<Digest, (u64, String)>,
@@ -99,54 +108,58 @@ impl ProviderBook {
         }
     }
 
-    /// Whether `p` is shunned: its IP, or the serial last seen at its IP.
+    /// Whether `p` is shunned: its IP, its endpoint, or the serial last seen there.
     pub(crate) fn is_penalized(&self, p: &Provider) -> bool {
-        let ip = p.addr.ip();
-        self.penalties.contains(&PeerIdentity::Ip(ip))
-            || self
-                .serials
-                .get(&ip)
-                .is_some_and(|s| self.penalties.contains(&PeerIdentity::Serial(s)))
+        self.penalties
+            .contains(&PenaltyKey::Identity(PeerIdentity::Ip(p.addr.ip())))
+            || self.penalties.contains(&PenaltyKey::Endpoint(p.addr))
+            || self.serials.get(&p.addr).is_some_and(|s| {
+                self.penalties
+                    .contains(&PenaltyKey::Identity(PeerIdentity::Serial(s)))
+            })
     }
 
     /// Whether an identity proven by a connection is shunned.
     pub(crate) fn is_shunned(&self, id: &PeerIdentity) -> bool {
-        self.penalties.contains(id)
+        self.penalties.contains(&PenaltyKey::Identity(id.clone()))
     }
 
-    /// The best identity known for `p` without connecting: the serial last seen at its IP.
+    /// The best identity known for `p` without connecting: the serial last seen there.
     pub(crate) fn identity(&self, p: &Provider) -> PeerIdentity {
-        let ip = p.addr.ip();
-        match self.serials.get(&ip) {
+        match self.serials.get(&p.addr) {
             Some(s) => PeerIdentity::Serial(s),
-            None => PeerIdentity::Ip(ip),
+            None => PeerIdentity::Ip(p.addr.ip()),
         }
     }
 
     /// A connection to `p` proved `serial`.
     pub(crate) fn learn_serial(&self, p: &Provider, serial: Serial) {
-        self.serials.insert(p.addr.ip(), serial, SERIALS_TTL);
+        self.serials.insert(p.addr, serial, SERIALS_TTL);
     }
 
     pub(crate) fn penalize(&self, p: &Provider, id: &PeerIdentity, fault: Fault) {
-        let d = match fault {
+        let (d, key) = match fault {
             Fault::Mismatch => {
                 self.metrics.digest_mismatches.inc();
                 self.metrics.peer_mismatch(&id.to_string());
-                self.mismatch_penalty
+                (self.mismatch_penalty, PenaltyKey::Identity(id.clone()))
             }
             Fault::Failed => {
                 self.metrics.provider_failures.inc();
-                self.failure_penalty
+                let key = match id {
+                    PeerIdentity::Serial(_) => PenaltyKey::Identity(id.clone()),
+                    PeerIdentity::Ip(_) => PenaltyKey::Endpoint(p.addr),
+                };
+                (self.failure_penalty, key)
             }
         };
         // A shorter failure never shortens a standing mismatch penalty.
-        if fault == Fault::Failed && self.penalties.get(id) == Some(Fault::Mismatch) {
+        if fault == Fault::Failed && self.penalties.get(&key) == Some(Fault::Mismatch) {
             return;
         }
         let mismatch = fault == Fault::Mismatch;
         tracing::warn!(peer = %p.peer, addr = %p.addr, identity = %id, mismatch, penalty = ?d, "provider shunned");
-        self.penalties.insert(id.clone(), fault, d);
+        self.penalties.insert(key, fault, d);
     }
 
     /// A verified manifest (relayed or served) names its children: remember their sizes

@@ -128,15 +128,22 @@ impl Fetcher {
         if self.book.is_shunned(&identity) {
             return None;
         }
-        let usable = (r.status() == StatusCode::OK)
+        let fault = match (r.status() == StatusCode::OK)
             .then(|| descriptor(r.headers(), digest))
             .flatten()
-            .filter(|d| digest.is_none_or(|want| want == d.digest))
-            .filter(|d| self.size_ok(&d.digest, d.size));
-        if usable.is_none() {
-            tracing::warn!(peer = %p.peer, %identity, status = %r.status(), "provider's HEAD answer refused (status, digest or size)");
-            self.book.penalize(p, &identity, Fault::Failed);
-        }
-        usable
+        {
+            None => Fault::Failed,
+            // A wrong digest, or a size no trusted descriptor allows, is a lie.
+            Some(d)
+                if digest.is_none_or(|want| want == d.digest)
+                    && self.size_ok(&d.digest, d.size) =>
+            {
+                return Some(d);
+            }
+            Some(_) => Fault::Mismatch,
+        };
+        tracing::warn!(peer = %p.peer, %identity, status = %r.status(), ?fault, "provider's HEAD answer refused (status, digest or size)");
+        self.book.penalize(p, &identity, fault);
+        None
     }
 }

@@ -45,7 +45,8 @@ pub(super) struct Fetcher {
 #[derive(Clone, Copy)]
 struct Expect {
     digest: Digest,
-    /// The blob's size: from a trusted descriptor, or (on a resume) from the first answer.
+    /// The blob's size as the first answer gave it (on a resume); a trusted descriptor's
+    /// size is checked in any case.
     size: Option<u64>,
     /// Where the body must start.
     offset: u64,
@@ -185,25 +186,27 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Check an answer to a GET against what is expected; its size if usable.
-fn check(f: &Fetcher, resp: &reqwest::Response, want: Expect) -> Option<u64> {
+/// Check an answer to a GET against what is expected: its size if usable, else the fault.
+/// A wrong digest header, a size other than the trusted descriptor's, or 0 for a non-empty
+/// blob is a lie; anything else (a status, a missing length, a size differing only from the
+/// first provider's untrusted one) is a failure.
+fn check(f: &Fetcher, resp: &reqwest::Response, want: Expect) -> Result<u64, Fault> {
     let status = resp.status();
     let ok = status == StatusCode::OK || (want.offset > 0 && status == StatusCode::PARTIAL_CONTENT);
     if !ok {
-        return None;
+        return Err(Fault::Failed);
     }
-    let d = descriptor(resp.headers(), Some(want.digest))?;
-    if d.digest != want.digest {
-        return None;
+    let d = descriptor(resp.headers(), Some(want.digest)).ok_or(Fault::Failed)?;
+    if d.digest != want.digest || !f.size_ok(&want.digest, d.size) {
+        return Err(Fault::Mismatch);
     }
     if status == StatusCode::PARTIAL_CONTENT && !range_starts_at(resp, want.offset, d.size) {
-        return None;
+        return Err(Fault::Failed);
     }
-    let fits = match want.size {
-        Some(s) => d.size == s,
-        None => f.size_ok(&want.digest, d.size),
-    };
-    fits.then_some(d.size)
+    match want.size {
+        Some(s) if d.size != s => Err(Fault::Failed),
+        _ => Ok(d.size),
+    }
 }
 
 /// Start a GET at `want.offset`, hedging: if the first provider has not answered within the
@@ -250,15 +253,20 @@ async fn connect(
                         let identity = f.identity_of(&p, &r);
                         if f.book.is_shunned(&identity) {
                             tracing::debug!(peer = %p.peer, %identity, "provider's identity is shunned");
-                        } else if let Some(size) = check(f, &r, want) {
-                            // The slower ones of a hedge race stay available for a resume.
-                            for loser in asked {
-                                providers.give_back(loser);
-                            }
-                            return Some(Answer { provider: p, identity, response: r, size });
                         } else {
-                            tracing::warn!(peer = %p.peer, %identity, status = %r.status(), "provider's answer refused (status, digest or size)");
-                            f.book.penalize(&p, &identity, Fault::Failed);
+                            match check(f, &r, want) {
+                                Ok(size) => {
+                                    // The slower ones of a hedge race stay available for a resume.
+                                    for loser in asked {
+                                        providers.give_back(loser);
+                                    }
+                                    return Some(Answer { provider: p, identity, response: r, size });
+                                }
+                                Err(fault) => {
+                                    tracing::warn!(peer = %p.peer, %identity, status = %r.status(), ?fault, "provider's answer refused (status, digest or size)");
+                                    f.book.penalize(&p, &identity, fault);
+                                }
+                            }
                         }
                     }
                     Some(Ok(Err(e))) => {
@@ -316,7 +324,7 @@ impl Fetcher {
             // resume (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
             let want = Expect {
                 digest,
-                size: known.as_ref().map(|k| k.0),
+                size: None,
                 offset: 0,
             };
             let first = connect(self, &mut providers, &path, want, Duration::ZERO)
@@ -587,9 +595,10 @@ impl Transfer {
             let start = verifier.bytes_seen();
             let end = start + chunk.len() as u64;
             if end > self.size {
-                // The prefix verified so far stays; the next provider resumes from it.
+                // The prefix verified so far stays; the next provider resumes from it. More
+                // bytes than its own headers announced is a lie.
                 tracing::warn!(peer = %p.peer, %id, "provider sent more bytes than the blob's size");
-                self.fetcher.book.penalize(p, id, Fault::Failed);
+                self.fetcher.book.penalize(p, id, Fault::Mismatch);
                 return Step::Failed;
             }
             verifier.update(&chunk);
