@@ -131,13 +131,29 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub mirror_resolve_timeout: Duration,
 
-    /// Resolve tags through peers (digests always are).
-    #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", default_value_t = true, action = ArgAction::Set)]
-    pub resolve_tags: bool,
+    /// Resolve tags through peers (digests always are). Default: on with --auth-mode mtls or
+    /// mtls+token (peers prove they are cluster members), off with token or none (any DHT
+    /// member could answer for a tag; turning it on there logs a warning).
+    #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", action = ArgAction::Set)]
+    pub resolve_tags: Option<bool>,
 
     /// Also resolve the `latest` tag through peers (off: it moves too often to trust a peer).
     #[arg(long, env = "PEERMIRROR_RESOLVE_LATEST_TAG", default_value_t = false, action = ArgAction::Set)]
     pub resolve_latest_tag: bool,
+
+    /// How long to wait for a peer's response headers before asking the next.
+    #[arg(long, env = "PEERMIRROR_MIRROR_RESPONSE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub mirror_response_timeout: Duration,
+
+    /// A peer that sends no bytes for this long is left for the next (resuming where it
+    /// stopped); the response fails when none is left.
+    #[arg(long, env = "PEERMIRROR_MIRROR_STALL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub mirror_stall_timeout: Duration,
+
+    /// Blobs up to this many bytes are fetched whole from peers and verified before the
+    /// first byte is sent (a lying peer then costs a clean fallback, not a broken pull).
+    #[arg(long, env = "PEERMIRROR_VERIFY_BEFORE_SEND", default_value_t = 16 * 1024 * 1024)]
+    pub verify_before_send: u64,
 
     /// When the first peer has not answered by then, ask the next one too.
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -252,9 +268,12 @@ impl Config {
             }),
             mirror: MirrorConfig {
                 resolve_timeout: args.mirror_resolve_timeout,
-                resolve_tags: args.resolve_tags,
+                resolve_tags: resolve_tags(args.resolve_tags, args.security.auth_mode),
                 resolve_latest_tag: args.resolve_latest_tag,
                 hedge_delay: args.mirror_hedge_delay,
+                response_timeout: args.mirror_response_timeout,
+                stall_timeout: args.mirror_stall_timeout,
+                verify_before_send: args.verify_before_send,
                 ..MirrorConfig::default()
             },
             security: Security::from_args(&args.security),
@@ -266,6 +285,23 @@ impl Config {
                     .unwrap_or_else(|| args.data_dir.join("admin.sock")),
             ),
         }
+    }
+}
+
+/// Whether tags resolve through peers: a tag answer is only as good as the peer's identity, so
+/// the default is on only when peers' server certificates are checked against the cluster CA.
+pub fn resolve_tags(flag: Option<bool>, mode: AuthMode) -> bool {
+    let authenticated = matches!(mode, AuthMode::Mtls | AuthMode::MtlsToken);
+    match flag {
+        None => authenticated,
+        Some(true) if !authenticated => {
+            tracing::warn!(
+                auth_mode = ?mode,
+                "--resolve-tags is on without mTLS: any DHT member can answer for a tag and steer this node to an image of its choice"
+            );
+            true
+        }
+        Some(on) => on,
     }
 }
 
@@ -328,4 +364,56 @@ pub struct LogArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["peermirror", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn tags_resolve_through_peers_by_default_only_under_mtls() {
+        for (mode, want) in [
+            ("mtls", true),
+            ("mtls+token", true),
+            ("token", false),
+            ("none", false),
+        ] {
+            let a = run_args(&["--auth-mode", mode]);
+            assert_eq!(Config::from_args(&a).mirror.resolve_tags, want, "{mode}");
+        }
+        let a = run_args(&["--auth-mode", "token", "--resolve-tags", "true"]);
+        assert!(Config::from_args(&a).mirror.resolve_tags);
+        let a = run_args(&["--resolve-tags", "false"]);
+        assert!(!Config::from_args(&a).mirror.resolve_tags);
+    }
+
+    #[test]
+    fn mirror_deadlines_and_verify_size_have_flags() {
+        let m = Config::from_args(&run_args(&[])).mirror;
+        assert_eq!(m.response_timeout, Duration::from_secs(3));
+        assert_eq!(m.stall_timeout, Duration::from_secs(2));
+        assert_eq!(m.verify_before_send, 16 * 1024 * 1024);
+        assert_eq!(m.mismatch_penalty, Duration::from_secs(3600));
+        let m = Config::from_args(&run_args(&[
+            "--mirror-response-timeout",
+            "1s",
+            "--mirror-stall-timeout",
+            "500ms",
+            "--verify-before-send",
+            "1024",
+        ]))
+        .mirror;
+        assert_eq!(m.response_timeout, Duration::from_secs(1));
+        assert_eq!(m.stall_timeout, Duration::from_millis(500));
+        assert_eq!(m.verify_before_send, 1024);
+    }
 }

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub connected_peers: Gauge,
     pub advertised_keys: Gauge,
     pub digest_mismatches: Counter,
+    /// Wrong bytes (or lengths) by the peer that sent them; see [`Metrics::peer_mismatch`].
+    pub peer_mismatches: Family<PeerLabels, Counter>,
+    /// Tags whose providers named different digests (answered 404).
+    pub tag_disagreements: Counter,
+    peer_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     pub provider_failures: Counter,
     pub local_corruptions: Counter,
     pub dht_lookups: Counter,
@@ -84,6 +89,17 @@ pub struct Metrics {
     /// Registry connections closed to make room because they had completed no request.
     pub connections_evicted: Counter,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's authenticated identity: `serial:<hex>` under mTLS, else `ip:<addr>`.
+    pub peer: String,
+}
+
+/// Distinct `peer` label values kept for `peermirror_peer_mismatches_total`; later liars share
+/// [`OTHER_PEERS`], so a node regenerating identities cannot grow the series without bound.
+const PEER_LABELS_MAX: usize = 64;
+const OTHER_PEERS: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -140,6 +156,18 @@ impl Metrics {
             "digest_mismatches",
             "Peer transfers aborted because the digest did not match",
             digest_mismatches.clone(),
+        );
+        let peer_mismatches = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_mismatches",
+            "Peer answers with wrong bytes or a wrong size, by the peer's identity (certificate serial or IP)",
+            peer_mismatches.clone(),
+        );
+        let tag_disagreements = Counter::default();
+        registry.register(
+            "tag_disagreements",
+            "Tags answered 404 because the providers asked named different digests",
+            tag_disagreements.clone(),
         );
         let provider_failures = Counter::default();
         registry.register(
@@ -238,12 +266,32 @@ impl Metrics {
             connected_peers,
             advertised_keys,
             digest_mismatches,
+            peer_mismatches,
+            tag_disagreements,
+            peer_labels: std::sync::Mutex::default(),
             provider_failures,
             local_corruptions,
             dht_lookups,
             mirror_misses,
             content_ready,
         }
+    }
+
+    /// Count one mismatch from `peer`. The first [`PEER_LABELS_MAX`] peers get their own
+    /// series; the rest are counted under `other`.
+    pub fn peer_mismatch(&self, peer: &str) {
+        let label = {
+            let mut seen = self.peer_labels.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(peer) || seen.len() < PEER_LABELS_MAX {
+                seen.insert(peer.to_string());
+                peer.to_string()
+            } else {
+                OTHER_PEERS.to_string()
+            }
+        };
+        self.peer_mismatches
+            .get_or_create(&PeerLabels { peer: label })
+            .inc();
     }
 
     /// The text exposition format.

@@ -1,6 +1,8 @@
 //! What the mirror remembers about providers between requests: who is shunned, which keys
-//! nobody had a moment ago, and who is known to have what.
+//! nobody had a moment ago, who is known to have what, and the sizes trusted descriptors give.
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use tokio::sync::mpsc;
 use super::MirrorConfig;
 use crate::content::Key;
 use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::pki::Serial;
 use crate::routing::{Provider, Router};
 use crate::ttl::TtlMap;
 
@@ -20,6 +24,40 @@ const KNOWN_MAX: usize = 65_536;
 /// Far more peers than a cluster has, so a full map (which forgets every penalty) is not a
 /// way out of one.
 const PENALTIES_MAX: usize = 65_536;
+/// Children of relayed manifests whose size is known; a pull's layers are asked for within
+/// minutes of their manifest.
+const SIZES_TTL: Duration = Duration::from_secs(1800);
+const SIZES_MAX: usize = 65_536;
+/// The certificate serial last seen at an IP, so a penalty on the serial applies before we
+/// connect again.
+const SERIALS_TTL: Duration = Duration::from_secs(3600);
+
+/// Who a provider is, as far as we can prove it: the serial of the server certificate it
+/// presented (checked against the cluster CA) under mTLS, else the IP we connected to. Never
+/// the PeerId, which a hostile node regenerates at will.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PeerIdentity {
+    Serial(Serial),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerIdentity::Serial(s) => write!(f, "serial:{s}"),
+            PeerIdentity::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// What a penalty is keyed by. Lies shun the identity (serial, else the whole IP: a liar
+/// cannot come back under a new PeerId or port); plain failures (a crash, a stall) shun the
+/// serial, else only the endpoint, so an honest node sharing the IP is not punished for them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PenaltyKey {
+    Identity(PeerIdentity),
+    Endpoint(SocketAddr),
+}
 
 /// Why a provider is shunned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +73,13 @@ pub(crate) struct ProviderBook {
     metrics: Arc<Metrics>,
     failure_penalty: Duration,
     mismatch_penalty: Duration,
-    /// Providers (by peer id) skipped until their entry expires.
-    penalties: TtlMap<String, Fault>,
+    /// Identities skipped until their entry expires.
+    penalties: TtlMap<PenaltyKey, Fault>,
+    /// The serial each endpoint last presented (mTLS only).
+    serials: TtlMap<SocketAddr, Serial>,
+    /// Size and media type of blobs named by a manifest this node relayed: a peer's
+    /// `Content-Length` must match them.
+    sizes: TtlMap<Digest, (u64, String)>,
     /// Keys nobody had.
     negative: TtlMap<Key, ()>,
     /// Providers known to have a key without asking the DHT: those that just served it, the
@@ -58,29 +101,88 @@ impl ProviderBook {
             failure_penalty: config.failure_penalty,
             mismatch_penalty: config.mismatch_penalty,
             penalties: TtlMap::new(PENALTIES_MAX),
+            serials: TtlMap::new(PENALTIES_MAX),
+            sizes: TtlMap::new(SIZES_MAX),
             negative: TtlMap::new(NEGATIVE_MAX),
             known: TtlMap::new(KNOWN_MAX),
         }
     }
 
+    /// Whether `p` is shunned: its IP, its endpoint, or the serial last seen there.
     pub(crate) fn is_penalized(&self, p: &Provider) -> bool {
-        self.penalties.contains(&p.peer)
+        self.penalties
+            .contains(&PenaltyKey::Identity(PeerIdentity::Ip(p.addr.ip())))
+            || self.penalties.contains(&PenaltyKey::Endpoint(p.addr))
+            || self.serials.get(&p.addr).is_some_and(|s| {
+                self.penalties
+                    .contains(&PenaltyKey::Identity(PeerIdentity::Serial(s)))
+            })
     }
 
-    pub(crate) fn penalize(&self, p: &Provider, fault: Fault) {
-        let d = match fault {
+    /// Whether an identity proven by a connection is shunned.
+    pub(crate) fn is_shunned(&self, id: &PeerIdentity) -> bool {
+        self.penalties.contains(&PenaltyKey::Identity(id.clone()))
+    }
+
+    /// The best identity known for `p` without connecting: the serial last seen there.
+    pub(crate) fn identity(&self, p: &Provider) -> PeerIdentity {
+        match self.serials.get(&p.addr) {
+            Some(s) => PeerIdentity::Serial(s),
+            None => PeerIdentity::Ip(p.addr.ip()),
+        }
+    }
+
+    /// A connection to `p` proved `serial`.
+    pub(crate) fn learn_serial(&self, p: &Provider, serial: Serial) {
+        self.serials.insert(p.addr, serial, SERIALS_TTL);
+    }
+
+    pub(crate) fn penalize(&self, p: &Provider, id: &PeerIdentity, fault: Fault) {
+        let (d, key) = match fault {
             Fault::Mismatch => {
                 self.metrics.digest_mismatches.inc();
-                self.mismatch_penalty
+                self.metrics.peer_mismatch(&id.to_string());
+                (self.mismatch_penalty, PenaltyKey::Identity(id.clone()))
             }
             Fault::Failed => {
                 self.metrics.provider_failures.inc();
-                self.failure_penalty
+                let key = match id {
+                    PeerIdentity::Serial(_) => PenaltyKey::Identity(id.clone()),
+                    PeerIdentity::Ip(_) => PenaltyKey::Endpoint(p.addr),
+                };
+                (self.failure_penalty, key)
             }
         };
+        // A shorter failure never shortens a standing mismatch penalty.
+        if fault == Fault::Failed && self.penalties.get(&key) == Some(Fault::Mismatch) {
+            return;
+        }
         let mismatch = fault == Fault::Mismatch;
-        tracing::warn!(peer = %p.peer, addr = %p.addr, mismatch, penalty = ?d, "provider shunned");
-        self.penalties.insert(p.peer.clone(), fault, d);
+        tracing::warn!(peer = %p.peer, addr = %p.addr, identity = %id, mismatch, penalty = ?d, "provider shunned");
+        self.penalties.insert(key, fault, d);
+    }
+
+    /// A verified manifest (relayed or served) names its children: remember their sizes
+    /// and media types, and that `providers` (who served the manifest) likely have them.
+    pub(crate) fn learn_manifest(&self, media_type: &str, data: &[u8], providers: &[Provider]) {
+        let Ok(children) = crate::oci::children(media_type, data) else {
+            return;
+        };
+        for c in children {
+            self.sizes
+                .insert(c.digest, (c.size, c.media_type), SIZES_TTL);
+            self.remember(Key::Digest(c.digest), providers);
+        }
+    }
+
+    /// Size and media type of `digest` from a trusted descriptor, if one was seen.
+    pub(crate) fn trusted(&self, digest: &Digest) -> Option<(u64, String)> {
+        self.sizes.get(digest)
+    }
+
+    /// Count a tag whose providers disagreed.
+    pub(crate) fn tag_disagreement(&self) {
+        self.metrics.tag_disagreements.inc();
     }
 
     /// Nobody had `key` a moment ago.

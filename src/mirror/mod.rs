@@ -1,13 +1,18 @@
 //! Serving what this node lacks from its peers, verified.
 //!
 //! On a local miss the [`Mirror`] finds providers (remembered ones first, else a [`Router`]
-//! lookup bounded by the resolve timeout), asks them over HTTP with
-//! [`crate::oci::headers::MIRRORED`] set (so they answer from local content only), hedges a slow
-//! one, resumes a broken one from the next with `Range`, and streams the body through a sha256
-//! check that holds back the final chunk until the digest matches. Why that means no response
-//! made of unverified bytes ever completes: "The integrity argument" in `DESIGN.md`.
+//! lookup bounded by the resolve timeout) and asks them over HTTP with
+//! [`crate::oci::headers::MIRRORED`] set (so they answer from local content only). A provider's
+//! headers are checked before its body is used (digest, and a size equal to the trusted
+//! descriptor's when a relayed manifest named the blob, else > 0); one that answers wrongly,
+//! fails or stalls is replaced by the next with a `Range` from the byte reached. Blobs up to
+//! `verify_before_send` are fetched whole and verified before the first byte goes out; larger
+//! ones stream with the last chunk held back until the sha256 matches. Liars are shunned by
+//! identity (certificate serial under mTLS, else IP), never by PeerId. Why no response made of
+//! unverified bytes ever completes: "The integrity argument" in `DESIGN.md`.
 
 mod book;
+mod head;
 mod providers;
 mod transfer;
 
@@ -19,6 +24,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::oci::{ByteRange, Digest, Name, RangeSpec, Tag, TagKey};
 use crate::routing::{Provider, Router};
 
+pub use book::PeerIdentity;
 use book::ProviderBook;
 pub use providers::ProviderSet;
 use transfer::Fetcher;
@@ -27,7 +33,8 @@ use transfer::Fetcher;
 pub struct MirrorConfig {
     /// How long to wait for the first provider before answering 404.
     pub resolve_timeout: Duration,
-    /// Resolve tags through peers at all.
+    /// Resolve tags through peers at all. The CLI turns it on by default only when peers
+    /// are authenticated as servers (mTLS): elsewhere any DHT member could answer for a tag.
     pub resolve_tags: bool,
     /// Resolve `latest` through peers (off: `latest` moves too often to trust a peer's copy).
     pub resolve_latest_tag: bool,
@@ -39,6 +46,10 @@ pub struct MirrorConfig {
     pub mismatch_penalty: Duration,
     /// Wait for one provider's response headers at most this long.
     pub response_timeout: Duration,
+    /// A provider that sends nothing for this long is left for the next (with a Range resume).
+    pub stall_timeout: Duration,
+    /// Blobs up to this size are fetched whole and verified before the first byte is sent.
+    pub verify_before_send: u64,
 }
 
 /// The HTTP client for peer fetches and the scheme it speaks. The daemon publishes a new one
@@ -58,8 +69,10 @@ impl Default for MirrorConfig {
             resolve_latest_tag: false,
             hedge_delay: Duration::from_millis(100),
             failure_penalty: Duration::from_secs(30),
-            mismatch_penalty: Duration::from_secs(300),
+            mismatch_penalty: Duration::from_secs(3600),
             response_timeout: Duration::from_secs(3),
+            stall_timeout: Duration::from_secs(2),
+            verify_before_send: 16 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +131,8 @@ pub enum Miss {
     NoProvider,
     /// Providers were found but none delivered: each failed, refused, or no longer had it.
     ProvidersFailed,
+    /// The providers asked about a tag named different digests: nobody's word is taken.
+    TagDisagreement,
 }
 
 impl Miss {
@@ -127,6 +142,7 @@ impl Miss {
             Miss::TagNotResolved => "tag_not_resolved",
             Miss::NoProvider => "no_provider",
             Miss::ProvidersFailed => "providers_failed",
+            Miss::TagDisagreement => "tag_disagreement",
         }
     }
 }
@@ -165,8 +181,8 @@ impl Mirror {
         config: MirrorConfig,
         token: Option<Arc<crate::auth::Tokens>>,
     ) -> Arc<Self> {
-        let book = Arc::new(ProviderBook::new(router, metrics.clone(), &config));
-        let fetcher = Fetcher::new(client, token, book.clone(), &config);
+        let book = Arc::new(ProviderBook::new(router.clone(), metrics.clone(), &config));
+        let fetcher = Fetcher::new(client, token, router, book.clone(), &config);
         Arc::new(Mirror {
             book,
             fetcher,
@@ -176,9 +192,11 @@ impl Mirror {
     }
 
     /// The HTTP client for peer fetches: no redirects (a peer cannot send us elsewhere),
-    /// bounded connect and read waits.
+    /// bounded connect and read waits, and the peer's certificate kept on each response (its
+    /// serial is the identity penalties are keyed by).
     pub fn client_builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
+            .tls_info(true)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(10))
@@ -190,6 +208,12 @@ impl Mirror {
 
     pub fn config(&self) -> &MirrorConfig {
         &self.config
+    }
+
+    /// A manifest this node verified (served from local content, or relayed) names its
+    /// children: their sizes become the only ones a peer may answer with.
+    pub fn learn_manifest(&self, media_type: &str, data: &[u8]) {
+        self.book.learn_manifest(media_type, data, &[]);
     }
 
     /// Find providers of `key`; `None` if none answered within the resolve timeout.
@@ -263,8 +287,8 @@ impl Mirror {
         let (digest, known) = match target {
             Target::Blob(d) | Target::ManifestDigest(d) => (*d, None),
             Target::ManifestTag(..) => {
-                // A tag is resolved by one provider's HEAD; the bytes are then checked against
-                // the digest it names, like any other manifest.
+                // A tag is resolved by up to three providers' HEADs, which must agree; the
+                // bytes are then checked against the digest they name, like any other manifest.
                 let desc = self
                     .fetcher
                     .head(&mut providers, &target.path(name), None)
@@ -320,9 +344,19 @@ impl Mirror {
             let req = self
                 .fetcher
                 .request(reqwest::Method::HEAD, &p, &path)
-                .timeout(timeout);
+                .map(|r| r.timeout(timeout));
             async move {
                 let started = Instant::now();
+                let Some(req) = req else {
+                    return ProbeResult {
+                        provider: p,
+                        status: None,
+                        latency: started.elapsed(),
+                        error: Some(
+                            "not a connected peer's address: the token is not sent there".into(),
+                        ),
+                    };
+                };
                 let res = req.send().await;
                 let latency = started.elapsed();
                 match res {

@@ -6,19 +6,22 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::book::{Fault, ProviderBook};
+use super::book::{Fault, PeerIdentity, ProviderBook};
 use super::{Found, MirrorConfig, MirrorError, Miss, PeerClient, ProviderSet};
 use crate::content::{Descriptor, Key};
 use crate::oci::headers::{CONTENT_DIGEST, MIRRORED};
 use crate::oci::{ContentRange, Digest, RangeSpec, Sha256Verifier};
-use crate::routing::Provider;
+use crate::routing::{Provider, Router};
 
 /// Chunks buffered between the peer and the client: back-pressure, bounded memory.
 const CHANNEL_CHUNKS: usize = 8;
 /// How long to wait for the lookup to find another provider when one fails.
-const NEXT_PROVIDER_WAIT: Duration = Duration::from_millis(200);
+pub(super) const NEXT_PROVIDER_WAIT: Duration = Duration::from_millis(200);
+/// Most transfers fetched whole before sending (each at most `--verify-before-send` bytes);
+/// beyond it small blobs stream like large ones rather than wait.
+const WHOLE_TRANSFERS: usize = 8;
 
 /// Everything a peer request needs: the client, the token, the book of providers and the
 /// timeouts. Cheap to clone into each spawned transfer.
@@ -28,35 +31,66 @@ pub(super) struct Fetcher {
     client: watch::Receiver<PeerClient>,
     /// Sent to peers as a bearer token in token mode.
     token: Option<Arc<crate::auth::Tokens>>,
-    book: Arc<ProviderBook>,
-    response_timeout: Duration,
-    hedge_delay: Duration,
+    /// Who is connected: a token only goes to a connected peer's registry address.
+    router: Arc<dyn Router>,
+    pub(super) book: Arc<ProviderBook>,
+    pub(super) response_timeout: Duration,
+    pub(super) hedge_delay: Duration,
+    stall_timeout: Duration,
+    verify_before_send: u64,
+    whole: Arc<Semaphore>,
+}
+
+/// What a provider's answer must say to be used.
+#[derive(Clone, Copy)]
+struct Expect {
+    digest: Digest,
+    /// The blob's size as the first answer gave it (on a resume); a trusted descriptor's
+    /// size is checked in any case.
+    size: Option<u64>,
+    /// Where the body must start.
+    offset: u64,
+}
+
+/// A provider whose answer passed the checks, and what it said.
+struct Answer {
+    provider: Provider,
+    identity: PeerIdentity,
+    response: reqwest::Response,
+    size: u64,
 }
 
 impl Fetcher {
     pub(super) fn new(
         client: watch::Receiver<PeerClient>,
         token: Option<Arc<crate::auth::Tokens>>,
+        router: Arc<dyn Router>,
         book: Arc<ProviderBook>,
         config: &MirrorConfig,
     ) -> Self {
         Fetcher {
             client,
             token,
+            router,
             book,
             response_timeout: config.response_timeout,
             hedge_delay: config.hedge_delay,
+            stall_timeout: config.stall_timeout,
+            verify_before_send: config.verify_before_send,
+            whole: Arc::new(Semaphore::new(WHOLE_TRANSFERS)),
         }
     }
 
     /// A request for `path` at provider `p`: the current client and scheme, the mirrored
-    /// marker (so the peer answers from local content only), and the token if any.
+    /// marker (so the peer answers from local content only), and the token if any. `None`
+    /// when a token would go to an address that is not a connected peer's registry endpoint
+    /// (a forged provider record must not collect our token).
     pub(super) fn request(
         &self,
         method: reqwest::Method,
         p: &Provider,
         path: &str,
-    ) -> reqwest::RequestBuilder {
+    ) -> Option<reqwest::RequestBuilder> {
         let (client, scheme) = {
             let c = self.client.borrow();
             (c.client.clone(), c.scheme)
@@ -64,61 +98,68 @@ impl Fetcher {
         let url = format!("{scheme}://{}{path}", p.addr);
         let mut req = client.request(method, url).header(MIRRORED, "true");
         if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
+            if !self.is_connected_peer(p) {
+                tracing::warn!(peer = %p.peer, addr = %p.addr, "provider address is not a connected peer's; not sending it the token");
+                return None;
+            }
             req = req.bearer_auth(t);
         }
-        req
+        Some(req)
     }
 
-    /// HEAD `path` at the providers until one answers with usable headers: for a digest,
-    /// matching it; for a tag (`digest` is `None`), naming the digest it resolves to.
-    pub(super) async fn head(
-        &self,
-        providers: &mut ProviderSet,
-        path: &str,
-        digest: Option<Digest>,
-    ) -> Result<Descriptor, MirrorError> {
-        while let Some(p) = providers.next(NEXT_PROVIDER_WAIT).await {
-            let req = self
-                .request(reqwest::Method::HEAD, &p, path)
-                .timeout(self.response_timeout);
-            match req.send().await {
-                Ok(r) if r.status() == StatusCode::OK => match descriptor(r.headers(), digest) {
-                    Some(desc) if digest.is_none_or(|d| d == desc.digest) => {
-                        if digest.is_some() {
-                            self.book
-                                .remember(Key::Digest(desc.digest), std::slice::from_ref(&p));
-                        }
-                        return Ok(desc);
-                    }
-                    _ => self.book.penalize(&p, Fault::Failed),
-                },
-                // A stale provider record: the peer no longer has it. Not a fault.
-                Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
-                Ok(r) => {
-                    tracing::debug!(peer = %p.peer, status = %r.status(), "provider refused HEAD");
-                    self.book.penalize(&p, Fault::Failed);
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider HEAD failed");
-                    self.book.penalize(&p, Fault::Failed);
-                }
-            }
+    fn is_connected_peer(&self, p: &Provider) -> bool {
+        self.router
+            .status()
+            .peers
+            .iter()
+            .any(|s| s.registry == Some(p.addr))
+    }
+
+    /// Who answered: the serial of its server certificate under mTLS (remembered for its
+    /// IP), else its IP.
+    pub(super) fn identity_of(&self, p: &Provider, resp: &reqwest::Response) -> PeerIdentity {
+        let cert = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate());
+        if let Some(summary) = cert.and_then(|der| crate::pki::cert_summary(der).ok()) {
+            self.book.learn_serial(p, summary.serial.clone());
+            return PeerIdentity::Serial(summary.serial);
         }
-        Err(MirrorError::NotFound(Miss::ProvidersFailed))
+        PeerIdentity::Ip(p.addr.ip())
+    }
+
+    /// Shun `p` for a failure seen before it proved who it is.
+    pub(super) fn fail_provider(&self, p: &Provider) {
+        self.book.penalize(p, &self.book.identity(p), Fault::Failed);
+    }
+
+    /// Whether a size a peer gave for `digest` is acceptable: the trusted descriptor's if one
+    /// is known, else anything but 0 (except for the empty blob, whose size is 0).
+    pub(super) fn size_ok(&self, digest: &Digest, size: u64) -> bool {
+        match self.book.trusted(digest) {
+            Some((known, _)) => size == known,
+            None => size > 0 || *digest == Digest::of(b""),
+        }
     }
 }
 
 /// The descriptor a provider's answer gives: the digest it names (or the one asked for), the
 /// whole size (from `Content-Range` if ranged) and the media type.
-fn descriptor(headers: &http::HeaderMap, fallback_digest: Option<Digest>) -> Option<Descriptor> {
+pub(super) fn descriptor(
+    headers: &http::HeaderMap,
+    fallback_digest: Option<Digest>,
+) -> Option<Descriptor> {
     let text = |name| {
         headers
             .get(name)
             .and_then(|v: &http::HeaderValue| v.to_str().ok())
     };
-    let digest = text(CONTENT_DIGEST)
-        .and_then(|v| v.parse().ok())
-        .or(fallback_digest)?;
+    let digest = match text(CONTENT_DIGEST) {
+        // A digest header that does not parse is a wrong header, not a missing one.
+        Some(v) => v.parse().ok()?,
+        None => fallback_digest?,
+    };
     let size = text(http::header::CONTENT_RANGE.as_str())
         .and_then(ContentRange::parse)
         .map(|r| r.size)
@@ -134,7 +175,7 @@ fn descriptor(headers: &http::HeaderMap, fallback_digest: Option<Digest>) -> Opt
 }
 
 /// An error with its causes, so a refused handshake says why (e.g. "certificate revoked").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -145,23 +186,53 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Start a GET at `offset`, hedging: if the first provider has not answered within the hedge
-/// delay, the next one is asked too, and the first good answer wins.
+/// Check an answer to a GET against what is expected: its size if usable, else the fault.
+/// A wrong digest header, a size other than the trusted descriptor's, or 0 for a non-empty
+/// blob is a lie; anything else (a status, a missing length, a size differing only from the
+/// first provider's untrusted one) is a failure.
+fn check(f: &Fetcher, resp: &reqwest::Response, want: Expect) -> Result<u64, Fault> {
+    let status = resp.status();
+    let ok = status == StatusCode::OK || (want.offset > 0 && status == StatusCode::PARTIAL_CONTENT);
+    if !ok {
+        return Err(Fault::Failed);
+    }
+    let d = descriptor(resp.headers(), Some(want.digest)).ok_or(Fault::Failed)?;
+    if d.digest != want.digest || !f.size_ok(&want.digest, d.size) {
+        return Err(Fault::Mismatch);
+    }
+    if status == StatusCode::PARTIAL_CONTENT && !range_starts_at(resp, want.offset, d.size) {
+        return Err(Fault::Failed);
+    }
+    match want.size {
+        Some(s) if d.size != s => Err(Fault::Failed),
+        _ => Ok(d.size),
+    }
+}
+
+/// Start a GET at `want.offset`, hedging: if the first provider has not answered within the
+/// hedge delay, the next one is asked too. The first answer that passes the checks (status,
+/// digest header, size) wins; a provider whose answer fails them is shunned and the next is
+/// asked, so one liar's headers cost a round trip, not the response.
 async fn connect(
     f: &Fetcher,
     providers: &mut ProviderSet,
     path: &str,
-    offset: u64,
+    want: Expect,
     wait_first: Duration,
-) -> Option<(Provider, reqwest::Response)> {
+) -> Option<Answer> {
     let request = |p: Provider| {
-        let mut req = f.request(reqwest::Method::GET, &p, path);
-        if offset > 0 {
-            req = req.header(http::header::RANGE, format!("bytes={offset}-"));
-        }
+        let req = f.request(reqwest::Method::GET, &p, path).map(|mut req| {
+            if want.offset > 0 {
+                req = req.header(http::header::RANGE, format!("bytes={}-", want.offset));
+            }
+            req
+        });
         let timeout = f.response_timeout;
         async move {
-            let res = tokio::time::timeout(timeout, req.send()).await;
+            let res = match req {
+                Some(req) => Some(tokio::time::timeout(timeout, req.send()).await),
+                None => None,
+            };
             (p, res)
         }
     };
@@ -176,26 +247,35 @@ async fn connect(
             Some((p, res)) = inflight.next() => {
                 asked.retain(|a| a != &p);
                 match res {
-                    Ok(Ok(r)) if r.status() == StatusCode::OK
-                        || (offset > 0 && r.status() == StatusCode::PARTIAL_CONTENT) => {
-                        // The slower ones of a hedge race stay available for a resume.
-                        for loser in asked {
-                            providers.give_back(loser);
+                    None => {}
+                    Some(Ok(Ok(r))) if r.status() == StatusCode::NOT_FOUND => {}
+                    Some(Ok(Ok(r))) => {
+                        let identity = f.identity_of(&p, &r);
+                        if f.book.is_shunned(&identity) {
+                            tracing::debug!(peer = %p.peer, %identity, "provider's identity is shunned");
+                        } else {
+                            match check(f, &r, want) {
+                                Ok(size) => {
+                                    // The slower ones of a hedge race stay available for a resume.
+                                    for loser in asked {
+                                        providers.give_back(loser);
+                                    }
+                                    return Some(Answer { provider: p, identity, response: r, size });
+                                }
+                                Err(fault) => {
+                                    tracing::warn!(peer = %p.peer, %identity, status = %r.status(), ?fault, "provider's answer refused (status, digest or size)");
+                                    f.book.penalize(&p, &identity, fault);
+                                }
+                            }
                         }
-                        return Some((p, r));
                     }
-                    Ok(Ok(r)) if r.status() == StatusCode::NOT_FOUND => {}
-                    Ok(Ok(r)) => {
-                        tracing::debug!(peer = %p.peer, status = %r.status(), "provider refused GET");
-                        f.book.penalize(&p, Fault::Failed);
-                    }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider GET failed");
-                        f.book.penalize(&p, Fault::Failed);
+                        f.fail_provider(&p);
                     }
-                    Err(_) => {
+                    Some(Err(_)) => {
                         tracing::debug!(peer = %p.peer, "provider did not answer in time");
-                        f.book.penalize(&p, Fault::Failed);
+                        f.fail_provider(&p);
                     }
                 }
                 // That one is out: ask the next at once.
@@ -227,7 +307,9 @@ async fn connect(
 }
 
 impl Fetcher {
-    /// GET a blob from peers and stream it, verified, to the client.
+    /// GET a blob from peers. Blobs up to `--verify-before-send` are fetched whole and
+    /// verified before the first byte goes out, so a lie costs a clean miss or a refetch
+    /// from the next provider; larger ones stream, verified, with the last chunk held back.
     pub(super) async fn get(
         &self,
         mut providers: ProviderSet,
@@ -236,43 +318,83 @@ impl Fetcher {
         range: Option<&RangeSpec>,
     ) -> Result<Found, MirrorError> {
         let failed = MirrorError::NotFound(Miss::ProvidersFailed);
-        // Always fetch from byte 0: the digest covers the whole blob, so even a client's resume
-        // (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
-        let (first, resp) = connect(self, &mut providers, &path, 0, Duration::ZERO)
-            .await
-            .ok_or(failed)?;
-        let descriptor = match descriptor(resp.headers(), Some(digest)) {
-            Some(d) if d.digest == digest => d,
-            _ => {
-                self.book.penalize(&first, Fault::Failed);
-                return Err(MirrorError::NotFound(Miss::ProvidersFailed));
+        let known = self.book.trusted(&digest);
+        loop {
+            // Always fetch from byte 0: the digest covers the whole blob, so even a client's
+            // resume (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
+            let want = Expect {
+                digest,
+                size: None,
+                offset: 0,
+            };
+            let first = connect(self, &mut providers, &path, want, Duration::ZERO)
+                .await
+                .ok_or(MirrorError::NotFound(Miss::ProvidersFailed))?;
+            let size = first.size;
+            let media_type = match &known {
+                Some((_, m)) if !m.is_empty() => m.clone(),
+                _ => header_text(&first.response, http::header::CONTENT_TYPE),
+            };
+            let descriptor = Descriptor {
+                digest,
+                size,
+                media_type,
+            };
+            let window = RangeSpec::window(range, size)
+                .map_err(|_| MirrorError::RangeNotSatisfiable(size))?;
+            let bounds = window.map_or((0, size.saturating_sub(1)), |r| (r.start, r.end));
+            let permit = if size <= self.verify_before_send {
+                tokio::time::timeout(self.response_timeout, self.whole.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            let whole = permit.is_some();
+            let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+            let mut job = Transfer::new(self, providers, &path, &descriptor, bounds, whole, tx);
+            if !whole {
+                tokio::spawn(job.stream(first));
+                return Ok(Found {
+                    descriptor,
+                    window,
+                    body: Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))),
+                });
             }
-        };
-        let size = descriptor.size;
-        let window =
-            RangeSpec::window(range, size).map_err(|_| MirrorError::RangeNotSatisfiable(size))?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        // A manifest's bytes are kept (they are small) to learn who has its children.
-        let capture = (crate::oci::is_manifest_media_type(&descriptor.media_type)
-            && size <= crate::content::MAX_MANIFEST_SIZE)
-            .then(|| (descriptor.media_type.clone(), Vec::new()));
-        let job = Transfer {
-            fetcher: self.clone(),
-            providers,
-            path,
-            digest,
-            size,
-            window: window.map_or((0, size.saturating_sub(1)), |r| (r.start, r.end)),
-            tx,
-            capture,
-        };
-        tokio::spawn(job.run(first, resp));
-        Ok(Found {
-            descriptor,
-            window,
-            body: Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))),
-        })
+            match job.fetch(first).await {
+                Outcome::Verified => {
+                    drop(permit);
+                    let body = job.take_window();
+                    let once = futures_util::stream::once(async move { Ok(body) });
+                    return Ok(Found {
+                        descriptor,
+                        window,
+                        body: Some(Box::pin(once)),
+                    });
+                }
+                // The liars are shunned and nothing was sent: try the others from scratch.
+                Outcome::Mismatch => providers = job.providers,
+                Outcome::NoProvider | Outcome::ClientGone => return Err(failed),
+            }
+        }
     }
+}
+
+fn header_text(resp: &reqwest::Response, name: http::header::HeaderName) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Where verified bytes go.
+enum Sink {
+    /// To the client as they come; the last chunk is held back until the blob is verified.
+    Stream { held: Option<Bytes> },
+    /// Into memory (at most `--verify-before-send` bytes), sent only once verified.
+    Whole(Vec<u8>),
 }
 
 struct Transfer {
@@ -284,84 +406,145 @@ struct Transfer {
     /// Inclusive byte window the client asked for.
     window: (u64, u64),
     tx: mpsc::Sender<io::Result<Bytes>>,
+    sink: Sink,
     /// Media type and bytes of a manifest being relayed.
     capture: Option<(String, Vec<u8>)>,
+    /// Who contributed bytes, by identity, for the verdict.
+    contributors: Vec<(Provider, PeerIdentity)>,
+}
+
+/// How one pass over the providers ended.
+enum Outcome {
+    Verified,
+    /// Every byte arrived but the digest does not match; the contributors are shunned.
+    Mismatch,
+    /// Nobody is left to complete it.
+    NoProvider,
+    ClientGone,
 }
 
 enum Step {
     /// The provider delivered everything up to `size`.
     Complete,
-    /// The provider failed; continue from the next.
+    /// The provider failed (broke, stalled, sent too much); continue from the next.
     Failed,
-    /// Stop: the client went away, or the provider sent more than the blob's size.
+    /// Stop: the client went away.
     Abort,
 }
 
 impl Transfer {
-    async fn run(mut self, first: Provider, resp: reqwest::Response) {
-        let mut verifier = Sha256Verifier::new(self.digest);
-        // The last chunk for the client is held back until the whole blob is verified.
-        let mut held: Option<Bytes> = None;
-        let mut contributors = vec![first.clone()];
-        let mut current = Some((first, resp));
-        loop {
-            let (p, resp) = match current.take() {
-                Some(c) => c,
-                None => {
-                    let offset = verifier.bytes_seen();
-                    match connect(
-                        &self.fetcher,
-                        &mut self.providers,
-                        &self.path,
-                        offset,
-                        NEXT_PROVIDER_WAIT,
-                    )
-                    .await
-                    {
-                        Some((p, r)) => {
-                            tracing::info!(peer = %p.peer, offset, digest = %self.digest, "resuming from another provider");
-                            contributors.push(p.clone());
-                            (p, r)
-                        }
-                        None => {
-                            self.fail("no provider could complete the transfer").await;
-                            return;
-                        }
-                    }
-                }
-            };
-            match self.pump(&p, resp, &mut verifier, &mut held).await {
-                Step::Complete => break,
-                Step::Failed => continue,
-                Step::Abort => return,
-            }
-        }
-        if verifier.matches() {
-            if let Some(h) = held {
-                let _ = self.tx.send(Ok(h)).await;
-            }
-            self.learn(&contributors);
-        } else {
-            tracing::error!(digest = %self.digest, "digest mismatch from peers; aborting the response");
-            for p in &contributors {
-                self.fetcher.book.penalize(p, Fault::Mismatch);
-            }
-            self.fail("digest mismatch").await;
+    fn new(
+        fetcher: &Fetcher,
+        providers: ProviderSet,
+        path: &str,
+        descriptor: &Descriptor,
+        window: (u64, u64),
+        whole: bool,
+        tx: mpsc::Sender<io::Result<Bytes>>,
+    ) -> Self {
+        let size = descriptor.size;
+        // A manifest's bytes are kept (they are small) to learn who has its children.
+        let capture = (crate::oci::is_manifest_media_type(&descriptor.media_type)
+            && size <= crate::content::MAX_MANIFEST_SIZE)
+            .then(|| (descriptor.media_type.clone(), Vec::new()));
+        Transfer {
+            fetcher: fetcher.clone(),
+            providers,
+            path: path.to_string(),
+            digest: descriptor.digest,
+            size,
+            window,
+            tx,
+            sink: if whole {
+                Sink::Whole(Vec::new())
+            } else {
+                Sink::Stream { held: None }
+            },
+            capture,
+            contributors: Vec::new(),
         }
     }
 
-    /// A verified transfer tells us who has this blob and, for a manifest, its children.
-    fn learn(&self, providers: &[Provider]) {
-        self.fetcher
-            .book
-            .remember(Key::Digest(self.digest), providers);
-        let Some((media_type, data)) = &self.capture else {
-            return;
-        };
-        if let Ok(children) = crate::oci::children(media_type, data) {
-            for c in children {
-                self.fetcher.book.remember(Key::Digest(c.digest), providers);
+    /// Stream to the client; any failure ends the body with an error, never cleanly.
+    async fn stream(mut self, first: Answer) {
+        match self.fetch(first).await {
+            Outcome::Verified => {
+                if let Sink::Stream { held: Some(h) } = self.sink.take_held() {
+                    let _ = self.tx.send(Ok(h)).await;
+                }
             }
+            Outcome::Mismatch => self.fail("digest mismatch").await,
+            Outcome::NoProvider => self.fail("no provider could complete the transfer").await,
+            Outcome::ClientGone => {}
+        }
+    }
+
+    /// The verified bytes of the client's window (whole mode).
+    fn take_window(&mut self) -> Bytes {
+        let Sink::Whole(buf) = std::mem::replace(&mut self.sink, Sink::Whole(Vec::new())) else {
+            return Bytes::new();
+        };
+        let all = Bytes::from(buf);
+        clip(&all, 0, self.window).unwrap_or_default()
+    }
+
+    /// Fetch every byte, resuming from the next provider on a failure or a stall, and verify.
+    async fn fetch(&mut self, first: Answer) -> Outcome {
+        let mut verifier = Sha256Verifier::new(self.digest);
+        let mut current = Some(first);
+        self.contributors.clear();
+        loop {
+            let answer = match current.take() {
+                Some(a) => a,
+                None => {
+                    let offset = verifier.bytes_seen();
+                    let want = Expect {
+                        digest: self.digest,
+                        size: Some(self.size),
+                        offset,
+                    };
+                    let Some(a) = connect(
+                        &self.fetcher,
+                        &mut self.providers,
+                        &self.path,
+                        want,
+                        NEXT_PROVIDER_WAIT,
+                    )
+                    .await
+                    else {
+                        return Outcome::NoProvider;
+                    };
+                    tracing::info!(peer = %a.provider.peer, offset, digest = %self.digest, "resuming from another provider");
+                    a
+                }
+            };
+            self.contributors
+                .push((answer.provider.clone(), answer.identity.clone()));
+            match self.pump(answer, &mut verifier).await {
+                Step::Complete => break,
+                Step::Failed => continue,
+                Step::Abort => return Outcome::ClientGone,
+            }
+        }
+        if verifier.matches() {
+            self.learn();
+            return Outcome::Verified;
+        }
+        tracing::error!(digest = %self.digest, "digest mismatch from peers");
+        for (p, id) in &self.contributors {
+            self.fetcher.book.penalize(p, id, Fault::Mismatch);
+        }
+        Outcome::Mismatch
+    }
+
+    /// A verified transfer tells us who has this blob and, for a manifest, its children and
+    /// their sizes.
+    fn learn(&self) {
+        let providers: Vec<Provider> = self.contributors.iter().map(|c| c.0.clone()).collect();
+        let book = &self.fetcher.book;
+        book.remember(Key::Digest(self.digest), &providers);
+        if let Some((media_type, data)) = &self.capture {
+            book.learn_manifest(media_type, data, &providers);
         }
     }
 
@@ -370,34 +553,34 @@ impl Transfer {
         let _ = self.tx.send(Err(io::Error::other(why.to_string()))).await;
     }
 
-    /// Copy one provider's body into the verifier and the client channel.
-    async fn pump(
-        &mut self,
-        p: &Provider,
-        resp: reqwest::Response,
-        verifier: &mut Sha256Verifier,
-        held: &mut Option<Bytes>,
-    ) -> Step {
+    /// Copy one provider's body into the verifier and the sink.
+    async fn pump(&mut self, a: Answer, verifier: &mut Sha256Verifier) -> Step {
+        let (p, id) = (&a.provider, &a.identity);
         let offset = verifier.bytes_seen();
         // A provider that ignores Range sends from 0: skip what we already have.
-        let mut skip = if offset > 0 && resp.status() == StatusCode::OK {
+        let mut skip = if offset > 0 && a.response.status() == StatusCode::OK {
             offset
         } else {
             0
         };
-        if resp.status() == StatusCode::PARTIAL_CONTENT
-            && !range_starts_at(&resp, offset, self.size)
-        {
-            self.fetcher.book.penalize(p, Fault::Failed);
-            return Step::Failed;
-        }
-        let mut body = resp.bytes_stream();
-        while let Some(item) = body.next().await {
+        let mut body = a.response.bytes_stream();
+        loop {
+            // Progress, not just the whole: a peer that drips a byte now and then is moved
+            // past like one that stopped.
+            let item = match tokio::time::timeout(self.fetcher.stall_timeout, body.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), "provider stalled");
+                    self.fetcher.book.penalize(p, id, Fault::Failed);
+                    return Step::Failed;
+                }
+            };
             let mut chunk = match item {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(peer = %p.peer, error = %e, at = verifier.bytes_seen(), "provider stream broke");
-                    self.fetcher.book.penalize(p, Fault::Failed);
+                    self.fetcher.book.penalize(p, id, Fault::Failed);
                     return Step::Failed;
                 }
             };
@@ -412,20 +595,26 @@ impl Transfer {
             let start = verifier.bytes_seen();
             let end = start + chunk.len() as u64;
             if end > self.size {
-                tracing::error!(peer = %p.peer, "provider sent more bytes than the blob's size");
-                self.fetcher.book.penalize(p, Fault::Mismatch);
-                self.fail("provider sent too many bytes").await;
-                return Step::Abort;
+                // The prefix verified so far stays; the next provider resumes from it. More
+                // bytes than its own headers announced is a lie.
+                tracing::warn!(peer = %p.peer, %id, "provider sent more bytes than the blob's size");
+                self.fetcher.book.penalize(p, id, Fault::Mismatch);
+                return Step::Failed;
             }
             verifier.update(&chunk);
             if let Some((_, buf)) = self.capture.as_mut() {
                 buf.extend_from_slice(&chunk);
             }
-            if let Some(out) = clip(&chunk, start, self.window)
-                && let Some(prev) = held.replace(out)
-                && self.tx.send(Ok(prev)).await.is_err()
-            {
-                return Step::Abort;
+            match &mut self.sink {
+                Sink::Whole(buf) => buf.extend_from_slice(&chunk),
+                Sink::Stream { held } => {
+                    if let Some(out) = clip(&chunk, start, self.window)
+                        && let Some(prev) = held.replace(out)
+                        && self.tx.send(Ok(prev)).await.is_err()
+                    {
+                        return Step::Abort;
+                    }
+                }
             }
             if end == self.size {
                 return Step::Complete;
@@ -434,9 +623,15 @@ impl Transfer {
         if verifier.bytes_seen() == self.size {
             return Step::Complete;
         }
-        tracing::warn!(peer = %p.peer, at = verifier.bytes_seen(), size = self.size, "provider body ended early");
-        self.fetcher.book.penalize(p, Fault::Failed);
+        tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), size = self.size, "provider body ended early");
+        self.fetcher.book.penalize(p, id, Fault::Failed);
         Step::Failed
+    }
+}
+
+impl Sink {
+    fn take_held(&mut self) -> Sink {
+        std::mem::replace(self, Sink::Stream { held: None })
     }
 }
 

@@ -89,6 +89,15 @@ impl PeermirrorBuilder<'_> {
         // pass their own --auth-mode.
         if !self.extra_args.iter().any(|a| a == "--auth-mode") {
             cmd.args(["--auth-mode", "none", "--insecure-no-auth"]);
+            // Tags through peers are off by default without mTLS; these tests pull tags
+            // through peers on purpose.
+            if !self
+                .extra_args
+                .iter()
+                .any(|a| a.starts_with("--resolve-tags"))
+            {
+                cmd.args(["--resolve-tags", "true"]);
+            }
         }
         let (out, err) = log_file(&log);
         // Write the command line first so a failure report shows it.

@@ -141,12 +141,21 @@ pub enum FakePeer {
     Slow { data: Bytes, delay: Duration },
 }
 
-/// Start a fake peer registry on loopback; returns its address. Requests counted in `hits`.
+/// A loopback address of its own (127.0.0.2, .3, ...): penalties are keyed by IP, so a fake
+/// peer must not share 127.0.0.1 with the honest nodes.
+pub fn next_loopback() -> std::net::IpAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::net::Ipv4Addr::from(0x7f00_0000 | (n & 0x00ff_ffff)).into()
+}
+
+/// Start a fake peer registry on its own loopback address; returns its address. Requests
+/// counted in `hits`.
 pub async fn fake_peer(
     kind: FakePeer,
     hits: Arc<std::sync::atomic::AtomicUsize>,
 ) -> (SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind((next_loopback(), 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let handler = move |req: http::Request<hyper::body::Incoming>,
