@@ -63,6 +63,26 @@ fn image_digest(ctd: &Containerd, reference: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A fresh asking node bootstrapping to `honest` and `liar`. Retried: now and then the
+/// daemon's libp2p dials fail with EADDRINUSE for its whole life (port reuse binds the dial
+/// socket to `0.0.0.0:<router port>`, a port `free_port` picked), and it never becomes ready.
+fn start_asker(honest: &Node, liar: &Hostile) -> Node {
+    for attempt in 1..=3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Node::builder("asker")
+                .bootstrap(Some(&honest.pm))
+                .bootstrap_spec(liar.bootstrap_spec())
+                .start()
+        }));
+        match r {
+            Ok(n) => return n,
+            Err(_) if attempt < 3 => eprintln!("[hostile] asker not ready; starting another"),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+    unreachable!()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn every_pull_succeeds_whatever_the_liar_says() {
@@ -124,10 +144,7 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
             f.http.add_tag("v1", image.root.digest.parse().unwrap());
         }
         let before = which.connected();
-        let asker = Node::builder("asker")
-            .bootstrap(Some(&honest.pm))
-            .bootstrap_spec(which.bootstrap_spec())
-            .start();
+        let asker = start_asker(&honest, which);
         which.wait_connected(before + 1, Duration::from_secs(10)).await;
         asker.configure(&registry, &asker.pm.registry_url(), &[] as &[&str]);
         let hits_before = which.http.seen().len();
