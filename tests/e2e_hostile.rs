@@ -50,7 +50,9 @@ async fn load(liar: &Hostile, image: &FixtureImage, reg: &str) {
         assert_eq!(got.to_string(), *d);
         keys.push(Key::Digest(d.parse::<Digest>().unwrap()));
     }
-    keys.push(Key::Tag(TagKey::from_image_name(&image.reference(reg)).unwrap()));
+    keys.push(Key::Tag(
+        TagKey::from_image_name(&image.reference(reg)).unwrap(),
+    ));
     liar.provide(&keys).await;
 }
 
@@ -98,7 +100,8 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
     load(&liar, &image, &reg).await;
     // The decoy's blobs too, served honestly by digest, for the tag lie.
     for d in decoy.pulled_digests() {
-        liar.http.add_blob(decoy.read_blob(&d), &decoy.root.media_type);
+        liar.http
+            .add_blob(decoy.read_blob(&d), &decoy.root.media_type);
     }
     let honest = Node::builder("honest")
         .bootstrap_spec(liar.bootstrap_spec())
@@ -145,7 +148,9 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
         }
         let before = which.connected();
         let asker = start_asker(&honest, which);
-        which.wait_connected(before + 1, Duration::from_secs(10)).await;
+        which
+            .wait_connected(before + 1, Duration::from_secs(10))
+            .await;
         asker.configure(&registry, &asker.pm.registry_url(), &[] as &[&str]);
         let hits_before = which.http.seen().len();
 

@@ -142,7 +142,9 @@ impl Cluster {
             security,
         )
         .await;
-        self.hostile.wait_connected(want, Duration::from_secs(10)).await;
+        self.hostile
+            .wait_connected(want, Duration::from_secs(10))
+            .await;
         self.stops.push(s);
         let asker = Asker {
             base: n.base.clone(),
@@ -279,7 +281,10 @@ async fn with_honest_provider(lie: Lie) {
             break;
         }
     }
-    assert!(asked, "{lie:?}: harness: the liar was never asked in 12 tries");
+    assert!(
+        asked,
+        "{lie:?}: harness: the liar was never asked in 12 tries"
+    );
     c.stop().await;
 }
 
@@ -374,9 +379,7 @@ async fn a_tag_answered_with_another_image_is_not_trusted() {
     let decoy_src = MemorySource::new();
     let decoy = decoy_src.add_manifest("decoy", "amd64", &[b"decoy layer"]);
     let decoy_bytes = decoy_src.blob(&decoy.digest).unwrap();
-    c.hostile
-        .http
-        .add_blob(decoy_bytes, &decoy.media_type);
+    c.hostile.http.add_blob(decoy_bytes, &decoy.media_type);
     let asker = c.asker(false).await;
     let mut liar_asked = 0;
     for i in 0..6 {
@@ -413,7 +416,10 @@ async fn a_tag_answered_with_another_image_is_not_trusted() {
         }
         liar_asked += c.hostile.http.hits(&format!("/manifests/{tag}"));
     }
-    assert!(liar_asked > 0, "harness: the liar was never asked for a tag");
+    assert!(
+        liar_asked > 0,
+        "harness: the liar was never asked for a tag"
+    );
     let m = reqwest::get(format!("{}/metrics", asker.ops))
         .await
         .unwrap()
@@ -438,7 +444,11 @@ async fn a_tag_answered_with_another_image_is_not_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_registry_address_never_receives_a_request_or_token() {
     let mut c = Cluster::start(true).await;
-    assert!(c.hostile.agent.contains("registry=127.0.0.2:"), "{}", c.hostile.agent);
+    assert!(
+        c.hostile.agent.contains("registry=127.0.0.2:"),
+        "{}",
+        c.hostile.agent
+    );
     let asker = c.asker(true).await;
     let (d, data) = c.hostile_blob(200).await;
     let (out, took) = get(&blob_url(&asker, &d), Some(TOKEN)).await;
@@ -533,7 +543,11 @@ fn random_file(dir: &std::path::Path, size: u64) -> (PathBuf, Digest) {
         .args(["-c", &sh])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hex = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

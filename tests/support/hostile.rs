@@ -141,7 +141,8 @@ impl HttpServer {
                 .parse::<Digest>()
                 .ok()
                 .or_else(|| st.tags.get(&reference).copied());
-            let found = digest.and_then(|d| st.blobs.get(&d).map(|(b, m)| (d, b.clone(), m.clone())));
+            let found =
+                digest.and_then(|d| st.blobs.get(&d).map(|(b, m)| (d, b.clone(), m.clone())));
             (found, st.lie.unwrap_or(Lie::Honest))
         };
         let Some((digest, data, media_type)) = found else {
@@ -164,7 +165,10 @@ impl HttpServer {
                 v.resize(len + INFLATE_BY, 0);
                 (len + INFLATE_BY, full(Bytes::from(v)))
             }
-            Lie::WrongBytes => (len, full(data.iter().map(|b| !b).collect::<Vec<u8>>().into())),
+            Lie::WrongBytes => (
+                len,
+                full(data.iter().map(|b| !b).collect::<Vec<u8>>().into()),
+            ),
             Lie::Drip => {
                 let s = futures_util::stream::unfold(0usize, move |i| {
                     let data = data.clone();
