@@ -153,6 +153,30 @@ impl Containerd {
         }
     }
 
+    /// `ctr images pull --hosts-dir` killed after `timeout` (a stalled pull is a failure).
+    pub fn pull_within(
+        &self,
+        reference: &str,
+        hosts_dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let hosts = hosts_dir.display().to_string();
+        let out = run_with_timeout(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--connect-timeout", "5s", "-n", NAMESPACE])
+                .args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
+                .args([hosts.as_str(), reference]),
+            timeout,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(output_text(&out))
+        }
+    }
+
     /// Pulls, panicking on failure.
     pub fn pull_ok(&self, reference: &str, hosts_dir: Option<&Path>, plain_http: bool) {
         if let Err(e) = self.pull(reference, hosts_dir, plain_http) {

@@ -46,6 +46,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Bootstraps statically to `spec` (`static:<multiaddr>`), e.g. a test's own libp2p node.
+    pub fn bootstrap_spec(mut self, spec: String) -> Self {
+        self.peers.push(spec);
+        self
+    }
+
     /// `--admin-sock` at [`Node::admin_sock`] (otherwise the daemon's default, in its data dir).
     pub fn admin_sock(mut self) -> Self {
         self.admin_sock = true;

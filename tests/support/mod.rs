@@ -2,6 +2,8 @@
 //! loopback. (End-to-end tests with real containerd live in `tests/common` and `e2e_*`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod hostile;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +63,15 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
 
 /// Start a node on already-bound listeners (so a router can learn the registry port first).
 pub async fn start_on(registry: TcpListener, source: MemorySource, config: Config) -> Node {
+    start_on_source(registry, Arc::new(source), config).await
+}
+
+/// [`start_on`] with any content source (e.g. a file-backed one for blobs too big for memory).
+pub async fn start_on_source(
+    registry: TcpListener,
+    source: Arc<dyn peermirror::content::ContentSource>,
+    config: Config,
+) -> Node {
     init_logs();
     let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = registry.local_addr().unwrap();
@@ -68,7 +79,7 @@ pub async fn start_on(registry: TcpListener, source: MemorySource, config: Confi
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_with_source(
         config,
-        Arc::new(source),
+        source,
         Listeners { registry, ops },
         shutdown.clone(),
     ));

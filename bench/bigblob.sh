@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Benchmark "big blob between peers" with real containerd and the release binary (issue 9).
+#
+#   cargo build --release && sudo bash bench/bigblob.sh
+#
+# A random SIZE_MB blob (default 4096: AES-256-CTR of zeros, made here, removed on exit) is
+# imported into node 1's containerd as the only layer of an image; node 2 (empty containerd)
+# fetches it through its peermirror, i.e. from node 1 over the peer path, verified.
+# Reported: time to first byte at node 2 (cold: node 1 has never hashed the blob), total time
+# and MB/s, the serving process's CPU-seconds per GB and its peak RSS, and whether the bytes
+# hashed to the digest. Target: first byte under 1 s.
+#
+# Root; needs containerd, ctr, curl, openssl (scripts/install-deps.sh). Only 127.0.0.1; every
+# process is stopped by PID on exit; the temp dir (with the blob) is removed.
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SIZE_MB="${SIZE_MB:-4096}"
+REF="bench.local/bench/big:v1"
+
+bench_init bigblob
+command -v openssl >/dev/null || die "openssl not found"
+
+# --- the blob, as an OCI layout imported into node 1's containerd ---------------------------
+layout="$WORK/layout"
+mkdir -p "$layout/blobs/sha256"
+log "making a ${SIZE_MB} MB random blob"
+head -c "$((SIZE_MB * 1024 * 1024))" /dev/zero |
+    openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass pass:peermirror-bigblob >"$WORK/blob"
+size="$(stat -c %s "$WORK/blob")"
+hex="$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
+mv "$WORK/blob" "$layout/blobs/sha256/$hex"
+put_blob() { # put_blob TEXT: store TEXT as a blob; prints "hex size"
+    local h
+    h="$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"
+    printf '%s' "$1" >"$layout/blobs/sha256/$h"
+    echo "$h ${#1}"
+}
+read -r chex csize < <(put_blob '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
+manifest="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$chex\",\"size\":$csize},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$hex\",\"size\":$size}]}"
+read -r mhex msize < <(put_blob "$manifest")
+echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$mhex\",\"size\":$msize,\"annotations\":{\"io.containerd.image.name\":\"$REF\",\"org.opencontainers.image.ref.name\":\"v1\"}}]}" >"$layout/index.json"
+
+ctd_start n1
+ctd_start n2
+log "importing into node 1's containerd"
+tar -C "$layout" -cf - . | ctd_ctr n1 images import --no-unpack --all-platforms --index-name "$REF" - >/dev/null
+rm -rf "$layout"
+ctd_ctr n1 images ls -q | grep -q "bench/big" || die "import did not create the image"
+
+pm_start n1 n1 dir none
+pm_wait_ready n1
+pm_start n2 n2 dir n1
+pm_wait_ready n2
+# Let node 1 index and advertise; no HEAD through node 2 (it would make node 1 hash the blob
+# today and warm the GET).
+sleep 5
+
+url="http://${PM_REG[n2]}/v2/bench/big/blobs/sha256:$hex?ns=bench.local"
+cpu0="$(cpu_ticks "${PM_PID[n1]}")"
+log "GET through node 2: $url"
+curl -s -f -o >(sha256sum | cut -d' ' -f1 >"$WORK/got") \
+    -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n' \
+    "$url" >"$WORK/timing" || true
+for ((i = 0; i < 100; i++)); do
+    [ -s "$WORK/got" ] && break
+    sleep 0.1
+done
+cpu1="$(cpu_ticks "${PM_PID[n1]}")"
+read -r code ttfb total bytes <"$WORK/timing"
+got="$(cat "$WORK/got")"
+hwm="$(vm_hwm_kb "${PM_PID[n1]}")"
+cpu_s="$(calc "($cpu1 - $cpu0) / $CLK_TCK")"
+echo "size_bytes=$size status=$code bytes=$bytes"
+echo "ttfb_s=$ttfb total_s=$total mb_per_s=$(calc "$bytes / $total / 1e6")"
+echo "serving_cpu_s=$cpu_s serving_cpu_s_per_gb=$(calc "$cpu_s / ($size / 1e9)") serving_peak_rss_mb=$(calc "$hwm / 1024")"
+if [ "$got" = "$hex" ] && [ "$bytes" = "$size" ]; then
+    echo "verified=yes"
+else
+    echo "verified=NO (got sha256:$got, want sha256:$hex)"
+    exit 1
+fi

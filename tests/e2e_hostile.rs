@@ -1,0 +1,219 @@
+//! Hostile peers end to end (issue 9): real containerd 1.6 pulling through `peermirror run`
+//! (hosts.toml written by `peermirror configure`, the upstream docker-registry up), one honest
+//! node holding the image, and a hostile libp2p node (`tests/support/hostile.rs`, in this
+//! process) advertising the same digests and tag while its HTTP server lies. For every lie a
+//! fresh asking node's `ctr images pull` must succeed within 30 s with the upstream's digests.
+//!
+//! One registry, honest node and liar serve every case (the lie is a mode switch on the liar's
+//! HTTP server); each case gets a fresh asking node, so penalties from one case do not hide
+//! the liar in the next.
+//!
+//! Run with `cargo test --test e2e_hostile -- --include-ignored` (as root).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hostile::{Hostile, Lie};
+use peermirror::content::Key;
+use peermirror::oci::{Digest, TagKey};
+
+const PULL_WITHIN: Duration = Duration::from_secs(30);
+
+/// What the liar does in one case.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    Lie(Lie),
+    /// The tag answered with another image's manifest (served honestly by digest).
+    OtherImageForTag,
+    /// A second liar whose identify names a recorder as its registry address.
+    ForgedAddress,
+}
+
+/// Give `liar` every blob of `image` and advertise its digests and its `v1` tag.
+async fn load(liar: &Hostile, image: &FixtureImage, reg: &str) {
+    let mut keys = Vec::new();
+    let mut digests = image.pulled_digests();
+    digests.insert(image.root.digest.clone());
+    for d in &digests {
+        let bytes = image.read_blob(d);
+        let media = if *d == image.root.digest {
+            image.root.media_type.clone()
+        } else {
+            "application/octet-stream".to_string()
+        };
+        let got = liar.http.add_blob(bytes, &media);
+        assert_eq!(got.to_string(), *d);
+        keys.push(Key::Digest(d.parse::<Digest>().unwrap()));
+    }
+    keys.push(Key::Tag(
+        TagKey::from_image_name(&image.reference(reg)).unwrap(),
+    ));
+    liar.provide(&keys).await;
+}
+
+/// The digest containerd recorded for `reference` (`ctr images ls`).
+fn image_digest(ctd: &Containerd, reference: &str) -> Option<String> {
+    ctd.ctr_ok(&["images", "ls"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+        .map(str::to_string)
+}
+
+/// A fresh asking node bootstrapping to `honest` and `liar`. Retried: now and then the
+/// daemon's libp2p dials fail with EADDRINUSE for its whole life (port reuse binds the dial
+/// socket to `0.0.0.0:<router port>`, a port `free_port` picked), and it never becomes ready.
+fn start_asker(honest: &Node, liar: &Hostile) -> Node {
+    for attempt in 1..=3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Node::builder("asker")
+                .bootstrap(Some(&honest.pm))
+                .bootstrap_spec(liar.bootstrap_spec())
+                .start()
+        }));
+        match r {
+            Ok(n) => return n,
+            Err(_) if attempt < 3 => eprintln!("[hostile] asker not ready; starting another"),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn every_pull_succeeds_whatever_the_liar_says() {
+    let started = Instant::now();
+    let registry = Registry::start();
+    let image = fixture("multi");
+    let decoy = fixture("small");
+    registry.push(&image);
+    let reg = registry.host();
+    let reference = image.reference(&reg);
+
+    let liar = Hostile::start(false).await;
+    load(&liar, &image, &reg).await;
+    // The decoy's blobs too, served honestly by digest, for the tag lie.
+    for d in decoy.pulled_digests() {
+        liar.http
+            .add_blob(decoy.read_blob(&d), &decoy.root.media_type);
+    }
+    let honest = Node::builder("honest")
+        .bootstrap_spec(liar.bootstrap_spec())
+        .start();
+    honest.pull_direct(&image, &reg);
+
+    let mut failures = Vec::new();
+    let cases = [
+        Case::Lie(Lie::EmptyBody),
+        Case::Lie(Lie::HalfThenClose),
+        Case::Lie(Lie::Inflated),
+        Case::Lie(Lie::WrongBytes),
+        Case::Lie(Lie::Drip),
+        Case::OtherImageForTag,
+        Case::ForgedAddress,
+    ];
+    for case in cases {
+        let case_started = Instant::now();
+        let forged = match case {
+            Case::ForgedAddress => {
+                let f = Hostile::start(true).await;
+                load(&f, &image, &reg).await;
+                Some(f)
+            }
+            _ => None,
+        };
+        match case {
+            Case::Lie(lie) => {
+                liar.set_lie(lie);
+                liar.http.add_tag("v1", image.root.digest.parse().unwrap());
+            }
+            Case::OtherImageForTag => {
+                liar.set_lie(Lie::Honest);
+                liar.http.add_tag("v1", decoy.root.digest.parse().unwrap());
+            }
+            Case::ForgedAddress => {
+                liar.set_lie(Lie::Honest);
+                liar.http.add_tag("v1", image.root.digest.parse().unwrap());
+            }
+        }
+        let which = forged.as_ref().unwrap_or(&liar);
+        if let Some(f) = &forged {
+            f.http.add_tag("v1", image.root.digest.parse().unwrap());
+        }
+        let before = which.connected();
+        let asker = start_asker(&honest, which);
+        which
+            .wait_connected(before + 1, Duration::from_secs(10))
+            .await;
+        asker.configure(&registry, &asker.pm.registry_url(), &[] as &[&str]);
+        let hits_before = which.http.seen().len();
+
+        let t = Instant::now();
+        let pulled = asker
+            .ctd
+            .pull_within(&reference, &asker.hosts_dir(), PULL_WITHIN);
+        let took = t.elapsed();
+        let liar_asked = which.http.seen().len() - hits_before;
+        let mut problems = Vec::new();
+        match &pulled {
+            Err(e) => problems.push(format!(
+                "pull failed after {took:?}: {}",
+                last_lines_of(&strip_ansi_codes(e), 4)
+            )),
+            Ok(()) if took > PULL_WITHIN => problems.push(format!("pull took {took:?}")),
+            Ok(()) => {
+                let got = image_digest(&asker.ctd, &reference);
+                if got.as_deref() != Some(image.root.digest.as_str()) {
+                    problems.push(format!(
+                        "pulled image digest {got:?}, upstream's is {}",
+                        image.root.digest
+                    ));
+                }
+                let have = asker.ctd.content_digests();
+                for d in image.pulled_digests() {
+                    if !have.contains(&d) {
+                        problems.push(format!("content {d} missing"));
+                    }
+                }
+                // Every stored blob hashes to its name.
+                asker.ctd.verify_content_blobs();
+            }
+        }
+        if let Some(f) = &forged {
+            let seen = f.recorder.seen();
+            if !seen.is_empty() {
+                problems.push(format!(
+                    "the forged registry address received {} request(s): {:?}",
+                    seen.len(),
+                    seen.iter().map(|s| &s.uri).collect::<Vec<_>>()
+                ));
+            }
+        }
+        let from_peers = asker.bytes_from("peer");
+        eprintln!(
+            "[hostile] {case:?}: pull {} in {:.1}s; liar asked {liar_asked} time(s); {from_peers} bytes from peers; case took {:.1}s",
+            if pulled.is_ok() { "ok" } else { "FAILED" },
+            took.as_secs_f64(),
+            case_started.elapsed().as_secs_f64()
+        );
+        if !problems.is_empty() {
+            eprintln!("--- asker log ---\n{}", asker.pm.log_tail(40));
+            failures.push(format!("{case:?}: {}", problems.join("; ")));
+        }
+    }
+    eprintln!(
+        "[hostile] all cases in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "pulls through a cluster with a liar failed:\n  {}",
+        failures.join("\n  ")
+    );
+}
