@@ -315,3 +315,200 @@ async fn mtls_pull(v: CtdVersion) {
         v.series()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Content events (2.1+): a layer is served to peers as soon as it is committed
+// ---------------------------------------------------------------------------
+
+/// Node 1 (containerd 2.1) pulls `multi` through a proxy that trickles the last layer; while
+/// node 1 is still pulling, node 2 fetches the first layer from node 1 through its own
+/// peermirror. Before `/content/create` was followed, nothing was advertised until the image
+/// was complete, so node 2 saw nothing until node 1's pull had ended.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root + containerd 2.1 (scripts/fetch-containerd.sh) + docker-registry"]
+async fn first_layer_served_while_pull_in_progress_2_1() {
+    let v = CtdVersion::V2_1;
+    if !v.should_run() {
+        return;
+    }
+    let registry = Registry::start();
+    let multi = fixture("multi");
+    registry.push(&multi);
+    let layers = multi.host_manifest().layers;
+    let (first, last) = (layers[0].clone(), layers[layers.len() - 1].clone());
+    // ~20 KiB/s: the 200 KiB last layer takes ~10 s.
+    let proxy = ThrottleProxy::start(&registry.host(), last.hex(), 20 * 1024);
+    let up = proxy.host();
+    let node1 = Node::builder("node1").containerd(v).start();
+    node1.configure_upstream(&format!("http://{up}"), &node1.pm.registry_url());
+    let node2 = Node::builder("node2")
+        .containerd(v)
+        .bootstrap(Some(&node1.pm))
+        .start();
+
+    let head = format!(
+        "HEAD /v2/{}/blobs/{}?ns={up} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        multi.repo(),
+        first.digest
+    );
+    let node2_addr = node2.pm.registry_host();
+    let started = Instant::now();
+    let (pull, seen_at, pulling_then) = std::thread::scope(|s| {
+        let pull = s.spawn(|| node1.pull(&multi, &up));
+        let mut seen_at = None;
+        while !pull.is_finished() && started.elapsed() < Duration::from_secs(60) {
+            let status = raw_request(&node2_addr, head.as_bytes(), Duration::from_secs(2))
+                .ok()
+                .and_then(|r| raw_status(&r));
+            if status == Some(200) {
+                seen_at = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pulling_then =
+            !pull.is_finished() && !node1.ctd.images().contains(&multi.reference(&up));
+        // Fetch the layer through node 2 while node 1 is still pulling the rest.
+        let body = seen_at.and_then(|_| {
+            let get = head.replacen("HEAD", "GET", 1);
+            get_to_end(&node2_addr, &get)
+        });
+        let still_pulling = !pull.is_finished();
+        (
+            (pull.join().unwrap(), body, still_pulling),
+            seen_at,
+            pulling_then,
+        )
+    });
+    let (result, body, still_pulling) = pull;
+    eprintln!(
+        "[2.1] first layer visible through node2 after {:?}; node1 still pulling then: {pulling_then}, after node2's GET: {still_pulling}; node1's pull took {:.1}s",
+        seen_at,
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!(
+            "node1's pull failed: {}",
+            last_lines_of(&strip_ansi_codes(&e), 4)
+        );
+    }
+    assert!(
+        seen_at.is_some() && pulling_then,
+        "node2 did not see node1's first layer before node1's pull ended\n--- node1 ---\n{}",
+        node1.pm.log_tail(40)
+    );
+    let body = body.expect("GET through node2");
+    let split = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response")
+        + 4;
+    assert_eq!(raw_status(&body), Some(200));
+    assert!(
+        still_pulling,
+        "node1's pull ended before node2 had the layer"
+    );
+    assert_eq!(digest_of(&body[split..]), first.digest, "wrong bytes");
+    assert!(node2.bytes_from("peer") >= first.size as f64);
+}
+
+/// Sends `request` (with `Connection: close`) and reads the whole response (bounded by time).
+fn get_to_end(addr: &str, request: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// A TCP proxy in front of an upstream that paces the responses on any connection whose
+/// request named `slow` (a digest), to `rate` bytes per second. Threads; stopped on Drop.
+struct ThrottleProxy {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl ThrottleProxy {
+    fn start(upstream: &str, slow: &str, rate: usize) -> ThrottleProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (upstream, slow) = (upstream.to_string(), slow.as_bytes().to_vec());
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let throttled = Arc::new(AtomicBool::new(false));
+                {
+                    let mut c = conns2.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(server.try_clone().unwrap());
+                }
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let (t1, slow) = (throttled.clone(), slow.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].windows(slow.len()).any(|w| w == slow.as_slice()) {
+                            t1.store(true, Ordering::Relaxed);
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if throttled.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        ThrottleProxy { addr, stop, conns }
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for ThrottleProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}

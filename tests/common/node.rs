@@ -139,6 +139,20 @@ impl Node {
         );
     }
 
+    /// Like [`Node::configure`] for an upstream given by URL (a proxy in front of the registry,
+    /// say); panics unless `configure` succeeds.
+    pub fn configure_upstream(&self, upstream_url: &str, mirror: &str) {
+        let config_path = self.hosts_dir().display().to_string();
+        peermirror_configure_ok(&[
+            "--config-path",
+            &config_path,
+            "--mirror",
+            mirror,
+            "--registry",
+            upstream_url,
+        ]);
+    }
+
     /// containerd's `config_path` for this node (`ctr --hosts-dir`).
     pub fn hosts_dir(&self) -> PathBuf {
         self.dir.path().join("hosts")
