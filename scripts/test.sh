@@ -26,6 +26,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+echo "== containerd 1.7 and 2.1 for the version matrix (cached in target/containerd)"
+bash scripts/fetch-containerd.sh
+# tests/e2e_matrix.rs runs on every version in PEERMIRROR_CONTAINERD_VERSIONS (default: all).
+export PEERMIRROR_CONTAINERD_VERSIONS="${PEERMIRROR_CONTAINERD_VERSIONS:-1.6,1.7,2.1}"
+
 echo "== build"
 cargo build --all-targets
 

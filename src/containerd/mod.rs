@@ -5,15 +5,19 @@
 //! action here: calls fail while it is down, the indexer marks the node not-ready, backs off,
 //! and resynchronises when calls succeed again.
 
+mod version;
+
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_client::events::ContentDelete;
+use containerd_client::events::{ContentCreate, ContentDelete};
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     GetImageRequest, ImageCreate, ImageDelete, ImageUpdate, InfoRequest, ListImagesRequest,
     ReadContentRequest, SubscribeRequest,
@@ -29,6 +33,8 @@ use crate::content::{
     ByteStream, ContentSource, Descriptor, EventStream, Image, SourceError, SourceEvent,
 };
 use crate::oci::Digest;
+
+pub use version::ContainerdVersion;
 
 /// Read size for blob streams: large reads are what make serving fast (see FIELD-NOTES).
 pub const READ_CHUNK: usize = 1024 * 1024;
@@ -58,6 +64,8 @@ pub struct ContainerdSource {
     namespace_md: AsciiMetadataValue,
     /// `<root>/io.containerd.content.v1.content` when readable: blobs are plain files there.
     content_dir: Option<PathBuf>,
+    /// What the Version service said last (set on each subscription).
+    version: Arc<RwLock<Option<ContainerdVersion>>>,
 }
 
 impl ContainerdSource {
@@ -90,7 +98,33 @@ impl ContainerdSource {
             namespace: namespace.to_string(),
             namespace_md,
             content_dir,
+            version: Arc::default(),
         })
+    }
+
+    /// Asks containerd's Version service (every version has it) and remembers the answer.
+    pub async fn fetch_version(&self) -> Result<ContainerdVersion, SourceError> {
+        let mut req = tonic::Request::new(());
+        req.set_timeout(CALL_TIMEOUT);
+        let raw = VersionClient::new(self.channel.clone())
+            .version(req)
+            .await
+            .map_err(|s| status_error(s, None))?
+            .into_inner()
+            .version;
+        let v = ContainerdVersion::parse(&raw).ok_or_else(|| {
+            SourceError::Unavailable(format!("containerd reports an unreadable version {raw:?}"))
+        })?;
+        *self.version.write().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+        Ok(v)
+    }
+
+    /// The version learnt by the last [`ContainerdSource::fetch_version`], if any.
+    pub fn version(&self) -> Option<ContainerdVersion> {
+        self.version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn request<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
@@ -233,12 +267,19 @@ impl ContentSource for ContainerdSource {
 
     async fn subscribe(&self) -> Result<EventStream, SourceError> {
         let ns = &self.namespace;
-        let req = SubscribeRequest {
-            filters: vec![
-                format!(r#"namespace=="{ns}",topic~="^/images/""#),
-                format!(r#"namespace=="{ns}",topic=="/content/delete""#),
-            ],
-        };
+        let version = self.fetch_version().await?;
+        let mut filters = vec![
+            format!(r#"namespace=="{ns}",topic~="^/images/""#),
+            format!(r#"namespace=="{ns}",topic=="/content/delete""#),
+        ];
+        // 2.1+ tells us each blob as it is committed: advertise layers before the image is
+        // complete. Older versions only have image events.
+        let content_events = version.publishes_content_create();
+        if content_events {
+            filters.push(format!(r#"namespace=="{ns}",topic=="/content/create""#));
+        }
+        tracing::info!(containerd = %version, content_events, "subscribed to containerd events");
+        let req = SubscribeRequest { filters };
         // containerd sends the response headers of Subscribe together with the first event,
         // so awaiting the call would block until something happens. Run it in a task that
         // forwards events; the request reaches containerd at once, and the short wait below
@@ -290,6 +331,14 @@ fn decode_event(topic: &str, payload: Option<Vec<u8>>) -> Option<Result<SourceEv
         "/images/delete" => ImageDelete::decode(payload.as_slice())
             .ok()
             .map(|e| SourceEvent::ImageDeleted(e.name)),
+        "/content/create" => ContentCreate::decode(payload.as_slice())
+            .ok()
+            .and_then(|e| {
+                Some(SourceEvent::ContentCommitted {
+                    digest: e.digest.parse().ok()?,
+                    size: u64::try_from(e.size).ok()?,
+                })
+            }),
         "/content/delete" => ContentDelete::decode(payload.as_slice())
             .ok()
             .and_then(|e| e.digest.parse().ok())
@@ -325,6 +374,15 @@ mod tests {
         assert_eq!(
             decode_event("/content/delete", Some(p)).unwrap().unwrap(),
             SourceEvent::ContentDeleted(d)
+        );
+        let p = ContentCreate {
+            digest: d.to_string(),
+            size: 7,
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_event("/content/create", Some(p)).unwrap().unwrap(),
+            SourceEvent::ContentCommitted { digest: d, size: 7 }
         );
         assert!(decode_event("/tasks/start", Some(vec![])).is_none());
     }

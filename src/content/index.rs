@@ -138,6 +138,28 @@ impl Index {
     }
 
     /// The store deleted a blob: stop serving it, even if images still name it.
+    /// A blob committed before any image names it (containerd 2.1+ content events): served and
+    /// advertised at once. It is dropped when an image that came to include it goes, when the
+    /// content is deleted, or at the next full listing if still no image names it.
+    pub fn add_blob(&self, desc: Descriptor) {
+        let added = {
+            let mut s = self.write();
+            let mut added = false;
+            s.blobs.entry(desc.digest).or_insert_with(|| {
+                added = true;
+                Blob {
+                    size: desc.size,
+                    media_type: desc.media_type,
+                    refs: 0,
+                }
+            });
+            added
+        };
+        if added {
+            self.emit(vec![IndexChange::Added(Key::Digest(desc.digest))]);
+        }
+    }
+
     pub fn remove_content(&self, digest: &Digest) {
         let removed = self.write().blobs.remove(digest).is_some();
         if removed {
@@ -190,6 +212,10 @@ fn add_image_locked(s: &mut State, image: WalkedImage, changes: &mut Vec<IndexCh
                 refs: 0,
             }
         });
+        // Added loose (content event: no media type known), now named by an image.
+        if entry.media_type.is_empty() {
+            entry.media_type = d.media_type;
+        }
         entry.refs += 1;
     }
     // A tag only counts if its target is present: a tag we cannot serve must not be advertised.

@@ -142,6 +142,15 @@ impl Indexer {
                     tracing::debug!(image = %name, "image removed from index");
                     self.index.remove_image(&name);
                 }
+                SourceEvent::ContentCommitted { digest, size } => {
+                    if self.index.stat(&digest).is_none()
+                        && let Some(desc) =
+                            committed_blob(self.source.as_ref(), digest, size).await?
+                    {
+                        tracing::debug!(%digest, size, "committed blob indexed before its image");
+                        self.index.add_blob(desc);
+                    }
+                }
                 SourceEvent::ContentDeleted(d) => self.index.remove_content(&d),
             }
         }
@@ -207,7 +216,85 @@ pub async fn walk_image(
     })
 }
 
+/// The descriptor to index for a blob committed before its image (content events carry only
+/// digest and size). A manifest needs its media type to be served (containerd refuses a
+/// manifest without one), so a small blob is looked at: a manifest that names its media type
+/// gets it, one that does not is left to the image walk; anything else (configs, layers) is
+/// served as a plain blob. `None` when the blob is already gone.
+async fn committed_blob(
+    source: &dyn ContentSource,
+    digest: crate::oci::Digest,
+    size: u64,
+) -> Result<Option<Descriptor>, SourceError> {
+    let mut media_type = String::new();
+    if size <= MAX_MANIFEST_SIZE {
+        let data = match super::read_small(source, &digest, size, MAX_MANIFEST_SIZE).await {
+            Ok(data) => data,
+            Err(e @ SourceError::Unavailable(_)) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        if let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice(&data) {
+            match doc.get("mediaType").and_then(|m| m.as_str()) {
+                Some(mt) if is_manifest_media_type(mt) => media_type = mt.to_string(),
+                _ if doc.contains_key("manifests") || doc.contains_key("layers") => {
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(Descriptor {
+        digest,
+        size,
+        media_type,
+    }))
+}
+
 /// Old Docker and some tools leave the descriptor media type empty; treat JSON-ish as a manifest.
 fn looks_like_manifest(mt: &str) -> bool {
     mt.is_empty() || mt.ends_with("manifest.v1+json") || mt.ends_with("index.v1+json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::MemorySource;
+
+    #[tokio::test]
+    async fn committed_blobs_are_indexed_before_their_image() {
+        let source = Arc::new(MemorySource::new());
+        let index = Arc::new(Index::new());
+        let indexer = Indexer::new(source.clone(), index.clone());
+        let mut ready = indexer.readiness();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(indexer.run(stop.clone()));
+        ready.wait_for(Readiness::is_ready).await.unwrap();
+
+        let layer = source.commit_blob(vec![7u8; 5000]);
+        let manifest = source.commit_blob(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
+        );
+        let bare = source.commit_blob(br#"{"schemaVersion":2,"layers":[]}"#.to_vec());
+        let mut changes = index.subscribe();
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            while index.stat(&manifest.digest).is_none() {
+                let _ = changes.recv().await;
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "committed blobs never indexed");
+        let got = index.stat(&layer.digest).expect("layer indexed");
+        assert_eq!((got.size, got.media_type.as_str()), (5000, ""));
+        assert_eq!(
+            index.stat(&manifest.digest).unwrap().media_type,
+            crate::oci::media_types::OCI_MANIFEST
+        );
+        assert!(
+            index.stat(&bare.digest).is_none(),
+            "a manifest without a media type must wait for its image"
+        );
+        assert_eq!(index.image_count(), 0);
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

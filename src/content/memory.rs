@@ -61,6 +61,17 @@ impl MemorySource {
         }
     }
 
+    /// Store a blob and report it as committed, the way containerd 2.1+ does while a pull is
+    /// still going (no image names it yet).
+    pub fn commit_blob(&self, data: impl Into<Bytes>) -> Descriptor {
+        let desc = self.add_blob("", data);
+        self.emit(SourceEvent::ContentCommitted {
+            digest: desc.digest,
+            size: desc.size,
+        });
+        desc
+    }
+
     /// Store a blob under a chosen digest (to simulate corrupt content).
     pub fn add_blob_as(&self, digest: Digest, data: impl Into<Bytes>) {
         self.state().blobs.insert(digest, data.into());

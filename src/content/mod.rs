@@ -51,6 +51,11 @@ pub enum SourceEvent {
     /// An image was created or updated: re-walk it.
     ImageChanged(String),
     ImageDeleted(String),
+    /// A blob was committed to the store (containerd 2.1+), possibly before its image exists.
+    ContentCommitted {
+        digest: Digest,
+        size: u64,
+    },
     ContentDeleted(Digest),
 }
 

@@ -1,4 +1,5 @@
-//! containerd 1.6 daemons, each with its own root, state and socket in a temp dir, driven by `ctr`.
+//! containerd daemons (1.6 from the system, 1.7 and 2.1 from `scripts/fetch-containerd.sh`), each
+//! with its own root, state and socket in a temp dir, driven by the `ctr` of the same version.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,9 +19,177 @@ use super::process::{
 /// The containerd namespace the CRI plugin (and so kubelet) uses.
 pub const NAMESPACE: &str = "k8s.io";
 
+/// Which containerd: 1.6 is the system's (Debian bookworm), 1.7 and 2.1 are Debian trixie's and
+/// sid's packages extracted into `target/containerd/<series>/` by `scripts/fetch-containerd.sh`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtdVersion {
+    V1_6,
+    V1_7,
+    V2_1,
+}
+
+/// Comma-separated series the matrix tests run on (`1.6,1.7,2.1` when unset).
+pub const VERSIONS_ENV: &str = "PEERMIRROR_CONTAINERD_VERSIONS";
+
+impl CtdVersion {
+    pub const ALL: [CtdVersion; 3] = [CtdVersion::V1_6, CtdVersion::V1_7, CtdVersion::V2_1];
+
+    pub fn series(self) -> &'static str {
+        match self {
+            CtdVersion::V1_6 => "1.6",
+            CtdVersion::V1_7 => "1.7",
+            CtdVersion::V2_1 => "2.1",
+        }
+    }
+
+    /// 2.x reads config `version = 3` and pulls through the transfer service.
+    pub fn is_v2(self) -> bool {
+        self == CtdVersion::V2_1
+    }
+
+    /// Where this version's binaries are: `None` for the system's (on PATH).
+    fn bin_dir(self) -> Option<PathBuf> {
+        match self {
+            CtdVersion::V1_6 => None,
+            v => Some(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target/containerd")
+                    .join(v.series())
+                    .join("usr/bin"),
+            ),
+        }
+    }
+
+    fn binary(self, name: &str) -> PathBuf {
+        match self.bin_dir() {
+            None => PathBuf::from(name),
+            Some(dir) => {
+                let path = dir.join(name);
+                assert!(
+                    path.exists(),
+                    "{} missing: run `bash scripts/fetch-containerd.sh {}` (or leave {} out of {VERSIONS_ENV})",
+                    path.display(),
+                    self.series(),
+                    self.series()
+                );
+                path
+            }
+        }
+    }
+
+    pub fn containerd_bin(self) -> PathBuf {
+        self.binary("containerd")
+    }
+
+    pub fn ctr_bin(self) -> PathBuf {
+        self.binary("ctr")
+    }
+
+    /// Whether [`VERSIONS_ENV`] selects this version (all when unset or empty).
+    pub fn selected(self) -> bool {
+        match std::env::var(VERSIONS_ENV) {
+            Ok(list) if !list.trim().is_empty() => {
+                list.split(',').any(|v| v.trim() == self.series())
+            }
+            _ => true,
+        }
+    }
+
+    /// For the first line of a matrix test: false (with a note) when the selection leaves it out.
+    pub fn should_run(self) -> bool {
+        let run = self.selected();
+        if !run {
+            eprintln!(
+                "[matrix] containerd {} not in {VERSIONS_ENV}: skipped",
+                self.series()
+            );
+        }
+        run
+    }
+}
+
+/// How to start a [`Containerd`].
+#[derive(Clone, Debug)]
+pub struct CtdOptions {
+    pub version: CtdVersion,
+    /// Enable the CRI plugin with this registry `config_path` (hosts.toml tree).
+    pub cri_config_path: Option<PathBuf>,
+}
+
+impl Default for CtdOptions {
+    fn default() -> Self {
+        CtdOptions {
+            version: CtdVersion::V1_6,
+            cri_config_path: None,
+        }
+    }
+}
+
+/// The config file for `opts`: `version = 2` for 1.x, `version = 3` for 2.x. CRI is disabled
+/// unless asked for (it wants CNI and a runtime); with CRI on, image pulls need only the images
+/// side: the native snapshotter (no mounts) and the registry `config_path`. CNI points at empty
+/// dirs of our own, so nothing on the host is read.
+fn config_toml(base: &Path, socket: &Path, opts: &CtdOptions) -> String {
+    let mut toml = format!(
+        "version = {}\n\
+         root = \"{root}\"\n\
+         state = \"{state}\"\n",
+        if opts.version.is_v2() { 3 } else { 2 },
+        root = base.join("root").display(),
+        state = base.join("state").display(),
+    );
+    let cni_bin = base.join("cni/bin");
+    let cni_conf = base.join("cni/conf");
+    match (&opts.cri_config_path, opts.version.is_v2()) {
+        (None, false) => toml.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"),
+        (None, true) => toml.push_str(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.runtime\"]\n",
+        ),
+        (Some(_), _) => {}
+    }
+    toml.push_str(&format!(
+        "\n[grpc]\n  address = \"{sock}\"\n\
+         \n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+         \n[debug]\n  address = \"\"\n  level = \"info\"\n\
+         \n[metrics]\n  address = \"\"\n\
+         \n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+        sock = socket.display(),
+        opt = base.join("opt").display(),
+    ));
+    if opts.version.is_v2() {
+        // 2.x pulls (ctr and CRI) go through the transfer service, which unpacks only for the
+        // platform/snapshotter pairs listed here (overlayfs by default).
+        toml.push_str(&format!(
+            "\n[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/{}\"\n  snapshotter = \"native\"\n",
+            super::fixtures::host_arch()
+        ));
+    }
+    if let Some(config_path) = &opts.cri_config_path {
+        let _ = fs::create_dir_all(&cni_bin);
+        let _ = fs::create_dir_all(&cni_conf);
+        let (cp, cb, cc) = (config_path.display(), cni_bin.display(), cni_conf.display());
+        if opts.version.is_v2() {
+            toml.push_str(&format!(
+                "\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
+                 \n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{cp}\"\n\
+                 \n[plugins.\"io.containerd.cri.v1.runtime\".cni]\n  bin_dirs = [\"{cb}\"]\n  conf_dir = \"{cc}\"\n"
+            ));
+        } else {
+            toml.push_str(&format!(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n\
+                 \n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"native\"\n\
+                 \n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{cp}\"\n\
+                 \n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{cb}\"\n  conf_dir = \"{cc}\"\n"
+            ));
+        }
+    }
+    toml
+}
+
 /// A containerd daemon with its own root, state and sockets in a temp dir.
 pub struct Containerd {
     name: String,
+    version: CtdVersion,
     child: Option<Child>,
     config: PathBuf,
     socket: PathBuf,
@@ -30,34 +199,23 @@ pub struct Containerd {
 }
 
 impl Containerd {
+    /// containerd 1.6 (the system's), CRI off.
     pub fn start(name: &str) -> Containerd {
+        Containerd::start_with(name, CtdOptions::default())
+    }
+
+    pub fn start_with(name: &str, opts: CtdOptions) -> Containerd {
         let dir = new_temp_dir(&format!("pm-e2e-ctd-{name}-"));
         let base = dir.path();
         let root = base.join("root");
-        let state = base.join("state");
         // Short names: unix socket paths are limited to 108 bytes.
         let socket = base.join("c.sock");
         let config = base.join("config.toml");
-        // CRI off: this is not a kubelet node, and CRI would want CNI etc.
         // The opt plugin would otherwise write to /opt/containerd.
-        let toml = format!(
-            "version = 2\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             \n[grpc]\n  address = \"{sock}\"\n\
-             \n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             \n[debug]\n  address = \"\"\n  level = \"info\"\n\
-             \n[metrics]\n  address = \"\"\n\
-             \n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
-            root = root.display(),
-            state = state.display(),
-            sock = socket.display(),
-            opt = base.join("opt").display(),
-        );
-        fs::write(&config, toml).expect("write containerd config");
+        fs::write(&config, config_toml(base, &socket, &opts)).expect("write containerd config");
         let mut containerd = Containerd {
             name: name.to_string(),
+            version: opts.version,
             child: None,
             config,
             socket,
@@ -71,6 +229,15 @@ impl Containerd {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn version(&self) -> CtdVersion {
+        self.version
+    }
+
+    /// The config file it was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     pub fn socket(&self) -> &Path {
@@ -93,7 +260,7 @@ impl Containerd {
     /// `ctr --address SOCK -n k8s.io ARGS...`
     pub fn ctr(&self, args: &[&str]) -> Output {
         run_with_timeout(
-            Command::new("ctr")
+            Command::new(self.version.ctr_bin())
                 .arg("--address")
                 .arg(&self.socket)
                 .args(["--connect-timeout", "5s", "-n", NAMESPACE])
@@ -227,10 +394,32 @@ impl Containerd {
         checked
     }
 
+    /// Flips `len` bytes in the middle of the stored blob `hex`, keeping its length (a provider
+    /// whose disk went bad). Returns the blob's path.
+    pub fn corrupt_blob(&self, hex: &str, len: usize) -> PathBuf {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let path = self.content_dir().join("blobs/sha256").join(hex);
+        let size = fs::metadata(&path).unwrap().len();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()));
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(size / 2)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        buf.iter_mut().for_each(|b| *b ^= 0xff);
+        f.seek(SeekFrom::Start(size / 2)).unwrap();
+        f.write_all(&buf).unwrap();
+        f.sync_all().unwrap();
+        assert_ne!(sha256_file(&path), hex, "corruption did not take");
+        path
+    }
+
     /// Whether the daemon answers on its socket.
     pub fn is_up(&self) -> bool {
         run_with_timeout(
-            Command::new("ctr")
+            Command::new(self.version.ctr_bin())
                 .arg("--address")
                 .arg(&self.socket)
                 .args(["--connect-timeout", "1s", "version"]),
@@ -251,7 +440,7 @@ impl Containerd {
     pub fn restart(&mut self) {
         self.kill();
         let (out, err) = log_file(&self.log);
-        let child = Command::new("containerd")
+        let child = Command::new(self.version.containerd_bin())
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

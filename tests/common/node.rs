@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::containerd::Containerd;
+use super::containerd::{Containerd, CtdOptions, CtdVersion};
 use super::fixtures::FixtureImage;
 use super::peermirror::{Peermirror, peermirror_configure_ok};
 use super::process::{last_lines_of, new_temp_dir, read_log, strip_ansi_codes};
@@ -30,6 +30,8 @@ pub struct NodeBuilder {
     args: Vec<String>,
     peers: Vec<String>,
     admin_sock: bool,
+    version: CtdVersion,
+    cri: bool,
 }
 
 impl NodeBuilder {
@@ -58,10 +60,29 @@ impl NodeBuilder {
         self
     }
 
+    /// Which containerd (1.6 unless set).
+    pub fn containerd(mut self, version: CtdVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Enable containerd's CRI plugin with [`Node::hosts_dir`] as its registry `config_path`,
+    /// so [`Node::cri_pull`] goes through the hosts.toml `configure` writes there.
+    pub fn cri(mut self) -> Self {
+        self.cri = true;
+        self
+    }
+
     /// Starts containerd and peermirror and waits for `/readyz`.
     pub fn start(self) -> Node {
         let dir = new_temp_dir(&format!("pm-e2e-node-{}-", self.name));
-        let ctd = Containerd::start(self.name);
+        let ctd = Containerd::start_with(
+            self.name,
+            CtdOptions {
+                version: self.version,
+                cri_config_path: self.cri.then(|| dir.path().join("hosts")),
+            },
+        );
         let mut args = self.args;
         if self.admin_sock {
             args.push("--admin-sock".into());
@@ -90,6 +111,8 @@ impl Node {
             args: Vec::new(),
             peers: Vec::new(),
             admin_sock: false,
+            version: CtdVersion::V1_6,
+            cri: false,
         }
     }
 
@@ -120,6 +143,20 @@ impl Node {
             self.name,
             toml.display()
         );
+    }
+
+    /// Like [`Node::configure`] for an upstream given by URL (a proxy in front of the registry,
+    /// say); panics unless `configure` succeeds.
+    pub fn configure_upstream(&self, upstream_url: &str, mirror: &str) {
+        let config_path = self.hosts_dir().display().to_string();
+        peermirror_configure_ok(&[
+            "--config-path",
+            &config_path,
+            "--mirror",
+            mirror,
+            "--registry",
+            upstream_url,
+        ]);
     }
 
     /// containerd's `config_path` for this node (`ctr --hosts-dir`).
@@ -159,6 +196,20 @@ impl Node {
             );
         }
         started.elapsed()
+    }
+
+    /// CRI `PullImage`, as the kubelet pulls: the containerd daemon fetches through the
+    /// hosts.toml in [`Node::hosts_dir`] (needs [`NodeBuilder::cri`]). Returns the image ref.
+    pub async fn cri_pull(
+        &self,
+        image: &FixtureImage,
+        registry_host: &str,
+    ) -> Result<String, String> {
+        let reference = image.reference(registry_host);
+        let mut cri = peermirror::cri::Cri::connect(self.ctd.socket(), Duration::from_secs(120))
+            .await
+            .map_err(|e| e.to_string())?;
+        cri.pull(&reference).await.map_err(|e| format!("{e:#}"))
     }
 
     /// Straight from the upstream, bypassing every mirror.

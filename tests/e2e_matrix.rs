@@ -1,0 +1,514 @@
+//! The containerd version matrix: the end-to-end cases that matter, on containerd 1.6 (Debian
+//! bookworm, the system's), 1.7.24 (trixie) and 2.1.9 (sid; `bash scripts/fetch-containerd.sh`
+//! extracts both into `target/containerd/`). One test per case and version, so a failure names
+//! the version; `PEERMIRROR_CONTAINERD_VERSIONS=1.7,2.1` narrows the run.
+//!
+//! What runs on every version, and why (the budget is a few minutes on 2 cores):
+//! - `peers_*`: three nodes, the upstream stopped, nodes 2 and 3 pull through peers and every
+//!   stored blob is hashed. This is the product's promise; on 1.7 and 2.1 node 3 pulls through
+//!   CRI `PullImage` (the kubelet's path: the daemon fetches, through the transfer service on
+//!   2.1), node 2 with `ctr`, so both paths are covered by one cluster.
+//! - `corrupt_*`: a provider with a damaged copy. What containerd does with a bad body differs
+//!   between versions (1.6 resumes on the same host, 2.x walks the host list again), and the
+//!   only acceptable outcome is the same everywhere: nothing wrong is committed.
+//! - `mtls_*`: the containerd-to-mirror TLS handshake with a client certificate is done by
+//!   each version's own Go TLS stack and hosts.toml parser.
+//!
+//! Left to `e2e_p2p` and `e2e_security` on 1.6 only (containerd plays no part in what they test,
+//! or they are slow): provider SIGKILL, fast misses, configure/restore, revocation, tokens.
+//!
+//! Run with `cargo test --test e2e_matrix -- --include-ignored` (as root).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a node may take to learn, through the DHT, what another one holds.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// One `#[test]` per version for a scenario `async fn(CtdVersion)`.
+macro_rules! matrix {
+    ($scenario:ident: $($name:ident => $version:expr),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            #[ignore = "e2e: needs root + containerd (scripts/fetch-containerd.sh) + docker-registry"]
+            async fn $name() {
+                if $version.should_run() {
+                    $scenario($version).await;
+                }
+            }
+        )+
+    };
+}
+
+matrix!(peers_with_upstream_down:
+    peers_upstream_down_1_6 => CtdVersion::V1_6,
+    peers_upstream_down_ctr_and_cri_1_7 => CtdVersion::V1_7,
+    peers_upstream_down_ctr_and_cri_2_1 => CtdVersion::V2_1,
+);
+
+matrix!(corrupt_provider:
+    corrupt_provider_1_6 => CtdVersion::V1_6,
+    corrupt_provider_1_7 => CtdVersion::V1_7,
+    corrupt_provider_2_1 => CtdVersion::V2_1,
+);
+
+matrix!(mtls_pull:
+    mtls_pull_through_peers_1_6 => CtdVersion::V1_6,
+    mtls_pull_through_peers_1_7 => CtdVersion::V1_7,
+    mtls_pull_through_peers_2_1 => CtdVersion::V2_1,
+);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A node on containerd `v` (with CRI when `cri`) whose hosts.toml names its own peermirror
+/// (`mirror_scheme` `http` or `https`) as the mirror of `registry`.
+fn node(
+    name: &'static str,
+    v: CtdVersion,
+    cri: bool,
+    pm_args: &[String],
+    peer: Option<&Peermirror>,
+    registry: &Registry,
+    configure_args: &[String],
+) -> Node {
+    let mut b = Node::builder(name)
+        .containerd(v)
+        .args(pm_args)
+        .bootstrap(peer);
+    if cri {
+        b = b.cri();
+    }
+    let node = b.start();
+    let tls = pm_args.iter().any(|a| a == "--tls-cert");
+    let mirror = if tls {
+        format!("https://{}", node.pm.registry_host())
+    } else {
+        node.pm.registry_url()
+    };
+    node.configure(registry, &mirror, configure_args);
+    node
+}
+
+/// Polls HEAD of `digest` through `node`'s peermirror until another node serves it.
+async fn wait_visible(http: &Http, node: &Node, image: &FixtureImage, digest: &str, reg: &str) {
+    let url = node.blob_url(image, digest, reg);
+    let seen = wait_until_async(VISIBLE_WITHIN, || async {
+        http.head(&url, &[]).await.status == 200
+    })
+    .await;
+    assert!(
+        seen,
+        "{}: {digest} not visible through its peermirror within {VISIBLE_WITHIN:?}\n{}",
+        node.name,
+        node.pm.log_tail(40)
+    );
+}
+
+fn first_layer(image: &FixtureImage) -> Descriptor {
+    image.host_manifest().layers[0].clone()
+}
+
+/// Every blob a default-platform pull stores is there and hashes to its name.
+fn assert_complete(node: &Node, image: &FixtureImage, v: CtdVersion, how: &str) {
+    node.ctd.assert_has(image);
+    let checked = node.ctd.verify_content_blobs();
+    eprintln!(
+        "[{}] {} {how}-pulled {}: {checked} blobs verified",
+        v.series(),
+        node.name,
+        image.name
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+/// Node 1 pulls `big` and `multi` through its own peermirror (a miss: from the upstream); the
+/// upstream stops; node 2 pulls both with `ctr`, node 3 with CRI `PullImage` (1.7, 2.1) or `ctr`
+/// (1.6), all through their peermirrors from the peers.
+async fn peers_with_upstream_down(v: CtdVersion) {
+    let started = Instant::now();
+    let mut registry = Registry::start();
+    let (big, multi) = (fixture("big"), fixture("multi"));
+    registry.push(&big);
+    registry.push(&multi);
+    let reg = registry.host();
+    let cri = v != CtdVersion::V1_6;
+    let node1 = node("node1", v, false, &[], None, &registry, &[]);
+    let node2 = node("node2", v, false, &[], Some(&node1.pm), &registry, &[]);
+    let node3 = node("node3", v, cri, &[], Some(&node1.pm), &registry, &[]);
+    for image in [&big, &multi] {
+        node1.pull_ok(image, &reg);
+    }
+    let http = Http::new();
+    for n in [&node2, &node3] {
+        for image in [&big, &multi] {
+            wait_visible(&http, n, image, &first_layer(image).digest, &reg).await;
+        }
+    }
+    registry.stop();
+
+    for image in [&big, &multi] {
+        node2.pull_ok(image, &reg);
+        assert_complete(&node2, image, v, "ctr");
+    }
+    for image in [&big, &multi] {
+        if cri {
+            let got = node3.cri_pull(image, &reg).await;
+            if let Err(e) = got {
+                panic!(
+                    "[{}] node3: CRI PullImage of {} with the upstream down failed: {e}\n\
+                     --- node3 peermirror ---\n{}\n--- node3 containerd ---\n{}",
+                    v.series(),
+                    image.name,
+                    node3.pm.log_tail(40),
+                    node3.ctd.log_tail(30)
+                );
+            }
+            assert_complete(&node3, image, v, "CRI");
+        } else {
+            node3.pull_ok(image, &reg);
+            assert_complete(&node3, image, v, "ctr");
+        }
+    }
+    let layer = first_layer(&big);
+    for n in [&node2, &node3] {
+        let peer = n.bytes_from("peer");
+        assert!(
+            peer >= layer.size as f64,
+            "[{}] {} relayed only {peer} bytes from peers (big's layer alone is {})",
+            v.series(),
+            n.name,
+            layer.size
+        );
+    }
+    eprintln!(
+        "[{}] peers, upstream down: done in {:.1}s",
+        v.series(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Node 1's copy of `big`'s layer is damaged on disk (same length). Node 2 pulls with the
+/// upstream up: the pull succeeds, nothing wrong is committed, and the damage was caught (by
+/// node 1 checking its own copy, or by node 2 at the end of the transfer).
+async fn corrupt_provider(v: CtdVersion) {
+    let registry = Registry::start();
+    let big = fixture("big");
+    registry.push(&big);
+    let reg = registry.host();
+    let node1 = node("node1", v, false, &[], None, &registry, &[]);
+    let node2 = node("node2", v, false, &[], Some(&node1.pm), &registry, &[]);
+    node1.pull_direct(&big, &reg);
+    let layer = first_layer(&big);
+    wait_visible(&Http::new(), &node2, &big, &layer.digest, &reg).await;
+    node1.ctd.corrupt_blob(layer.hex(), 4096);
+
+    let result = node2.pull(&big, &reg);
+    // Whatever happened, nothing with wrong bytes may be in node 2's store.
+    let checked = node2.ctd.verify_content_blobs();
+    let at_source = node1.pm.metric("peermirror_local_corruptions_total", &[]);
+    let in_transfer = node2.pm.metric("peermirror_digest_mismatches_total", &[]);
+    eprintln!(
+        "[{}] corrupt provider: pull {}; {checked} blobs verified on node2; caught at source {at_source}, in transfer {in_transfer}",
+        v.series(),
+        if result.is_ok() { "ok" } else { "FAILED" }
+    );
+    if let Err(e) = result {
+        panic!(
+            "[{}] node2's pull failed after a corrupt peer copy (nothing wrong committed):\n{}\n--- node2 ---\n{}",
+            v.series(),
+            last_lines_of(&strip_ansi_codes(&e), 4),
+            node2.pm.log_tail(40)
+        );
+    }
+    node2.ctd.assert_has(&big);
+    assert!(
+        at_source >= 1.0 || in_transfer >= 1.0,
+        "[{}] nobody noticed the damaged copy",
+        v.series()
+    );
+}
+
+/// Two nodes over mTLS (containerd to its mirror with a client certificate, node to node with
+/// the nodes' certificates); the upstream stops; node 2 pulls `big` from node 1.
+async fn mtls_pull(v: CtdVersion) {
+    let mut registry = Registry::start();
+    let big = fixture("big");
+    registry.push(&big);
+    let reg = registry.host();
+    let pki = Pki::init();
+    for name in ["node1", "node2"] {
+        pki.issue(name, &["127.0.0.1"]);
+    }
+    pki.issue("containerd-client", &[]);
+    let configure: Vec<String> = [
+        "--ca-file".to_string(),
+        pki.ca().display().to_string(),
+        "--client-cert".into(),
+        pki.cert("containerd-client").display().to_string(),
+        "--client-key".into(),
+        pki.key("containerd-client").display().to_string(),
+    ]
+    .to_vec();
+    let node1 = node(
+        "node1",
+        v,
+        false,
+        &pki.mtls_run_args("node1"),
+        None,
+        &registry,
+        &configure,
+    );
+    let node2 = node(
+        "node2",
+        v,
+        false,
+        &pki.mtls_run_args("node2"),
+        Some(&node1.pm),
+        &registry,
+        &configure,
+    );
+    node1.pull_ok(&big, &reg);
+    let layer = first_layer(&big);
+    let tester = https_http(
+        &pki.ca(),
+        Some((
+            &pki.cert("containerd-client"),
+            &pki.key("containerd-client"),
+        )),
+    );
+    let url = format!(
+        "https://{}/v2/{}/blobs/{}?ns={reg}",
+        node2.pm.registry_host(),
+        big.repo(),
+        layer.digest
+    );
+    let seen = wait_until_async(VISIBLE_WITHIN, || async {
+        tester.head(&url, &[]).await.status == 200
+    })
+    .await;
+    assert!(seen, "[{}] layer not visible through node2", v.series());
+    registry.stop();
+    node2.pull_ok(&big, &reg);
+    assert_complete(&node2, &big, v, "ctr (mTLS)");
+    let peer = node2.bytes_from("peer");
+    assert!(
+        peer >= layer.size as f64,
+        "[{}] node2 relayed only {peer} bytes from peers (layer {})",
+        v.series(),
+        layer.size
+    );
+    let log2 = node2.log();
+    assert!(
+        log2.lines().any(|l| l.contains(layer.hex())
+            && l.contains("client=cert:CN=containerd-client")
+            && l.contains("status=200")),
+        "[{}] node2 has no audit line serving the layer to its containerd's client certificate",
+        v.series()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Content events (2.1+): a layer is served to peers as soon as it is committed
+// ---------------------------------------------------------------------------
+
+/// Node 1 (containerd 2.1) pulls `multi` through a proxy that trickles the last layer; while
+/// node 1 is still pulling, node 2 fetches the first layer from node 1 through its own
+/// peermirror. Before `/content/create` was followed, nothing was advertised until the image
+/// was complete, so node 2 saw nothing until node 1's pull had ended.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root + containerd 2.1 (scripts/fetch-containerd.sh) + docker-registry"]
+async fn first_layer_served_while_pull_in_progress_2_1() {
+    let v = CtdVersion::V2_1;
+    if !v.should_run() {
+        return;
+    }
+    let registry = Registry::start();
+    let multi = fixture("multi");
+    registry.push(&multi);
+    let layers = multi.host_manifest().layers;
+    let (first, last) = (layers[0].clone(), layers[layers.len() - 1].clone());
+    // ~20 KiB/s: the 200 KiB last layer takes ~10 s.
+    let proxy = ThrottleProxy::start(&registry.host(), last.hex(), 20 * 1024);
+    let up = proxy.host();
+    let node1 = Node::builder("node1").containerd(v).start();
+    node1.configure_upstream(&format!("http://{up}"), &node1.pm.registry_url());
+    let node2 = Node::builder("node2")
+        .containerd(v)
+        .bootstrap(Some(&node1.pm))
+        .start();
+
+    let head = format!(
+        "HEAD /v2/{}/blobs/{}?ns={up} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        multi.repo(),
+        first.digest
+    );
+    let node2_addr = node2.pm.registry_host();
+    let started = Instant::now();
+    let (pull, seen_at, pulling_then) = std::thread::scope(|s| {
+        let pull = s.spawn(|| node1.pull(&multi, &up));
+        let mut seen_at = None;
+        while !pull.is_finished() && started.elapsed() < Duration::from_secs(60) {
+            let status = raw_request(&node2_addr, head.as_bytes(), Duration::from_secs(2))
+                .ok()
+                .and_then(|r| raw_status(&r));
+            if status == Some(200) {
+                seen_at = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pulling_then =
+            !pull.is_finished() && !node1.ctd.images().contains(&multi.reference(&up));
+        // Fetch the layer through node 2 while node 1 is still pulling the rest.
+        let body = seen_at.and_then(|_| {
+            let get = head.replacen("HEAD", "GET", 1);
+            get_to_end(&node2_addr, &get)
+        });
+        let still_pulling = !pull.is_finished();
+        (
+            (pull.join().unwrap(), body, still_pulling),
+            seen_at,
+            pulling_then,
+        )
+    });
+    let (result, body, still_pulling) = pull;
+    eprintln!(
+        "[2.1] first layer visible through node2 after {:?}; node1 still pulling then: {pulling_then}, after node2's GET: {still_pulling}; node1's pull took {:.1}s",
+        seen_at,
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!(
+            "node1's pull failed: {}",
+            last_lines_of(&strip_ansi_codes(&e), 4)
+        );
+    }
+    assert!(
+        seen_at.is_some() && pulling_then,
+        "node2 did not see node1's first layer before node1's pull ended\n--- node1 ---\n{}",
+        node1.pm.log_tail(40)
+    );
+    let body = body.expect("GET through node2");
+    let split = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response")
+        + 4;
+    assert_eq!(raw_status(&body), Some(200));
+    assert!(
+        still_pulling,
+        "node1's pull ended before node2 had the layer"
+    );
+    assert_eq!(digest_of(&body[split..]), first.digest, "wrong bytes");
+    assert!(node2.bytes_from("peer") >= first.size as f64);
+}
+
+/// Sends `request` (with `Connection: close`) and reads the whole response (bounded by time).
+fn get_to_end(addr: &str, request: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// A TCP proxy in front of an upstream that paces the responses on any connection whose
+/// request named `slow` (a digest), to `rate` bytes per second. Threads; stopped on Drop.
+struct ThrottleProxy {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl ThrottleProxy {
+    fn start(upstream: &str, slow: &str, rate: usize) -> ThrottleProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (upstream, slow) = (upstream.to_string(), slow.as_bytes().to_vec());
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let throttled = Arc::new(AtomicBool::new(false));
+                {
+                    let mut c = conns2.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(server.try_clone().unwrap());
+                }
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let (t1, slow) = (throttled.clone(), slow.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].windows(slow.len()).any(|w| w == slow.as_slice()) {
+                            t1.store(true, Ordering::Relaxed);
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if throttled.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        ThrottleProxy { addr, stop, conns }
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for ThrottleProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
