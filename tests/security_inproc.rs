@@ -649,3 +649,56 @@ async fn auth_mode_none_needs_explicit_consent() {
             .contains("--token-file")
     );
 }
+
+/// issue 9, hole 3: a peer's registry address is the IP we are connected to it on plus the
+/// port it announced; an IP in its identify agent string (here 127.0.0.2, standing in for any
+/// host a liar wants requests and tokens sent to) is ignored.
+#[tokio::test]
+async fn a_forged_registry_address_in_identify_is_ignored() {
+    use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (liar, _task) = P2pRouter::start(
+        P2pConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            // The agent string then says `registry=127.0.0.2:5999`.
+            advertise: Some("127.0.0.2:1".parse().unwrap()),
+            registry_port: 5999,
+            bootstrap: vec![],
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            psk: None,
+            provider_ttl: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(180),
+        },
+        Arc::new(peermirror::metrics::Metrics::new()),
+        stop.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while liar.listen_addrs().is_empty() {
+        assert!(Instant::now() < deadline, "router never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let boot = Bootstrap::Static(liar.listen_addrs()[0].clone());
+    let asker = support::p2p_router(5000, None, vec![boot], &stop).await;
+    let key = Key::Digest(Digest::of(b"forged registry"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let provider = loop {
+        let _ = liar.advertise(vec![key.clone()]).await;
+        let mut rx = asker.lookup(&key);
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the provider was never found");
+    };
+    assert_eq!(provider.addr, "127.0.0.1:5999".parse().unwrap());
+    let status = asker.status();
+    assert!(
+        status
+            .peers
+            .iter()
+            .all(|p| p.registry.is_none_or(|r| r.ip().to_string() == "127.0.0.1")),
+        "{:?}",
+        status.peers
+    );
+    stop.cancel();
+}
