@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
-use crate::daemon::{Config, P2pSettings, Routing, Security};
+use crate::daemon::{Config, DaemonError, P2pSettings, Routing, Security};
 use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
 use crate::server::ServerLimits;
@@ -207,12 +207,13 @@ pub struct SecurityArgs {
 }
 
 impl Config {
-    /// The daemon's settings from `peermirror run`'s flags.
-    pub fn from_args(args: &RunArgs) -> Self {
+    /// The daemon's settings from `peermirror run`'s flags; refuses flags that only make
+    /// sense together when one is missing.
+    pub fn from_args(args: &RunArgs) -> Result<Self, DaemonError> {
         let advertise = args
             .advertise_addr
             .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(args.router_addr.port())));
-        Config {
+        Ok(Config {
             containerd_sock: args.containerd_sock.clone(),
             containerd_namespace: args.containerd_namespace.clone(),
             content_dir: args.containerd_content_dir.clone(),
@@ -238,7 +239,7 @@ impl Config {
                 hedge_delay: args.mirror_hedge_delay,
                 ..MirrorConfig::default()
             },
-            security: Security::from_args(&args.security),
+            security: Security::from_args(&args.security)?,
             max_uploads: args.max_concurrent_uploads,
             max_egress_bps: args.max_egress_bps,
             admin_sock: Some(
@@ -246,15 +247,28 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| args.data_dir.join("admin.sock")),
             ),
-        }
+        })
     }
 }
 
 impl Security {
-    /// Auth mode, TLS files and token file from the security flags. TLS is on only when both
-    /// --tls-cert and --tls-key are given.
-    pub fn from_args(a: &SecurityArgs) -> Self {
+    /// Auth mode, TLS files and token file from the security flags. TLS is on when both
+    /// --tls-cert and --tls-key are given; one without the other is refused (it would
+    /// silently serve plain HTTP and drop every other TLS flag).
+    pub fn from_args(a: &SecurityArgs) -> Result<Self, DaemonError> {
         let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(_), None) => {
+                return Err(DaemonError::TlsHalf {
+                    given: "--tls-cert",
+                    missing: "--tls-key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(DaemonError::TlsHalf {
+                    given: "--tls-key",
+                    missing: "--tls-cert",
+                });
+            }
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -266,12 +280,12 @@ impl Security {
             }),
             _ => None,
         };
-        Security {
+        Ok(Security {
             mode: a.auth_mode,
             insecure_no_auth: a.insecure_no_auth,
             tls,
             token_file: a.token_file.clone(),
-        }
+        })
     }
 }
 
@@ -309,4 +323,45 @@ pub struct LogArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["peermirror", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_refused() {
+        for (flags, given) in [
+            (["--tls-cert", "/c.pem"], "--tls-cert"),
+            (["--tls-key", "/k.pem"], "--tls-key"),
+        ] {
+            let mut a = run_args(&flags);
+            a.security.auth_mode = AuthMode::Token;
+            match Config::from_args(&a) {
+                Err(e @ DaemonError::TlsHalf { .. }) => {
+                    assert!(e.to_string().contains(given), "{e}")
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("{given} alone was accepted"),
+            }
+        }
+        let a = run_args(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]);
+        assert!(Config::from_args(&a).unwrap().security.tls.is_some());
+        assert!(
+            Config::from_args(&run_args(&[]))
+                .unwrap()
+                .security
+                .tls
+                .is_none()
+        );
+    }
 }

@@ -99,6 +99,13 @@ pub enum DaemonError {
     NoAuthNotAllowed,
     #[error("--auth-mode mtls needs --tls-cert, --tls-key and --tls-client-ca")]
     MtlsWithoutClientCa,
+    #[error(
+        "{given} was given without {missing}: TLS needs both (without them the endpoint would serve plain HTTP)"
+    )]
+    TlsHalf {
+        given: &'static str,
+        missing: &'static str,
+    },
     #[error("--auth-mode token needs --token-file")]
     TokenWithoutFile,
     #[error(transparent)]
