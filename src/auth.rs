@@ -103,7 +103,8 @@ impl Tokens {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        t.first().and_then(|b| String::from_utf8(b.text.clone()).ok())
+        t.first()
+            .and_then(|b| String::from_utf8(b.text.clone()).ok())
     }
 
     /// Which line (1-based) matches `presented`. Fixed-size hashes of both sides are compared,
@@ -156,6 +157,9 @@ pub enum Refusal {
     NoClientCert,
     /// The certificate of an already established connection has since been revoked.
     Revoked,
+    /// The CRL in force is past its nextUpdate and `--crl-expired deny` is set: no
+    /// certificate's status is known.
+    CrlExpired,
     /// Too many failures from this address lately: 429.
     Throttled,
 }
@@ -167,6 +171,7 @@ impl Refusal {
             Refusal::WrongToken => "wrong_token",
             Refusal::NoClientCert => "no_certificate",
             Refusal::Revoked => "revoked",
+            Refusal::CrlExpired => "expired_crl",
             Refusal::Throttled => "throttled",
         }
     }
@@ -214,8 +219,9 @@ impl FailureThrottle {
     }
 }
 
-/// Answers whether a certificate serial is revoked now.
-pub type RevocationCheck = Arc<dyn Fn(&Serial) -> bool + Send + Sync>;
+/// Answers whether a certificate serial may be served now: `Some` refusal when it is revoked,
+/// or when its status is unknown under a fail-closed policy.
+pub type RevocationCheck = Arc<dyn Fn(&Serial) -> Option<Refusal> + Send + Sync>;
 
 /// The registry endpoint's gatekeeper.
 pub struct Guard {
@@ -298,12 +304,12 @@ impl Guard {
         if self.mode.needs_client_cert() && conn.client_cert.is_none() {
             return Err(Refusal::NoClientCert);
         }
-        if let (Some(serial), Some(is_revoked)) = (
+        if let (Some(serial), Some(check)) = (
             conn.client_cert.as_ref().and_then(|c| c.serial.as_ref()),
             &self.revocation,
-        ) && is_revoked(serial)
+        ) && let Some(refusal) = check(serial)
         {
-            return Err(Refusal::Revoked);
+            return Err(refusal);
         }
         let mut line = None;
         if self.mode.needs_token() {
@@ -378,7 +384,9 @@ mod tests {
             mode: AuthMode::MtlsToken,
             tokens: Some(Arc::new(Tokens::load(&f).unwrap())),
             throttle: FailureThrottle::new(3, Duration::from_secs(60)),
-            revocation: Some(Arc::new(|serial: &Serial| *serial == "0b")),
+            revocation: Some(Arc::new(|serial: &Serial| {
+                (*serial == "0b").then_some(Refusal::Revoked)
+            })),
         };
         let ok = g.check(&bearer("s3cret"), &conn(true)).unwrap();
         assert_eq!(ok.to_string(), "cert:CN=node1 serial=0a token:line1");

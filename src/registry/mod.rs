@@ -84,6 +84,10 @@ impl Answer {
             ),
             Refusal::NoClientCert => (ErrorCode::Unauthorized, "a client certificate is required"),
             Refusal::Revoked => (ErrorCode::Denied, "the client certificate has been revoked"),
+            Refusal::CrlExpired => (
+                ErrorCode::Denied,
+                "the certificate revocation list has expired; certificates are refused until it is renewed",
+            ),
             Refusal::MissingToken | Refusal::WrongToken => {
                 (ErrorCode::Unauthorized, "a valid bearer token is required")
             }
