@@ -632,7 +632,8 @@ async fn start_source(
 #[tokio::test]
 async fn a_peer_gets_the_first_byte_before_the_blob_is_read_whole() {
     let mem = MemorySource::new();
-    let big = pattern(4 * 1024 * 1024, 3);
+    // Above the size hashed before the headers (64 MiB).
+    let big = pattern(65 * 1024 * 1024, 3);
     let digest = Digest::of(&big);
     mem.add_image("127.0.0.1:5000/test/app:v1", &[&big]);
     let (open, gate) = tokio::sync::watch::channel(false);
@@ -689,7 +690,8 @@ async fn a_peer_gets_the_first_byte_before_the_blob_is_read_whole() {
 #[tokio::test]
 async fn a_damaged_large_blob_breaks_before_its_last_byte() {
     let src = MemorySource::new();
-    let good = pattern(3 * 1024 * 1024, 4);
+    // Above the size hashed before the headers (64 MiB).
+    let good = pattern(65 * 1024 * 1024, 4);
     let digest = Digest::of(&good);
     src.add_image("127.0.0.1:5000/test/app:v1", &[&good]);
     let mut bad = good.clone();

@@ -31,9 +31,10 @@ const MAX_ENTRIES: usize = 100_000;
 const MAX_PERSISTED: usize = 20_000;
 /// The file is rewritten at most this often while verdicts come in.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
-/// Blobs this small are hashed before the headers: under a millisecond, and a damaged copy
-/// then gets a clean 404 instead of an aborted body.
-pub const HASH_FIRST_MAX: u64 = 1024 * 1024;
+/// Blobs this small are hashed before the headers (tens of milliseconds at most): a damaged
+/// copy then gets a clean 404, where an aborted body would leave containerd holding a damaged
+/// prefix and fail that pull. Larger blobs stream at once and are hashed as they go.
+pub const HASH_FIRST_MAX: u64 = 64 * 1024 * 1024;
 
 /// Size and modification time of a stored blob.
 pub type Stamp = (u64, SystemTime);
