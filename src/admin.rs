@@ -235,9 +235,26 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, AdminError> {
     {
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    Ok(listener)
+    // Bound inside a fresh 0700 directory, made 0600 there, then moved into place: the socket
+    // is never reachable by others, not even between bind and chmod.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let private = dir.join(format!(".admin.{:016x}.d", rand::random::<u64>()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .map_err(bind_err)?;
+    }
+    let staged = private.join("admin.sock");
+    let result = tokio::net::UnixListener::bind(&staged).and_then(|l| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result.map_err(bind_err)
 }
 
 /// Serve the admin API on `listener` until shutdown, then remove the socket file.

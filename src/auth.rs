@@ -61,7 +61,18 @@ pub enum AuthError {
 /// The accepted tokens: one per line of the token file; several lines let a rotation overlap.
 pub struct Tokens {
     path: PathBuf,
-    tokens: RwLock<Arc<Vec<Vec<u8>>>>,
+    tokens: RwLock<Arc<Vec<Token>>>,
+}
+
+/// One accepted token: kept for sending to peers, compared by its SHA-256 hash.
+struct Token {
+    text: Vec<u8>,
+    hash: [u8; 32],
+}
+
+fn token_hash(t: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(t).into()
 }
 
 impl Tokens {
@@ -92,20 +103,23 @@ impl Tokens {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        t.first().and_then(|b| String::from_utf8(b.clone()).ok())
+        t.first()
+            .and_then(|b| String::from_utf8(b.text.clone()).ok())
     }
 
-    /// Which line (1-based) matches `presented`. Every token is compared, in constant time
-    /// per token, so the timing does not tell which line (or how much of one) matched.
+    /// Which line (1-based) matches `presented`. Fixed-size hashes of both sides are compared,
+    /// every one in constant time, so the timing tells neither which line matched, nor how
+    /// much of one, nor how long a token is.
     pub fn check(&self, presented: &[u8]) -> Option<usize> {
         let tokens = self
             .tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let presented = token_hash(presented);
         let mut found = None;
         for (i, t) in tokens.iter().enumerate() {
-            if bool::from(t.as_slice().ct_eq(presented)) && found.is_none() {
+            if bool::from(t.hash.ct_eq(&presented)) && found.is_none() {
                 found = Some(i + 1);
             }
         }
@@ -113,16 +127,19 @@ impl Tokens {
     }
 }
 
-fn read_tokens(path: &Path) -> Result<Vec<Vec<u8>>, AuthError> {
+fn read_tokens(path: &Path) -> Result<Vec<Token>, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
         path: path.display().to_string(),
         source,
     })?;
-    let tokens: Vec<Vec<u8>> = text
+    let tokens: Vec<Token> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.as_bytes().to_vec())
+        .map(|l| Token {
+            text: l.as_bytes().to_vec(),
+            hash: token_hash(l.as_bytes()),
+        })
         .collect();
     if tokens.is_empty() {
         return Err(AuthError::NoTokens {
@@ -140,6 +157,9 @@ pub enum Refusal {
     NoClientCert,
     /// The certificate of an already established connection has since been revoked.
     Revoked,
+    /// The CRL in force is past its nextUpdate and `--crl-expired deny` is set: no
+    /// certificate's status is known.
+    CrlExpired,
     /// Too many failures from this address lately: 429.
     Throttled,
 }
@@ -151,6 +171,7 @@ impl Refusal {
             Refusal::WrongToken => "wrong_token",
             Refusal::NoClientCert => "no_certificate",
             Refusal::Revoked => "revoked",
+            Refusal::CrlExpired => "expired_crl",
             Refusal::Throttled => "throttled",
         }
     }
@@ -198,8 +219,9 @@ impl FailureThrottle {
     }
 }
 
-/// Answers whether a certificate serial is revoked now.
-pub type RevocationCheck = Arc<dyn Fn(&Serial) -> bool + Send + Sync>;
+/// Answers whether a certificate serial may be served now: `Some` refusal when it is revoked,
+/// or when its status is unknown under a fail-closed policy.
+pub type RevocationCheck = Arc<dyn Fn(&Serial) -> Option<Refusal> + Send + Sync>;
 
 /// The registry endpoint's gatekeeper.
 pub struct Guard {
@@ -282,24 +304,33 @@ impl Guard {
         if self.mode.needs_client_cert() && conn.client_cert.is_none() {
             return Err(Refusal::NoClientCert);
         }
-        if let (Some(serial), Some(is_revoked)) = (
+        if let (Some(serial), Some(check)) = (
             conn.client_cert.as_ref().and_then(|c| c.serial.as_ref()),
             &self.revocation,
-        ) && is_revoked(serial)
+        ) && let Some(refusal) = check(serial)
         {
-            return Err(Refusal::Revoked);
+            return Err(refusal);
         }
         let mut line = None;
         if self.mode.needs_token() {
             let presented = headers
                 .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .and_then(|v| bearer_token(v.as_bytes()))
                 .ok_or(Refusal::MissingToken)?;
             let tokens = self.tokens.as_ref().ok_or(Refusal::WrongToken)?;
             line = Some(tokens.check(presented).ok_or(Refusal::WrongToken)?);
         }
         Ok(Identity::of(conn, line))
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 section 11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii_start())
 }
 
 #[cfg(test)]
@@ -353,11 +384,22 @@ mod tests {
             mode: AuthMode::MtlsToken,
             tokens: Some(Arc::new(Tokens::load(&f).unwrap())),
             throttle: FailureThrottle::new(3, Duration::from_secs(60)),
-            revocation: Some(Arc::new(|serial: &Serial| *serial == "0b")),
+            revocation: Some(Arc::new(|serial: &Serial| {
+                (*serial == "0b").then_some(Refusal::Revoked)
+            })),
         };
         let ok = g.check(&bearer("s3cret"), &conn(true)).unwrap();
         assert_eq!(ok.to_string(), "cert:CN=node1 serial=0a token:line1");
         assert!(!ok.to_string().contains("s3cret"));
+        // The scheme is case-insensitive.
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("{scheme} s3cret").parse().unwrap(),
+            );
+            assert!(g.check(&h, &conn(true)).is_ok(), "{scheme}");
+        }
         assert_eq!(
             g.check(&bearer("s3cret"), &conn(false)),
             Err(Refusal::NoClientCert)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
-use crate::daemon::{Config, P2pSettings, Routing, Security};
+use crate::daemon::{Config, DaemonError, P2pSettings, Routing, Security};
 use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
 use crate::server::ServerLimits;
@@ -239,12 +239,13 @@ pub struct SecurityArgs {
 }
 
 impl Config {
-    /// The daemon's settings from `peermirror run`'s flags.
-    pub fn from_args(args: &RunArgs) -> Self {
+    /// The daemon's settings from `peermirror run`'s flags; refuses flags that only make
+    /// sense together when one is missing.
+    pub fn from_args(args: &RunArgs) -> Result<Self, DaemonError> {
         let advertise = args
             .advertise_addr
             .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(args.router_addr.port())));
-        Config {
+        Ok(Config {
             containerd_sock: args.containerd_sock.clone(),
             containerd_namespace: args.containerd_namespace.clone(),
             content_dir: args.containerd_content_dir.clone(),
@@ -276,7 +277,7 @@ impl Config {
                 verify_before_send: args.verify_before_send,
                 ..MirrorConfig::default()
             },
-            security: Security::from_args(&args.security),
+            security: Security::from_args(&args.security)?,
             max_uploads: args.max_concurrent_uploads,
             max_egress_bps: args.max_egress_bps,
             admin_sock: Some(
@@ -284,7 +285,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| args.data_dir.join("admin.sock")),
             ),
-        }
+        })
     }
 }
 
@@ -306,10 +307,23 @@ pub fn resolve_tags(flag: Option<bool>, mode: AuthMode) -> bool {
 }
 
 impl Security {
-    /// Auth mode, TLS files and token file from the security flags. TLS is on only when both
-    /// --tls-cert and --tls-key are given.
-    pub fn from_args(a: &SecurityArgs) -> Self {
+    /// Auth mode, TLS files and token file from the security flags. TLS is on when both
+    /// --tls-cert and --tls-key are given; one without the other is refused (it would
+    /// silently serve plain HTTP and drop every other TLS flag).
+    pub fn from_args(a: &SecurityArgs) -> Result<Self, DaemonError> {
         let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(_), None) => {
+                return Err(DaemonError::TlsHalf {
+                    given: "--tls-cert",
+                    missing: "--tls-key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(DaemonError::TlsHalf {
+                    given: "--tls-key",
+                    missing: "--tls-cert",
+                });
+            }
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -321,12 +335,12 @@ impl Security {
             }),
             _ => None,
         };
-        Security {
+        Ok(Security {
             mode: a.auth_mode,
             insecure_no_auth: a.insecure_no_auth,
             tls,
             token_file: a.token_file.clone(),
-        }
+        })
     }
 }
 
@@ -388,17 +402,21 @@ mod tests {
             ("none", false),
         ] {
             let a = run_args(&["--auth-mode", mode]);
-            assert_eq!(Config::from_args(&a).mirror.resolve_tags, want, "{mode}");
+            assert_eq!(
+                Config::from_args(&a).unwrap().mirror.resolve_tags,
+                want,
+                "{mode}"
+            );
         }
         let a = run_args(&["--auth-mode", "token", "--resolve-tags", "true"]);
-        assert!(Config::from_args(&a).mirror.resolve_tags);
+        assert!(Config::from_args(&a).unwrap().mirror.resolve_tags);
         let a = run_args(&["--resolve-tags", "false"]);
-        assert!(!Config::from_args(&a).mirror.resolve_tags);
+        assert!(!Config::from_args(&a).unwrap().mirror.resolve_tags);
     }
 
     #[test]
     fn mirror_deadlines_and_verify_size_have_flags() {
-        let m = Config::from_args(&run_args(&[])).mirror;
+        let m = Config::from_args(&run_args(&[])).unwrap().mirror;
         assert_eq!(m.response_timeout, Duration::from_secs(3));
         assert_eq!(m.stall_timeout, Duration::from_secs(2));
         assert_eq!(m.verify_before_send, 16 * 1024 * 1024);
@@ -411,9 +429,37 @@ mod tests {
             "--verify-before-send",
             "1024",
         ]))
+        .unwrap()
         .mirror;
         assert_eq!(m.response_timeout, Duration::from_secs(1));
         assert_eq!(m.stall_timeout, Duration::from_millis(500));
         assert_eq!(m.verify_before_send, 1024);
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_refused() {
+        for (flags, given) in [
+            (["--tls-cert", "/c.pem"], "--tls-cert"),
+            (["--tls-key", "/k.pem"], "--tls-key"),
+        ] {
+            let mut a = run_args(&flags);
+            a.security.auth_mode = AuthMode::Token;
+            match Config::from_args(&a) {
+                Err(e @ DaemonError::TlsHalf { .. }) => {
+                    assert!(e.to_string().contains(given), "{e}")
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("{given} alone was accepted"),
+            }
+        }
+        let a = run_args(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]);
+        assert!(Config::from_args(&a).unwrap().security.tls.is_some());
+        assert!(
+            Config::from_args(&run_args(&[]))
+                .unwrap()
+                .security
+                .tls
+                .is_none()
+        );
     }
 }

@@ -66,7 +66,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(signal_shutdown(shutdown.clone()));
                 daemon::run(
-                    Config::from_args(&args),
+                    Config::from_args(&args)?,
                     Listeners { registry, ops },
                     shutdown,
                 )

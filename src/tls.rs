@@ -25,7 +25,7 @@ use rustls::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::RevocationCheck;
+use crate::auth::{Refusal, RevocationCheck};
 use crate::metrics::{Metrics, ReasonLabels, WhatLabels};
 use crate::pki::{self, Serial};
 use crate::reload;
@@ -98,6 +98,9 @@ pub struct TlsMaterial {
     /// Serials the loaded CRLs revoke: checked on every request too, because a connection made
     /// before a revocation would otherwise keep being served.
     pub revoked: std::collections::HashSet<Serial>,
+    /// `--crl-expired deny`: once `crl_next_update` has passed, every certificate is refused,
+    /// on established connections too.
+    pub deny_expired_crl: bool,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -133,25 +136,46 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     let enforce = files.crl_expired == CrlExpired::Deny;
     let now = SystemTime::now();
 
-    // Every CRL must be signed by the CA it is used with; its nextUpdate feeds the metric.
+    // Every CRL must be signed by one of the configured CAs, and is used only with the CA that
+    // issued it: the client CA's for client certificates, the peer CA's for peers' servers.
+    // Its nextUpdate feeds the metric.
     let mut crl_next_update: Option<SystemTime> = None;
     let mut revoked = std::collections::HashSet::new();
+    let client_ca_certs = files
+        .client_ca
+        .as_ref()
+        .map(|p| roots(p).map(|r| r.1))
+        .transpose()?
+        .unwrap_or_default();
+    let peer_ca_certs = match &files.peer_ca {
+        Some(p) => roots(p)?.1,
+        None => client_ca_certs.clone(),
+    };
+    let (mut client_crls, mut peer_crls) = (Vec::new(), Vec::new());
     let ca_for_crls = files.client_ca.as_ref().or(files.peer_ca.as_ref());
     if let Some(ca_path) = ca_for_crls {
-        let (_, ca_certs) = roots(ca_path)?;
         for crl in &crls {
-            let info = ca_certs
-                .iter()
-                .find_map(|ca| pki::check_crl(crl, ca, now).ok())
-                .ok_or_else(|| TlsError::CrlNotFromCa {
+            let by = |cas: &[CertificateDer<'static>]| {
+                cas.iter().find_map(|ca| pki::check_crl(crl, ca, now).ok())
+            };
+            let (for_clients, for_peers) = (by(&client_ca_certs), by(&peer_ca_certs));
+            let Some(info) = for_clients.as_ref().or(for_peers.as_ref()) else {
+                return Err(TlsError::CrlNotFromCa {
                     path: ca_path.display().to_string(),
-                })?;
-            revoked.extend(info.revoked.iter().cloned());
+                });
+            };
             if let Some(n) = info.next_update {
                 crl_next_update = Some(crl_next_update.map_or(n, |c| c.min(n)));
             }
             if info.expired {
                 tracing::warn!(issuer = %info.issuer, policy = ?files.crl_expired, "CRL is past its nextUpdate");
+            }
+            if let Some(i) = &for_clients {
+                revoked.extend(i.revoked.iter().cloned());
+                client_crls.push(crl.clone());
+            }
+            if for_peers.is_some() {
+                peer_crls.push(crl.clone());
             }
         }
     }
@@ -162,7 +186,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         Some(ca) => {
             let (store, _) = roots(ca)?;
             let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
-                .with_crls(crls.clone());
+                .with_crls(client_crls);
             if enforce {
                 vb = vb.enforce_revocation_expiration();
             }
@@ -183,8 +207,8 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         .or(files.client_ca.as_ref())
         .ok_or(TlsError::NoPeerCa)?;
     let (store, _) = roots(peer_ca)?;
-    let mut vb =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider()).with_crls(crls);
+    let mut vb = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+        .with_crls(peer_crls);
     if enforce {
         vb = vb.enforce_revocation_expiration();
     }
@@ -210,6 +234,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         crl_next_update,
         cert_not_after,
         revoked,
+        deny_expired_crl: enforce,
     })
 }
 
@@ -367,9 +392,18 @@ async fn expiry_gauges(
     }
 }
 
-/// Answers from the CRLs in force now whether a client certificate serial is revoked.
+/// Answers from the CRLs in force now whether a client certificate serial may be served.
 pub fn revocation_check(material: MaterialRx) -> RevocationCheck {
-    Arc::new(move |serial: &Serial| material.borrow().revoked.contains(serial))
+    Arc::new(move |serial: &Serial| {
+        let m = material.borrow();
+        if m.revoked.contains(serial) {
+            Some(Refusal::Revoked)
+        } else if m.deny_expired_crl && m.crl_next_update.is_some_and(|n| n <= SystemTime::now()) {
+            Some(Refusal::CrlExpired)
+        } else {
+            None
+        }
+    })
 }
 
 /// The registry listener's side of TLS: each new connection uses the latest server config.

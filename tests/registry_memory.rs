@@ -545,3 +545,188 @@ async fn head_answers_headers_only_over_http2_and_http1() {
     }
     node.stop().await;
 }
+
+/// A content source whose reads stop after `open` bytes until the gate opens: a blob that
+/// takes a long time to read whole (a multi-GB layer on a slow disk).
+struct Gated {
+    inner: MemorySource,
+    open: usize,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl peermirror::content::ContentSource for Gated {
+    async fn list_images(
+        &self,
+    ) -> Result<Vec<peermirror::content::Image>, peermirror::content::SourceError> {
+        self.inner.list_images().await
+    }
+    async fn get_image(
+        &self,
+        name: &str,
+    ) -> Result<Option<peermirror::content::Image>, peermirror::content::SourceError> {
+        self.inner.get_image(name).await
+    }
+    async fn stat(&self, d: &Digest) -> Result<Option<u64>, peermirror::content::SourceError> {
+        self.inner.stat(d).await
+    }
+    async fn read(
+        &self,
+        d: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<peermirror::content::ByteStream, peermirror::content::SourceError> {
+        use futures_util::StreamExt;
+        let data = self.inner.blob(d).unwrap();
+        let end = len
+            .map_or(data.len(), |l| (offset + l) as usize)
+            .min(data.len());
+        let data = data.slice(offset as usize..end);
+        let open = self.open.min(data.len());
+        let (head, tail) = (data.slice(..open), data.slice(open..));
+        let mut gate = self.gate.clone();
+        let first = futures_util::stream::iter([Ok(head)]);
+        if tail.is_empty() {
+            return Ok(Box::pin(first));
+        }
+        let rest = futures_util::stream::once(async move {
+            let _ = gate.wait_for(|g| *g).await;
+            Ok(tail)
+        });
+        Ok(Box::pin(first.chain(rest)))
+    }
+    async fn subscribe(
+        &self,
+    ) -> Result<peermirror::content::EventStream, peermirror::content::SourceError> {
+        self.inner.subscribe().await
+    }
+}
+
+async fn start_source(
+    source: std::sync::Arc<dyn peermirror::content::ContentSource>,
+) -> support::Node {
+    let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = registry.local_addr().unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(peermirror::daemon::run_with_source(
+        local_config(),
+        source,
+        peermirror::daemon::Listeners { registry, ops },
+        shutdown.clone(),
+    ));
+    let node = support::Node {
+        base: format!("http://{addr}"),
+        ops: format!("http://{ops_addr}"),
+        addr,
+        shutdown,
+        task,
+    };
+    wait_ready(&node, true).await;
+    node
+}
+
+/// issue 9, hole 4: a peer's request for a large local blob gets its headers and first bytes
+/// at once, not after the whole blob was read and hashed; HEAD never reads the blob.
+#[tokio::test]
+async fn a_peer_gets_the_first_byte_before_the_blob_is_read_whole() {
+    let mem = MemorySource::new();
+    // Above the size hashed before the headers (64 MiB).
+    let big = pattern(65 * 1024 * 1024, 3);
+    let digest = Digest::of(&big);
+    mem.add_image("127.0.0.1:5000/test/app:v1", &[&big]);
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let node = start_source(std::sync::Arc::new(Gated {
+        inner: mem,
+        open: 1024 * 1024,
+        gate,
+    }))
+    .await;
+    let url = format!("{}/v2/test/app/blobs/{digest}", node.base);
+    let c = client();
+    let quick = Duration::from_secs(3);
+
+    let r = tokio::time::timeout(
+        quick,
+        c.head(&url).header("x-peermirror-mirrored", "true").send(),
+    )
+    .await
+    .expect("HEAD from a peer waited for the blob to be read")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
+
+    let started = Instant::now();
+    let mut r = tokio::time::timeout(
+        quick,
+        c.get(&url).header("x-peermirror-mirrored", "true").send(),
+    )
+    .await
+    .expect("no headers before the whole blob was read")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = tokio::time::timeout(quick, r.chunk())
+        .await
+        .expect("no first byte before the whole blob was read")
+        .unwrap()
+        .unwrap();
+    assert!(!first.is_empty());
+    assert!(started.elapsed() < quick);
+    open.send_replace(true);
+    let mut got = first.to_vec();
+    while let Some(c) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&c);
+    }
+    assert_eq!(Digest::of(&got), digest);
+    node.stop().await;
+}
+
+/// A damaged copy of a large blob streams to the peer but never completes: the body breaks
+/// before its last byte, and the node stops offering the blob.
+#[tokio::test]
+async fn a_damaged_large_blob_breaks_before_its_last_byte() {
+    let src = MemorySource::new();
+    // Above the size hashed before the headers (64 MiB).
+    let good = pattern(65 * 1024 * 1024, 4);
+    let digest = Digest::of(&good);
+    src.add_image("127.0.0.1:5000/test/app:v1", &[&good]);
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    src.add_blob_as(digest, bad);
+    let node = start(src, local_config()).await;
+    let url = format!("{}/v2/test/app/blobs/{digest}", node.base);
+    let c = client();
+
+    let mut r = c
+        .get(&url)
+        .header("x-peermirror-mirrored", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut got = 0usize;
+    let end = loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(end.is_err(), "a damaged copy completed ({got} bytes)");
+    assert!(got < good.len(), "the last byte went out");
+    let m = node.metrics().await;
+    assert!(m.contains("peermirror_local_corruptions_total 1"), "{m}");
+    // Withdrawn: no longer offered, to peers or anyone.
+    let r = c
+        .head(&url)
+        .header("x-peermirror-mirrored", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    node.stop().await;
+}

@@ -649,3 +649,121 @@ async fn auth_mode_none_needs_explicit_consent() {
             .contains("--token-file")
     );
 }
+
+/// issue 9, hole 3: a peer's registry address is the IP we are connected to it on plus the
+/// port it announced; an IP in its identify agent string (here 127.0.0.2, standing in for any
+/// host a liar wants requests and tokens sent to) is ignored.
+#[tokio::test]
+async fn a_forged_registry_address_in_identify_is_ignored() {
+    use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (liar, _task) = P2pRouter::start(
+        P2pConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            // The agent string then says `registry=127.0.0.2:5999`.
+            advertise: Some("127.0.0.2:1".parse().unwrap()),
+            registry_port: 5999,
+            bootstrap: vec![],
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            psk: None,
+            provider_ttl: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(180),
+        },
+        Arc::new(peermirror::metrics::Metrics::new()),
+        stop.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while liar.listen_addrs().is_empty() {
+        assert!(Instant::now() < deadline, "router never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let boot = Bootstrap::Static(liar.listen_addrs()[0].clone());
+    let asker = support::p2p_router(5000, None, vec![boot], &stop).await;
+    let key = Key::Digest(Digest::of(b"forged registry"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let provider = loop {
+        let _ = liar.advertise(vec![key.clone()]).await;
+        let mut rx = asker.lookup(&key);
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the provider was never found");
+    };
+    assert_eq!(provider.addr, "127.0.0.1:5999".parse().unwrap());
+    let status = asker.status();
+    assert!(
+        status
+            .peers
+            .iter()
+            .all(|p| p.registry.is_none_or(|r| r.ip().to_string() == "127.0.0.1")),
+        "{:?}",
+        status.peers
+    );
+    stop.cancel();
+}
+
+/// issue 9, hole 8: under `--crl-expired deny`, a connection made while the CRL was fresh is
+/// refused request by request once the CRL in force has expired.
+#[tokio::test]
+async fn an_expired_crl_refuses_established_connections_under_deny() {
+    let pki = Pki::new();
+    pki.issue("server", 30);
+    pki.issue("client", 30);
+    let node = start_node(
+        MemorySource::new(),
+        mtls_config(&pki, "server", Routing::Off, CrlExpired::Deny),
+    )
+    .await;
+    let ca = pki.path("ca.crt");
+    let url = format!("{}/v2/", https(&node));
+    let client = || {
+        tls_client(
+            &ca,
+            Some((&pki.path("client.crt"), &pki.path("client.key"))),
+        )
+    };
+    let keep_alive = client();
+    assert_eq!(try_get(&keep_alive, &url).await, Ok(200));
+    pki.write_crl(&[], SystemTime::now() - DAY);
+    // New handshakes fail once the expired CRL is loaded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_get(&client(), &url).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired CRL was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = keep_alive.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    node.stop().await;
+}
+
+/// A CRL signed by `--tls-peer-ca` (a CA other than the client CA) is accepted and used for
+/// peers; a CRL from neither CA still fails the load.
+#[tokio::test]
+async fn a_crl_from_the_peer_ca_is_accepted() {
+    let pki = Pki::new();
+    pki.issue("server", 30);
+    let peer_ca = Ca::generate("peer CA").unwrap();
+    std::fs::write(pki.path("peer-ca.crt"), peer_ca.cert_pem()).unwrap();
+    let crl = peer_ca.crl(&[], 1, SystemTime::now() + 7 * DAY).unwrap();
+    std::fs::write(pki.path("peer-crl.pem"), crl).unwrap();
+    let mut files = pki.tls_files("server", CrlExpired::Deny);
+    files.peer_ca = Some(pki.path("peer-ca.crt"));
+    files.crls.push(pki.path("peer-crl.pem"));
+    if let Err(e) = peermirror::tls::build(&files) {
+        panic!("{e}");
+    }
+    let stranger = Ca::generate("stranger CA").unwrap();
+    std::fs::write(
+        pki.path("stranger-crl.pem"),
+        stranger.crl(&[], 1, SystemTime::now() + 7 * DAY).unwrap(),
+    )
+    .unwrap();
+    files.crls.push(pki.path("stranger-crl.pem"));
+    assert!(peermirror::tls::build(&files).is_err());
+}

@@ -33,6 +33,9 @@ use crate::tls::{self, TlsError};
 pub use security::Security;
 use tasks::Tasks;
 
+/// Under `--data-dir`: which local blobs were found intact or damaged, per file stamp.
+const VERIFIED_FILE: &str = "verified.txt";
+
 /// Already-bound listeners, so tests can use port 0 and read the address back.
 pub struct Listeners {
     pub registry: TcpListener,
@@ -96,6 +99,13 @@ pub enum DaemonError {
     NoAuthNotAllowed,
     #[error("--auth-mode mtls needs --tls-cert, --tls-key and --tls-client-ca")]
     MtlsWithoutClientCa,
+    #[error(
+        "{given} was given without {missing}: TLS needs both (without them the endpoint would serve plain HTTP)"
+    )]
+    TlsHalf {
+        given: &'static str,
+        missing: &'static str,
+    },
     #[error("--auth-mode token needs --token-file")]
     TokenWithoutFile,
     #[error(transparent)]
@@ -198,26 +208,31 @@ pub async fn run_with_source(
         start::start_admin(&mut w, path.clone(), state)?;
     }
     let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, w.metrics.clone());
-    let registry = Arc::new(Registry::new(
+    let mut registry = Registry::new(
         content.index,
         source,
         w.metrics.clone(),
         mirror,
         guard,
         limits,
-    ));
+    );
+    if let Routing::P2p(p) = &config.routing {
+        registry = registry.with_verified_file(p.data_dir.join(VERIFIED_FILE));
+    }
+    let registry = Arc::new(registry);
     let endpoint =
         tls.map(|m| Arc::new(tls::Endpoint::new(m, w.metrics.clone())) as Arc<dyn TlsProvider>);
     start::start_registry(
         &mut w,
         listeners.registry,
-        registry,
+        registry.clone(),
         config.limits.clone(),
         endpoint,
         routed.map(|r| r.router),
     );
     start::start_ops(&mut w, listeners.ops, health);
     w.tasks.join_all().await;
+    registry.flush_verdicts();
     Ok(())
 }
 

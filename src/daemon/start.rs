@@ -101,6 +101,9 @@ pub(super) fn start_routing(
         }
         Routing::P2p(p) => p,
     };
+    if let Some(warning) = psk_warning(p) {
+        tracing::warn!("{warning}");
+    }
     let psk = p.psk_file.as_deref().map(read_psk).transpose()?;
     let p2p = P2pConfig {
         listen: p.listen,
@@ -125,6 +128,14 @@ pub(super) fn start_routing(
         router: Arc::new(router),
         bootstrap_none: p.bootstrap.iter().all(|b| *b == Bootstrap::None),
     }))
+}
+
+/// Said once at start: without a pre-shared key any host that reaches the router port can
+/// join the DHT, announce keys and steer lookups.
+fn psk_warning(p: &super::P2pSettings) -> Option<&'static str> {
+    p.psk_file.is_none().then_some(
+        "the DHT runs without --p2p-psk-file: any host that reaches the router port can join it and announce content",
+    )
 }
 
 fn read_psk(path: &Path) -> Result<libp2p::pnet::PreSharedKey, DaemonError> {
@@ -331,4 +342,25 @@ pub(super) fn start_ops(w: &mut Wiring, listener: TcpListener, health: Arc<Healt
 /// The registry listener's address, for the admin API's status.
 pub(super) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, DaemonError> {
     listener.local_addr().map_err(DaemonError::Listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_when_the_dht_has_no_psk() {
+        let mut p = super::super::P2pSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            bootstrap: vec![],
+            data_dir: "/nonexistent".into(),
+            psk_file: None,
+            provider_ttl: Duration::from_secs(600),
+            republish_interval: Duration::from_secs(180),
+        };
+        assert!(psk_warning(&p).is_some_and(|w| w.contains("--p2p-psk-file")));
+        p.psk_file = Some("/etc/psk".into());
+        assert_eq!(psk_warning(&p), None);
+    }
 }

@@ -37,7 +37,7 @@ pub struct Registry {
     mirror: Option<Arc<Mirror>>,
     guard: Guard,
     limits: UploadLimits,
-    verifier: verify::LocalVerifier,
+    verifier: Arc<verify::LocalVerifier>,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -84,6 +84,10 @@ impl Answer {
             ),
             Refusal::NoClientCert => (ErrorCode::Unauthorized, "a client certificate is required"),
             Refusal::Revoked => (ErrorCode::Denied, "the client certificate has been revoked"),
+            Refusal::CrlExpired => (
+                ErrorCode::Denied,
+                "the certificate revocation list has expired; certificates are refused until it is renewed",
+            ),
             Refusal::MissingToken | Refusal::WrongToken => {
                 (ErrorCode::Unauthorized, "a valid bearer token is required")
             }
@@ -147,7 +151,21 @@ impl Registry {
             mirror,
             guard,
             limits,
-            verifier: verify::LocalVerifier::default(),
+            verifier: Arc::new(verify::LocalVerifier::default()),
+        }
+    }
+
+    /// Remember which local blobs were found intact or damaged in `path` (under
+    /// `--data-dir`), so a restart does not hash them again.
+    pub fn with_verified_file(mut self, path: std::path::PathBuf) -> Self {
+        self.verifier = Arc::new(verify::LocalVerifier::new(Some(path)));
+        self
+    }
+
+    /// Persist the verification verdicts not yet written (at shutdown).
+    pub fn flush_verdicts(&self) {
+        if let Err(e) = self.verifier.flush() {
+            tracing::warn!(error = %e, "cannot persist verified blobs");
         }
     }
 
@@ -321,24 +339,14 @@ impl Registry {
         let Ok(window) = RangeSpec::window(asked.range.as_ref(), desc.size) else {
             return Answer::unsatisfiable(desc.size, route);
         };
-        // A peer gets only bytes we have checked: see `verify`.
+        // A peer never completes bytes we have not checked: see `verify`.
+        let mut check = Check::None;
         if asked.mirrored {
-            match self
-                .verifier
-                .check(self.source.as_ref(), &desc.digest)
-                .await
-            {
-                Ok(verify::Verdict::Intact) => {}
-                Ok(verify::Verdict::Corrupt) => {
-                    tracing::error!(digest = %desc.digest, "local content does not match its digest; no longer serving or advertising it");
-                    self.metrics.local_corruptions.inc();
-                    self.index.remove_content(&desc.digest);
-                    return Answer::error(
-                        OciError::new(ErrorCode::BlobUnknown, "local copy is damaged"),
-                        route,
-                    );
-                }
-                Err(e) => return self.read_failed(e, &desc.digest, route),
+            // A range that covers the whole blob is checked like a full GET.
+            let ranged = window.is_some_and(|r| r.start > 0 || r.len() < desc.size);
+            match self.verdict_for(asked, &desc, ranged, route).await {
+                Ok(c) => check = c,
+                Err(answer) => return answer,
             }
         }
         let mut slot = None;
@@ -351,11 +359,94 @@ impl Registry {
             slot = Some(s);
             let (offset, len) = window.map_or((0, desc.size), |r| (r.start, r.len()));
             match self.source.read(&desc.digest, offset, Some(len)).await {
-                Ok(s) => body::stream(self.limits.pace(s)),
+                Ok(s) => {
+                    let s = match check {
+                        Check::Stream(stamp) => self.checked(s, &desc, stamp),
+                        Check::Background(stamp) => {
+                            self.verify_later(&desc.digest, stamp);
+                            s
+                        }
+                        Check::None => s,
+                    };
+                    body::stream(self.limits.pace(s))
+                }
                 Err(e) => return self.read_failed(e, &desc.digest, route),
             }
         };
         content(&desc, window, body, route, slot)
+    }
+
+    /// How to check a local blob a peer asked for. A cached verdict decides at once; HEAD
+    /// never hashes; a small blob is hashed before the headers; a full GET is hashed as it
+    /// streams; a range is served as is (the asker verifies the whole digest) and the blob is
+    /// hashed in the background.
+    async fn verdict_for(
+        &self,
+        asked: &Asked,
+        desc: &Descriptor,
+        ranged: bool,
+        route: RouteKind,
+    ) -> Result<Check, Answer> {
+        let stamp = self.source.stamp(&desc.digest).await;
+        match self.verifier.cached(&desc.digest, stamp) {
+            Some(verify::Verdict::Intact) => return Ok(Check::None),
+            Some(verify::Verdict::Corrupt) => {
+                self.index.remove_content(&desc.digest);
+                return Err(damaged(route));
+            }
+            None => {}
+        }
+        if asked.head {
+            return Ok(Check::None);
+        }
+        if desc.size <= verify::HASH_FIRST_MAX {
+            return match self
+                .verifier
+                .check(self.source.as_ref(), &desc.digest, stamp)
+                .await
+            {
+                Ok(verify::Verdict::Intact) => Ok(Check::None),
+                Ok(verify::Verdict::Corrupt) => {
+                    on_corrupt(&self.index, &self.metrics, &desc.digest);
+                    Err(damaged(route))
+                }
+                Err(e) => Err(self.read_failed(e, &desc.digest, route)),
+            };
+        }
+        Ok(if ranged {
+            Check::Background(stamp)
+        } else {
+            Check::Stream(stamp)
+        })
+    }
+
+    /// The whole blob, hashed as it goes; a damaged copy ends the body before its last byte.
+    fn checked(
+        &self,
+        s: crate::content::ByteStream,
+        desc: &Descriptor,
+        stamp: Option<verify::Stamp>,
+    ) -> crate::content::ByteStream {
+        let (verifier, index, metrics, digest) = (
+            self.verifier.clone(),
+            self.index.clone(),
+            self.metrics.clone(),
+            desc.digest,
+        );
+        verify::checked(s, digest, desc.size, move |v| {
+            verifier.record(digest, stamp, v);
+            if v == verify::Verdict::Corrupt {
+                on_corrupt(&index, &metrics, &digest);
+            }
+        })
+    }
+
+    fn verify_later(&self, digest: &Digest, stamp: Option<verify::Stamp>) {
+        let (index, metrics, digest) = (self.index.clone(), self.metrics.clone(), *digest);
+        self.verifier
+            .check_later(self.source.clone(), digest, stamp, move || {
+                on_corrupt(&index, &metrics, &digest)
+            });
     }
 
     fn read_failed(&self, e: SourceError, digest: &Digest, route: RouteKind) -> Answer {
@@ -373,6 +464,32 @@ impl Registry {
         tracing::warn!(%digest, error = %e, "reading local content failed");
         Answer::error(OciError::new(code, e.to_string()), route)
     }
+}
+
+/// How a local blob is checked on its way to a peer.
+enum Check {
+    /// Already known intact, a HEAD, or not asked by a peer.
+    None,
+    /// Hashed as it streams.
+    Stream(Option<verify::Stamp>),
+    /// A range: served as is, the blob hashed in the background.
+    Background(Option<verify::Stamp>),
+}
+
+/// A local blob turned out damaged: stop serving and advertising it.
+fn on_corrupt(index: &Index, metrics: &Metrics, digest: &Digest) {
+    tracing::error!(%digest, "local content does not match its digest; no longer serving or advertising it");
+    metrics.local_corruptions.inc();
+    index.remove_content(digest);
+}
+
+fn damaged(route: RouteKind) -> Answer {
+    let code = if route == RouteKind::Manifest {
+        ErrorCode::ManifestUnknown
+    } else {
+        ErrorCode::BlobUnknown
+    };
+    Answer::error(OciError::new(code, "local copy is damaged"), route)
 }
 
 /// What of a request matters once it is routed, read from its headers once.

@@ -37,7 +37,7 @@ struct LookupState {
 }
 
 struct KnownPeer {
-    /// The IP of the first connection: where its registry answers unless it says otherwise.
+    /// The IP of the first connection: where its registry answers (whatever it announces).
     conn_ip: Option<IpAddr>,
     registry: Option<SocketAddr>,
     addrs: Vec<Multiaddr>,

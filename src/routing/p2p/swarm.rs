@@ -59,7 +59,8 @@ pub(super) struct Behaviour {
     pub(super) identify: identify::Behaviour,
 }
 
-/// identify's agent string carries the registry endpoint: `peermirror/<ver> registry=[IP]:PORT`.
+/// identify's agent string carries the registry port: `peermirror/<ver> registry=[IP]:PORT`; the IP
+/// is informational (peers use the connection's).
 fn agent_version(config: &P2pConfig) -> String {
     let ip = config
         .advertise
@@ -77,16 +78,22 @@ fn agent_version(config: &P2pConfig) -> String {
     )
 }
 
-/// The registry endpoint a peer announced; a missing IP means "the IP you reached me at".
+/// The registry endpoint of a peer: the IP of our connection to it plus the port it announced.
+/// An IP in the agent string is never used: any DHT member could otherwise point every node,
+/// and the bearer token it sends, at a host of its choice.
 pub(super) fn parse_registry(agent: &str, conn_ip: Option<IpAddr>) -> Option<SocketAddr> {
     let spec = agent
         .split_whitespace()
         .find_map(|w| w.strip_prefix("registry="))?;
-    if let Ok(sa) = spec.parse::<SocketAddr>() {
-        return Some(sa);
+    let conn_ip = conn_ip?;
+    let (announced, port) = match spec.parse::<SocketAddr>() {
+        Ok(sa) => (Some(sa.ip()), sa.port()),
+        Err(_) => (None, spec.strip_prefix(':')?.parse().ok()?),
+    };
+    if let Some(ip) = announced.filter(|ip| *ip != conn_ip) {
+        tracing::info!(announced = %ip, connection = %conn_ip, "a peer announced a registry IP other than its connection's; using the connection's");
     }
-    let port: u16 = spec.strip_prefix(':')?.parse().ok()?;
-    Some(SocketAddr::new(conn_ip?, port))
+    Some(SocketAddr::new(conn_ip, port))
 }
 
 pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pError> {
@@ -161,9 +168,18 @@ mod tests {
             parse_registry("peermirror/0.1.0 registry=:5000", Some(ip)),
             Some("10.0.0.7:5000".parse().unwrap())
         );
+        // A forged address in the agent string is ignored: only its port is used.
         assert_eq!(
             parse_registry("peermirror/0.1.0 registry=10.1.1.1:5443", Some(ip)),
-            Some("10.1.1.1:5443".parse().unwrap())
+            Some("10.0.0.7:5443".parse().unwrap())
+        );
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=[::1]:5443", Some(ip)),
+            Some("10.0.0.7:5443".parse().unwrap())
+        );
+        assert_eq!(
+            parse_registry("peermirror/0.1.0 registry=:5000", None),
+            None
         );
         assert_eq!(parse_registry("peermirror/0.1.0", Some(ip)), None);
         assert_eq!(
