@@ -280,17 +280,7 @@ pub async fn serve(
 pub async fn connect(
     path: &Path,
 ) -> Result<proto::admin_client::AdminClient<tonic::transport::Channel>, AdminError> {
-    let p = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(CLIENT_CONNECT_TIMEOUT)
-        .timeout(CLIENT_CALL_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(p).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    let channel = crate::grpc::connect_unix(path, CLIENT_CONNECT_TIMEOUT, CLIENT_CALL_TIMEOUT)
         .await
         .map_err(|e| AdminError::Connect {
             path: path.display().to_string(),

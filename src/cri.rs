@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[allow(clippy::all, missing_docs)]
 mod proto {
@@ -43,17 +43,7 @@ pub struct Cri {
 impl Cri {
     /// Connect to the CRI service on containerd's socket (the CRI plugin must be enabled).
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<Self, CriError> {
-        let p = socket.to_path_buf();
-        let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let p = p.clone();
-                async move {
-                    let s = tokio::net::UnixStream::connect(p).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                }
-            }))
+        let channel = crate::grpc::connect_unix(socket, Duration::from_secs(2), timeout)
             .await
             .map_err(|source| CriError::Connect {
                 path: socket.display().to_string(),

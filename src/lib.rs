@@ -36,6 +36,7 @@
 //! - [`reload`]: one poll loop that watches files and calls back on change.
 //! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
 //! - [`fsutil`]: atomic, durable file writes with the mode set at creation.
+//! - [`grpc`]: gRPC channels over unix sockets (admin socket, containerd's CRI socket).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -48,6 +49,7 @@ pub mod content;
 pub mod cri;
 pub mod daemon;
 pub mod fsutil;
+pub mod grpc;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
