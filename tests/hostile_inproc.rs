@@ -22,8 +22,7 @@ use peermirror::mirror::MirrorConfig;
 use peermirror::oci::{Digest, Sha256Verifier, TagKey};
 use peermirror::routing::{Bootstrap, P2pRouter, Router};
 use support::hostile::{Hostile, Lie};
-use support::{Node, client, config, p2p_router, pattern, start_on_source, wait_ready};
-use tokio::net::TcpListener;
+use support::{Node, client, config, p2p_router, pattern};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "127.0.0.1:5000";
@@ -48,24 +47,9 @@ async fn node(
     bootstrap: Vec<Bootstrap>,
     security: Security,
 ) -> (Node, P2pRouter, CancellationToken) {
-    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stop = CancellationToken::new();
-    let none = bootstrap.is_empty();
-    let router = p2p_router(
-        registry.local_addr().unwrap().port(),
-        None,
-        bootstrap,
-        &stop,
-    )
-    .await;
-    let mut cfg = config(
-        Routing::Custom(Arc::new(router.clone()), none),
-        mirror_config(),
-    );
+    let mut cfg = config(Routing::Off, mirror_config());
     cfg.security = security;
-    let node = start_on_source(registry, source, cfg).await;
-    wait_ready(&node, true).await;
-    (node, router, stop)
+    support::libp2p_node(source, bootstrap, cfg).await
 }
 
 fn boot(addr: &libp2p::Multiaddr) -> Bootstrap {

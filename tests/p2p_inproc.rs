@@ -36,27 +36,12 @@ async fn libp2p_node(
     source: MemorySource,
     bootstrap: Vec<Bootstrap>,
 ) -> (Node, P2pRouter, CancellationToken) {
-    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stop = CancellationToken::new();
-    let none = bootstrap.is_empty();
-    let router = p2p_router(
-        registry.local_addr().unwrap().port(),
-        None,
+    support::libp2p_node(
+        Arc::new(source),
         bootstrap,
-        &stop,
+        config(Routing::Off, mirror_config()),
     )
-    .await;
-    let node = start_on(
-        registry,
-        source,
-        config(
-            Routing::Custom(Arc::new(router.clone()), none),
-            mirror_config(),
-        ),
-    )
-    .await;
-    wait_ready(&node, true).await;
-    (node, router, stop)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

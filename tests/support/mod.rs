@@ -264,3 +264,26 @@ pub async fn p2p_router(
     }
     router
 }
+
+/// A node with a real libp2p router on 127.0.0.1, bootstrapping to `bootstrap` (none: the first
+/// node of a cluster). `config`'s routing is replaced by that router.
+pub async fn libp2p_node(
+    source: Arc<dyn peermirror::content::ContentSource>,
+    bootstrap: Vec<peermirror::routing::Bootstrap>,
+    mut config: Config,
+) -> (Node, peermirror::routing::P2pRouter, CancellationToken) {
+    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    let none = bootstrap.is_empty();
+    let router = p2p_router(
+        registry.local_addr().unwrap().port(),
+        None,
+        bootstrap,
+        &stop,
+    )
+    .await;
+    config.routing = Routing::Custom(Arc::new(router.clone()), none);
+    let node = start_on_source(registry, source, config).await;
+    wait_ready(&node, true).await;
+    (node, router, stop)
+}
