@@ -132,10 +132,7 @@ fn dig<'a>(table: &'a Table, keys: &[&str]) -> Option<&'a Table> {
 
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     span.map(|s| {
-        let line = text
-            .get(..s.start)
-            .map_or(0, |t| t.matches('\n').count())
-            + 1;
+        let line = text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1;
         format!(" (line {line})")
     })
     .unwrap_or_default()
