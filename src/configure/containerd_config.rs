@@ -6,7 +6,8 @@
 //! (`[plugins."io.containerd.cri.v1.images".registry]`). containerd 2.2+ defaults `config_path` to
 //! `/etc/containerd/certs.d:/etc/docker/certs.d`, and its transfer-service path (every pull, CRI
 //! too, unless `use_local_image_pull = true`) treats that string as ONE directory: every mirror
-//! is silently ignored (containerd issue 12636).
+//! is silently ignored (containerd issue 12636). 2.1.9 does the same with a list of its own (the
+//! e2e matrix measures it), so any 2.x config with a list is warned about.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -187,9 +188,10 @@ pub fn check(file: &Path, config: Option<&ContainerdConfig>, target: Option<&Pat
         } else {
             out.push(format!(
                 "CONTAINERD WILL IGNORE THE MIRROR: {} {origin}, a colon-separated list. \
-                 containerd 2.2+ pulls (CRI too) through its transfer service, which treats the \
+                 containerd 2.1+ pulls (CRI too) through its transfer service, which treats the \
                  whole string as ONE directory named \"{cp}\", so every hosts.toml, and with it \
-                 every mirror, is silently ignored (containerd issue 12636). Fix: set a \
+                 every mirror, is silently ignored (containerd issue 12636; measured on 2.1.9, \
+                 and 2.2+ makes such a list its default). Fix: set a \
                  single-directory config_path = \"{}\" under \
                  [plugins.\"io.containerd.cri.v1.images\".registry], or set \
                  use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"], \
