@@ -141,7 +141,7 @@ fn when(secs: i64) -> String {
 
 fn status_table(s: &proto::StatusResponse) -> String {
     let mut out = String::new();
-    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<18} {v}\n"));
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<20} {v}\n"));
     row("version", s.version.clone());
     row("peer id", or_dash(&s.peer_id));
     row("registry", s.registry_addr.clone());

@@ -195,6 +195,7 @@ async fn run_inner(
         throttle: FailureThrottle::new(10, Duration::from_secs(60)),
         revocation: tls.clone().map(tls::revocation_check),
     };
+    let warnings = start::containerd_config_warnings(config.containerd_config.as_deref());
     if let Some(path) = &config.admin_sock {
         let state = AdminState {
             index: content.index.clone(),
@@ -207,7 +208,7 @@ async fn run_inner(
             tls: tls.clone(),
             registry_addr: registry_addr.to_string(),
             containerd,
-            warnings: start::containerd_config_warnings(config.containerd_config.as_deref()),
+            warnings,
         };
         start::start_admin(&mut w, path.clone(), state)?;
     }
