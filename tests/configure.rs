@@ -634,6 +634,18 @@ fn containerd_config_v3_without_config_path_means_the_2_2_default_and_warns() {
 fn containerd_config_unreadable_or_invalid_is_an_error_naming_the_file() {
     let tmp = TempDir::new().unwrap();
     let d = tmp.path().join("certs.d");
+    let run_cfg = |file: &Path| {
+        let file = file.to_str().unwrap();
+        configure::run(&args(
+            &d,
+            &[
+                "--containerd-config",
+                file,
+                "--mirror",
+                "http://127.0.0.1:5000",
+            ],
+        ))
+    };
     let bad = tmp.path().join("bad.toml");
     for (text, expected) in [
         ("version = 3\n[plugins\n", "line 2"),
@@ -644,17 +656,7 @@ fn containerd_config_unreadable_or_invalid_is_an_error_naming_the_file() {
         ),
     ] {
         fs::write(&bad, text).unwrap();
-        let err = configure::run(&args(
-            &d,
-            &[
-                "--containerd-config",
-                bad.to_str().unwrap(),
-                "--mirror",
-                "http://127.0.0.1:5000",
-            ],
-        ))
-        .unwrap_err()
-        .to_string();
+        let err = run_cfg(&bad).unwrap_err().to_string();
         assert!(
             err.contains(bad.to_str().unwrap()) && err.contains(expected),
             "{text:?}: {err}"
@@ -662,34 +664,14 @@ fn containerd_config_unreadable_or_invalid_is_an_error_naming_the_file() {
         assert!(!d.exists(), "nothing written on a bad containerd config");
     }
     // A directory where the file should be: unreadable.
-    let err = configure::run(&args(
-        &d,
-        &[
-            "--containerd-config",
-            tmp.path().to_str().unwrap(),
-            "--mirror",
-            "http://127.0.0.1:5000",
-        ],
-    ))
-    .unwrap_err()
-    .to_string();
+    let err = run_cfg(tmp.path()).unwrap_err().to_string();
     assert!(
         err.contains("cannot read the containerd config")
             && err.contains(tmp.path().to_str().unwrap()),
         "{err}"
     );
     // A file that does not exist: containerd runs on defaults; a warning, files still written.
-    let missing = tmp.path().join("missing.toml");
-    let report = configure::run(&args(
-        &d,
-        &[
-            "--containerd-config",
-            missing.to_str().unwrap(),
-            "--mirror",
-            "http://127.0.0.1:5000",
-        ],
-    ))
-    .unwrap();
+    let report = run_cfg(&tmp.path().join("missing.toml")).unwrap();
     assert!(
         report.warnings.len() == 1 && report.warnings[0].contains("does not exist"),
         "{:?}",
