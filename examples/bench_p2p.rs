@@ -98,6 +98,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         max_uploads: 0,
         max_egress_bps: 0,
         admin_sock: None,
+        containerd_config: None,
     };
     let task = tokio::spawn(run_with_source(
         config,

@@ -54,6 +54,10 @@ pub struct AdminState {
     pub auth_mode: AuthMode,
     pub tls: Option<MaterialRx>,
     pub registry_addr: String,
+    /// The containerd served, for its version (`None` in tests with another content source).
+    pub containerd: Option<Arc<crate::containerd::ContainerdSource>>,
+    /// Why pulls might bypass the mirror (containerd's config), found at start.
+    pub warnings: Vec<String>,
 }
 
 fn unix_secs(t: Option<SystemTime>) -> i64 {
@@ -112,6 +116,13 @@ impl Admin for Service {
             auth_mode: s.auth_mode.as_str().into(),
             cert_not_after: unix_secs(tls.as_ref().and_then(|t| t.cert_not_after)),
             crl_next_update: unix_secs(tls.as_ref().and_then(|t| t.crl_next_update)),
+            containerd_version: s
+                .containerd
+                .as_ref()
+                .and_then(|c| c.version())
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            warnings: s.warnings.clone(),
         }))
     }
 

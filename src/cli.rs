@@ -63,6 +63,12 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_CONTAINERD_CONTENT_DIR")]
     pub containerd_content_dir: Option<PathBuf>,
 
+    /// containerd's config file (e.g. /etc/containerd/config.toml): checked at start for a
+    /// registry `config_path` that would make containerd ignore the mirror (the colon-separated
+    /// list of containerd 2.2+); `peermirror status` shows the warning.
+    #[arg(long, env = "PEERMIRROR_CONTAINERD_CONFIG")]
+    pub containerd_config: Option<PathBuf>,
+
     /// Address of the registry (mirror) endpoint.
     #[arg(long, env = "PEERMIRROR_REGISTRY_ADDR", default_value = "0.0.0.0:5000")]
     pub registry_addr: SocketAddr,
@@ -249,6 +255,7 @@ impl Config {
             containerd_sock: args.containerd_sock.clone(),
             containerd_namespace: args.containerd_namespace.clone(),
             content_dir: args.containerd_content_dir.clone(),
+            containerd_config: args.containerd_config.clone(),
             limits: ServerLimits {
                 max_connections: args.max_connections,
                 reserved_connections: args.reserved_connections,

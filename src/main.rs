@@ -25,6 +25,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 log_level: "warn".into(),
             })?;
             let report = peermirror::configure::run(&args)?;
+            for w in &report.warnings {
+                eprintln!("peermirror configure: WARNING: {w}");
+            }
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }

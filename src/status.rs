@@ -141,7 +141,7 @@ fn when(secs: i64) -> String {
 
 fn status_table(s: &proto::StatusResponse) -> String {
     let mut out = String::new();
-    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<18} {v}\n"));
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<20} {v}\n"));
     row("version", s.version.clone());
     row("peer id", or_dash(&s.peer_id));
     row("registry", s.registry_addr.clone());
@@ -156,6 +156,7 @@ fn status_table(s: &proto::StatusResponse) -> String {
         _ => format!("NOT ready: {}", or_dash(&s.containerd_reason)),
     };
     row("containerd", ctrd);
+    row("containerd version", or_dash(&s.containerd_version));
     row(
         "content",
         format!("{} images, {} blobs, {} tags", s.images, s.blobs, s.tags),
@@ -165,6 +166,9 @@ fn status_table(s: &proto::StatusResponse) -> String {
     row("auth", s.auth_mode.clone());
     row("cert expires", when(s.cert_not_after));
     row("crl next update", when(s.crl_next_update));
+    for w in &s.warnings {
+        row("WARNING", w.clone());
+    }
     out
 }
 
@@ -181,7 +185,8 @@ fn status_json(s: &proto::StatusResponse) -> String {
         "version": s.version, "peer_id": s.peer_id, "registry_addr": s.registry_addr,
         "listen_addrs": s.listen_addrs, "advertised_addrs": s.advertised_addrs,
         "ready": s.ready, "not_ready_reasons": s.not_ready_reasons,
-        "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason},
+        "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason, "version": s.containerd_version},
+        "warnings": s.warnings,
         "content": {"images": s.images, "blobs": s.blobs, "tags": s.tags},
         "advertised_keys": s.advertised_keys, "connected_peers": s.connected_peers,
         "auth_mode": s.auth_mode, "cert_not_after": s.cert_not_after, "crl_next_update": s.crl_next_update,

@@ -461,3 +461,221 @@ fn invalid_inputs_say_what_to_fix_and_write_nothing() {
     );
     assert_eq!(tree(d), ["ghcr.io/hosts.toml"]);
 }
+
+// ---------------------------------------------------------------------------
+// --containerd-config: the config_path in force, and the containerd 2.2+ trap
+// ---------------------------------------------------------------------------
+
+const V2_CRI: &str = "io.containerd.grpc.v1.cri";
+const V3_IMAGES: &str = "io.containerd.cri.v1.images";
+
+/// A containerd config of `version` whose CRI registry section has `config_path` (none when
+/// `None`), plus `extra` lines under the CRI (images) plugin table.
+fn containerd_config(version: u8, config_path: Option<&str>, extra: &str) -> String {
+    let plugin = if version == 3 { V3_IMAGES } else { V2_CRI };
+    let mut t = format!(
+        "version = {version}\nroot = \"/var/lib/containerd\"\n\n[plugins.\"{plugin}\"]\n{extra}\n"
+    );
+    if let Some(cp) = config_path {
+        t.push_str(&format!(
+            "\n[plugins.\"{plugin}\".registry]\n  config_path = \"{cp}\"\n"
+        ));
+    }
+    t
+}
+
+/// Runs `configure --containerd-config FILE` (no `--config-path`) with `config` as the file.
+fn run_with_config(tmp: &Path, config: &str, flags: &[&str]) -> Result<Report, ConfigureError> {
+    let file = tmp.join("config.toml");
+    fs::write(&file, config).unwrap();
+    let mut argv = vec![
+        "peermirror-configure",
+        "--containerd-config",
+        file.to_str().unwrap(),
+        "--mirror",
+        "http://127.0.0.1:5000",
+        "--registry",
+        "https://docker.io",
+    ];
+    argv.extend_from_slice(flags);
+    configure::run(&Cli::try_parse_from(argv).unwrap().args)
+}
+
+#[test]
+fn containerd_config_v2_and_v3_single_dir_is_where_files_go_without_warnings() {
+    for version in [2, 3] {
+        let tmp = TempDir::new().unwrap();
+        let certs = tmp.path().join("certs.d");
+        let config = containerd_config(version, Some(certs.to_str().unwrap()), "");
+        let report = run_with_config(tmp.path(), &config, &[]).unwrap();
+        assert_eq!(report.warnings, Vec::<String>::new(), "v{version}");
+        assert!(hosts(&certs, "docker.io").is_file(), "v{version}");
+        // Given explicitly and the same: still quiet.
+        let report = run_with_config(
+            tmp.path(),
+            &config,
+            &["--config-path", certs.to_str().unwrap()],
+        )
+        .unwrap();
+        assert!(
+            report.warnings.is_empty(),
+            "v{version}: {:?}",
+            report.warnings
+        );
+    }
+}
+
+#[test]
+fn containerd_config_v3_colon_list_writes_first_dir_and_warns_with_the_fix() {
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let list = format!("{}:{}", a.display(), b.display());
+    let report = run_with_config(tmp.path(), &containerd_config(3, Some(&list), ""), &[]).unwrap();
+    assert!(hosts(&a, "docker.io").is_file());
+    assert!(!b.exists());
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    for needle in [
+        "CONTAINERD WILL IGNORE THE MIRROR",
+        &list,
+        "ONE directory",
+        "12636",
+        &format!("config_path = \"{}\"", a.display()),
+        "use_local_image_pull = true",
+    ] {
+        assert!(w.contains(needle), "missing {needle:?} in: {w}");
+    }
+    // The same list on containerd 1.x (config v2) is split as containerd 1.x does: no trap.
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let list = format!("{}:{}", a.display(), b.display());
+    let report = run_with_config(tmp.path(), &containerd_config(2, Some(&list), ""), &[]).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert!(hosts(&a, "docker.io").is_file());
+}
+
+#[test]
+fn containerd_config_v3_colon_list_with_local_image_pull_is_fine() {
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let list = format!("{}:{}", a.display(), b.display());
+    let config = containerd_config(3, Some(&list), "  use_local_image_pull = true");
+    let report = run_with_config(tmp.path(), &config, &[]).unwrap();
+    assert!(hosts(&a, "docker.io").is_file());
+    // A note, not the alarm.
+    assert!(
+        report
+            .warnings
+            .iter()
+            .all(|w| !w.contains("IGNORE THE MIRROR")),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings.iter().all(|w| w.contains("fine")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn containerd_config_v3_without_config_path_means_the_2_2_default_and_warns() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("config.toml");
+    fs::write(&file, containerd_config(3, None, "")).unwrap();
+    let explicit = tmp.path().join("certs.d");
+    // --config-path given (so nothing is written to /etc): the default's first directory is
+    // not it, and the list itself is the trap.
+    let a = args(
+        &explicit,
+        &[
+            "--containerd-config",
+            file.to_str().unwrap(),
+            "--mirror",
+            "http://127.0.0.1:5000",
+        ],
+    );
+    let report = configure::run(&a).unwrap();
+    let all = report.warnings.join("\n");
+    assert!(
+        all.contains("sets no config_path")
+            && all.contains(configure::V3_DEFAULT_CONFIG_PATH)
+            && all.contains("IGNORE THE MIRROR"),
+        "{all}"
+    );
+    assert!(
+        all.contains("written to") && all.contains("reads /etc/containerd/certs.d"),
+        "{all}"
+    );
+    assert!(explicit.join("_default/hosts.toml").is_file());
+
+    // The parsed view: the default applies, first directory /etc/containerd/certs.d.
+    let c = configure::ContainerdConfig::parse(&file, &containerd_config(3, None, "")).unwrap();
+    assert!(c.defaulted);
+    assert_eq!(
+        c.config_path.as_deref(),
+        Some(configure::V3_DEFAULT_CONFIG_PATH)
+    );
+    assert_eq!(
+        c.first_dir(),
+        Some(PathBuf::from("/etc/containerd/certs.d"))
+    );
+
+    // v2 without config_path: CRI ignores hosts.toml; said so.
+    let c = configure::ContainerdConfig::parse(&file, &containerd_config(2, None, "")).unwrap();
+    let w = configure::check(&file, Some(&c), None).join("\n");
+    assert!(
+        w.contains("sets no registry config_path") && w.contains(V2_CRI),
+        "{w}"
+    );
+}
+
+#[test]
+fn containerd_config_unreadable_or_invalid_is_an_error_naming_the_file() {
+    let tmp = TempDir::new().unwrap();
+    let d = tmp.path().join("certs.d");
+    let run_cfg = |file: &Path| {
+        let file = file.to_str().unwrap();
+        configure::run(&args(
+            &d,
+            &[
+                "--containerd-config",
+                file,
+                "--mirror",
+                "http://127.0.0.1:5000",
+            ],
+        ))
+    };
+    let bad = tmp.path().join("bad.toml");
+    for (text, expected) in [
+        ("version = 3\n[plugins\n", "line 2"),
+        ("version = 7\n", "version = 7"),
+        (
+            "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = 5\n",
+            "config_path is not a string",
+        ),
+    ] {
+        fs::write(&bad, text).unwrap();
+        let err = run_cfg(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains(bad.to_str().unwrap()) && err.contains(expected),
+            "{text:?}: {err}"
+        );
+        assert!(!d.exists(), "nothing written on a bad containerd config");
+    }
+    // A directory where the file should be: unreadable.
+    let err = run_cfg(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read the containerd config")
+            && err.contains(tmp.path().to_str().unwrap()),
+        "{err}"
+    );
+    // A file that does not exist: containerd runs on defaults; a warning, files still written.
+    let report = run_cfg(&tmp.path().join("missing.toml")).unwrap();
+    assert!(
+        report.warnings.len() == 1 && report.warnings[0].contains("does not exist"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(d.join("_default/hosts.toml").is_file());
+}

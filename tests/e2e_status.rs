@@ -90,6 +90,12 @@ async fn status_against_a_two_node_run() {
     assert_eq!(row(&table, "peers"), Some("1"));
     assert_eq!(row(&table, "containerd"), Some("reachable, indexed"));
     assert_eq!(row(&table, "auth"), Some("none"));
+    // containerd's own version, from its Version service; no --containerd-config, no warnings.
+    assert!(
+        row(&table, "containerd version").is_some_and(|v| v.starts_with("1.6")),
+        "{table}"
+    );
+    assert!(!table.lines().any(|l| l.starts_with("WARNING")), "{table}");
     assert_eq!(
         row(&table, "registry"),
         Some(node1.pm.registry_host().as_str())
@@ -97,6 +103,13 @@ async fn status_against_a_two_node_run() {
     let s1 = status_json(&node1, &[]);
     let s2 = status_json(&node2, &[]);
     assert_eq!(s1["ready"], true);
+    assert_eq!(s1["warnings"], serde_json::json!([]), "{s1}");
+    assert!(
+        s1["containerd"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.6")),
+        "{s1}"
+    );
     assert_eq!(s1["connected_peers"], 1);
     assert_eq!(s2["connected_peers"], 1);
     assert!(s1["content"]["images"].as_u64() >= Some(1), "{s1}");

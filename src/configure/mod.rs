@@ -13,6 +13,7 @@
 //! Layout: `endpoint` parses and validates the flags, `render` builds each file, `files` reads,
 //! backs up, writes and restores them.
 
+mod containerd_config;
 mod endpoint;
 mod files;
 mod render;
@@ -22,6 +23,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use containerd_config::{ContainerdConfig, V3_DEFAULT_CONFIG_PATH, check, inspect};
 pub use endpoint::{Endpoint, MirrorSettings, Token};
 pub use render::render_hosts_toml;
 
@@ -39,16 +41,22 @@ pub const NONE_FILE: &str = "hosts.toml.peermirror-none";
 pub const MARKER: &str = "# Written by peermirror configure";
 /// Directory containerd uses for registries without their own directory.
 pub const DEFAULT_DIR: &str = "_default";
+/// Where hosts.toml files go when neither `--config-path` nor a containerd config names a place.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd/certs.d";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigureArgs {
-    /// containerd's registry `config_path` directory (one subdirectory per registry).
-    #[arg(
-        long,
-        env = "PEERMIRROR_CONFIG_PATH",
-        default_value = "/etc/containerd/certs.d"
-    )]
-    pub config_path: PathBuf,
+    /// containerd's registry `config_path` directory (one subdirectory per registry). Default:
+    /// the first directory of the `config_path` in --containerd-config, else
+    /// /etc/containerd/certs.d.
+    #[arg(long, env = "PEERMIRROR_CONFIG_PATH")]
+    pub config_path: Option<PathBuf>,
+
+    /// containerd's config file (e.g. /etc/containerd/config.toml, `version = 2` or `3`): read
+    /// for the registry `config_path` in force, with a loud warning when containerd would
+    /// ignore the mirror (containerd 2.2+'s colon-separated default, issue 12636).
+    #[arg(long, env = "PEERMIRROR_CONTAINERD_CONFIG")]
+    pub containerd_config: Option<PathBuf>,
 
     /// URL of a mirror to try before the registry, e.g. http://127.0.0.1:5000. Repeat (or separate
     /// with commas) for several; containerd tries them in this order.
@@ -143,6 +151,10 @@ pub enum ConfigureError {
         "this peermirror was built without the toml crate's `preserve_order` feature, so it cannot keep the order of [host] tables (the order containerd tries them); rebuild with it"
     )]
     OrderUnsupported,
+    #[error("cannot read the containerd config {path:?} (--containerd-config): {source}")]
+    ContainerdConfigUnreadable { path: PathBuf, source: io::Error },
+    #[error("the containerd config {path:?} (--containerd-config) is not valid: {problem}")]
+    ContainerdConfigInvalid { path: PathBuf, problem: String },
     #[error("{action} {path:?}: {source}")]
     Io {
         action: &'static str,
@@ -155,6 +167,8 @@ pub enum ConfigureError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub entries: Vec<Entry>,
+    /// Why containerd might not use these files (from --containerd-config); for stderr.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,16 +218,25 @@ impl fmt::Display for Report {
 /// Configures (or, with `--restore`, restores) the hosts.toml files named by `args`.
 pub fn run(args: &ConfigureArgs) -> Result<Report, ConfigureError> {
     let registries = parse_unique("--registry", &args.registry)?;
+    let (from_config, warnings) = match &args.containerd_config {
+        Some(file) => inspect(file, args.config_path.as_deref())?,
+        None => (None, Vec::new()),
+    };
+    let config_path = args
+        .config_path
+        .clone()
+        .or(from_config)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let dirs: Vec<PathBuf> = registries
         .iter()
-        .map(|r| args.config_path.join(r.authority()))
+        .map(|r| config_path.join(r.authority()))
         .collect();
     if args.restore {
-        return restore(&args.config_path, dirs);
+        return restore(&config_path, dirs);
     }
     let settings = MirrorSettings::from_args(args)?;
     let targets: Vec<(Option<&Endpoint>, PathBuf)> = if registries.is_empty() {
-        vec![(None, args.config_path.join(DEFAULT_DIR))]
+        vec![(None, config_path.join(DEFAULT_DIR))]
     } else {
         registries.iter().map(Some).zip(dirs).collect()
     };
@@ -234,7 +257,7 @@ pub fn run(args: &ConfigureArgs) -> Result<Report, ConfigureError> {
             && let Some(port) = r.port
         {
             // containerd 1.6 looks for `host_port_` before `host:port`.
-            let shadow = args.config_path.join(format!("{}_{port}_", r.host));
+            let shadow = config_path.join(format!("{}_{port}_", r.host));
             if shadow.is_dir() {
                 tracing::warn!(dir = %shadow.display(), "containerd reads this directory before ours; remove it");
             }
@@ -246,7 +269,10 @@ pub fn run(args: &ConfigureArgs) -> Result<Report, ConfigureError> {
     } else {
         0o644
     };
-    let mut report = Report::default();
+    let mut report = Report {
+        warnings,
+        ..Report::default()
+    };
     for (dir, current, text) in plans {
         let action = install(&dir, current, &text, mode)?;
         report.entries.push(Entry {
@@ -259,8 +285,6 @@ pub fn run(args: &ConfigureArgs) -> Result<Report, ConfigureError> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use clap::Parser;
 
     use super::*;
@@ -289,7 +313,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.args.mirror.len(), 3);
-        assert_eq!(cli.args.config_path, Path::new("/etc/containerd/certs.d"));
+        assert_eq!(cli.args.config_path, None);
         assert!(
             cli.args.dial_timeout.is_zero() && cli.args.keep_existing_mirrors && !cli.args.restore
         );

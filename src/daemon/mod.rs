@@ -79,6 +79,8 @@ pub struct Config {
     pub max_egress_bps: u64,
     /// Where the admin API listens; `None` turns it off.
     pub admin_sock: Option<PathBuf>,
+    /// containerd's config file, checked at start for a `config_path` that bypasses the mirror.
+    pub containerd_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,18 +135,28 @@ pub async fn run(
         check_content_dir(dir);
     }
     let content_dir = config.content_dir.clone();
-    let source = ContainerdSource::new(
+    let source = Arc::new(ContainerdSource::new(
         &config.containerd_sock,
         &config.containerd_namespace,
         content_dir,
-    )?;
-    run_with_source(config, Arc::new(source), listeners, shutdown).await
+    )?);
+    run_inner(config, source.clone(), Some(source), listeners, shutdown).await
 }
 
 /// Run against any content source (tests pass a [`crate::content::MemorySource`]).
 pub async fn run_with_source(
     config: Config,
     source: Arc<dyn ContentSource>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    run_inner(config, source, None, listeners, shutdown).await
+}
+
+async fn run_inner(
+    config: Config,
+    source: Arc<dyn ContentSource>,
+    containerd: Option<Arc<ContainerdSource>>,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -193,6 +205,7 @@ pub async fn run_with_source(
         throttle: FailureThrottle::new(10, Duration::from_secs(60)),
         revocation: tls.clone().map(tls::revocation_check),
     };
+    let warnings = start::containerd_config_warnings(config.containerd_config.as_deref());
     if let Some(path) = &config.admin_sock {
         let state = AdminState {
             index: content.index.clone(),
@@ -204,6 +217,8 @@ pub async fn run_with_source(
             auth_mode: config.security.mode,
             tls: tls.clone(),
             registry_addr: registry_addr.to_string(),
+            containerd,
+            warnings,
         };
         start::start_admin(&mut w, path.clone(), state)?;
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCENARIOS, args_map, container, one, pod_spec, render
+from conftest import SCENARIOS, args_map, container, mounts, one, pod_spec, render, volumes
 
 
 def rendered_args(values, name, init=False):
@@ -217,3 +217,33 @@ def test_readme_recipe_with_peermirror_certs(binary, tmp_path):
         assert get_v2(port, secrets) == 200
     finally:
         stop(proc)
+
+
+def test_configure_warns_about_containerd_2_colon_config_path(binary, tmp_path):
+    """containerd.configFile: the init container and the daemon get --containerd-config, the
+    file's directory mounted read-only; `configure` prints the containerd 2.2+ trap on stderr
+    (a colon-separated config_path), and stays quiet with a single directory."""
+    spec = pod_spec({})
+    vols = volumes(spec)
+    assert vols["containerd-config-file"]["hostPath"] == {"path": "/etc/containerd", "type": "DirectoryOrCreate"}
+    for name, init in (("configure", True), ("peermirror", False)):
+        c = container(spec, name, init=init)
+        assert args_map(c["args"])["--containerd-config"] == ["/host/etc/containerd/config.toml"]
+        m = mounts(c)["containerd-config-file"]
+        assert m == {"name": "containerd-config-file", "mountPath": "/host/etc/containerd", "readOnly": True}
+    off = pod_spec({"containerd": {"configFile": ""}})
+    assert "containerd-config-file" not in volumes(off)
+    assert "--containerd-config" not in args_map(container(off, "configure", init=True)["args"])
+
+    config = tmp_path / "certs.d"
+    values = {**SCENARIOS["none"], "containerd": {**SCENARIOS["none"].get("containerd", {}), "configPath": str(config)}}
+    args, _ = rendered_args(values, "configure", init=True)
+    file = tmp_path / "config.toml"
+    args = [a.replace("/host/etc/containerd/config.toml", str(file)) for a in args]
+    images = '[plugins."io.containerd.cri.v1.images".registry]'
+    for config_path, warns in ((f"{config}:/etc/docker/certs.d", True), (str(config), False)):
+        file.write_text(f'version = 3\n\n{images}\n  config_path = "{config_path}"\n')
+        proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert ("CONTAINERD WILL IGNORE THE MIRROR" in proc.stderr) == warns, proc.stderr
+        assert (config / "docker.io" / "hosts.toml").is_file()

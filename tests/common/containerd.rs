@@ -114,6 +114,9 @@ pub struct CtdOptions {
     pub version: CtdVersion,
     /// Enable the CRI plugin with this registry `config_path` (hosts.toml tree).
     pub cri_config_path: Option<PathBuf>,
+    /// `concurrent_layer_fetch_buffer` (2.1+: the transfer service's and CRI's parallel chunked
+    /// fetch, ranged requests of this many bytes); `None` leaves it off.
+    pub fetch_buffer: Option<u64>,
 }
 
 impl Default for CtdOptions {
@@ -121,6 +124,7 @@ impl Default for CtdOptions {
         CtdOptions {
             version: CtdVersion::V1_6,
             cri_config_path: None,
+            fetch_buffer: None,
         }
     }
 }
@@ -163,6 +167,11 @@ fn config_toml(base: &Path, socket: &Path, opts: &CtdOptions) -> String {
             "\n[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/{}\"\n  snapshotter = \"native\"\n",
             super::fixtures::host_arch()
         ));
+        if let Some(b) = opts.fetch_buffer {
+            toml.push_str(&format!(
+                "\n[plugins.\"io.containerd.transfer.v1.local\"]\n  concurrent_layer_fetch_buffer = {b}\n"
+            ));
+        }
     }
     if let Some(config_path) = &opts.cri_config_path {
         let _ = fs::create_dir_all(&cni_bin);
@@ -170,9 +179,13 @@ fn config_toml(base: &Path, socket: &Path, opts: &CtdOptions) -> String {
         let (cp, cb, cc) = (config_path.display(), cni_bin.display(), cni_conf.display());
         if opts.version.is_v2() {
             toml.push_str(&format!(
-                "\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
+                "\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n{fb}\
                  \n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{cp}\"\n\
-                 \n[plugins.\"io.containerd.cri.v1.runtime\".cni]\n  bin_dirs = [\"{cb}\"]\n  conf_dir = \"{cc}\"\n"
+                 \n[plugins.\"io.containerd.cri.v1.runtime\".cni]\n  bin_dirs = [\"{cb}\"]\n  conf_dir = \"{cc}\"\n",
+                fb = opts
+                    .fetch_buffer
+                    .map(|b| format!("  concurrent_layer_fetch_buffer = {b}\n"))
+                    .unwrap_or_default(),
             ));
         } else {
             toml.push_str(&format!(

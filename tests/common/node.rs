@@ -32,6 +32,9 @@ pub struct NodeBuilder {
     admin_sock: bool,
     version: CtdVersion,
     cri: bool,
+    cri_extra_dir: Option<PathBuf>,
+    fetch_buffer: Option<u64>,
+    check_config: bool,
 }
 
 impl NodeBuilder {
@@ -73,6 +76,25 @@ impl NodeBuilder {
         self
     }
 
+    /// With [`NodeBuilder::cri`]: containerd's `config_path` becomes the colon-separated list
+    /// `<hosts_dir>:<dir>` (containerd 2.2's default has this shape).
+    pub fn cri_extra_dir(mut self, dir: PathBuf) -> Self {
+        self.cri_extra_dir = Some(dir);
+        self
+    }
+
+    /// containerd's `concurrent_layer_fetch_buffer` (2.1+; transfer service and CRI).
+    pub fn fetch_buffer(mut self, bytes: u64) -> Self {
+        self.fetch_buffer = Some(bytes);
+        self
+    }
+
+    /// `peermirror run --containerd-config <containerd's config file>`.
+    pub fn check_containerd_config(mut self) -> Self {
+        self.check_config = true;
+        self
+    }
+
     /// Starts containerd and peermirror and waits for `/readyz`.
     pub fn start(self) -> Node {
         let dir = new_temp_dir(&format!("pm-e2e-node-{}-", self.name));
@@ -80,10 +102,24 @@ impl NodeBuilder {
             self.name,
             CtdOptions {
                 version: self.version,
-                cri_config_path: self.cri.then(|| dir.path().join("hosts")),
+                cri_config_path: self.cri.then(|| {
+                    let hosts = dir.path().join("hosts");
+                    match &self.cri_extra_dir {
+                        // A PathBuf holds any string: containerd splits it on ':'.
+                        Some(extra) => {
+                            PathBuf::from(format!("{}:{}", hosts.display(), extra.display()))
+                        }
+                        None => hosts,
+                    }
+                }),
+                fetch_buffer: self.fetch_buffer,
             },
         );
         let mut args = self.args;
+        if self.check_config {
+            args.push("--containerd-config".into());
+            args.push(ctd.config_path().display().to_string());
+        }
         if self.admin_sock {
             args.push("--admin-sock".into());
             args.push(dir.path().join("admin.sock").display().to_string());
@@ -113,6 +149,9 @@ impl Node {
             admin_sock: false,
             version: CtdVersion::V1_6,
             cri: false,
+            cri_extra_dir: None,
+            fetch_buffer: None,
+            check_config: false,
         }
     }
 

@@ -58,6 +58,7 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         max_uploads: 0,
         max_egress_bps: 0,
         admin_sock: None,
+        containerd_config: None,
     }
 }
 

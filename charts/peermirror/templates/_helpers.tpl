@@ -182,3 +182,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "ports.registry, ports.router and ports.metrics must differ" }}
 {{- end }}
 {{- end }}
+
+{{/* Where the directory of containerd.configFile is mounted (read-only) in the pod. */}}
+{{- define "peermirror.containerdConfigDir" -}}
+{{- printf "/host%s" (dir .Values.containerd.configFile) -}}
+{{- end -}}
+
+{{/* containerd.configFile as the pod sees it. */}}
+{{- define "peermirror.containerdConfigFile" -}}
+{{- printf "%s/%s" (include "peermirror.containerdConfigDir" .) (base .Values.containerd.configFile) -}}
+{{- end -}}
