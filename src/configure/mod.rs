@@ -16,6 +16,7 @@
 mod endpoint;
 mod files;
 mod render;
+mod token;
 
 use std::fmt;
 use std::io;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use endpoint::{Endpoint, MirrorSettings, Token};
 pub use render::render_hosts_toml;
+pub use token::{host_port, rewrite_token};
 
 use endpoint::{parse_dial_timeout, parse_unique};
 use files::{install, original_text, read_optional, restore};
