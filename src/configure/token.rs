@@ -38,7 +38,7 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
 /// Rewrites, in every `<config_path>/*/hosts.toml` written by configure, the
 /// `Authorization = "Bearer ..."` header of each `[host."URL"]` table for which `own(URL)`
 /// holds, to `token`. Only that value changes; a file already carrying the token is left
-/// alone. Returns the files rewritten.
+/// alone; a missing `config_path` holds nothing to rewrite. Returns the files rewritten.
 pub fn rewrite_token(
     config_path: &Path,
     own: &dyn Fn(&str) -> bool,
@@ -51,8 +51,11 @@ pub fn rewrite_token(
             problem: "holds characters not allowed in an HTTP header",
         });
     }
-    let entries =
-        std::fs::read_dir(config_path).map_err(|source| io_err("reading", config_path, source))?;
+    let entries = match std::fs::read_dir(config_path) {
+        // Not written yet (configure runs later): nothing to rewrite.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(|source| io_err("reading", config_path, source))?,
+    };
     let mut rewritten = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path().join(HOSTS_FILE);

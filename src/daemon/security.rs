@@ -221,6 +221,7 @@ async fn keep_tokens_current(
             .inc();
     };
     let mut last = crate::reload::fingerprint(&paths);
+    let mut last_hosts = hosts_dir.as_deref().map(hosts_fingerprint);
     // The first rewrite happens at once: containerd may hold a stale or placeholder token.
     let mut next_rewrite = hosts_dir.as_ref().map(|_| Instant::now());
     let mut tick = tokio::time::interval(crate::reload::POLL_INTERVAL);
@@ -252,6 +253,12 @@ async fn keep_tokens_current(
             }
             next_rewrite = hosts_dir.as_ref().map(|_| Instant::now());
         }
+        // `configure` (re)wrote a file, possibly with an older token: put the current one in.
+        let hosts_now = hosts_dir.as_deref().map(hosts_fingerprint);
+        if hosts_now != last_hosts {
+            last_hosts = hosts_now;
+            next_rewrite = hosts_dir.as_ref().map(|_| Instant::now());
+        }
         let (Some(dir), Some(due)) = (&hosts_dir, next_rewrite) else {
             continue;
         };
@@ -266,6 +273,19 @@ async fn keep_tokens_current(
             }
         };
     }
+}
+
+/// Each `<dir>/*/hosts.toml`'s stat; our own rewrite changes it once, and the pass it then
+/// triggers finds nothing to change.
+fn hosts_fingerprint(dir: &Path) -> crate::reload::Fingerprint {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(crate::configure::HOSTS_FILE))
+        .collect();
+    files.sort();
+    crate::reload::fingerprint(&files)
 }
 
 /// Puts the current token for containerd into the hosts.toml files this node owns.
