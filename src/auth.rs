@@ -540,4 +540,47 @@ mod tests {
             Err(Refusal::Throttled)
         );
     }
+
+    #[test]
+    fn signed_tokens_name_their_subject_and_static_ones_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, k) = (dir.path().join("tokens"), dir.path().join("key"));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::write(&k, "k".repeat(32)).unwrap();
+        let key = Arc::new(SigningKey::load(&k).unwrap());
+        let tokens =
+            Tokens::new(Some(&f), Some(key.clone()), Duration::from_secs(60), "n1").unwrap();
+        let peer = tokens.for_peers().unwrap();
+        assert_eq!(tokens.for_peers().as_deref(), Some(peer.as_str()), "reused");
+        assert_eq!(key.verify(peer.as_bytes()).unwrap().sub, "peer@n1");
+        let ctd = tokens.for_containerd().unwrap();
+        assert_eq!(key.verify(ctd.as_bytes()).unwrap().sub, "containerd@n1");
+        let g = Guard {
+            mode: AuthMode::Token,
+            tokens: Some(Arc::new(tokens)),
+            throttle: FailureThrottle::new(100, Duration::from_secs(60)),
+            revocation: None,
+        };
+        let robot = key.mint("robot", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            g.check(&bearer(&robot), &conn(false)).unwrap().to_string(),
+            "token:sub=robot"
+        );
+        assert_eq!(
+            g.check(&bearer("s3cret"), &conn(false))
+                .unwrap()
+                .to_string(),
+            "token:line1"
+        );
+        let forged = crate::token::mint(&[b'x'; 32], "robot", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            g.check(&bearer(&forged), &conn(false)),
+            Err(Refusal::WrongToken)
+        );
+        // Without a token file, only signed tokens.
+        let only = Tokens::new(None, Some(key), Duration::from_secs(60), "n1").unwrap();
+        assert_eq!(only.first(), None);
+        assert_eq!(only.reload().unwrap(), 0);
+        assert!(only.verify_signed(robot.as_bytes()).is_some());
+    }
 }

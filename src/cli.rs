@@ -486,4 +486,29 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn token_mode_takes_a_token_file_or_a_signing_key() {
+        let c = Config::from_args(&run_args(&[
+            "--auth-mode",
+            "token",
+            "--token-signing-key",
+            "/k",
+            "--hosts-dir",
+            "/etc/containerd/certs.d",
+        ]))
+        .unwrap();
+        assert_eq!(c.token.ttl, Duration::from_secs(900));
+        assert!(
+            c.security
+                .validate_with(c.token.signing_key.is_some())
+                .is_ok()
+        );
+        let c = Config::from_args(&run_args(&["--auth-mode", "token"])).unwrap();
+        let e = c.security.validate_with(false).unwrap_err().to_string();
+        assert!(
+            e.contains("--token-file") && e.contains("--token-signing-key"),
+            "{e}"
+        );
+    }
 }
