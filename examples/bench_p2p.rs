@@ -95,6 +95,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         routing: Routing::Custom(Arc::new(router.clone()), none),
         mirror: MirrorConfig::default(),
         security: Security::insecure(),
+        token: Default::default(),
         max_uploads: 0,
         max_egress_bps: 0,
         admin_sock: None,

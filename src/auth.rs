@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::pki::Serial;
 use crate::server::{ClientCert, ConnInfo};
+use crate::token::SigningKey;
 
 /// How clients prove who they are.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +59,22 @@ pub enum AuthError {
     NoTokens { path: String },
 }
 
-/// The accepted tokens: one per line of the token file; several lines let a rotation overlap.
+/// The accepted tokens: one per line of the token file (several lines let a rotation overlap),
+/// and, with a signing key, any token it signed that has not expired.
 pub struct Tokens {
-    path: PathBuf,
+    path: Option<PathBuf>,
     tokens: RwLock<Arc<Vec<Token>>>,
+    signing: Option<Signing>,
+}
+
+/// The signing key and how this node mints its own tokens with it.
+struct Signing {
+    key: Arc<SigningKey>,
+    ttl: Duration,
+    /// The subject of the tokens this node mints (`<role>@<name>`).
+    name: String,
+    /// The last token minted for peer requests, reused for half its lifetime.
+    peer: Mutex<Option<(String, Instant)>>,
 }
 
 /// One accepted token: kept for sending to peers, compared by its SHA-256 hash.
@@ -76,24 +89,113 @@ fn token_hash(t: &[u8]) -> [u8; 32] {
 }
 
 impl Tokens {
+    /// Static tokens only.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let tokens = read_tokens(path)?;
         Ok(Tokens {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             tokens: RwLock::new(Arc::new(tokens)),
+            signing: None,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Static tokens from `path` (when given) and signed ones under `key` (when given); this
+    /// node's own tokens are minted for `ttl` with subjects `containerd@<name>`, `peer@<name>`.
+    pub fn new(
+        path: Option<&Path>,
+        key: Option<Arc<SigningKey>>,
+        ttl: Duration,
+        name: &str,
+    ) -> Result<Self, AuthError> {
+        let tokens = path.map(read_tokens).transpose()?.unwrap_or_default();
+        Ok(Tokens {
+            path: path.map(Path::to_path_buf),
+            tokens: RwLock::new(Arc::new(tokens)),
+            signing: key.map(|key| Signing {
+                key,
+                ttl,
+                name: name.to_owned(),
+                peer: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn signing_key(&self) -> Option<&Arc<SigningKey>> {
+        self.signing.as_ref().map(|s| &s.key)
+    }
+
+    /// How long this node's minted tokens live, when it mints them.
+    pub fn minted_ttl(&self) -> Option<Duration> {
+        self.signing.as_ref().map(|s| s.ttl)
     }
 
     /// Re-read the file; on any problem the old tokens stay in force.
     pub fn reload(&self) -> Result<usize, AuthError> {
-        let fresh = read_tokens(&self.path)?;
+        let Some(path) = &self.path else {
+            return Ok(0);
+        };
+        let fresh = read_tokens(path)?;
         let n = fresh.len();
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         Ok(n)
+    }
+
+    /// The subject of a well-signed, unexpired token (never a static one).
+    pub fn verify_signed(&self, presented: &[u8]) -> Option<String> {
+        self.signing
+            .as_ref()
+            .and_then(|s| s.key.verify(presented))
+            .map(|c| c.sub)
+    }
+
+    /// The token for this node's containerd (written into hosts.toml): a freshly minted one
+    /// with a signing key, else the first static line.
+    pub fn for_containerd(&self) -> Option<String> {
+        match &self.signing {
+            Some(s) => match s.key.mint(&format!("containerd@{}", s.name), s.ttl) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot mint a token for containerd");
+                    self.first()
+                }
+            },
+            None => self.first(),
+        }
+    }
+
+    /// The token this node sends to its peers: a minted one (reused for half its lifetime)
+    /// with a signing key, else the first static line.
+    pub fn for_peers(&self) -> Option<String> {
+        let Some(s) = &self.signing else {
+            return self.first();
+        };
+        let mut cached = s.peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, at)) = cached.as_ref()
+            && at.elapsed() < s.ttl / 2
+        {
+            return Some(t.clone());
+        }
+        match s.key.mint(&format!("peer@{}", s.name), s.ttl) {
+            Ok(t) => {
+                *cached = Some((t.clone(), Instant::now()));
+                Some(t)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint a token for peer requests");
+                self.first()
+            }
+        }
+    }
+
+    /// Forget the cached peer token (the key changed).
+    pub fn forget_minted(&self) {
+        if let Some(s) = &self.signing {
+            *s.peer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 
     /// The token this node sends to its peers: the first line.
@@ -233,20 +335,24 @@ pub struct Guard {
 }
 
 /// Who a request was accepted as, for the audit log (never the token itself). Displays as
-/// `cert:<subject> serial=<hex> token:line<n>`, or `anonymous`.
+/// `cert:<subject> serial=<hex> token:line<n>` (or `token:sub=<subject>` for a signed token),
+/// or `anonymous`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// The verified client certificate, on an mTLS connection.
     pub cert: Option<ClientCert>,
     /// Which line of the token file matched (1-based), when a token was checked.
     pub token_line: Option<usize>,
+    /// The subject of the signed token, when one was accepted.
+    pub token_subject: Option<String>,
 }
 
 impl Identity {
-    fn of(conn: &ConnInfo, token_line: Option<usize>) -> Self {
+    fn of(conn: &ConnInfo, token_line: Option<usize>, token_subject: Option<String>) -> Self {
         Identity {
             cert: conn.client_cert.clone(),
             token_line,
+            token_subject,
         }
     }
 }
@@ -264,7 +370,10 @@ impl fmt::Display for Identity {
         if let Some(l) = self.token_line {
             write!(f, "{sep}token:line{l}")?;
         }
-        if self.cert.is_none() && self.token_line.is_none() {
+        if let Some(s) = &self.token_subject {
+            write!(f, "{sep}token:sub={s}")?;
+        }
+        if self.cert.is_none() && self.token_line.is_none() && self.token_subject.is_none() {
             f.write_str("anonymous")?;
         }
         Ok(())
@@ -284,7 +393,7 @@ impl Guard {
     /// Accept or refuse a request from its headers and connection; returns the identity.
     pub fn check(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> Result<Identity, Refusal> {
         if self.mode == AuthMode::None {
-            return Ok(Identity::of(conn, None));
+            return Ok(Identity::of(conn, None, None));
         }
         let ip = conn.remote.ip();
         // Loopback is where containerd itself connects from: throttling it would let any local
@@ -311,16 +420,20 @@ impl Guard {
         {
             return Err(refusal);
         }
-        let mut line = None;
+        let (mut line, mut subject) = (None, None);
         if self.mode.needs_token() {
             let presented = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| bearer_token(v.as_bytes()))
                 .ok_or(Refusal::MissingToken)?;
             let tokens = self.tokens.as_ref().ok_or(Refusal::WrongToken)?;
-            line = Some(tokens.check(presented).ok_or(Refusal::WrongToken)?);
+            // Static tokens first, every line compared in constant time; then the signature.
+            line = tokens.check(presented);
+            if line.is_none() {
+                subject = Some(tokens.verify_signed(presented).ok_or(Refusal::WrongToken)?);
+            }
         }
-        Ok(Identity::of(conn, line))
+        Ok(Identity::of(conn, line, subject))
     }
 }
 
@@ -426,5 +539,48 @@ mod tests {
             g.check(&bearer("s3cret"), &conn(true)),
             Err(Refusal::Throttled)
         );
+    }
+
+    #[test]
+    fn signed_tokens_name_their_subject_and_static_ones_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, k) = (dir.path().join("tokens"), dir.path().join("key"));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::write(&k, "k".repeat(32)).unwrap();
+        let key = Arc::new(SigningKey::load(&k).unwrap());
+        let tokens =
+            Tokens::new(Some(&f), Some(key.clone()), Duration::from_secs(60), "n1").unwrap();
+        let peer = tokens.for_peers().unwrap();
+        assert_eq!(tokens.for_peers().as_deref(), Some(peer.as_str()), "reused");
+        assert_eq!(key.verify(peer.as_bytes()).unwrap().sub, "peer@n1");
+        let ctd = tokens.for_containerd().unwrap();
+        assert_eq!(key.verify(ctd.as_bytes()).unwrap().sub, "containerd@n1");
+        let g = Guard {
+            mode: AuthMode::Token,
+            tokens: Some(Arc::new(tokens)),
+            throttle: FailureThrottle::new(100, Duration::from_secs(60)),
+            revocation: None,
+        };
+        let robot = key.mint("robot", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            g.check(&bearer(&robot), &conn(false)).unwrap().to_string(),
+            "token:sub=robot"
+        );
+        assert_eq!(
+            g.check(&bearer("s3cret"), &conn(false))
+                .unwrap()
+                .to_string(),
+            "token:line1"
+        );
+        let forged = crate::token::mint(&[b'x'; 32], "robot", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            g.check(&bearer(&forged), &conn(false)),
+            Err(Refusal::WrongToken)
+        );
+        // Without a token file, only signed tokens.
+        let only = Tokens::new(None, Some(key), Duration::from_secs(60), "n1").unwrap();
+        assert_eq!(only.first(), None);
+        assert_eq!(only.reload().unwrap(), 0);
+        assert!(only.verify_signed(robot.as_bytes()).is_some());
     }
 }

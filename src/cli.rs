@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
-use crate::daemon::{Config, DaemonError, P2pSettings, Routing, Security};
+use crate::daemon::{Config, DaemonError, P2pSettings, Routing, Security, TokenSettings};
 use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
 use crate::server::ServerLimits;
@@ -36,6 +36,8 @@ pub enum Command {
     /// Show this node's status, peers, lookups and content (talks to the admin socket).
     /// Exits 0 when ready (or found), 3 when not, saying why.
     Status(crate::status::StatusArgs),
+    /// Signed bearer tokens: `token issue --key FILE --ttl 1h --subject NAME`.
+    Token(crate::token::TokenArgs),
     /// Print the version.
     Version,
 }
@@ -239,9 +241,26 @@ pub struct SecurityArgs {
     pub crl_expired: CrlExpired,
 
     /// Bearer tokens, one per line (several lines let a rotation overlap); reloaded when it
-    /// changes. The first line is sent to peers.
+    /// changes. The first line is sent to peers (unless --token-signing-key is given).
     #[arg(long, env = "PEERMIRROR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// HS256 key file (raw bytes, at least 32; a cluster Secret): tokens it signed (JWT,
+    /// audience `peermirror`) are accepted until they expire, and this node mints short-lived
+    /// ones for its containerd (see --hosts-dir) and its peer requests. Reloaded when it changes.
+    #[arg(long, env = "PEERMIRROR_TOKEN_SIGNING_KEY")]
+    pub token_signing_key: Option<PathBuf>,
+
+    /// Lifetime of the tokens this node mints with --token-signing-key; each is replaced at
+    /// half of it.
+    #[arg(long, env = "PEERMIRROR_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// containerd's hosts directory (its `config_path`) where `peermirror configure
+    /// --token-file` wrote this node's token: the daemon rewrites that header when the token
+    /// file changes or a minted token nears expiry, so rotation needs no restart.
+    #[arg(long, env = "PEERMIRROR_HOSTS_DIR")]
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -285,6 +304,11 @@ impl Config {
                 ..MirrorConfig::default()
             },
             security: Security::from_args(&args.security)?,
+            token: TokenSettings {
+                signing_key: args.security.token_signing_key.clone(),
+                ttl: args.security.token_ttl,
+                hosts_dir: args.security.hosts_dir.clone(),
+            },
             max_uploads: args.max_concurrent_uploads,
             max_egress_bps: args.max_egress_bps,
             admin_sock: Some(
@@ -467,6 +491,31 @@ mod tests {
                 .security
                 .tls
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn token_mode_takes_a_token_file_or_a_signing_key() {
+        let c = Config::from_args(&run_args(&[
+            "--auth-mode",
+            "token",
+            "--token-signing-key",
+            "/k",
+            "--hosts-dir",
+            "/etc/containerd/certs.d",
+        ]))
+        .unwrap();
+        assert_eq!(c.token.ttl, Duration::from_secs(900));
+        assert!(
+            c.security
+                .validate_with(c.token.signing_key.is_some())
+                .is_ok()
+        );
+        let c = Config::from_args(&run_args(&["--auth-mode", "token"])).unwrap();
+        let e = c.security.validate_with(false).unwrap_err().to_string();
+        assert!(
+            e.contains("--token-file") && e.contains("--token-signing-key"),
+            "{e}"
         );
     }
 }

@@ -20,6 +20,7 @@
 //!
 //! Security:
 //! - [`auth`]: auth modes, bearer tokens, the request guard and its [`auth::Identity`].
+//! - [`token`]: signed bearer tokens (JWT, HS256): minting, checking, `peermirror token issue`.
 //! - [`tls`]: rustls configurations with CRLs, published through a `watch` channel on reload.
 //! - [`pki`]: reading certificates, keys and CRLs at run time.
 //! - [`certs`]: the `peermirror certs` CLI: a small cluster CA (rcgen).
@@ -62,4 +63,5 @@ pub mod routing;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod token;
 pub mod ttl;

@@ -31,6 +31,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(args) => {
+            print!("{}", peermirror::token::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(args) => {
             print!("{}", peermirror::certs::run(&args)?);
             Ok(ExitCode::SUCCESS)

@@ -17,6 +17,7 @@ mod containerd_config;
 mod endpoint;
 mod files;
 mod render;
+mod token;
 
 use std::fmt;
 use std::io;
@@ -26,6 +27,7 @@ use std::time::Duration;
 pub use containerd_config::{ContainerdConfig, V3_DEFAULT_CONFIG_PATH, check, inspect};
 pub use endpoint::{Endpoint, MirrorSettings, Token};
 pub use render::render_hosts_toml;
+pub use token::{host_port, rewrite_token};
 
 use endpoint::{parse_dial_timeout, parse_unique};
 use files::{install, original_text, read_optional, restore};

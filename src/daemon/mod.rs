@@ -30,7 +30,7 @@ use crate::registry::Registry;
 use crate::routing::{Bootstrap, P2pError, Router};
 use crate::server::{ServerLimits, TlsProvider};
 use crate::tls::{self, TlsError};
-pub use security::Security;
+pub use security::{Security, TokenSettings};
 use tasks::Tasks;
 
 /// Under `--data-dir`: which local blobs were found intact or damaged, per file stamp.
@@ -74,6 +74,8 @@ pub struct Config {
     pub routing: Routing,
     pub mirror: MirrorConfig,
     pub security: Security,
+    /// Signed tokens and the hosts.toml files whose token the daemon keeps current.
+    pub token: TokenSettings,
     /// Concurrent uploads (0 = unlimited) and egress bytes per second (0 = unlimited).
     pub max_uploads: usize,
     pub max_egress_bps: u64,
@@ -108,8 +110,12 @@ pub enum DaemonError {
         given: &'static str,
         missing: &'static str,
     },
-    #[error("--auth-mode token needs --token-file")]
+    #[error("--auth-mode token needs --token-file or --token-signing-key (or both)")]
     TokenWithoutFile,
+    #[error("--token-ttl {0:?} is out of range: give one between 1m and 24h")]
+    TokenTtl(Duration),
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -160,7 +166,10 @@ async fn run_inner(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    config.security.validate()?;
+    config
+        .security
+        .validate_with(config.token.signing_key.is_some())?;
+    config.token.validate()?;
     let mut w = Wiring {
         metrics: Arc::new(Metrics::new()),
         shutdown,
@@ -168,9 +177,10 @@ async fn run_inner(
     };
     let content = start::start_index(&mut w, source.clone());
     let tls = security::start_tls(&mut w, &config.security)?;
-    let tokens = security::start_tokens(&mut w, &config.security)?;
-    security::warn_about_security(&mut w, &config.security);
     let registry_addr = start::local_addr(&listeners.registry)?;
+    let own = security::OwnMirror::new(registry_addr, &config.routing);
+    let tokens = security::start_tokens(&mut w, &config.security, &config.token, own)?;
+    security::warn_about_security(&mut w, &config.security);
     let routed = start::start_routing(&mut w, &config.routing, registry_addr.port())?;
 
     let mut health = Health::new(w.metrics.clone());

@@ -97,7 +97,7 @@ impl Fetcher {
         };
         let url = format!("{scheme}://{}{path}", p.addr);
         let mut req = client.request(method, url).header(MIRRORED, "true");
-        if let Some(t) = self.token.as_ref().and_then(|t| t.first()) {
+        if let Some(t) = self.token.as_ref().and_then(|t| t.for_peers()) {
             if !self.is_connected_peer(p) {
                 tracing::warn!(peer = %p.peer, addr = %p.addr, "provider address is not a connected peer's; not sending it the token");
                 return None;

@@ -43,6 +43,10 @@ SCENARIOS: dict[str, dict] = {
         "auth": {"mode": "token", "token": {"existingSecret": "pm-token", "key": "bearer"}},
         "tls": {"generate": {"enabled": False}},
     },
+    "token-signing-key-generated": {"auth": {"mode": "token", "token": {"signingKey": {"enabled": True}, "ttl": "10m"}}},
+    "token-signing-key-existing": {
+        "auth": {"mode": "mtls+token", "token": {"signingKey": {"enabled": True, "existingSecret": "pm-jwt", "key": "hs256"}}},
+    },
     "mtls+token-cert-manager": {"auth": {"mode": "mtls+token"}, "tls": {"certManager": CERT_MANAGER}},
     "none": {
         "auth": {"mode": "none", "insecureNoAuth": True},

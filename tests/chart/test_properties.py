@@ -541,3 +541,31 @@ def test_template_checks_back_the_schema():
     text = (CHART_DIR / "templates" / "_helpers.tpl").read_text()
     for phrase in ("insecureNoAuth=true", "needs TLS", "not both", "issuerRef.name", "nodeCIDRs", "metricsService.enabled"):
         assert phrase in text
+
+
+def test_resolve_tags_is_left_to_the_daemon_unless_set():
+    # The daemon turns tags on only under mTLS; the chart must not force them on in token mode.
+    for scenario in ("default", "token-generated"):
+        assert "--resolve-tags" not in run_args(SCENARIOS[scenario]), scenario
+    assert run_args({"mirror": {"resolveTags": True}})["--resolve-tags"] == ["true"]
+
+
+def test_signing_key_is_mounted_and_passed():
+    a = run_args(SCENARIOS["token-signing-key-generated"])
+    assert a["--token-signing-key"] == ["/secrets/signing-key/key"]
+    assert a["--token-ttl"] == ["10m"]
+    assert a["--hosts-dir"] == ["/etc/containerd/certs.d"]
+    spec = pod_spec(SCENARIOS["token-signing-key-generated"])
+    assert volumes(spec)["signing-key"]["secret"] == {
+        "secretName": "peermirror-token-signing-key", "defaultMode": 0o400,
+        "items": [{"key": "signing-key", "path": "key"}]}
+    m = mounts(container(spec, "peermirror"))
+    assert m["signing-key"]["mountPath"] == "/secrets/signing-key"
+    assert m["signing-key"]["readOnly"] is True
+    assert not m["containerd-config"].get("readOnly")
+    spec = pod_spec(SCENARIOS["token-signing-key-existing"])
+    assert volumes(spec)["signing-key"]["secret"]["secretName"] == "pm-jwt"
+    assert volumes(spec)["signing-key"]["secret"]["items"] == [{"key": "hs256", "path": "key"}]
+    # Without token mode, no key.
+    a = run_args({"auth": {"token": {"signingKey": {"enabled": True}}}})
+    assert "--token-signing-key" not in a and "--hosts-dir" not in a

@@ -55,6 +55,7 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         routing,
         mirror,
         security: Security::insecure(),
+        token: Default::default(),
         max_uploads: 0,
         max_egress_bps: 0,
         admin_sock: None,

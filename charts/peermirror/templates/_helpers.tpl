@@ -109,6 +109,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.auth.token.existingSecret | default (printf "%s-token" (include "peermirror.fullname" .)) }}
 {{- end }}
 
+{{- define "peermirror.signingKeySecretName" -}}
+{{- .Values.auth.token.signingKey.existingSecret | default (printf "%s-token-signing-key" (include "peermirror.fullname" .)) }}
+{{- end }}
+
+{{- define "peermirror.signingKeySecretKey" -}}
+{{- if .Values.auth.token.signingKey.existingSecret }}{{ .Values.auth.token.signingKey.key }}{{ else }}signing-key{{ end }}
+{{- end }}
+
 {{- define "peermirror.tokenSecretKey" -}}
 {{- if .Values.auth.token.existingSecret }}{{ .Values.auth.token.key }}{{ else }}token{{ end }}
 {{- end }}
