@@ -139,8 +139,8 @@ impl Index {
 
     /// The store deleted a blob: stop serving it, even if images still name it.
     /// A blob committed before any image names it (containerd 2.1+ content events): served and
-    /// advertised at once. It is dropped when an image that came to include it goes, when the
-    /// content is deleted, or at the next full listing if still no image names it.
+    /// advertised at once. It is dropped when an image that came to include it goes, or when the
+    /// content is deleted (a full listing keeps it while the store still has it).
     pub fn add_blob(&self, desc: Descriptor) {
         let added = {
             let mut s = self.write();
@@ -167,8 +167,23 @@ impl Index {
         }
     }
 
-    /// Replace the whole index (after a full listing), emitting only the differences.
-    pub fn replace_all(&self, images: Vec<WalkedImage>) {
+    /// Blobs held without any image naming them yet (see [`Index::add_blob`]).
+    pub fn loose_blobs(&self) -> Vec<Descriptor> {
+        self.read()
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.refs == 0)
+            .map(|(d, b)| Descriptor {
+                digest: *d,
+                size: b.size,
+                media_type: b.media_type.clone(),
+            })
+            .collect()
+    }
+
+    /// Replace the whole index (after a full listing), emitting only the differences. `loose`
+    /// are blobs the store still holds that no image names yet (an image still being pulled).
+    pub fn replace_all(&self, images: Vec<WalkedImage>, loose: Vec<Descriptor>) {
         let mut changes = Vec::new();
         {
             let mut s = self.write();
@@ -176,6 +191,13 @@ impl Index {
             *s = State::default();
             for image in images {
                 add_image_locked(&mut s, image, &mut Vec::new());
+            }
+            for desc in loose {
+                s.blobs.entry(desc.digest).or_insert(Blob {
+                    size: desc.size,
+                    media_type: desc.media_type,
+                    refs: 0,
+                });
             }
             let after = keys_locked(&s);
             changes.extend(before.difference(&after).cloned().map(IndexChange::Removed));
@@ -301,7 +323,7 @@ mod tests {
         let idx = Index::new();
         idx.set_image(image("r.io/a:1", &[1, 2]));
         let mut rx = idx.subscribe();
-        idx.replace_all(vec![image("r.io/a:1", &[1, 5])]);
+        idx.replace_all(vec![image("r.io/a:1", &[1, 5])], vec![]);
         let mut got: Vec<IndexChange> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         got.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(

@@ -96,7 +96,14 @@ impl Indexer {
         for image in &images {
             walked.push(walk_image(self.source.as_ref(), image).await?);
         }
-        self.index.replace_all(walked);
+        // Blobs of a pull still in progress (content events) stay while the store has them.
+        let mut loose = Vec::new();
+        for desc in self.index.loose_blobs() {
+            if self.source.stat(&desc.digest).await?.is_some() {
+                loose.push(desc);
+            }
+        }
+        self.index.replace_all(walked, loose);
         Ok(())
     }
 
@@ -259,6 +266,22 @@ fn looks_like_manifest(mt: &str) -> bool {
 mod tests {
     use super::*;
     use crate::content::MemorySource;
+
+    #[tokio::test]
+    async fn a_full_listing_keeps_committed_blobs_the_store_still_has() {
+        let source = Arc::new(MemorySource::new());
+        let index = Arc::new(Index::new());
+        let indexer = Indexer::new(source.clone(), index.clone());
+        // Two layers of a pull in progress, indexed from content events.
+        let kept = source.commit_blob(vec![1u8; 3000]);
+        let gone = source.commit_blob(vec![2u8; 3000]);
+        index.add_blob(kept.clone());
+        index.add_blob(gone.clone());
+        source.remove_blob(&gone.digest);
+        indexer.full_sync().await.unwrap();
+        assert!(index.stat(&kept.digest).is_some(), "dropped by the listing");
+        assert!(index.stat(&gone.digest).is_none(), "kept after deletion");
+    }
 
     #[tokio::test]
     async fn committed_blobs_are_indexed_before_their_image() {
