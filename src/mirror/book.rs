@@ -162,7 +162,7 @@ impl ProviderBook {
         self.penalties.insert(key, fault, d);
     }
 
-    /// A verified manifest (relayed or served) names its children: remember their sizes
+    /// A verified manifest this node relayed names its children: remember their sizes
     /// and media types, and that `providers` (who served the manifest) likely have them.
     pub(crate) fn learn_manifest(&self, media_type: &str, data: &[u8], providers: &[Provider]) {
         let Ok(children) = crate::oci::children(media_type, data) else {

@@ -210,12 +210,6 @@ impl Mirror {
         &self.config
     }
 
-    /// A manifest this node verified (served from local content, or relayed) names its
-    /// children: their sizes become the only ones a peer may answer with.
-    pub fn learn_manifest(&self, media_type: &str, data: &[u8]) {
-        self.book.learn_manifest(media_type, data, &[]);
-    }
-
     /// Find providers of `key`; `None` if none answered within the resolve timeout.
     async fn providers(&self, key: Key) -> Option<ProviderSet> {
         let known = self.book.known(&key);
