@@ -111,7 +111,7 @@ fn table_keeps_order() -> bool {
     t.keys().next().map(String::as_str) == Some("b")
 }
 
-fn parse_existing(text: &str, path: &Path) -> Result<Table, ConfigureError> {
+pub(super) fn parse_existing(text: &str, path: &Path) -> Result<Table, ConfigureError> {
     // Only the message and line: toml's full error quotes the file, which may hold a secret.
     toml::from_str(text).map_err(|e: toml::de::Error| {
         let before = e.span().and_then(|s| text.get(..s.start)).unwrap_or("");
@@ -124,7 +124,11 @@ fn parse_existing(text: &str, path: &Path) -> Result<Table, ConfigureError> {
 }
 
 /// Same document, and the `[host]` tables in the same order (Table's `==` ignores order).
-fn verify_round_trip(text: &str, doc: &Table, path: &Path) -> Result<(), ConfigureError> {
+pub(super) fn verify_round_trip(
+    text: &str,
+    doc: &Table,
+    path: &Path,
+) -> Result<(), ConfigureError> {
     let host_keys = |t: &Table| {
         t.get("host")
             .and_then(Value::as_table)

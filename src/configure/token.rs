@@ -5,34 +5,20 @@
 
 use std::path::{Path, PathBuf};
 
-use toml::{Table, Value};
+use toml::Value;
 
-use super::{ConfigureError, HOSTS_FILE, MARKER};
+use super::files::{io_err, is_ours};
+use super::render::{parse_existing, verify_round_trip};
+use super::{ConfigureError, Endpoint, HOSTS_FILE};
 use crate::fsutil::{Existing, write_atomic};
 
 /// `HOST` and `PORT` of `scheme://HOST[:PORT]` (the default port of the scheme when absent;
-/// brackets removed from an IPv6 host).
+/// brackets removed from an IPv6 host), parsed as `configure` parsed the URL it wrote.
 pub fn host_port(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let default = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let rest = rest.trim_end_matches('/');
-    if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default,
-            None => return None,
-        };
-        return Some((host.to_owned(), port));
-    }
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
-        None => Some((rest.to_owned(), default)),
-    }
+    let ep = Endpoint::parse("--mirror", url).ok()?;
+    let port = ep.port.unwrap_or(if ep.https { 443 } else { 80 });
+    let host = ep.host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port))
 }
 
 /// Rewrites, in every `<config_path>/*/hosts.toml` written by configure, the
@@ -54,7 +40,7 @@ pub fn rewrite_token(
     let entries = match std::fs::read_dir(config_path) {
         // Not written yet (configure runs later): nothing to rewrite.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        r => r.map_err(|source| io_err("reading", config_path, source))?,
+        r => r.map_err(io_err("reading", config_path))?,
     };
     let mut rewritten = Vec::new();
     for entry in entries.flatten() {
@@ -62,27 +48,19 @@ pub fn rewrite_token(
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(io_err("reading", &path, source)),
+            Err(source) => return Err(io_err("reading", &path)(source)),
         };
-        if !text.starts_with(MARKER) {
+        if !is_ours(text.as_bytes()) {
             continue;
         }
         if let Some(new_text) = rewrite_text(&text, own, token, &path)? {
             write_atomic(&path, new_text.as_bytes(), 0o600, Existing::Replace)
-                .map_err(|source| io_err("writing", &path, source))?;
+                .map_err(io_err("writing", &path))?;
             rewritten.push(path);
         }
     }
     rewritten.sort();
     Ok(rewritten)
-}
-
-fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> ConfigureError {
-    ConfigureError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The new text of one file, or `None` when nothing changes. The leading comment lines (our
@@ -93,15 +71,7 @@ fn rewrite_text(
     token: &str,
     path: &Path,
 ) -> Result<Option<String>, ConfigureError> {
-    let mut doc: Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigureError::ExistingInvalid {
-                path: path.to_path_buf(),
-                line: e
-                    .span()
-                    .map_or(0, |s| text[..s.start].matches('\n').count() + 1),
-                message: e.message().to_owned(),
-            })?;
+    let mut doc = parse_existing(text, path)?;
     let want = format!("Bearer {token}");
     let mut changed = false;
     if let Some(Value::Table(hosts)) = doc.get_mut("host") {
@@ -132,18 +102,15 @@ fn rewrite_text(
         .map(|l| format!("{l}\n"))
         .collect();
     let out = format!("{comments}{}", toml::to_string(&doc)?);
-    let round_trip = |back: Result<Table, _>| back.is_ok_and(|b| b == doc);
-    if !round_trip(out.parse::<Table>()) {
-        return Err(ConfigureError::RoundTrip {
-            path: path.to_path_buf(),
-        });
-    }
+    verify_round_trip(&out, &doc, path)?;
     Ok(Some(out))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::MARKER;
     use super::*;
+    use toml::Table;
 
     #[test]
     fn host_port_of_urls() {
