@@ -161,6 +161,7 @@ impl Admin for Service {
         let local = match &key {
             Key::Digest(d) => s.index.stat(d).is_some(),
             Key::Tag(t) => s.index.resolve(t).is_some(),
+            Key::Partial(_) => false,
         };
         let providers = match &s.mirror {
             Some(mirror) => mirror
@@ -207,7 +208,7 @@ impl Admin for Service {
             .into_iter()
             .take(limit)
             .map(|k| match &k {
-                Key::Digest(d) => {
+                Key::Digest(d) | Key::Partial(d) => {
                     let desc = index.stat(d);
                     ContentEntry {
                         key: k.to_string(),

@@ -15,6 +15,9 @@ pub enum Source {
     Local,
     /// Another node, fetched and verified on the way.
     Peer,
+    /// A download still in progress on this node (its spool, or containerd's ingest from the
+    /// upstream), served to a peer as it grows; the asker verifies the whole digest.
+    InFlight,
     /// Nobody had it: 404 so containerd falls back upstream.
     Miss,
     /// Not a content request (errors, `/v2/`).
@@ -26,6 +29,7 @@ impl Source {
         match self {
             Source::Local => "local",
             Source::Peer => "peer",
+            Source::InFlight => "in_flight",
             Source::Miss => "miss",
             Source::None => "none",
         }
@@ -88,6 +92,14 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     /// Registry connections closed to make room because they had completed no request.
     pub connections_evicted: Counter,
+    /// Body bytes fetched from peers (every attempt, verified or not).
+    pub peer_fetch_bytes: Counter,
+    /// Downloads into the spool, by how they ended (verified, failed, no_room).
+    pub spool_downloads: Family<ReasonLabels, Counter>,
+    /// Bytes reserved in the spool now.
+    pub spool_bytes: Gauge,
+    /// Blobs this node advertises as in flight (spool or containerd's ingest).
+    pub in_flight_keys: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -249,7 +261,35 @@ impl Metrics {
             "Registry connections that had completed no request, closed to make room for a new one",
             connections_evicted.clone(),
         );
+        let peer_fetch_bytes = Counter::default();
+        registry.register(
+            "peer_fetch_bytes",
+            "Body bytes fetched from peers, verified or not",
+            peer_fetch_bytes.clone(),
+        );
+        let spool_downloads = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "spool_downloads",
+            "Blob downloads from peers into the spool, by outcome (verified, failed, no_room)",
+            spool_downloads.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "spool_bytes",
+            "Bytes reserved in the spool (blobs fetched from peers, kept until containerd commits them)",
+            spool_bytes.clone(),
+        );
+        let in_flight_keys = Gauge::default();
+        registry.register(
+            "in_flight_keys",
+            "Blobs advertised as in flight (being downloaded into the spool or by containerd)",
+            in_flight_keys.clone(),
+        );
         Metrics {
+            peer_fetch_bytes,
+            spool_downloads,
+            spool_bytes,
+            in_flight_keys,
             connections_refused,
             connections_evicted,
             cert_expiry_seconds,

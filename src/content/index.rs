@@ -11,6 +11,10 @@ use crate::oci::{Digest, TagKey};
 pub enum Key {
     Digest(Digest),
     Tag(TagKey),
+    /// A blob this node is still downloading (its mirror's spool, or containerd's ingest from
+    /// the upstream): servable as it grows. A separate record, so askers can prefer complete
+    /// copies; never in the index.
+    Partial(Digest),
 }
 
 impl std::fmt::Display for Key {
@@ -18,6 +22,7 @@ impl std::fmt::Display for Key {
         match self {
             Key::Digest(d) => d.fmt(f),
             Key::Tag(t) => t.fmt(f),
+            Key::Partial(d) => write!(f, "partial:{d}"),
         }
     }
 }

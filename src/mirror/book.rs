@@ -200,7 +200,12 @@ impl ProviderBook {
         self.router.lookup(key)
     }
 
-    /// Ask the DHT without counting it as a pull's lookup (a diagnostic probe).
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Ask the DHT without counting it as a pull's lookup (a diagnostic probe, or the
+    /// in-flight lookup that runs beside a counted one).
     pub(crate) fn lookup_uncounted(&self, key: &Key) -> mpsc::Receiver<Provider> {
         self.router.lookup(key)
     }

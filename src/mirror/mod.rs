@@ -220,8 +220,7 @@ impl Mirror {
             return None;
         }
         let started = Instant::now();
-        let rx = self.book.lookup(&key);
-        let mut set = ProviderSet::new(rx, self.book.clone());
+        let mut set = ProviderSet::lookup(&key, self.book.clone());
         let first = set.first(self.config.resolve_timeout).await;
         self.metrics
             .resolve_latency
@@ -290,7 +289,7 @@ impl Mirror {
                 providers.rewind();
                 // containerd asks for the manifest by digest next: the same peers have it.
                 self.book
-                    .remember(Key::Digest(desc.digest), providers.seen());
+                    .remember(Key::Digest(desc.digest), &providers.seen());
                 (desc.digest, Some(desc))
             }
         };
@@ -331,7 +330,9 @@ impl Mirror {
         }
         let path = match key {
             // Any valid name: a peer serves a blob by its digest, whatever the repository.
-            Key::Digest(d) => peer_path("peermirror/status", "blobs", &d.to_string(), None),
+            Key::Digest(d) | Key::Partial(d) => {
+                peer_path("peermirror/status", "blobs", &d.to_string(), None)
+            }
             Key::Tag(t) => peer_path(t.name(), "manifests", t.tag(), Some(t.registry())),
         };
         let checks = found.into_iter().map(|p| {

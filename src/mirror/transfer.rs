@@ -577,7 +577,14 @@ impl Transfer {
                 }
             };
             let mut chunk = match item {
-                Ok(c) => c,
+                Ok(c) => {
+                    self.fetcher
+                        .book
+                        .metrics()
+                        .peer_fetch_bytes
+                        .inc_by(c.len() as u64);
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(peer = %p.peer, error = %e, at = verifier.bytes_seen(), "provider stream broke");
                     self.fetcher.book.penalize(p, id, Fault::Failed);

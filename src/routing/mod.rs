@@ -5,6 +5,7 @@
 //! in step with the content index.
 
 pub mod advertiser;
+pub mod inflight;
 mod memory;
 mod p2p;
 
