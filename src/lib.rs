@@ -13,6 +13,8 @@
 //! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API and content dir.
 //! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
 //! - [`mirror`]: what this node lacks, fetched from peers and verified (see `DESIGN.md`).
+//! - [`spool`]: one verified download per blob per node, under `--data-dir`, streamed to
+//!   every request while it arrives; each response's last bytes wait for verification.
 //! - [`server`]: the accept loop: connection limits, TLS handshakes off the accept path, draining.
 //! - [`limits`]: upload slots and egress pacing.
 //! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
@@ -61,6 +63,7 @@ pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod spool;
 pub mod status;
 pub mod tls;
 pub mod token;

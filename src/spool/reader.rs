@@ -1,0 +1,162 @@
+//! A reader over one spool entry: a window of the blob, streamed while it downloads.
+//!
+//! It wakes on the entry's progress channel (no polling), reads with positioned reads from
+//! the entry's open file (so an unlinked file still serves), and releases the last
+//! [`HOLD_BACK`] bytes of its window only once the whole blob is verified.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use std::os::unix::fs::FileExt;
+use tokio::sync::watch;
+
+use super::{Entry, Phase, Progress};
+use crate::content::ByteStream;
+
+/// The largest read, as elsewhere in the crate: large enough for throughput, small enough to
+/// keep memory flat with many readers.
+const READ_CHUNK: u64 = 1024 * 1024;
+
+/// How much of a window's end waits for verification. One byte would keep the invariant; a
+/// little more makes the final release one read, not a trickle.
+const HOLD_BACK: u64 = 64 * 1024;
+
+pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -> ByteStream {
+    // Counted from creation, not first poll: a response about to read pins its entry.
+    entry.readers.fetch_add(1, Ordering::Relaxed);
+    let guard = Guard(entry.clone());
+    let Some(stop) = end.checked_add(1).filter(|_| start <= end) else {
+        let err = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("empty or invalid window {start}-{end}"),
+        );
+        return Box::pin(futures_util::stream::once(async move {
+            drop(guard);
+            Err(err)
+        }));
+    };
+    let state = Read {
+        rx: entry.progress.subscribe(),
+        entry,
+        pos: start,
+        stop,
+        held: HOLD_BACK.min(stop - start),
+        stall,
+        buf: BytesMut::new(),
+        done: false,
+        _guard: guard,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let item = st.next().await?;
+        // An error ends the stream: nothing follows it, least of all the held-back tail.
+        st.done = item.is_err();
+        Some((item, st))
+    }))
+}
+
+/// Keeps the entry's reader count while the stream lives (it shields the entry from eviction).
+struct Guard(Arc<Entry>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Read {
+    entry: Arc<Entry>,
+    rx: watch::Receiver<Progress>,
+    pos: u64,
+    /// One past the window's last byte.
+    stop: u64,
+    /// Bytes at the window's end released only once verified (at least one).
+    held: u64,
+    stall: Duration,
+    /// Reused between reads once the previous chunk is dropped downstream.
+    buf: BytesMut,
+    done: bool,
+    _guard: Guard,
+}
+
+impl Read {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            if self.pos >= self.stop {
+                return None;
+            }
+            let (phase, written, size) = {
+                let p = self.rx.borrow_and_update();
+                (p.phase.clone(), p.written, p.size)
+            };
+            let limit = match (phase, size) {
+                (Phase::Failed(why), _) => {
+                    return Some(Err(io::Error::other(format!(
+                        "spooled download failed: {why}"
+                    ))));
+                }
+                (Phase::Connecting, _) | (_, None) => 0,
+                (phase, Some(size)) => {
+                    if self.stop > size {
+                        return Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("window ends at {} beyond the {size}-byte blob", self.stop),
+                        )));
+                    }
+                    if phase == Phase::Verified {
+                        self.stop
+                    } else {
+                        written.min(self.stop - self.held)
+                    }
+                }
+            };
+            if limit > self.pos {
+                return Some(self.read(limit).await);
+            }
+            match tokio::time::timeout(self.stall, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The entry owns the sender and we hold the entry: not expected, but not a panic.
+                Ok(Err(_)) => return Some(Err(io::Error::other("spool entry closed"))),
+                Err(_) => {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "spooled download made no progress for {:?} at byte {}",
+                            self.stall, self.pos
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads `pos..min(limit, pos + READ_CHUNK)`, bytes known to be in the file.
+    async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
+        let want = (limit - self.pos).min(READ_CHUNK);
+        let len = usize::try_from(want).map_err(io::Error::other)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(len, 0);
+        let entry = self.entry.clone();
+        let pos = self.pos;
+        let (mut buf, res) = tokio::task::spawn_blocking(move || {
+            let res = match entry.file.get() {
+                Some(f) => f.read_exact_at(&mut buf, pos),
+                None => Err(io::Error::other("spool file missing")),
+            };
+            (buf, res)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        res?;
+        let out = buf.split().freeze();
+        self.buf = buf;
+        self.pos += want;
+        Ok(out)
+    }
+}
