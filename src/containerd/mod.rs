@@ -5,6 +5,7 @@
 //! action here: calls fail while it is down, the indexer marks the node not-ready, backs off,
 //! and resynchronises when calls succeed again.
 
+pub mod ingest;
 mod version;
 
 use std::io::SeekFrom;
