@@ -100,6 +100,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         max_egress_bps: 0,
         admin_sock: None,
         containerd_config: None,
+        spool: None,
     };
     let task = tokio::spawn(run_with_source(
         config,

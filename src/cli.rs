@@ -163,6 +163,13 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_VERIFY_BEFORE_SEND", default_value_t = 16 * 1024 * 1024)]
     pub verify_before_send: u64,
 
+    /// Bytes of blobs fetched from peers kept under `<data-dir>/spool`: every request for one
+    /// blob (containerd's ranged chunks, peers) shares one download, served while it arrives
+    /// and dropped once containerd has committed the blob (least recently used first when
+    /// full). A blob larger than the free room streams unspooled; 0 turns the spool off.
+    #[arg(long, env = "PEERMIRROR_SPOOL_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub spool_max_bytes: u64,
+
     /// When the first peer has not answered by then, ask the next one too.
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub mirror_hedge_delay: Duration,
@@ -275,6 +282,8 @@ impl Config {
             containerd_namespace: args.containerd_namespace.clone(),
             content_dir: args.containerd_content_dir.clone(),
             containerd_config: args.containerd_config.clone(),
+            spool: (args.spool_max_bytes > 0)
+                .then(|| (args.data_dir.join("spool"), args.spool_max_bytes)),
             limits: ServerLimits {
                 max_connections: args.max_connections,
                 reserved_connections: args.reserved_connections,

@@ -6,6 +6,7 @@
 //! - `security`: refused settings combinations, TLS material and tokens (reloaded), warnings.
 //! - `tasks`: the set of long-running tasks, awaited on shutdown, panics logged.
 
+mod inflight;
 mod security;
 mod start;
 mod tasks;
@@ -83,6 +84,10 @@ pub struct Config {
     pub admin_sock: Option<PathBuf>,
     /// containerd's config file, checked at start for a `config_path` that bypasses the mirror.
     pub containerd_config: Option<PathBuf>,
+    /// Where blob downloads from peers are spooled (shared by every request for the blob,
+    /// served to peers while in flight), and its byte budget; `None` or 0 streams each
+    /// request's own download.
+    pub spool: Option<(PathBuf, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,8 @@ pub enum DaemonError {
     P2p(#[from] P2pError),
     #[error("cannot read --p2p-psk-file {path}: {reason}")]
     Psk { path: String, reason: String },
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     #[error("cannot build the peer HTTP client: {0}")]
     Client(#[source] reqwest::Error),
     #[error("cannot read a listener's address: {0}")]
@@ -185,6 +192,7 @@ async fn run_inner(
 
     let mut health = Health::new(w.metrics.clone());
     health.add_check(start::content_check(content.readiness.clone()));
+    let mut ingests = None;
     let mirror = match &routed {
         None => None,
         Some(routed) => {
@@ -198,13 +206,23 @@ async fn run_inner(
             let peer_tokens = tokens
                 .clone()
                 .filter(|_| config.security.mode.needs_token());
-            Some(start::start_mirror(
+            let mirror = start::start_mirror(
                 &mut w,
                 routed.router.clone(),
                 tls.as_ref(),
                 peer_tokens,
                 &config.mirror,
-            )?)
+            )?;
+            let (mirror, found) = inflight::start_in_flight(
+                &mut w,
+                mirror,
+                config.spool.as_ref(),
+                config.content_dir.as_ref(),
+                &content,
+                routed,
+            )?;
+            ingests = found;
+            Some(mirror)
         }
     };
     let health = Arc::new(health);
@@ -243,6 +261,9 @@ async fn run_inner(
     );
     if let Routing::P2p(p) = &config.routing {
         registry = registry.with_verified_file(p.data_dir.join(VERIFIED_FILE));
+    }
+    if let Some(i) = ingests {
+        registry = registry.with_ingests(i);
     }
     let registry = Arc::new(registry);
     let endpoint =

@@ -14,6 +14,7 @@
 mod book;
 mod head;
 mod providers;
+mod spooled;
 mod transfer;
 
 use std::sync::Arc;
@@ -171,6 +172,11 @@ pub struct Mirror {
     fetcher: Fetcher,
     metrics: Arc<Metrics>,
     config: MirrorConfig,
+    /// Where blob downloads from peers are shared and kept; `None` streams each request's
+    /// own download (`--spool-max-bytes 0`).
+    spool: Option<Arc<crate::spool::Spool>>,
+    /// Advertises spooled downloads as in flight.
+    inflight: Option<crate::routing::inflight::InFlight>,
 }
 
 impl Mirror {
@@ -188,7 +194,31 @@ impl Mirror {
             fetcher,
             metrics,
             config,
+            spool: None,
+            inflight: None,
         })
+    }
+
+    /// Share blob downloads through `spool` and advertise them through `inflight`.
+    pub fn with_spool(
+        mut self: Arc<Self>,
+        spool: Arc<crate::spool::Spool>,
+        inflight: Option<crate::routing::inflight::InFlight>,
+    ) -> Arc<Self> {
+        match Arc::get_mut(&mut self) {
+            Some(m) => {
+                m.spool = Some(spool);
+                m.inflight = inflight;
+            }
+            // Only reachable by a wiring mistake: the mirror must not be shared yet.
+            None => tracing::error!("the mirror was shared before its spool was set; not spooling"),
+        }
+        self
+    }
+
+    /// The spool, if blob downloads are shared.
+    pub fn spool(&self) -> Option<&Arc<crate::spool::Spool>> {
+        self.spool.as_ref()
     }
 
     /// The HTTP client for peer fetches: no redirects (a peer cannot send us elsewhere),
@@ -262,6 +292,13 @@ impl Mirror {
         head: bool,
         range: Option<&RangeSpec>,
     ) -> Result<Found, MirrorError> {
+        if let (Target::Blob(d), false) = (target, head) {
+            match self.spooled(name, *d, range).await {
+                spooled::Spooled::Found(found) => return Ok(found),
+                spooled::Spooled::Miss(e) => return Err(e),
+                spooled::Spooled::Bypass => {}
+            }
+        }
         let key = match target {
             Target::Blob(d) | Target::ManifestDigest(d) => Key::Digest(*d),
             Target::ManifestTag(key, tag) => {

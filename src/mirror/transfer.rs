@@ -353,7 +353,12 @@ impl Fetcher {
             };
             let whole = permit.is_some();
             let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-            let mut job = Transfer::new(self, providers, &path, &descriptor, bounds, whole, tx);
+            let sink = if whole {
+                Sink::Whole(Vec::new())
+            } else {
+                Sink::Stream { tx, held: None }
+            };
+            let mut job = Transfer::new(self, providers, &path, &descriptor, bounds, sink);
             if !whole {
                 tokio::spawn(job.stream(first));
                 return Ok(Found {
@@ -381,6 +386,101 @@ impl Fetcher {
     }
 }
 
+impl Fetcher {
+    /// Download `digest` from `providers` into the spool entry `writer` owns: one download
+    /// however many requests read it. Resumes across providers like a streamed transfer;
+    /// on a mismatch the liars are shunned and the entry fails (its readers end with an
+    /// error, never cleanly), so the next request starts afresh from the others.
+    pub(super) async fn download(
+        &self,
+        mut providers: ProviderSet,
+        path: String,
+        digest: Digest,
+        mut writer: crate::spool::Writer,
+    ) -> SpoolEnd {
+        use crate::spool::Failure;
+        let want = Expect {
+            digest,
+            size: None,
+            offset: 0,
+        };
+        let Some(first) = connect(self, &mut providers, &path, want, Duration::ZERO).await else {
+            writer.fail(Failure::NotFound);
+            return SpoolEnd::NotFound;
+        };
+        let media_type = match self.book.trusted(&digest) {
+            Some((_, m)) if !m.is_empty() => m,
+            _ => header_text(&first.response, http::header::CONTENT_TYPE),
+        };
+        let descriptor = Descriptor {
+            digest,
+            size: first.size,
+            media_type,
+        };
+        if let Err(e) = writer.start(descriptor.size, descriptor.media_type.clone()) {
+            // The entry has failed with NoRoom: its readers stream without the spool.
+            tracing::info!(%digest, error = %e, "not spooling this blob");
+            return SpoolEnd::NoRoom;
+        }
+        let window = (0, descriptor.size.saturating_sub(1));
+        let mut job = Transfer::new(
+            self,
+            providers,
+            &path,
+            &descriptor,
+            window,
+            Sink::Spool(writer),
+        );
+        let outcome = job.fetch(first).await;
+        let Sink::Spool(writer) = std::mem::replace(&mut job.sink, Sink::Whole(Vec::new())) else {
+            return SpoolEnd::Failed;
+        };
+        match outcome {
+            Outcome::Verified => {
+                writer.verified();
+                SpoolEnd::Verified
+            }
+            Outcome::Mismatch => {
+                writer.fail(Failure::Mismatch);
+                SpoolEnd::Failed
+            }
+            Outcome::NoProvider => {
+                writer.fail(Failure::Fetch(
+                    "no provider could complete the transfer".into(),
+                ));
+                SpoolEnd::Failed
+            }
+            Outcome::ClientGone => {
+                writer.fail(Failure::Io("writing the spool file failed".into()));
+                SpoolEnd::Failed
+            }
+        }
+    }
+}
+
+/// How a spooled download ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SpoolEnd {
+    Verified,
+    /// Nobody answered with the blob.
+    NotFound,
+    /// It does not fit in the spool.
+    NoRoom,
+    Failed,
+}
+
+impl SpoolEnd {
+    /// The `reason` label of `peermirror_spool_downloads_total`.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            SpoolEnd::Verified => "verified",
+            SpoolEnd::NotFound => "not_found",
+            SpoolEnd::NoRoom => "no_room",
+            SpoolEnd::Failed => "failed",
+        }
+    }
+}
+
 fn header_text(resp: &reqwest::Response, name: http::header::HeaderName) -> String {
     resp.headers()
         .get(name)
@@ -392,9 +492,15 @@ fn header_text(resp: &reqwest::Response, name: http::header::HeaderName) -> Stri
 /// Where verified bytes go.
 enum Sink {
     /// To the client as they come; the last chunk is held back until the blob is verified.
-    Stream { held: Option<Bytes> },
+    Stream {
+        tx: mpsc::Sender<io::Result<Bytes>>,
+        held: Option<Bytes>,
+    },
     /// Into memory (at most `--verify-before-send` bytes), sent only once verified.
     Whole(Vec<u8>),
+    /// Into the spool file, which every reader follows; the spool holds back each reader's
+    /// last bytes until the writer reports the blob verified.
+    Spool(crate::spool::Writer),
 }
 
 struct Transfer {
@@ -405,7 +511,6 @@ struct Transfer {
     size: u64,
     /// Inclusive byte window the client asked for.
     window: (u64, u64),
-    tx: mpsc::Sender<io::Result<Bytes>>,
     sink: Sink,
     /// Media type and bytes of a manifest being relayed.
     capture: Option<(String, Vec<u8>)>,
@@ -439,8 +544,7 @@ impl Transfer {
         path: &str,
         descriptor: &Descriptor,
         window: (u64, u64),
-        whole: bool,
-        tx: mpsc::Sender<io::Result<Bytes>>,
+        sink: Sink,
     ) -> Self {
         let size = descriptor.size;
         // A manifest's bytes are kept (they are small) to learn who has its children.
@@ -454,12 +558,7 @@ impl Transfer {
             digest: descriptor.digest,
             size,
             window,
-            tx,
-            sink: if whole {
-                Sink::Whole(Vec::new())
-            } else {
-                Sink::Stream { held: None }
-            },
+            sink,
             capture,
             contributors: Vec::new(),
         }
@@ -469,8 +568,10 @@ impl Transfer {
     async fn stream(mut self, first: Answer) {
         match self.fetch(first).await {
             Outcome::Verified => {
-                if let Sink::Stream { held: Some(h) } = self.sink.take_held() {
-                    let _ = self.tx.send(Ok(h)).await;
+                if let Sink::Stream { tx, held } = &mut self.sink
+                    && let Some(h) = held.take()
+                {
+                    let _ = tx.send(Ok(h)).await;
                 }
             }
             Outcome::Mismatch => self.fail("digest mismatch").await,
@@ -550,7 +651,9 @@ impl Transfer {
 
     async fn fail(&self, why: &str) {
         // An error ends the body uncleanly: hyper resets the stream instead of completing it.
-        let _ = self.tx.send(Err(io::Error::other(why.to_string()))).await;
+        if let Sink::Stream { tx, .. } = &self.sink {
+            let _ = tx.send(Err(io::Error::other(why.to_string()))).await;
+        }
     }
 
     /// Copy one provider's body into the verifier and the sink.
@@ -614,11 +717,17 @@ impl Transfer {
             }
             match &mut self.sink {
                 Sink::Whole(buf) => buf.extend_from_slice(&chunk),
-                Sink::Stream { held } => {
+                Sink::Stream { tx, held } => {
                     if let Some(out) = clip(&chunk, start, self.window)
                         && let Some(prev) = held.replace(out)
-                        && self.tx.send(Ok(prev)).await.is_err()
+                        && tx.send(Ok(prev)).await.is_err()
                     {
+                        return Step::Abort;
+                    }
+                }
+                Sink::Spool(w) => {
+                    if let Err(e) = w.write(&chunk).await {
+                        tracing::warn!(digest = %self.digest, error = %e, "writing to the spool failed");
                         return Step::Abort;
                     }
                 }
@@ -633,12 +742,6 @@ impl Transfer {
         tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), size = self.size, "provider body ended early");
         self.fetcher.book.penalize(p, id, Fault::Failed);
         Step::Failed
-    }
-}
-
-impl Sink {
-    fn take_held(&mut self) -> Sink {
-        std::mem::replace(self, Sink::Stream { held: None })
     }
 }
 

@@ -5,6 +5,7 @@
 //! at once, so containerd falls back to the next host.
 
 mod body;
+mod inflight;
 mod routes;
 mod verify;
 
@@ -17,6 +18,7 @@ use http_body::Body as _;
 
 use body::AccessRecord;
 pub use body::{Body, LoggedBody};
+pub use inflight::Ingests;
 pub use routes::{Route, RouteKind, parse as parse_route};
 
 use crate::auth::{Guard, Refusal};
@@ -38,6 +40,8 @@ pub struct Registry {
     guard: Guard,
     limits: UploadLimits,
     verifier: Arc<verify::LocalVerifier>,
+    /// containerd's downloads in progress, served to peers as they grow.
+    ingests: Option<Ingests>,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -152,7 +156,14 @@ impl Registry {
             guard,
             limits,
             verifier: Arc::new(verify::LocalVerifier::default()),
+            ingests: None,
         }
+    }
+
+    /// Serve peers the blobs containerd is still downloading (`ingest/` of its content dir).
+    pub fn with_ingests(mut self, ingests: Ingests) -> Self {
+        self.ingests = Some(ingests);
+        self
     }
 
     /// Remember which local blobs were found intact or damaged in `path` (under
@@ -283,6 +294,16 @@ impl Registry {
             }
             Route::Blob { name, digest } => match self.index.stat(&digest) {
                 Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
+                None if asked.mirrored => match self.in_flight(&asked, &digest).await {
+                    Some(a) => a,
+                    None => Answer::error(
+                        OciError::new(
+                            ErrorCode::BlobUnknown,
+                            format!("blob {digest} unknown to this mirror"),
+                        ),
+                        RouteKind::Blob,
+                    ),
+                },
                 None => {
                     let miss = OciError::new(
                         ErrorCode::BlobUnknown,

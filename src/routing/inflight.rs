@@ -31,6 +31,8 @@ pub enum Origin {
 enum Change {
     Add(Digest, Origin),
     Remove(Digest, Origin),
+    /// `origin` holds exactly these now (catches removals nobody reported, like evictions).
+    Only(Origin, Vec<Digest>),
 }
 
 /// The handle: cheap to clone, never blocks.
@@ -60,6 +62,11 @@ impl InFlight {
     /// `origin` no longer holds `digest` in flight (committed, or given up).
     pub fn remove(&self, digest: Digest, origin: Origin) {
         self.send(Change::Remove(digest, origin));
+    }
+
+    /// `origin` holds exactly `digests` in flight now.
+    pub fn only(&self, origin: Origin, digests: Vec<Digest>) {
+        self.send(Change::Only(origin, digests));
     }
 
     fn send(&self, c: Change) {
@@ -99,22 +106,44 @@ async fn run(
                     }
                 }
             }
-            Change::Remove(d, o) => {
-                let Some(origins) = held.get_mut(&d) else {
-                    continue;
-                };
-                origins.retain(|x| *x != o);
-                if origins.is_empty() {
-                    held.remove(&d);
-                    if let Err(e) = router.withdraw(vec![Key::Partial(d)]).await {
-                        tracing::warn!(error = %e, "withdrawing an in-flight blob failed");
-                    }
-                }
+            Change::Remove(d, o) => withdraw(&mut held, &[d], o, router.as_ref()).await,
+            Change::Only(o, keep) => {
+                let gone: Vec<Digest> = held
+                    .iter()
+                    .filter(|(d, origins)| origins.contains(&o) && !keep.contains(d))
+                    .map(|(d, _)| *d)
+                    .collect();
+                withdraw(&mut held, &gone, o, router.as_ref()).await;
             }
         }
         metrics
             .in_flight_keys
             .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// `origin` no longer holds `digests`; withdraw the records nobody else holds.
+async fn withdraw(
+    held: &mut HashMap<Digest, Vec<Origin>>,
+    digests: &[Digest],
+    origin: Origin,
+    router: &dyn Router,
+) {
+    let mut gone = Vec::new();
+    for d in digests {
+        let Some(origins) = held.get_mut(d) else {
+            continue;
+        };
+        origins.retain(|x| *x != origin);
+        if origins.is_empty() {
+            held.remove(d);
+            gone.push(Key::Partial(*d));
+        }
+    }
+    if !gone.is_empty()
+        && let Err(e) = router.withdraw(gone).await
+    {
+        tracing::warn!(error = %e, "withdrawing in-flight blobs failed");
     }
 }
 
@@ -163,9 +192,9 @@ mod tests {
         f.remove(d, Origin::Ingest);
         settle().await;
         assert_eq!(providers(&other, &key).await, 1, "the spool still holds it");
-        f.remove(d, Origin::Spool);
+        f.only(Origin::Spool, vec![]);
         settle().await;
-        assert_eq!(providers(&other, &key).await, 0);
+        assert_eq!(providers(&other, &key).await, 0, "evicted unseen");
         stop.cancel();
         task.await.unwrap();
     }

@@ -60,6 +60,7 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         max_egress_bps: 0,
         admin_sock: None,
         containerd_config: None,
+        spool: None,
     }
 }
 

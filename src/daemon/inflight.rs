@@ -1,0 +1,157 @@
+//! Start-up of what serves blobs while they are still downloading: the spool (downloads from
+//! peers, shared), containerd's ingest watcher (downloads from the upstream), and the
+//! in-flight records that tell the other nodes about both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::start::{Content, Routed};
+use super::{DaemonError, Wiring};
+use crate::containerd::ingest::{DEFAULT_POLL, IngestEvent, IngestWatcher};
+use crate::content::{Index, IndexChange, Key};
+use crate::mirror::Mirror;
+use crate::registry::Ingests;
+use crate::routing::inflight::{InFlight, Origin};
+use crate::spool::Spool;
+
+/// Give the mirror its spool, start the in-flight records and, with a content dir, the
+/// ingest watcher. Returns the mirror and what the registry needs to serve ingests.
+pub(super) fn start_in_flight(
+    w: &mut Wiring,
+    mirror: Arc<Mirror>,
+    spool: Option<&(PathBuf, u64)>,
+    content_dir: Option<&PathBuf>,
+    content: &Content,
+    routed: &Routed,
+) -> Result<(Arc<Mirror>, Option<Ingests>), DaemonError> {
+    let (inflight, task) = InFlight::start(
+        routed.router.clone(),
+        content.index.clone(),
+        w.metrics.clone(),
+        w.shutdown.clone(),
+    );
+    w.tasks.spawn("in-flight records", async move {
+        let _ = task.await;
+    });
+    let mirror = match spool {
+        Some((dir, max)) if *max > 0 => {
+            let spool = Spool::new(dir.clone(), *max)?;
+            w.tasks.spawn(
+                "spool: drop committed blobs",
+                drop_committed(
+                    content.index.clone(),
+                    spool.clone(),
+                    inflight.clone(),
+                    w.metrics.clone(),
+                    w.shutdown.clone(),
+                ),
+            );
+            mirror.with_spool(spool, Some(inflight.clone()))
+        }
+        _ => mirror,
+    };
+    let ingests = content_dir.map(|dir| {
+        let watcher = Arc::new(IngestWatcher::new(dir.clone(), DEFAULT_POLL));
+        let events = watcher.subscribe();
+        w.tasks
+            .spawn("ingest watcher", watcher.clone().run(w.shutdown.clone()));
+        w.tasks.spawn(
+            "ingest records",
+            follow_ingests(
+                events,
+                watcher.clone(),
+                inflight.clone(),
+                w.shutdown.clone(),
+            ),
+        );
+        Ingests {
+            watcher,
+            content_dir: dir.clone(),
+        }
+    });
+    Ok((mirror, ingests))
+}
+
+/// Once containerd holds a blob, the spool's copy (and its in-flight record) is not needed:
+/// the index serves and advertises it as complete.
+async fn drop_committed(
+    index: Arc<Index>,
+    spool: Arc<Spool>,
+    inflight: InFlight,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut changes = index.subscribe();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = changes.recv() => match c {
+                Ok(IndexChange::Added(Key::Digest(d))) => {
+                    if spool.get(&d).is_some() {
+                        spool.remove(&d);
+                        inflight.remove(d, Origin::Spool);
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => sweep(&index, &spool, &inflight),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // Evicted and failed entries leave the spool on their own; their records go here.
+            _ = tick.tick() => sweep(&index, &spool, &inflight),
+        }
+        let usage = spool.usage();
+        metrics
+            .spool_bytes
+            .set(i64::try_from(usage.reserved).unwrap_or(i64::MAX));
+    }
+}
+
+/// Drop spooled blobs the index holds now, whatever change was missed, and keep the
+/// spool's records to what it still holds (evicted and failed entries leave on their own).
+fn sweep(index: &Index, spool: &Spool, inflight: &InFlight) {
+    let mut kept = Vec::new();
+    for (d, _) in spool.digests() {
+        if index.stat(&d).is_some() {
+            spool.remove(&d);
+        } else {
+            kept.push(d);
+        }
+    }
+    inflight.only(Origin::Spool, kept);
+}
+
+/// Advertise what containerd is downloading, for as long as it is.
+async fn follow_ingests(
+    mut events: broadcast::Receiver<IngestEvent>,
+    watcher: Arc<IngestWatcher>,
+    inflight: InFlight,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            // Without a size the blob cannot be served (the answer must state it).
+            Ok(IngestEvent::Started {
+                digest,
+                total: Some(_),
+            }) => inflight.add(digest, Origin::Ingest),
+            Ok(IngestEvent::Started { .. }) => {}
+            Ok(IngestEvent::Ended { digest }) => inflight.remove(digest, Origin::Ingest),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Re-add what is in flight now; records of ended ones expire with their TTL.
+                for i in watcher.current() {
+                    if i.total.is_some() {
+                        inflight.add(i.digest, Origin::Ingest);
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
