@@ -159,7 +159,7 @@ registry_push() {
 # registry_egress_bytes: sum of response sizes of GET requests in the access
 # log so far (combined log format: ... "GET path HTTP/1.1" status bytes ...).
 registry_egress_bytes() {
-    awk '$6 == "\"GET" && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%d\n", s }' \
+    awk '$6 == "\"GET" && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }' \
         "$REGISTRY_DIR/access.log"
 }
 
@@ -326,14 +326,14 @@ proxy_bytes() {
 
 # registry_blob_egress DIGEST: response bytes of the GETs of blob DIGEST in the access log.
 registry_blob_egress() {
-    awk -v p="/blobs/$1" '$6 == "\"GET" && index($7, p) && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%d\n", s }' \
+    awk -v p="/blobs/$1" '$6 == "\"GET" && index($7, p) && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }' \
         "$REGISTRY_DIR/access.log"
 }
 
 # pm_served NAME: every peermirror_response_bytes_total sample summed (all sources).
 pm_served() {
     curl -s -m 5 "http://${PM_MET[$1]}/metrics" |
-        awk 'index($0, "peermirror_response_bytes_total{") == 1 { s += $NF } END { printf "%d\n", s }'
+        awk 'index($0, "peermirror_response_bytes_total{") == 1 { s += $NF } END { printf "%.0f\n", s }'
 }
 
 # ---------------------------------------------------------------------------
@@ -392,7 +392,7 @@ pm_stop() {
 # pm_bytes NAME SOURCE: peermirror_response_bytes_total{source=SOURCE} (0 if absent).
 pm_bytes() {
     curl -s -m 5 "http://${PM_MET[$1]}/metrics" |
-        awk -v want="source=\"$2\"" 'index($0, "peermirror_response_bytes_total{") == 1 && index($0, want) { s += $NF } END { printf "%d\n", s }'
+        awk -v want="source=\"$2\"" 'index($0, "peermirror_response_bytes_total{") == 1 && index($0, want) { s += $NF } END { printf "%.0f\n", s }'
 }
 
 # ---------------------------------------------------------------------------
@@ -425,7 +425,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # fetch_rate URL: one curl download to /dev/null; prints "bytes seconds MB/s".
 fetch_rate() {
     curl -s -f -o /dev/null -w '%{size_download} %{time_total}\n' "$1" |
-        awk '{ printf "%d %.6f %.1f\n", $1, $2, $1 / $2 / 1e6 }'
+        awk '{ printf "%.0f %.6f %.1f\n", $1, $2, $1 / $2 / 1e6 }'
 }
 
 # big_layer: "digest size" of the big fixture's layer.
