@@ -90,7 +90,7 @@ push_blob() { # push_blob FILE DIGEST: POST an upload, PUT the whole blob
         awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')"
     [ -n "$loc" ] || die "registry gave no upload location"
     case "$loc" in http*) ;; *) loc="http://127.0.0.1:$REGISTRY_PORT$loc" ;; esac
-    curl -s -f -m 600 -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$1" \
+    curl -s -f -m 600 -H 'Content-Type: application/octet-stream' -T "$1" \
         "$loc&digest=$2" -o /dev/null || die "blob upload of $2 failed"
 }
 push_blob "$layout/blobs/sha256/$LAYER_HEX" "$LAYER"
