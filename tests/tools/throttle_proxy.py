@@ -162,7 +162,9 @@ async def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--upstream", required=True)
-    p.add_argument("--rate", type=float, required=True, help="bytes/s upstream->client, all connections")
+    p.add_argument(
+        "--rate", type=float, required=True, help="bytes/s upstream->client, all connections (0: no cap)"
+    )
     p.add_argument("--port-file", required=True)
     p.add_argument("--stats-file")
     a = p.parse_args()
