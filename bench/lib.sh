@@ -14,7 +14,7 @@ NS=k8s.io
 
 BENCH_PIDS=()
 declare -A PM_REG=() PM_MET=() PM_ROUTER=() PM_PID=() PM_LOG=()
-declare -A CTD_SOCK=() CTD_ROOT=() CTD_PID=()
+declare -A CTD_SOCK=() CTD_ROOT=() CTD_PID=() CTD_CTR=()
 REGISTRY_PORT=""
 REGISTRY_PID=""
 REGISTRY_DIR=""
@@ -159,7 +159,7 @@ registry_push() {
 # registry_egress_bytes: sum of response sizes of GET requests in the access
 # log so far (combined log format: ... "GET path HTTP/1.1" status bytes ...).
 registry_egress_bytes() {
-    awk '$6 == "\"GET" && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%d\n", s }' \
+    awk '$6 == "\"GET" && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }' \
         "$REGISTRY_DIR/access.log"
 }
 
@@ -203,6 +203,51 @@ EOF
     die "containerd $name not ready"
 }
 
+# ctd_start_series NAME SERIES [FETCH_BUFFER]: like ctd_start with containerd SERIES: 1.6 is the
+# system's, 1.7 and 2.1 come from target/containerd/SERIES (scripts/fetch-containerd.sh). 2.x
+# reads a version 3 config, pulls through the transfer service (unpacking to `native` only if
+# listed) and takes concurrent_layer_fetch_buffer=FETCH_BUFFER (chunked ranged fetches).
+ctd_start_series() {
+    local name="$1" series="$2" buffer="${3:-}" base="$WORK/ctd-$1" bin i
+    if [ "$series" = 1.6 ]; then
+        ctd_start "$name"
+        return
+    fi
+    bin="$BENCH_ROOT/target/containerd/$series/usr/bin"
+    [ -x "$bin/containerd" ] || die "$bin/containerd missing: bash scripts/fetch-containerd.sh $series"
+    mkdir -p "$base"
+    {
+        if [ "${series%%.*}" -ge 2 ]; then
+            echo 'version = 3'
+            echo 'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"]'
+        else
+            echo 'version = 2'
+            echo 'disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+        fi
+        printf 'root = "%s"\nstate = "%s"\n' "$base/root" "$base/state"
+        printf '\n[grpc]\n  address = "%s"\n' "$base/c.sock"
+        printf '\n[ttrpc]\n  address = "%s"\n' "$base/c.sock.ttrpc"
+        printf '\n[debug]\n  address = ""\n  level = "warn"\n\n[metrics]\n  address = ""\n'
+        printf '\n[plugins."io.containerd.internal.v1.opt"]\n  path = "%s"\n' "$base/opt"
+        if [ "${series%%.*}" -ge 2 ]; then
+            printf '\n[[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+            printf '  platform = "linux/amd64"\n  snapshotter = "native"\n'
+            [ -z "$buffer" ] || printf '\n[plugins."io.containerd.transfer.v1.local"]\n  concurrent_layer_fetch_buffer = %s\n' "$buffer"
+        fi
+    } >"$base/config.toml"
+    "$bin/containerd" --config "$base/config.toml" >"$base/containerd.log" 2>&1 &
+    CTD_PID[$name]=$!
+    track "${CTD_PID[$name]}"
+    CTD_SOCK[$name]="$base/c.sock"
+    CTD_ROOT[$name]="$base/root"
+    CTD_CTR[$name]="$bin/ctr"
+    for ((i = 0; i < 150; i++)); do
+        "$bin/ctr" --address "$base/c.sock" --connect-timeout 1s version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "containerd $name ($series) not ready"
+}
+
 ctd_stop() {
     local name="$1"
     stop_pid "${CTD_PID[$name]}"
@@ -216,7 +261,7 @@ ctd_content_dir() { echo "${CTD_ROOT[$1]}/io.containerd.content.v1.content"; }
 ctd_ctr() {
     local name="$1"
     shift
-    timeout 300 ctr --address "${CTD_SOCK[$name]}" --connect-timeout 5s -n "$NS" "$@"
+    timeout "${CTR_TIMEOUT:-300}" "${CTD_CTR[$name]:-ctr}" --address "${CTD_SOCK[$name]}" --connect-timeout 5s -n "$NS" "$@"
 }
 
 # ctd_pull NAME REF [HOSTS_DIR]: ctr images pull (native snapshotter, plain http).
@@ -239,6 +284,56 @@ server = "http://127.0.0.1:$REGISTRY_PORT"
 [host."http://$mirror"]
   capabilities = ["pull", "resolve"]
 EOF
+}
+
+# hosts_dir_for DIR UPSTREAM_HOSTPORT MIRROR_HOSTPORT: like hosts_dir for another upstream
+# (the throttle proxy in front of the registry, say).
+hosts_dir_for() {
+    local dir="$1" up="$2" mirror="$3"
+    mkdir -p "$dir/$up"
+    printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+        "$up" "$mirror" >"$dir/$up/hosts.toml"
+}
+
+# ---------------------------------------------------------------------------
+# The throttled upstream: tests/tools/throttle_proxy.py in front of the registry, one token
+# bucket for all connections (the upstream's total egress is capped, like a WAN link).
+# ---------------------------------------------------------------------------
+PROXY_PORT=""
+PROXY_PID=""
+# proxy_start RATE_BYTES_PER_S: in front of the registry; sets PROXY_PORT and PROXY_PID.
+proxy_start() {
+    local i
+    rm -f "$WORK/proxy.port"
+    python3 "$BENCH_ROOT/tests/tools/throttle_proxy.py" --listen 127.0.0.1:0 \
+        --upstream "127.0.0.1:$REGISTRY_PORT" --rate "$1" \
+        --port-file "$WORK/proxy.port" --stats-file "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
+    PROXY_PID=$!
+    track "$PROXY_PID"
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$WORK/proxy.port" ] && break
+        sleep 0.1
+    done
+    PROXY_PORT="$(cat "$WORK/proxy.port" 2>/dev/null)" || die "throttle proxy did not start"
+}
+
+# proxy_bytes: bytes the upstream sent through the proxy so far (its stats file is rewritten
+# every 200 ms).
+proxy_bytes() {
+    sleep 0.3
+    jq -r '.bytes_from_upstream' "$WORK/proxy.json"
+}
+
+# registry_blob_egress DIGEST: response bytes of the GETs of blob DIGEST in the access log.
+registry_blob_egress() {
+    awk -v p="/blobs/$1" '$6 == "\"GET" && index($7, p) && $10 ~ /^[0-9]+$/ { s += $10 } END { printf "%.0f\n", s }' \
+        "$REGISTRY_DIR/access.log"
+}
+
+# pm_served NAME: every peermirror_response_bytes_total sample summed (all sources).
+pm_served() {
+    curl -s -m 5 "http://${PM_MET[$1]}/metrics" |
+        awk 'index($0, "peermirror_response_bytes_total{") == 1 { s += $NF } END { printf "%.0f\n", s }'
 }
 
 # ---------------------------------------------------------------------------
@@ -297,7 +392,7 @@ pm_stop() {
 # pm_bytes NAME SOURCE: peermirror_response_bytes_total{source=SOURCE} (0 if absent).
 pm_bytes() {
     curl -s -m 5 "http://${PM_MET[$1]}/metrics" |
-        awk -v want="source=\"$2\"" 'index($0, "peermirror_response_bytes_total{") == 1 && index($0, want) { s += $NF } END { printf "%d\n", s }'
+        awk -v want="source=\"$2\"" 'index($0, "peermirror_response_bytes_total{") == 1 && index($0, want) { s += $NF } END { printf "%.0f\n", s }'
 }
 
 # ---------------------------------------------------------------------------
@@ -330,7 +425,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # fetch_rate URL: one curl download to /dev/null; prints "bytes seconds MB/s".
 fetch_rate() {
     curl -s -f -o /dev/null -w '%{size_download} %{time_total}\n' "$1" |
-        awk '{ printf "%d %.6f %.1f\n", $1, $2, $1 / $2 / 1e6 }'
+        awk '{ printf "%.0f %.6f %.1f\n", $1, $2, $1 / $2 / 1e6 }'
 }
 
 # big_layer: "digest size" of the big fixture's layer.

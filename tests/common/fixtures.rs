@@ -83,6 +83,28 @@ pub fn fixtures() -> &'static Path {
     })
 }
 
+/// Builds the ~200 MB `huge` fixture (one layer) once, into `target/e2e-fixtures-huge`, only
+/// for the tests that ask for it (`build-images.sh --huge`), and returns it.
+pub fn fixture_huge() -> FixtureImage {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let out = target_dir().join("e2e-fixtures-huge");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-images.sh");
+        let res = run_with_timeout(
+            Command::new("bash").arg(&script).arg("--huge").arg(&out),
+            Duration::from_secs(900),
+        );
+        assert!(
+            res.status.success(),
+            "{} --huge failed:\n{}",
+            script.display(),
+            output_text(&res)
+        );
+        out
+    });
+    fixture_in(dir, "huge")
+}
+
 /// An OCI descriptor (the fields the tests care about).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Descriptor {
@@ -124,7 +146,12 @@ pub struct FixtureManifest {
 }
 
 pub fn fixture(name: &str) -> FixtureImage {
-    let layout = fixtures().join(name);
+    fixture_in(fixtures(), name)
+}
+
+/// The fixture `name` in the layouts directory `dir`.
+fn fixture_in(dir: &Path, name: &str) -> FixtureImage {
+    let layout = dir.join(name);
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).expect("read index.json"))
             .expect("parse index.json");

@@ -11,7 +11,8 @@
 //!
 //! Layout: `process` (waits, commands, logs), `fixtures` (images and digests),
 //! `registry` (docker-registry, skopeo), `containerd`, `peermirror` (the binary),
-//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`.
+//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`,
+//! `proxy` (a rate-limited TCP proxy in front of the upstream).
 #![allow(dead_code)]
 // Test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,10 +24,12 @@ mod node;
 mod peermirror;
 mod pki;
 mod process;
+mod proxy;
 mod registry;
 
 // Each test binary uses a subset.
 #[allow(unused_imports)]
 pub use self::{
-    containerd::*, fixtures::*, http::*, node::*, peermirror::*, pki::*, process::*, registry::*,
+    containerd::*, fixtures::*, http::*, node::*, peermirror::*, pki::*, process::*, proxy::*,
+    registry::*,
 };

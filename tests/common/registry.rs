@@ -47,6 +47,16 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_opts(false)
+    }
+
+    /// Like [`Registry::start`], with distribution's access log (combined log format, one line
+    /// per request with the bytes written) in the registry's log: see [`Registry::blob_gets`].
+    pub fn start_with_access_log() -> Registry {
+        Registry::start_opts(true)
+    }
+
+    fn start_opts(access_log: bool) -> Registry {
         let dir = new_temp_dir("pm-e2e-registry-");
         let port = free_port();
         let config = dir.path().join("config.yml");
@@ -56,12 +66,13 @@ impl Registry {
         // listens anywhere but the one loopback port, nothing reaches out.
         let yaml = format!(
             "version: 0.1\n\
-             log:\n  level: info\n  accesslog:\n    disabled: true\n\
+             log:\n  level: info\n  accesslog:\n    disabled: {no_access_log}\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: peermirror-e2e-secret\n\
              health:\n  storagedriver:\n    enabled: false\n",
-            storage = storage.display()
+            storage = storage.display(),
+            no_access_log = !access_log
         );
         fs::write(&config, yaml).expect("write registry config");
         let log = dir.path().join("registry.log");
@@ -165,6 +176,23 @@ impl Registry {
         for name in FIXTURE_IMAGES {
             self.push(&fixture(name));
         }
+    }
+
+    /// GETs of the blob `digest` in the access log ([`Registry::start_with_access_log`]):
+    /// how many, and the response bytes they wrote in total.
+    pub fn blob_gets(&self, digest: &str) -> (usize, u64) {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let path = format!("/blobs/{digest} ");
+        text.lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&path))
+            .filter_map(|l| {
+                // ... "GET /v2/... HTTP/1.1" STATUS BYTES "referer" "agent"
+                let after = l.split_once(" HTTP/1.1\" ")?.1;
+                let mut f = after.split_whitespace();
+                let _status = f.next()?;
+                f.next()?.parse::<u64>().ok()
+            })
+            .fold((0, 0), |(n, b), bytes| (n + 1, b + bytes))
     }
 
     pub fn log_tail(&self, n: usize) -> String {
