@@ -622,6 +622,7 @@ async fn start_source(
         addr,
         shutdown,
         task,
+        spool_dir: None,
     };
     wait_ready(&node, true).await;
     node

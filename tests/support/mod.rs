@@ -24,12 +24,23 @@ pub struct Node {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), peermirror::daemon::DaemonError>>,
+    /// The node's spool directory, removed when the node is dropped.
+    pub spool_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(dir) = &self.spool_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Node {
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        (&mut self.task).await.unwrap().unwrap();
     }
 
     pub async fn metrics(&self) -> String {
@@ -60,8 +71,19 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         max_egress_bps: 0,
         admin_sock: None,
         containerd_config: None,
-        spool: None,
+        spool: Some((fresh_spool_dir(), 1 << 30)),
     }
+}
+
+/// A spool directory of its own for each node (the daemon's default is to spool).
+pub fn fresh_spool_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "peermirror-test-spool-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Start a node on already-bound listeners (so a router can learn the registry port first).
@@ -80,6 +102,7 @@ pub async fn start_on_source(
     let addr = registry.local_addr().unwrap();
     let ops_addr = ops.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let spool_dir = config.spool.as_ref().map(|(d, _)| d.clone());
     let task = tokio::spawn(run_with_source(
         config,
         source,
@@ -92,6 +115,7 @@ pub async fn start_on_source(
         addr,
         shutdown,
         task,
+        spool_dir,
     }
 }
 
