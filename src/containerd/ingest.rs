@@ -3,15 +3,20 @@
 //!
 //! # The layout (containerd's local content store; checked on 1.6, 1.7 and 2.1)
 //! A write in progress lives in `<content dir>/ingest/<sha256 hex of the ref string>/` with:
-//! - `ref`: the ingest ref, written first (before `data`). Pulls name it `<kind>-sha256:<hex>`
-//!   where kind is `manifest`, `index`, `config`, `layer` or `unknown` (containerd's
-//!   `remotes.MakeRefKey`); seen so on 1.6, 1.7 (`ctr images pull`) and 2.1 (the transfer
-//!   service). Other writers (push, import, converters, BuildKit) use other shapes, so only a ref
-//!   that ends in `sha256:<64 hex>` is taken to name a digest; anything else is ignored.
+//! - `ref`: the ingest ref, written first (before `data`). A pull's ref, as stored, is
+//!   `<namespace>/<n>/<kind>-sha256:<hex>`, e.g. `k8s.io/1/layer-sha256:8c19..`: containerd's
+//!   metadata store prefixes the namespace and a counter to the client's ref, and the client's
+//!   ref is containerd's `remotes.MakeRefKey` (`manifest`, `index`, `config`, `layer` or
+//!   `unknown`). Measured the same on 1.6 and 1.7 (`ctr images pull`) and 2.1 (the transfer
+//!   service, also with `concurrent_layer_fetch_buffer`, whose parallel ranged requests still
+//!   fill one `data` in order). Other writers (push, import, converters, BuildKit) use other
+//!   shapes, so only a ref ending in `-sha256:<64 hex>` (or that is a bare digest) is taken to
+//!   name a digest; anything else is ignored.
 //! - `startedat`, `updatedat`: timestamps (written with a `.tmp` + rename).
 //! - `total`: the expected size in decimal, written after `ref` and before `data` is created, and
-//!   only when the writer was given a size (every pull gives the descriptor's size; a writer
-//!   opened without one has no `total`). So: `data` present and `total` absent means unknown.
+//!   only when the writer was given a size. Every pull gives the descriptor's size, so a pull's
+//!   ingest had `total` on 1.6, 1.7 and 2.1; a writer opened without one has none. So: `data`
+//!   present and `total` absent means unknown.
 //! - `data`: the bytes so far, appended in order (a resumed download may be truncated and
 //!   rewritten from an offset; a reader positioned past the end simply waits).
 //!

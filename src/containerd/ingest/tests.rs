@@ -59,6 +59,9 @@ fn refs_that_name_a_digest() {
         format!("index-{d}"),
         format!("config-{d}"),
         format!("unknown-{d}"),
+        // As stored by containerd's metadata store (namespace and counter prefixed).
+        format!("k8s.io/1/layer-{d}"),
+        format!("default/12/manifest-{d}"),
         d.to_string(),
     ] {
         assert_eq!(digest_of_ref(&r), Some(d), "{r}");
