@@ -170,40 +170,31 @@ impl IngestWatcher {
             let events;
             (tracker, events) = match scanned {
                 Ok(r) => r,
-                // The scan cannot panic by design; if it did, start over rather than stop
-                // watching (the next scan reports everything in flight afresh).
+                // The scan does not panic by design; if it did, forget everything and start
+                // over rather than stop watching (the next scan reports what is in flight).
                 Err(e) => {
                     tracing::warn!(error = %e, "ingest scan failed; rescanning");
-                    let stale: Vec<Digest> = self
-                        .current
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .keys()
-                        .copied()
+                    let fresh = Tracker::new(self.content_dir.join("ingest"), self.stale);
+                    let ended = self
+                        .current()
+                        .into_iter()
+                        .map(|i| IngestEvent::Ended { digest: i.digest })
                         .collect();
-                    self.publish(
-                        &HashMap::new(),
-                        stale
-                            .into_iter()
-                            .map(|digest| IngestEvent::Ended { digest })
-                            .collect(),
-                    );
-                    (
-                        Tracker::new(self.content_dir.join("ingest"), self.stale),
-                        Vec::new(),
-                    )
+                    (fresh, ended)
                 }
             };
-            if !events.is_empty() {
-                self.publish(&tracker.snapshot(), events);
+            // A dir can come or go without an event (a second pull of one blob): the map that
+            // `get` answers from must still name a dir that exists.
+            if std::mem::take(&mut tracker.changed) || !events.is_empty() {
+                self.publish(tracker.snapshot(), events);
             }
         }
     }
 
-    fn publish(&self, snapshot: &HashMap<Digest, Ingest>, events: Vec<IngestEvent>) {
+    fn publish(&self, snapshot: HashMap<Digest, Ingest>, events: Vec<IngestEvent>) {
         // The map is updated before the events go out, so a subscriber that reacts to Started
         // by calling `get` finds the ingest.
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
         for ev in events {
             tracing::debug!(event = ?ev, "containerd ingest");
             // No subscriber is fine: the map is still current.
@@ -238,6 +229,8 @@ struct Tracker {
     /// Active dirs per digest: two pulls of one blob have two refs and so two dirs.
     by_digest: HashMap<Digest, BTreeSet<OsString>>,
     last_stale_check: Option<Instant>,
+    /// Set when `by_digest` changed, so the published map is rebuilt.
+    changed: bool,
 }
 
 impl Tracker {
@@ -248,6 +241,7 @@ impl Tracker {
             entries: HashMap::new(),
             by_digest: HashMap::new(),
             last_stale_check: None,
+            changed: false,
         }
     }
 
@@ -318,6 +312,7 @@ impl Tracker {
     }
 
     fn activate(&mut self, name: &OsString, seen: &Seen, events: &mut Vec<IngestEvent>) {
+        self.changed = true;
         let dirs = self.by_digest.entry(seen.digest).or_default();
         if dirs.is_empty() {
             events.push(IngestEvent::Started {
@@ -329,6 +324,7 @@ impl Tracker {
     }
 
     fn deactivate(&mut self, name: &OsString, digest: Digest, events: &mut Vec<IngestEvent>) {
+        self.changed = true;
         if let Some(dirs) = self.by_digest.get_mut(&digest) {
             dirs.remove(name);
             if dirs.is_empty() {
@@ -429,6 +425,7 @@ pub fn follow(
         end,
         stall,
         last_progress: Instant::now(),
+        buf: BytesMut::new(),
     };
     Box::pin(futures_util::stream::try_unfold(state, Follow::step))
 }
@@ -446,6 +443,8 @@ struct Follow {
     end: u64,
     stall: Duration,
     last_progress: Instant,
+    /// Reused between reads: waiting at the end of `data` must not allocate each poll.
+    buf: BytesMut,
 }
 
 impl Follow {
@@ -469,15 +468,16 @@ impl Follow {
                 self.open().await?;
             }
             let want = (self.end - self.pos + 1).min(READ_CHUNK as u64);
-            let mut buf = BytesMut::with_capacity(want as usize);
+            self.buf.reserve(READ_CHUNK);
             let n = match self.file.as_mut() {
-                Some(f) => f.take(want).read_buf(&mut buf).await?,
+                Some(f) => f.take(want).read_buf(&mut self.buf).await?,
                 None => 0,
             };
             if n > 0 {
                 self.pos += n as u64;
                 self.last_progress = Instant::now();
-                return Ok(Some((buf.freeze(), self)));
+                let chunk = self.buf.split().freeze();
+                return Ok(Some((chunk, self)));
             }
             // At the end of what exists. The open fd keeps reading the same inode across a
             // commit (a rename), so EOF here means "not written yet", "aborted" or "short".
