@@ -50,6 +50,26 @@ matrix!(
     ingest_chunked_2_1 => CtdVersion::V2_1, Some(1024 * 1024);
 );
 
+macro_rules! killed {
+    ($($name:ident => $version:expr);+ $(;)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            #[ignore = "e2e: needs root + containerd (scripts/fetch-containerd.sh)"]
+            async fn $name() {
+                if $version.should_run() {
+                    killed_pull_never_ends_cleanly($version).await;
+                }
+            }
+        )+
+    };
+}
+
+killed!(
+    killed_pull_1_6 => CtdVersion::V1_6;
+    killed_pull_1_7 => CtdVersion::V1_7;
+    killed_pull_2_1 => CtdVersion::V2_1;
+);
+
 /// A one-file uncompressed tar (so every version can unpack it): ustar header, data, padding,
 /// two zero blocks.
 fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
@@ -372,4 +392,127 @@ async fn in_flight_pull_is_seen_and_followed(version: CtdVersion, fetch_buffer: 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), watching).await;
     server.abort();
+}
+
+/// The puller (`ctr`) is killed mid-layer: whatever containerd does with the ingest (removes
+/// it, or leaves it to go stale), `follow` must not end cleanly, and the watcher must report
+/// the end (here within its 2 s stale window).
+async fn killed_pull_never_ends_cleanly(version: CtdVersion) {
+    let image = Arc::new(SlowImage::new());
+    let layer: Digest = digest_of(&image.layer).parse().unwrap();
+    let layer_size = image.layer.len() as u64;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(serve(
+        listener,
+        image.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let ctd = Containerd::start_with(
+        &format!("ingest-kill-{}", version.series()),
+        CtdOptions {
+            version,
+            ..CtdOptions::default()
+        },
+    );
+    let content_dir = ctd.content_dir();
+    let watcher = Arc::new(
+        IngestWatcher::new(content_dir.clone(), Duration::from_millis(50))
+            .with_stale(Duration::from_secs(2)),
+    );
+    let mut events = watcher.subscribe();
+    let stop = CancellationToken::new();
+    let watching = tokio::spawn(watcher.clone().run(stop.clone()));
+
+    let hosts = tempfile::tempdir().unwrap();
+    let upstream = format!("127.0.0.1:{port}");
+    write_hosts_toml(hosts.path(), &upstream, &[]);
+    let mut puller = ChildGuard(
+        std::process::Command::new(version.ctr_bin())
+            .arg("--address")
+            .arg(ctd.socket())
+            .args(["--connect-timeout", "5s", "-n", NAMESPACE])
+            .args(["images", "pull", "--snapshotter", "native", "--plain-http"])
+            .arg("--hosts-dir")
+            .arg(hosts.path())
+            .arg(format!("{upstream}/slow/img:v1"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ctr"),
+    );
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.recv().await {
+                Ok(IngestEvent::Started { digest, .. }) if digest == layer => return,
+                Ok(_) => {}
+                Err(e) => panic!("watcher events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no Started for the layer within 60 s");
+    let ingest = watcher.get(&layer).expect("get() while in flight");
+    let mut stream = follow(
+        &ingest,
+        &content_dir,
+        0,
+        layer_size - 1,
+        Duration::from_secs(3),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    puller.kill();
+
+    let mut got = 0u64;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => got += c.len() as u64,
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    })
+    .await
+    .expect("follow neither ended nor failed within 30 s");
+    let err =
+        outcome.unwrap_or_else(|| panic!("follow ended cleanly after {got} of {layer_size} bytes"));
+    assert!(got < layer_size, "all bytes arrived: {got}");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(IngestEvent::Ended { digest }) if digest == layer => return,
+                Ok(_) => {}
+                Err(e) => panic!("watcher events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no Ended for the layer within 30 s");
+    eprintln!(
+        "[ingest {}] ctr killed: follow failed after {got} bytes with {:?}: {err}; ingest dirs now: {:?}",
+        version.series(),
+        err.kind(),
+        ingest_layout(&content_dir)
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), watching).await;
+    server.abort();
+}
+
+/// Kills the child by PID on drop (a failed assertion must not leave `ctr` running).
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
