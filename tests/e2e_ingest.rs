@@ -2,7 +2,9 @@
 //! 127.0.0.1 serves one layer slowly (64 KiB per 50 ms), so the pull's ingest is visible for a
 //! few seconds. While it is in flight the watcher must report it with the right digest and size,
 //! `follow` from byte 0 must return bytes that hash to the digest (across the commit), and once
-//! containerd commits, the watcher must report its end.
+//! containerd commits, the watcher must report its end (and it reports the start within
+//! 500 ms of the ingest appearing; 7-23 ms measured). `killed_pull_*`: the puller killed
+//! mid-layer, `follow` fails and the watcher reports the end once the left-over goes stale.
 //!
 //! Run with `cargo test --test e2e_ingest -- --include-ignored` (as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,7 +15,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
@@ -299,6 +301,24 @@ async fn in_flight_pull_is_seen_and_followed(version: CtdVersion, fetch_buffer: 
     let upstream = format!("127.0.0.1:{port}");
     write_hosts_toml(hosts.path(), &upstream, &[]);
     let reference = format!("{upstream}/slow/img:v1");
+    // A 1 ms poller of our own marks when the layer's ingest appears, to time the watcher.
+    let appeared = {
+        let (dir, needle) = (content_dir.join("ingest"), format!("/layer-{layer}"));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let found = fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
+                    fs::read_to_string(e.path().join("ref")).is_ok_and(|r| r.ends_with(&needle))
+                        && e.path().join("data").exists()
+                });
+                if found {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            None
+        })
+    };
     let ctd = Arc::new(ctd);
     let pulling = {
         let (ctd, hosts) = (ctd.clone(), hosts.path().to_path_buf());
@@ -317,6 +337,18 @@ async fn in_flight_pull_is_seen_and_followed(version: CtdVersion, fetch_buffer: 
     })
     .await
     .expect("no Started for the layer within 60 s");
+    let seen = Instant::now();
+    let appeared = appeared
+        .join()
+        .unwrap()
+        .expect("the layer's ingest never appeared");
+    let latency = seen.saturating_duration_since(appeared);
+    eprintln!(
+        "[ingest {}] Started {} ms after the ingest appeared",
+        version.series(),
+        latency.as_millis()
+    );
+    assert!(latency < Duration::from_millis(500), "{latency:?}");
     assert!(
         !layer_sent.load(Ordering::SeqCst),
         "the layer was already sent: not seen in flight"
