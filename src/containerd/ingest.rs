@@ -3,22 +3,32 @@
 //!
 //! # The layout (containerd's local content store; checked on 1.6, 1.7 and 2.1)
 //! A write in progress lives in `<content dir>/ingest/<sha256 hex of the ref string>/` with:
-//! - `ref`: the ingest ref, written first (before `data`). Pulls name it `<kind>-sha256:<hex>`
-//!   where kind is `manifest`, `index`, `config`, `layer` or `unknown` (containerd's
-//!   `remotes.MakeRefKey`); seen so on 1.6, 1.7 (`ctr images pull`) and 2.1 (the transfer
-//!   service). Other writers (push, import, converters, BuildKit) use other shapes, so only a ref
-//!   that ends in `sha256:<64 hex>` is taken to name a digest; anything else is ignored.
+//! - `ref`: the ingest ref, written first (before `data`). A pull's ref, as stored, is
+//!   `<namespace>/<n>/<kind>-sha256:<hex>`, e.g. `k8s.io/1/layer-sha256:8c19..`: containerd's
+//!   metadata store prefixes the namespace and a counter to the client's ref, and the client's
+//!   ref is containerd's `remotes.MakeRefKey` (`manifest`, `index`, `config`, `layer` or
+//!   `unknown`). Measured the same on 1.6 and 1.7 (`ctr images pull`) and 2.1 (the transfer
+//!   service, also with `concurrent_layer_fetch_buffer`, whose parallel ranged requests still
+//!   fill one `data` in order). Other writers (push, import, converters, BuildKit) use other
+//!   shapes, so only a ref ending in `-sha256:<64 hex>` (or that is a bare digest) is taken to
+//!   name a digest; anything else is ignored.
 //! - `startedat`, `updatedat`: timestamps (written with a `.tmp` + rename).
 //! - `total`: the expected size in decimal, written after `ref` and before `data` is created, and
-//!   only when the writer was given a size (every pull gives the descriptor's size; a writer
-//!   opened without one has no `total`). So: `data` present and `total` absent means unknown.
+//!   only when the writer was given a size. Every pull gives the descriptor's size, so a pull's
+//!   ingest had `total` on 1.6, 1.7 and 2.1; a writer opened without one has none. So: `data`
+//!   present and `total` absent means unknown.
 //! - `data`: the bytes so far, appended in order (a resumed download may be truncated and
-//!   rewritten from an offset; a reader positioned past the end simply waits).
+//!   rewritten from an offset; a reader positioned past the end simply waits). On 1.6 and 1.7
+//!   the pulling client copies through a 1 MiB buffer filled to the brim before each write, so
+//!   `data` grows in 1 MiB steps (0 bytes for the first 800 ms at 1.3 MB/s); on 2.1 the
+//!   transfer service writes as bytes arrive.
 //!
 //! On commit containerd renames `data` to `blobs/sha256/<hex>` (the same inode) and removes the
 //! directory; if the blob already exists it just removes the directory. An aborted write is
-//! removed (`Abort`) or, when the process dies, left behind: a left-over ingest stops changing,
-//! so one whose `data` has not been modified for [`IngestWatcher::with_stale`] is not reported.
+//! removed (`Abort`) or left behind: killing the pulling `ctr` mid-layer left the dir in place on
+//! 1.6, 1.7 and 2.1 (a later pull of the same ref resumes it). A left-over stops changing, so one
+//! whose `data` has not been modified for [`IngestWatcher::with_stale`] is reported ended, and a
+//! [`follow`] of it fails with `TimedOut` after its `stall`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -165,40 +175,31 @@ impl IngestWatcher {
             let events;
             (tracker, events) = match scanned {
                 Ok(r) => r,
-                // The scan cannot panic by design; if it did, start over rather than stop
-                // watching (the next scan reports everything in flight afresh).
+                // The scan does not panic by design; if it did, forget everything and start
+                // over rather than stop watching (the next scan reports what is in flight).
                 Err(e) => {
                     tracing::warn!(error = %e, "ingest scan failed; rescanning");
-                    let stale: Vec<Digest> = self
-                        .current
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .keys()
-                        .copied()
+                    let fresh = Tracker::new(self.content_dir.join("ingest"), self.stale);
+                    let ended = self
+                        .current()
+                        .into_iter()
+                        .map(|i| IngestEvent::Ended { digest: i.digest })
                         .collect();
-                    self.publish(
-                        &HashMap::new(),
-                        stale
-                            .into_iter()
-                            .map(|digest| IngestEvent::Ended { digest })
-                            .collect(),
-                    );
-                    (
-                        Tracker::new(self.content_dir.join("ingest"), self.stale),
-                        Vec::new(),
-                    )
+                    (fresh, ended)
                 }
             };
-            if !events.is_empty() {
-                self.publish(&tracker.snapshot(), events);
+            // A dir can come or go without an event (a second pull of one blob): the map that
+            // `get` answers from must still name a dir that exists.
+            if std::mem::take(&mut tracker.changed) || !events.is_empty() {
+                self.publish(tracker.snapshot(), events);
             }
         }
     }
 
-    fn publish(&self, snapshot: &HashMap<Digest, Ingest>, events: Vec<IngestEvent>) {
+    fn publish(&self, snapshot: HashMap<Digest, Ingest>, events: Vec<IngestEvent>) {
         // The map is updated before the events go out, so a subscriber that reacts to Started
         // by calling `get` finds the ingest.
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
         for ev in events {
             tracing::debug!(event = ?ev, "containerd ingest");
             // No subscriber is fine: the map is still current.
@@ -233,6 +234,8 @@ struct Tracker {
     /// Active dirs per digest: two pulls of one blob have two refs and so two dirs.
     by_digest: HashMap<Digest, BTreeSet<OsString>>,
     last_stale_check: Option<Instant>,
+    /// Set when `by_digest` changed, so the published map is rebuilt.
+    changed: bool,
 }
 
 impl Tracker {
@@ -243,6 +246,7 @@ impl Tracker {
             entries: HashMap::new(),
             by_digest: HashMap::new(),
             last_stale_check: None,
+            changed: false,
         }
     }
 
@@ -313,6 +317,7 @@ impl Tracker {
     }
 
     fn activate(&mut self, name: &OsString, seen: &Seen, events: &mut Vec<IngestEvent>) {
+        self.changed = true;
         let dirs = self.by_digest.entry(seen.digest).or_default();
         if dirs.is_empty() {
             events.push(IngestEvent::Started {
@@ -324,6 +329,7 @@ impl Tracker {
     }
 
     fn deactivate(&mut self, name: &OsString, digest: Digest, events: &mut Vec<IngestEvent>) {
+        self.changed = true;
         if let Some(dirs) = self.by_digest.get_mut(&digest) {
             dirs.remove(name);
             if dirs.is_empty() {
@@ -424,6 +430,7 @@ pub fn follow(
         end,
         stall,
         last_progress: Instant::now(),
+        buf: BytesMut::new(),
     };
     Box::pin(futures_util::stream::try_unfold(state, Follow::step))
 }
@@ -441,6 +448,8 @@ struct Follow {
     end: u64,
     stall: Duration,
     last_progress: Instant,
+    /// Reused between reads: waiting at the end of `data` must not allocate each poll.
+    buf: BytesMut,
 }
 
 impl Follow {
@@ -464,15 +473,16 @@ impl Follow {
                 self.open().await?;
             }
             let want = (self.end - self.pos + 1).min(READ_CHUNK as u64);
-            let mut buf = BytesMut::with_capacity(want as usize);
+            self.buf.reserve(READ_CHUNK);
             let n = match self.file.as_mut() {
-                Some(f) => f.take(want).read_buf(&mut buf).await?,
+                Some(f) => f.take(want).read_buf(&mut self.buf).await?,
                 None => 0,
             };
             if n > 0 {
                 self.pos += n as u64;
                 self.last_progress = Instant::now();
-                return Ok(Some((buf.freeze(), self)));
+                let chunk = self.buf.split().freeze();
+                return Ok(Some((chunk, self)));
             }
             // At the end of what exists. The open fd keeps reading the same inode across a
             // commit (a rename), so EOF here means "not written yet", "aborted" or "short".

@@ -59,6 +59,9 @@ fn refs_that_name_a_digest() {
         format!("index-{d}"),
         format!("config-{d}"),
         format!("unknown-{d}"),
+        // As stored by containerd's metadata store (namespace and counter prefixed).
+        format!("k8s.io/1/layer-{d}"),
+        format!("default/12/manifest-{d}"),
         d.to_string(),
     ] {
         assert_eq!(digest_of_ref(&r), Some(d), "{r}");
@@ -317,4 +320,46 @@ async fn follow_gives_up_on_a_stalled_ingest_and_bad_ranges() {
     assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidInput);
     let (_, err) = collect(follow(&ing, &content, 5, 4, Duration::from_secs(1))).await;
     assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn get_names_a_remaining_dir_when_one_of_two_pulls_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let content = tmp.path().to_path_buf();
+    let w = Arc::new(IngestWatcher::new(
+        content.clone(),
+        Duration::from_millis(10),
+    ));
+    let mut rx = w.subscribe();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(w.clone().run(stop.clone()));
+    let d = Digest::of(b"two pulls");
+    let first = ingest(
+        &content,
+        &format!("k8s.io/1/layer-{d}"),
+        Some(9),
+        Some(b"t"),
+    );
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = ingest(
+        &content,
+        &format!("k8s.io/2/layer-{d}"),
+        Some(9),
+        Some(b"t"),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs::remove_dir_all(&first).unwrap();
+    let moved = tokio::time::timeout(Duration::from_secs(5), async {
+        while w.get(&d).map(|i| i.dir) != Some(second.clone()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "get() still names {:?}", w.get(&d));
+    assert!(rx.try_recv().is_err(), "no event while one pull remains");
+    stop.cancel();
+    task.await.unwrap();
 }
