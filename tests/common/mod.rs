@@ -11,7 +11,8 @@
 //!
 //! Layout: `process` (waits, commands, logs), `fixtures` (images and digests),
 //! `registry` (docker-registry, skopeo), `containerd`, `peermirror` (the binary),
-//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`.
+//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`, `netns`
+//! (nodes in network namespaces of their own: `tests/e2e_netns.rs`).
 #![allow(dead_code)]
 // Test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,6 +20,7 @@
 mod containerd;
 mod fixtures;
 mod http;
+mod netns;
 mod node;
 mod peermirror;
 mod pki;
@@ -28,5 +30,6 @@ mod registry;
 // Each test binary uses a subset.
 #[allow(unused_imports)]
 pub use self::{
-    containerd::*, fixtures::*, http::*, node::*, peermirror::*, pki::*, process::*, registry::*,
+    containerd::*, fixtures::*, http::*, netns::*, node::*, peermirror::*, pki::*, process::*,
+    registry::*,
 };
