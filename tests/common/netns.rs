@@ -297,6 +297,11 @@ impl Cluster {
         self.net.member(&format!("node{i}"))
     }
 
+    /// Bytes node `i` has sent onto the bridge, see [`Net::sent_bytes`].
+    pub fn sent_bytes(&self, i: usize) -> u64 {
+        self.net.sent_bytes(&self.member(i).name)
+    }
+
     /// Waits for `/readyz` 200 on node `i` (read from inside its namespace).
     pub fn wait_ready(&mut self, i: usize) {
         self.node_mut(i).pm.wait_ready(READY_WITHIN);

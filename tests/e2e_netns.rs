@@ -1,0 +1,154 @@
+//! Multi-host end-to-end tests: every node (containerd + peermirror) and the upstream registry
+//! in a network namespace of its own, one address each on a bridge the test creates, the same
+//! ports on every node (5000 registry, 5001 router, 9090 metrics, as with hostPorts), bootstrap
+//! by DNS name (`dns:peermirror:5001` through a hosts file per namespace, as with a headless
+//! Service). Faults: a link cut (`ip link set down`), a silent drop (a blackhole qdisc: this
+//! kernel has no netem), SIGKILL, a partition (iptables inside the namespaces), 20 % of nodes
+//! gone at once. Every pull must end with the upstream's digests in containerd.
+//!
+//! Traffic stays between the test's namespaces: every process, `curl` included, runs inside
+//! one (see `tests/common/netns.rs`). Run with
+//! `cargo test --test e2e_netns -- --include-ignored` (as root: `ip netns`, `tc`, iptables).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One cluster at a time: two cores, and every node is a containerd and a peermirror.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How long a node may take to learn, through the DHT, what another one holds.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+/// Providers' egress during mid-pull cases: the ~54 MB layer takes ~11 s.
+const SLOW_MBIT: u32 = 40;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn big_layer() -> Descriptor {
+    fixture("big").host_manifest().layers[0].clone()
+}
+
+/// Nodes 1 and 2 hold `big` (pulled from the upstream) and have advertised it; node 3 sees it
+/// through its peermirror.
+fn two_providers(c: &Cluster) {
+    let big = fixture("big");
+    c.pull_direct(1, &big);
+    c.pull_direct(2, &big);
+    let keys = |i: usize| c.node(i).pm.metric("peermirror_advertised_keys", &[]);
+    let both = wait_until(VISIBLE_WITHIN, || {
+        let (k1, k2) = (keys(1), keys(2));
+        k1 > 0.0 && k1 == k2
+    });
+    assert!(both, "advertised keys: {} vs {}", keys(1), keys(2));
+    assert!(
+        c.wait_visible(3, &big, &big_layer().digest, VISIBLE_WITHIN),
+        "node3 does not see the big layer:\n{}",
+        c.node(3).pm.log_tail(40)
+    );
+}
+
+/// Runs `pull` on node 3 in a thread while watching the bytes nodes 1 and 2 send; once one of
+/// them has sent `at` bytes of this pull, `fault(cluster, victim)` is applied to it. Returns
+/// the pull result, the victim (if the fault fired) and the bytes it had sent.
+fn pull_with_fault(
+    c: &Cluster,
+    image: &FixtureImage,
+    at: u64,
+    fault: impl Fn(&Cluster, usize),
+) -> (Result<(), String>, Option<(usize, u64)>) {
+    let base = [c.sent_bytes(1), c.sent_bytes(2)];
+    thread::scope(|s| {
+        let pull = s.spawn(|| c.pull(3, image));
+        let mut victim = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !pull.is_finished() && victim.is_none() && Instant::now() < deadline {
+            let sent = [c.sent_bytes(1) - base[0], c.sent_bytes(2) - base[1]];
+            let i = if sent[0] >= sent[1] { 1 } else { 2 };
+            if sent[i - 1] >= at {
+                fault(c, i);
+                victim = Some((i, sent[i - 1]));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        (pull.join().unwrap(), victim)
+    })
+}
+
+/// A provider's link fails mid-pull (`cut`: link down or silent drop); node 3's pull completes
+/// with the upstream's digests, from the other provider or (containerd) from the upstream.
+fn link_fault_mid_pull(label: &str, cut: impl Fn(&Cluster, usize)) {
+    let _serial = serial();
+    let big = fixture("big");
+    let layer = big_layer();
+    let c = Cluster::start(3, &[], &[&big]);
+    two_providers(&c);
+    c.slow_egress(1, SLOW_MBIT);
+    c.slow_egress(2, SLOW_MBIT);
+    let upstream_before = c.net.sent_bytes(UPSTREAM_NAME);
+    let started = Instant::now();
+    let (result, victim) = pull_with_fault(&c, &big, 8 << 20, cut);
+    let took = started.elapsed();
+    let other = victim.map_or(0, |(v, _)| 3 - v);
+    let other_sent = if other == 0 { 0 } else { c.sent_bytes(other) };
+    let upstream_sent = c.net.sent_bytes(UPSTREAM_NAME) - upstream_before;
+    eprintln!(
+        "[{label}] pull {} in {:.1}s; cut (node, bytes sent): {victim:?}; node{other} sent {other_sent} bytes in all, the upstream {upstream_sent} during the pull\n[{label}] node3: {}",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        took.as_secs_f64(),
+        grep(
+            &c.node(3).log(),
+            &["resuming", "stream broke", "stall", "shunned"],
+            6
+        )
+    );
+    if let Err(e) = result {
+        panic!(
+            "node3 pull failed after the cut of {victim:?}:\n{}\n--- node3 ---\n{}",
+            last_lines_of(&e, 6),
+            c.node(3).pm.log_tail(60)
+        );
+    }
+    let (v, sent) = victim.expect("no provider was seen sending 8 MiB: the cut never happened");
+    assert!(
+        sent < layer.size,
+        "node{v} had sent {sent} bytes: the cut was not mid-pull"
+    );
+    c.assert_pulled(3, &big);
+    // The rest came from somewhere: node 3's mirror resumed from the other provider, or
+    // containerd went to the upstream for it.
+    let resumed = c.node(3).log().contains("resuming from another provider");
+    let fell_back = upstream_sent >= layer.size - sent;
+    assert!(
+        resumed || fell_back,
+        "node3 neither resumed from node{other} nor fetched the rest from the upstream ({upstream_sent} bytes)"
+    );
+}
+
+fn grep(log: &str, needles: &[&str], n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| needles.iter().any(|k| l.contains(k)))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// 1 ----------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn link_down_mid_pull() {
+    link_fault_mid_pull("link-down", |c, v| c.link(v, false));
+}
+
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn silent_drop_mid_pull() {
+    link_fault_mid_pull("silent-drop", |c, v| c.blackhole(v));
+}
