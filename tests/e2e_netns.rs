@@ -152,3 +152,95 @@ fn link_down_mid_pull() {
 fn silent_drop_mid_pull() {
     link_fault_mid_pull("silent-drop", |c, v| c.blackhole(v));
 }
+
+// 2 ----------------------------------------------------------------------------------------
+
+/// The provider streaming the big layer to node 3 is SIGKILLed mid-pull: the pull completes.
+/// Then it is restarted: same PeerId (from its data dir), `/readyz` 200 again, its keys
+/// advertised again, and node 4 pulls an image only it holds, with the upstream down.
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn provider_sigkill_mid_pull_then_restart() {
+    let _serial = serial();
+    let (big, small, multi) = (fixture("big"), fixture("small"), fixture("multi"));
+    let mut c = Cluster::start(4, &[], &[&big, &small, &multi]);
+    two_providers(&c);
+    // One image only each provider holds, to find the restarted one by.
+    let keys = |c: &Cluster, i: usize| c.node(i).pm.metric("peermirror_advertised_keys", &[]);
+    let before = [keys(&c, 1), keys(&c, 2)];
+    c.pull_direct(1, &small);
+    c.pull_direct(2, &multi);
+    assert!(
+        wait_until(VISIBLE_WITHIN, || keys(&c, 1) > before[0]
+            && keys(&c, 2) > before[1]),
+        "the new images were not advertised: {before:?} -> {} {}",
+        keys(&c, 1),
+        keys(&c, 2)
+    );
+    let ids = [
+        c.peer_id(1).expect("node1 id"),
+        c.peer_id(2).expect("node2 id"),
+    ];
+    c.slow_egress(1, SLOW_MBIT);
+    c.slow_egress(2, SLOW_MBIT);
+    let started = Instant::now();
+    let (result, victim) = pull_with_fault(&c, &big, 8 << 20, |c, v| c.sigkill_peermirror(v));
+    eprintln!(
+        "[sigkill] pull {} in {:.1}s; killed (node, bytes sent): {victim:?}",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!(
+            "node3 pull failed after killing {victim:?}:\n{}\n--- node3 ---\n{}",
+            last_lines_of(&e, 6),
+            c.node(3).pm.log_tail(60)
+        );
+    }
+    let (v, sent) = victim.expect("no provider was seen sending 8 MiB: nobody was killed");
+    assert!(sent < big_layer().size, "the kill was not mid-pull");
+    c.assert_pulled(3, &big);
+
+    // Restart: same data dir, so the same PeerId.
+    c.clear_egress(v);
+    let restarted = Instant::now();
+    c.node_mut(v).pm.restart();
+    c.wait_ready(v);
+    let ready_after = restarted.elapsed();
+    let id = c.peer_id(v).expect("restarted node logged no PeerId");
+    assert_eq!(id, ids[v - 1], "node{v} came back with another PeerId");
+    let advertised = wait_until(VISIBLE_WITHIN, || keys(&c, v) > 0.0);
+    assert!(advertised, "node{v} advertised nothing after its restart");
+    eprintln!(
+        "[sigkill] node{v} ready {:.1}s after its restart, same PeerId, {} keys advertised",
+        ready_after.as_secs_f64(),
+        keys(&c, v)
+    );
+
+    // An image only the restarted node holds is found and pulled from it.
+    let only = if v == 1 { &small } else { &multi };
+    c.upstream.stop();
+    assert!(
+        c.wait_visible(
+            4,
+            only,
+            &only.host_manifest().layers[0].digest,
+            VISIBLE_WITHIN
+        ),
+        "node4 does not find node{v}'s {} after the restart",
+        only.name
+    );
+    if let Err(e) = c.pull(4, only) {
+        panic!(
+            "node4 pull of {} (only on node{v}) failed:\n{}\n--- node4 ---\n{}",
+            only.name,
+            last_lines_of(&e, 6),
+            c.node(4).pm.log_tail(40)
+        );
+    }
+    c.assert_pulled(4, only);
+    assert!(
+        c.node(4).bytes_from("peer") > 0.0,
+        "node4 served nothing from peers"
+    );
+}

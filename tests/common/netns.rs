@@ -321,6 +321,16 @@ impl Cluster {
         self.link(i, false);
     }
 
+    /// SIGKILL to node `i`'s peermirror by PID (no `&mut`: usable while a pull runs);
+    /// [`super::peermirror::Peermirror::restart`] reaps it and starts it again.
+    pub fn sigkill_peermirror(&self, i: usize) {
+        let pid = self.node(i).pm.pid().expect("peermirror running");
+        // `ip netns exec` exec'd: the PID is peermirror's own, not a wrapper's.
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(comm.trim(), "peermirror", "PID {pid} is not peermirror");
+        sh("kill", &["-KILL", &pid.to_string()]);
+    }
+
     /// The root end of node `i`'s veth up or down (`ip link set down`: a cut cable).
     pub fn link(&self, i: usize, up: bool) {
         let veth = &self.member(i).veth;
