@@ -328,3 +328,74 @@ fn partition_then_heal() {
         "node4 served nothing from peers"
     );
 }
+
+// 4 ----------------------------------------------------------------------------------------
+
+/// Five nodes; nodes 1 and 2 hold `big` and `small`. Node 1 (20 %) goes away at once (its
+/// peermirror and containerd SIGKILLed, its link down: no RST, silence), and so does the
+/// upstream. Nodes 3, 4 and 5 then pull both images at the same time: all complete from the
+/// remaining providers.
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn fifth_of_nodes_stopped_at_once() {
+    let _serial = serial();
+    let (big, small) = (fixture("big"), fixture("small"));
+    let images = [&big, &small];
+    let mut c = Cluster::start(5, &[], &images);
+    for i in [1, 2] {
+        for image in images {
+            c.pull_direct(i, image);
+        }
+    }
+    for i in [3, 4, 5] {
+        for image in images {
+            let digest = image.host_manifest().layers[0].digest.clone();
+            assert!(
+                c.wait_visible(i, image, &digest, VISIBLE_WITHIN),
+                "node{i} does not see {}",
+                image.name
+            );
+        }
+    }
+    c.stop_node(1);
+    c.upstream.stop();
+    let started = Instant::now();
+    let results: Vec<(usize, Result<(), String>, Duration)> = thread::scope(|s| {
+        let pulls: Vec<_> = [3, 4, 5]
+            .into_iter()
+            .map(|i| {
+                let c = &c;
+                let images = &images;
+                s.spawn(move || {
+                    let result = images.iter().try_for_each(|image| c.pull(i, image));
+                    (i, result, started.elapsed())
+                })
+            })
+            .collect();
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for (i, result, took) in &results {
+        eprintln!(
+            "[fifth] node{i}: {} in {:.1}s",
+            if result.is_ok() { "ok" } else { "FAILED" },
+            took.as_secs_f64()
+        );
+    }
+    for (i, result, _) in results {
+        if let Err(e) = result {
+            panic!(
+                "node{i} pull with node1 gone failed:\n{}\n--- node{i} ---\n{}",
+                last_lines_of(&e, 6),
+                c.node(i).pm.log_tail(60)
+            );
+        }
+        for image in images {
+            c.assert_pulled(i, image);
+        }
+        let from_peers = c.node(i).bytes_from("peer");
+        assert!(
+            from_peers >= big_layer().size as f64,
+            "node{i} served only {from_peers} bytes from peers"
+        );
+    }
+}
