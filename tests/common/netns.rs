@@ -40,7 +40,8 @@ pub const SERVICE_NAME: &str = "peermirror";
 
 const READY_WITHIN: Duration = Duration::from_secs(45);
 
-/// Runs `ip ARGS...` (or another iproute2 tool); panics with its output unless it succeeds.
+/// Runs `PROGRAM ARGS...` in the root namespace (iproute2, kill: never network traffic);
+/// panics with its output unless it succeeds.
 fn sh(program: &str, args: &[&str]) -> String {
     let out = run_with_timeout(Command::new(program).args(args), Duration::from_secs(20));
     assert!(
