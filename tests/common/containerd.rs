@@ -12,8 +12,8 @@ use tempfile::TempDir;
 
 use super::fixtures::{FixtureImage, sha256_file};
 use super::process::{
-    COMMAND_TIMEOUT, kill_child, log_file, new_temp_dir, output_text, run_with_timeout, tail,
-    wait_until,
+    COMMAND_TIMEOUT, command_in, kill_child, log_file, new_temp_dir, output_text, run_with_timeout,
+    tail, wait_until,
 };
 
 /// The containerd namespace the CRI plugin (and so kubelet) uses.
@@ -117,6 +117,8 @@ pub struct CtdOptions {
     /// `concurrent_layer_fetch_buffer` (2.1+: the transfer service's and CRI's parallel chunked
     /// fetch, ranged requests of this many bytes); `None` leaves it off.
     pub fetch_buffer: Option<u64>,
+    /// Run containerd and every `ctr` (which fetches itself) inside this network namespace.
+    pub netns: Option<String>,
 }
 
 impl Default for CtdOptions {
@@ -125,6 +127,7 @@ impl Default for CtdOptions {
             version: CtdVersion::V1_6,
             cri_config_path: None,
             fetch_buffer: None,
+            netns: None,
         }
     }
 }
@@ -203,6 +206,7 @@ fn config_toml(base: &Path, socket: &Path, opts: &CtdOptions) -> String {
 pub struct Containerd {
     name: String,
     version: CtdVersion,
+    netns: Option<String>,
     child: Option<Child>,
     config: PathBuf,
     socket: PathBuf,
@@ -229,6 +233,7 @@ impl Containerd {
         let mut containerd = Containerd {
             name: name.to_string(),
             version: opts.version,
+            netns: opts.netns.clone(),
             child: None,
             config,
             socket,
@@ -270,12 +275,17 @@ impl Containerd {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `ctr --address SOCK` of this version, inside [`CtdOptions::netns`] when set.
+    fn ctr_command(&self) -> Command {
+        let mut cmd = command_in(self.netns.as_deref(), self.version.ctr_bin());
+        cmd.arg("--address").arg(&self.socket);
+        cmd
+    }
+
     /// `ctr --address SOCK -n k8s.io ARGS...`
     pub fn ctr(&self, args: &[&str]) -> Output {
         run_with_timeout(
-            Command::new(self.version.ctr_bin())
-                .arg("--address")
-                .arg(&self.socket)
+            self.ctr_command()
                 .args(["--connect-timeout", "5s", "-n", NAMESPACE])
                 .args(args),
             COMMAND_TIMEOUT,
@@ -342,9 +352,7 @@ impl Containerd {
     ) -> Result<(), String> {
         let hosts = hosts_dir.display().to_string();
         let out = run_with_timeout(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&self.socket)
+            self.ctr_command()
                 .args(["--connect-timeout", "5s", "-n", NAMESPACE])
                 .args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
                 .args([hosts.as_str(), reference]),
@@ -432,9 +440,7 @@ impl Containerd {
     /// Whether the daemon answers on its socket.
     pub fn is_up(&self) -> bool {
         run_with_timeout(
-            Command::new(self.version.ctr_bin())
-                .arg("--address")
-                .arg(&self.socket)
+            self.ctr_command()
                 .args(["--connect-timeout", "1s", "version"]),
             Duration::from_secs(5),
         )
@@ -453,7 +459,7 @@ impl Containerd {
     pub fn restart(&mut self) {
         self.kill();
         let (out, err) = log_file(&self.log);
-        let child = Command::new(self.version.containerd_bin())
+        let child = command_in(self.netns.as_deref(), self.version.containerd_bin())
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -193,6 +193,36 @@ pub fn http_status_sync(addr: &str, path: &str) -> Option<u16> {
     raw_status(&resp)
 }
 
+/// `GET` (or `HEAD`) of `http://ADDR/PATH` by curl run inside network namespace `netns`: the
+/// request stays on the namespace's own network (tests never reach a namespace's address from
+/// the root namespace). (status, body); None when nothing answered within 5 s.
+pub fn http_in_netns(netns: &str, method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let url = format!("http://{addr}{path}");
+    let mut cmd = super::process::command_in(Some(netns), "curl");
+    cmd.args(["-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}"]);
+    if method == "HEAD" {
+        // `-X HEAD` would wait for a body that never comes.
+        cmd.arg("-I");
+    } else {
+        cmd.args(["-X", method]);
+    }
+    let out = super::process::run_with_timeout(cmd.arg(&url), Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    match code.trim().parse::<u16>() {
+        Ok(0) | Err(_) => None,
+        Ok(status) => Some((status, body.to_string())),
+    }
+}
+
+/// [`http_get_sync`] from the root namespace, or [`http_in_netns`] inside `netns` when given.
+pub fn http_get_in(netns: Option<&str>, addr: &str, path: &str) -> Option<(u16, String)> {
+    match netns {
+        Some(ns) => http_in_netns(ns, "GET", addr, path),
+        None => http_get_sync(addr, path),
+    }
+}
+
 /// A rustls client config (ring) trusting the CA in `ca` and presenting
 /// `identity` (certificate, key) when given.
 pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {

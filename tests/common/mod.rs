@@ -11,8 +11,9 @@
 //!
 //! Layout: `process` (waits, commands, logs), `fixtures` (images and digests),
 //! `registry` (docker-registry, skopeo), `containerd`, `peermirror` (the binary),
-//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`,
-//! `proxy` (a rate-limited TCP proxy in front of the upstream).
+//! `node` (containerd + peermirror + hosts.toml: one cluster node), `http`, `pki`, `netns`
+//! (nodes in network namespaces of their own: `tests/e2e_netns.rs`), `proxy` (a rate-limited
+//! TCP proxy in front of the upstream).
 #![allow(dead_code)]
 // Test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,6 +21,7 @@
 mod containerd;
 mod fixtures;
 mod http;
+mod netns;
 mod node;
 mod peermirror;
 mod pki;
@@ -30,6 +32,7 @@ mod registry;
 // Each test binary uses a subset.
 #[allow(unused_imports)]
 pub use self::{
-    containerd::*, fixtures::*, http::*, node::*, peermirror::*, pki::*, process::*, proxy::*,
+    containerd::*, fixtures::*, http::*, netns::*, node::*, peermirror::*, pki::*, process::*,
+    proxy::*,
     registry::*,
 };

@@ -1,6 +1,7 @@
 //! One node of a test cluster: its own containerd, `peermirror run` on it, and a directory for
 //! the hosts.toml tree `peermirror configure` writes and the admin socket.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,17 @@ pub struct NodeBuilder {
     cri_extra_dir: Option<PathBuf>,
     fetch_buffer: Option<u64>,
     check_config: bool,
+    netns: Option<(String, IpAddr)>,
 }
 
 impl NodeBuilder {
+    /// Runs containerd, peermirror and `ctr` inside network namespace `netns`, whose address is
+    /// `ip` (see [`super::peermirror::PeermirrorBuilder::netns`]).
+    pub fn netns(mut self, netns: &str, ip: IpAddr) -> Self {
+        self.netns = Some((netns.to_string(), ip));
+        self
+    }
+
     /// More `peermirror run` arguments.
     pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
         self.args
@@ -97,6 +106,14 @@ impl NodeBuilder {
 
     /// Starts containerd and peermirror and waits for `/readyz`.
     pub fn start(self) -> Node {
+        let mut node = self.start_unready();
+        node.pm.wait_ready(READY_WITHIN);
+        node
+    }
+
+    /// Starts containerd and peermirror without waiting for `/readyz` (nodes that bootstrap
+    /// from each other by DNS are ready only once a peer is up: start them all, then wait).
+    pub fn start_unready(self) -> Node {
         let dir = new_temp_dir(&format!("pm-e2e-node-{}-", self.name));
         let ctd = Containerd::start_with(
             self.name,
@@ -113,6 +130,7 @@ impl NodeBuilder {
                     }
                 }),
                 fetch_buffer: self.fetch_buffer,
+                netns: self.netns.as_ref().map(|(ns, _)| ns.clone()),
             },
         );
         let mut args = self.args;
@@ -129,8 +147,11 @@ impl NodeBuilder {
             args.push(spec.clone());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut pm = Peermirror::builder(&ctd).args(&args).start();
-        pm.wait_ready(READY_WITHIN);
+        let mut builder = Peermirror::builder(&ctd).args(&args);
+        if let Some((ns, ip)) = &self.netns {
+            builder = builder.netns(ns, *ip);
+        }
+        let pm = builder.start();
         Node {
             name: self.name,
             pm,
@@ -152,6 +173,7 @@ impl Node {
             cri_extra_dir: None,
             fetch_buffer: None,
             check_config: false,
+            netns: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `peermirror` binary: `run` as a guarded process, `configure`, and its metrics.
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
@@ -9,10 +10,10 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::containerd::{Containerd, NAMESPACE};
-use super::http::{http_get_sync, http_status_sync};
+use super::http::http_get_in;
 use super::process::{
-    free_port, kill_child, log_file, new_temp_dir, output_text, run_with_timeout, send_sigterm,
-    tail, wait_child, wait_until,
+    command_in, free_port, kill_child, log_file, new_temp_dir, output_text, run_with_timeout,
+    send_sigterm, tail, wait_child, wait_until,
 };
 
 /// Options for starting `peermirror run`.
@@ -20,7 +21,13 @@ pub struct PeermirrorBuilder<'a> {
     containerd: &'a Containerd,
     content_dir: bool,
     extra_args: Vec<String>,
+    netns: Option<(String, IpAddr)>,
 }
+
+/// The ports every node uses inside its own network namespace, as with hostPorts.
+pub const NETNS_REGISTRY_PORT: u16 = 5000;
+pub const NETNS_ROUTER_PORT: u16 = 5001;
+pub const NETNS_METRICS_PORT: u16 = 9090;
 
 impl PeermirrorBuilder<'_> {
     /// Without `--containerd-content-dir`: blobs are read over containerd's gRPC API.
@@ -47,19 +54,35 @@ impl PeermirrorBuilder<'_> {
         self.args(&["--mirror-resolve-timeout", &value])
     }
 
+    /// Run inside network namespace `netns` whose address is `ip`: listen on 0.0.0.0 at the
+    /// fixed [`NETNS_REGISTRY_PORT`], [`NETNS_ROUTER_PORT`] and [`NETNS_METRICS_PORT`], with
+    /// `--advertise-addr ip` (as the Helm chart passes the node IP).
+    pub fn netns(mut self, netns: &str, ip: IpAddr) -> Self {
+        self.netns = Some((netns.to_string(), ip));
+        self
+    }
+
     pub fn start(self) -> Peermirror {
         let dir = new_temp_dir("pm-e2e-peermirror-");
-        let registry_port = free_port();
-        let metrics_port = free_port();
-        let router_port = free_port();
+        let (bind, ip, registry_port, metrics_port, router_port) = match &self.netns {
+            Some((_, ip)) => (
+                "0.0.0.0",
+                *ip,
+                NETNS_REGISTRY_PORT,
+                NETNS_METRICS_PORT,
+                NETNS_ROUTER_PORT,
+            ),
+            // Loopback only, and no fixed port or shared state between tests.
+            None => (
+                "127.0.0.1",
+                IpAddr::from([127, 0, 0, 1]),
+                free_port(),
+                free_port(),
+                free_port(),
+            ),
+        };
         let log = dir.path().join("peermirror.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_peermirror"));
-        // Flags only: no PEERMIRROR_* setting leaks in from the environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PEERMIRROR_") {
-                cmd.env_remove(key);
-            }
-        }
         cmd.arg("run")
             .arg("--containerd-sock")
             .arg(self.containerd.socket())
@@ -70,12 +93,11 @@ impl PeermirrorBuilder<'_> {
         }
         cmd.args([
             "--registry-addr",
-            &format!("127.0.0.1:{registry_port}"),
+            &format!("{bind}:{registry_port}"),
             "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-            // Loopback only, and no fixed port or shared state between tests.
+            &format!("{bind}:{metrics_port}"),
             "--router-addr",
-            &format!("127.0.0.1:{router_port}"),
+            &format!("{bind}:{router_port}"),
             "--data-dir",
             &dir.path().join("data").display().to_string(),
             "--log-level",
@@ -85,6 +107,9 @@ impl PeermirrorBuilder<'_> {
             "text",
         ])
         .args(&self.extra_args);
+        if self.netns.is_some() {
+            cmd.args(["--advertise-addr", &ip.to_string()]);
+        }
         // The daemon refuses to run unauthenticated unless told to; tests that exercise auth
         // pass their own --auth-mode.
         if !self.extra_args.iter().any(|a| a == "--auth-mode") {
@@ -99,30 +124,32 @@ impl PeermirrorBuilder<'_> {
                 cmd.args(["--resolve-tags", "true"]);
             }
         }
-        let (out, err) = log_file(&log);
         // Write the command line first so a failure report shows it.
         fs::write(&log, format!("[harness] {cmd:?}\n")).expect("write log");
-        let child = cmd
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn peermirror");
-        Peermirror {
-            child: Some(child),
+        let mut pm = Peermirror {
+            child: None,
+            args: cmd.get_args().map(|a| a.to_os_string()).collect(),
+            netns: self.netns.as_ref().map(|(ns, _)| ns.clone()),
+            ip,
             registry_port,
             metrics_port,
             router_port,
             log,
             dir,
-        }
+        };
+        pm.spawn();
+        pm
     }
 }
 
 /// A running `peermirror run` process.
 pub struct Peermirror {
     child: Option<Child>,
+    /// `run ...`: what [`Peermirror::restart`] starts again.
+    args: Vec<std::ffi::OsString>,
+    netns: Option<String>,
+    /// The address it is reached at (127.0.0.1 unless in a namespace).
+    ip: IpAddr,
     registry_port: u16,
     metrics_port: u16,
     router_port: u16,
@@ -141,7 +168,51 @@ impl Peermirror {
             containerd,
             content_dir: true,
             extra_args: Vec::new(),
+            netns: None,
         }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "peermirror already running");
+        let mut cmd = command_in(self.netns.as_deref(), env!("CARGO_BIN_EXE_peermirror"));
+        // Flags only: no PEERMIRROR_* setting leaks in from the environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PEERMIRROR_") {
+                cmd.env_remove(key);
+            }
+        }
+        let (out, err) = log_file(&self.log);
+        let child = cmd
+            .args(&self.args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn peermirror");
+        self.child = Some(child);
+    }
+
+    /// Starts it again after [`Peermirror::kill`] (or kills it first): same flags, ports and
+    /// data dir (so the same PeerId); the log goes on in the same file.
+    pub fn restart(&mut self) {
+        self.kill();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"[harness] restart\n"))
+            .expect("append to log");
+        self.spawn();
+    }
+
+    /// The network namespace it runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// `GET path` on its metrics address, from inside its namespace when it has one.
+    fn ops_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get_in(self.netns.as_deref(), &self.metrics_host(), path)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -150,16 +221,16 @@ impl Peermirror {
 
     /// `127.0.0.1:PORT` of the registry endpoint (what hosts.toml names).
     pub fn registry_host(&self) -> String {
-        format!("127.0.0.1:{}", self.registry_port)
+        format!("{}:{}", self.ip, self.registry_port)
     }
 
     pub fn registry_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.registry_port)
+        format!("http://{}:{}", self.ip, self.registry_port)
     }
 
     /// `127.0.0.1:PORT` of the libp2p (DHT) listener.
     pub fn router_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.router_port)
+        format!("{}:{}", self.ip, self.router_port)
     }
 
     /// Port of the libp2p (DHT) listener.
@@ -169,7 +240,7 @@ impl Peermirror {
 
     /// What another node passes to `--bootstrap` to find this one.
     pub fn bootstrap_spec(&self) -> String {
-        format!("static:/ip4/127.0.0.1/tcp/{}", self.router_port)
+        format!("static:/ip4/{}/tcp/{}", self.ip, self.router_port)
     }
 
     /// Port of the registry (mirror) endpoint.
@@ -179,7 +250,7 @@ impl Peermirror {
 
     /// The `/metrics` text (empty when there is no answer).
     pub fn metrics_text(&self) -> String {
-        http_get_sync(&self.metrics_host(), "/metrics")
+        self.ops_get("/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
@@ -204,16 +275,16 @@ impl Peermirror {
     }
 
     pub fn metrics_host(&self) -> String {
-        format!("127.0.0.1:{}", self.metrics_port)
+        format!("{}:{}", self.ip, self.metrics_port)
     }
 
     pub fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.metrics_port)
+        format!("http://{}:{}", self.ip, self.metrics_port)
     }
 
     /// Status of `GET /readyz` on the metrics address (None: no answer).
     pub fn readyz(&self) -> Option<u16> {
-        http_status_sync(&self.metrics_host(), "/readyz")
+        self.ops_get("/readyz").map(|(status, _)| status)
     }
 
     /// Waits until `/readyz` answers 200; panics with the log tail otherwise.
@@ -234,7 +305,7 @@ impl Peermirror {
         assert!(
             ready,
             "peermirror not ready within {timeout:?} (readyz: {:?}):\n{}",
-            http_get_sync(&self.metrics_host(), "/readyz"),
+            self.ops_get("/readyz"),
             self.log_tail(60)
         );
     }

@@ -1,6 +1,7 @@
 //! Processes and polling: bounded waits, commands with a deadline, kill by PID, logs.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
@@ -29,6 +30,20 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no fresh free port after 1000 tries");
+}
+
+/// `PROGRAM` run inside network namespace `netns` when given (`ip netns exec NS PROGRAM`: `ip`
+/// execs the program after entering the namespace, so the child's PID is the program's and
+/// killing it by PID stops the program), otherwise `PROGRAM` itself.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` has passed.

@@ -3,21 +3,26 @@
 use std::fs;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use tempfile::TempDir;
 
 use super::fixtures::{FIXTURE_IMAGES, FixtureImage, fixture};
-use super::http::http_status_sync;
+use super::http::http_get_in;
 use super::process::{
-    COMMAND_TIMEOUT, free_port, kill_child, log_file, new_temp_dir, output_text, run_with_timeout,
-    tail, wait_until,
+    COMMAND_TIMEOUT, command_in, free_port, kill_child, log_file, new_temp_dir, output_text,
+    run_with_timeout, tail, wait_until,
 };
 
 pub fn skopeo(args: &[&str]) -> Output {
-    run_with_timeout(Command::new("skopeo").args(args), COMMAND_TIMEOUT)
+    skopeo_in(None, args)
+}
+
+/// `skopeo ARGS...`, inside network namespace `netns` when given.
+pub fn skopeo_in(netns: Option<&str>, args: &[&str]) -> Output {
+    run_with_timeout(command_in(netns, "skopeo").args(args), COMMAND_TIMEOUT)
 }
 
 /// `skopeo inspect --raw` over plain http; panics with skopeo's output on failure.
@@ -36,9 +41,13 @@ pub fn skopeo_inspect_raw(docker_ref: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// A docker-registry on 127.0.0.1 with filesystem storage in a temp dir.
+/// A docker-registry on 127.0.0.1 with filesystem storage in a temp dir (or on every address
+/// of a network namespace, see [`Registry::start_in_netns`]).
 pub struct Registry {
     port: u16,
+    /// `HOST:PORT` clients name it by.
+    host: String,
+    netns: Option<String>,
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
@@ -47,18 +56,49 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        Registry::start_opts(false)
+        let port = free_port();
+        Registry::start_at(
+            None,
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{port}"),
+            false,
+        )
     }
 
     /// Like [`Registry::start`], with distribution's access log (combined log format, one line
     /// per request with the bytes written) in the registry's log: see [`Registry::blob_gets`].
     pub fn start_with_access_log() -> Registry {
-        Registry::start_opts(true)
+        let port = free_port();
+        Registry::start_at(
+            None,
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{port}"),
+            true,
+        )
     }
 
-    fn start_opts(access_log: bool) -> Registry {
+    /// A registry listening on `0.0.0.0:port` inside network namespace `netns` (which has only
+    /// its loopback and the test's own link), named `name:port` by clients (a hosts-file name).
+    pub fn start_in_netns(netns: &str, name: &str, port: u16) -> Registry {
+        Registry::start_at(
+            Some(netns.to_string()),
+            format!("0.0.0.0:{port}"),
+            format!("{name}:{port}"),
+            false,
+        )
+    }
+
+    fn start_at(
+        netns: Option<String>,
+        listen: String,
+        host: String,
+        access_log: bool,
+    ) -> Registry {
         let dir = new_temp_dir("pm-e2e-registry-");
-        let port = free_port();
+        let port = listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("listen port");
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("mkdir storage");
@@ -69,7 +109,7 @@ impl Registry {
              log:\n  level: info\n  accesslog:\n    disabled: {no_access_log}\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: peermirror-e2e-secret\n\
+             http:\n  addr: {listen}\n  secret: peermirror-e2e-secret\n\
              health:\n  storagedriver:\n    enabled: false\n",
             storage = storage.display(),
             no_access_log = !access_log
@@ -78,6 +118,8 @@ impl Registry {
         let log = dir.path().join("registry.log");
         let mut registry = Registry {
             port,
+            host,
+            netns,
             child: None,
             config,
             log,
@@ -91,13 +133,13 @@ impl Registry {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, the registry host as containerd names it.
+    /// `127.0.0.1:PORT` (or `NAME:PORT` in a namespace), the registry host as containerd names it.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.host.clone()
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.host)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -108,7 +150,7 @@ impl Registry {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "registry already running");
         let (out, err) = log_file(&self.log);
-        let mut cmd = Command::new("docker-registry");
+        let mut cmd = command_in(self.netns.as_deref(), "docker-registry");
         // REGISTRY_* variables would override the config file.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("REGISTRY_") {
@@ -124,7 +166,8 @@ impl Registry {
             .spawn()
             .expect("spawn docker-registry (run scripts/install-deps.sh)");
         self.child = Some(child);
-        let addr = self.host();
+        // Its own loopback (inside its namespace, if any).
+        let addr = format!("127.0.0.1:{}", self.port);
         let up = wait_until(Duration::from_secs(15), || {
             if let Some(status) = self
                 .child
@@ -136,7 +179,7 @@ impl Registry {
                     tail(&self.log, 30)
                 );
             }
-            http_status_sync(&addr, "/v2/") == Some(200)
+            http_get_in(self.netns.as_deref(), &addr, "/v2/").map(|r| r.0) == Some(200)
         });
         assert!(up, "docker-registry not ready:\n{}", tail(&self.log, 30));
     }
@@ -145,6 +188,10 @@ impl Registry {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_child(&mut child);
+        }
+        if self.netns.is_some() {
+            // Reaped above; its port is not reachable from here to check.
+            return;
         }
         let addr = self.host();
         assert!(
@@ -163,7 +210,7 @@ impl Registry {
             args.push("--all");
         }
         args.extend([src.as_str(), dst.as_str()]);
-        let out = skopeo(&args);
+        let out = skopeo_in(self.netns.as_deref(), &args);
         assert!(
             out.status.success(),
             "skopeo push {dst}: {}",

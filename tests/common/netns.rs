@@ -1,0 +1,457 @@
+//! Nodes on hosts of their own: one network namespace per node and one for the upstream
+//! registry, each with a veth pair on a bridge the test creates and one address from a private
+//! /24; the same ports on every node (as with hostPorts); a hosts file per namespace naming the
+//! nodes, the upstream and `peermirror` (every node: the headless Service), so bootstrap and
+//! pulls go by name.
+//!
+//! Network rule: traffic only between the test's own namespaces. Every process (containerd,
+//! peermirror, ctr, docker-registry, skopeo, curl) is started inside its namespace with
+//! `ip netns exec`; the bridge and the root ends of the veths have no address, so nothing in
+//! the root namespace can reach a node. Faults are made with `ip link`, `tc` (tbf, blackhole)
+//! and iptables inside the namespaces. netem is not used: this kernel has no `sch_netem`.
+//!
+//! [`Net`] removes every process left in its namespaces (by PID), the namespaces, veths, the
+//! bridge and `/etc/netns/<ns>` on Drop, also while unwinding from a failed assertion. Names
+//! carry this process's id (`pm<pid>-`, `pb<pid>.`, `pv<pid>.`), and the first cluster of a
+//! process sweeps leftovers with that prefix only.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use super::containerd::Containerd;
+use super::fixtures::FixtureImage;
+use super::http::http_in_netns;
+use super::node::Node;
+use super::peermirror::{NETNS_REGISTRY_PORT, NETNS_ROUTER_PORT};
+use super::process::{output_text, run_with_timeout, wait_until};
+use super::registry::Registry;
+
+/// The upstream registry's name in every hosts file, and its port.
+pub const UPSTREAM_NAME: &str = "upstream";
+pub const UPSTREAM_PORT: u16 = 5000;
+/// The name every node's address is listed under (a headless Service).
+pub const SERVICE_NAME: &str = "peermirror";
+
+const READY_WITHIN: Duration = Duration::from_secs(45);
+
+/// Runs `PROGRAM ARGS...` in the root namespace (iproute2, kill: never network traffic);
+/// panics with its output unless it succeeds.
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = run_with_timeout(Command::new(program).args(args), Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`sh`], ignoring failure (cleanup of what may already be gone).
+fn sh_quiet(program: &str, args: &[&str]) {
+    let _ = run_with_timeout(Command::new(program).args(args), Duration::from_secs(20));
+}
+
+/// `PROGRAM ARGS...` inside namespace `ns`; panics unless it succeeds.
+pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> String {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    sh("ip", &all)
+}
+
+fn run_prefix() -> u32 {
+    std::process::id()
+}
+
+/// Removes namespaces and links named with this process's prefix (left by a run of a
+/// process with the same id that was itself killed before its Drop ran).
+fn sweep_leftovers() {
+    let pid = run_prefix();
+    let ns_prefix = format!("pm{pid}-");
+    let listing = sh("ip", &["netns", "list"]);
+    for ns in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&ns_prefix) {
+            eprintln!("[netns] sweeping leftover namespace {ns}");
+            remove_namespace(ns);
+        }
+    }
+    let links = sh("ip", &["-o", "link", "show"]);
+    for link in links.lines().filter_map(|l| l.split(':').nth(1)) {
+        let name = link.trim().split('@').next().unwrap_or_default();
+        if name.starts_with(&format!("pb{pid}.")) || name.starts_with(&format!("pv{pid}.")) {
+            eprintln!("[netns] sweeping leftover link {name}");
+            sh_quiet("ip", &["link", "del", name]);
+        }
+    }
+}
+
+/// Kills every process still in `ns` (by PID: only ours run there), then deletes it and its
+/// hosts dir.
+fn remove_namespace(ns: &str) {
+    let out = run_with_timeout(
+        Command::new("ip").args(["netns", "pids", ns]),
+        Duration::from_secs(10),
+    );
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        sh_quiet("kill", &["-KILL", pid]);
+    }
+    sh_quiet("ip", &["netns", "del", ns]);
+    let _ = fs::remove_dir_all(netns_etc(ns));
+}
+
+fn netns_etc(ns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(ns)
+}
+
+/// A private /24 `10.213.K.0` whose K appears in no root-namespace route or address.
+fn pick_subnet(n: u32) -> [u8; 3] {
+    let routes = sh("ip", &["-4", "route", "show", "table", "all"]) + &sh("ip", &["-4", "addr"]);
+    let start = (run_prefix() + n * 7) % 150;
+    (0..150)
+        .map(|i| 100 + ((start + i) % 150) as u8)
+        .find(|k| !routes.contains(&format!("10.213.{k}.")))
+        .map(|k| [10, 213, k])
+        .expect("no free 10.213.K.0/24")
+}
+
+/// One host: its namespace, the root end of its veth (on the bridge) and its address.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub ns: String,
+    pub veth: String,
+    pub ip: Ipv4Addr,
+}
+
+/// The bridge, namespaces and links of one cluster.
+pub struct Net {
+    bridge: String,
+    members: Vec<Member>,
+}
+
+impl Net {
+    /// A bridge and one namespace per name, each with `eth0` on the bridge, loopback up and a
+    /// hosts file naming them all (the `node*` ones also as [`SERVICE_NAME`]).
+    pub fn create(names: &[String]) -> Net {
+        static SWEEP: Once = Once::new();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        SWEEP.call_once(sweep_leftovers);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = run_prefix();
+        let subnet = pick_subnet(n);
+        let mut net = Net {
+            bridge: format!("pb{pid}.{n}"),
+            members: Vec::new(),
+        };
+        sh("ip", &["link", "add", &net.bridge, "type", "bridge"]);
+        disable_ipv6(&net.bridge);
+        sh("ip", &["link", "set", &net.bridge, "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let member = Member {
+                name: name.clone(),
+                ns: format!("pm{pid}-{n}-{name}"),
+                veth: format!("pv{pid}.{n}.{i}"),
+                ip: Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 10 + i as u8),
+            };
+            // Recorded first: Drop removes it even if a step below fails.
+            net.members.push(member.clone());
+            let (ns, veth) = (member.ns.as_str(), member.veth.as_str());
+            sh("ip", &["netns", "add", ns]);
+            sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            sh(
+                "ip",
+                &[
+                    "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                ],
+            );
+            disable_ipv6(veth);
+            sh("ip", &["link", "set", veth, "master", &net.bridge, "up"]);
+            let cidr = format!("{}/24", member.ip);
+            sh("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+            sh("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for m in &net.members {
+            hosts.push_str(&format!("{} {}\n", m.ip, m.name));
+        }
+        for m in net.members.iter().filter(|m| m.name.starts_with("node")) {
+            hosts.push_str(&format!("{} {SERVICE_NAME}\n", m.ip));
+        }
+        for m in &net.members {
+            let dir = netns_etc(&m.ns);
+            fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
+            // `ip netns exec` bind-mounts this over /etc/hosts.
+            fs::write(dir.join("hosts"), &hosts).expect("write netns hosts");
+        }
+        net
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// Bytes the member has sent onto the bridge (received by the root end of its veth; read
+    /// from sysfs, no traffic).
+    pub fn sent_bytes(&self, name: &str) -> u64 {
+        let path = format!(
+            "/sys/class/net/{}/statistics/rx_bytes",
+            self.member(name).veth
+        );
+        fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn disable_ipv6(link: &str) {
+    // No address at all on the root side, not even a link-local one.
+    let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "1");
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for m in &self.members {
+            remove_namespace(&m.ns);
+            sh_quiet("ip", &["link", "del", &m.veth]);
+        }
+        sh_quiet("ip", &["link", "del", &self.bridge]);
+        // Only if empty: created by the first cluster, shared with nobody else here.
+        let _ = fs::remove_dir("/etc/netns");
+    }
+}
+
+/// Nodes (containerd + peermirror, each in its namespace, bootstrapping by
+/// `dns:peermirror:5001`) and the upstream registry (in its own namespace, with the fixtures).
+/// Fields drop in order: nodes, upstream, then the network.
+pub struct Cluster {
+    pub nodes: Vec<Option<Node>>,
+    pub upstream: Registry,
+    pub net: Net,
+}
+
+impl Cluster {
+    /// `n` nodes `node1..node<n>` with `args` added to `peermirror run`, the upstream with
+    /// `images` pushed; returns once every node answers `/readyz` with 200.
+    pub fn start(n: usize, args: &[&str], images: &[&FixtureImage]) -> Cluster {
+        let mut names: Vec<String> = vec![UPSTREAM_NAME.to_string()];
+        names.extend((1..=n).map(|i| format!("node{i}")));
+        let net = Net::create(&names);
+        let upstream =
+            Registry::start_in_netns(&net.member(UPSTREAM_NAME).ns, UPSTREAM_NAME, UPSTREAM_PORT);
+        for image in images {
+            upstream.push(image);
+        }
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            upstream,
+            net,
+        };
+        for i in 1..=n {
+            let node = cluster.spawn_node(i, args);
+            cluster.nodes.push(Some(node));
+        }
+        for i in 1..=n {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    fn spawn_node(&self, i: usize, args: &[&str]) -> Node {
+        let m = self.net.member(&format!("node{i}")).clone();
+        let name: &'static str = Box::leak(format!("node{i}").into_boxed_str());
+        let bootstrap = format!("dns:{SERVICE_NAME}:{NETNS_ROUTER_PORT}");
+        let node = Node::builder(name)
+            .netns(&m.ns, IpAddr::V4(m.ip))
+            .args(&["--bootstrap", &bootstrap])
+            .args(args)
+            .start_unready();
+        node.configure(
+            &self.upstream,
+            &format!("http://{}:{NETNS_REGISTRY_PORT}", m.ip),
+            &[] as &[&str],
+        );
+        node
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node{i} is stopped"))
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        self.nodes[i - 1]
+            .as_mut()
+            .unwrap_or_else(|| panic!("node{i} is stopped"))
+    }
+
+    pub fn member(&self, i: usize) -> &Member {
+        self.net.member(&format!("node{i}"))
+    }
+
+    /// Bytes node `i` has sent onto the bridge, see [`Net::sent_bytes`].
+    pub fn sent_bytes(&self, i: usize) -> u64 {
+        self.net.sent_bytes(&self.member(i).name)
+    }
+
+    /// Waits for `/readyz` 200 on node `i` (read from inside its namespace).
+    pub fn wait_ready(&mut self, i: usize) {
+        self.node_mut(i).pm.wait_ready(READY_WITHIN);
+    }
+
+    /// `upstream:5000`, the registry host in image references.
+    pub fn reg(&self) -> String {
+        self.upstream.host()
+    }
+
+    /// Stops node `i` at once: SIGKILL to peermirror and containerd (by PID), link down.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i - 1].take() {
+            node.pm.kill();
+            node.ctd.kill();
+        }
+        self.link(i, false);
+    }
+
+    /// SIGKILL to node `i`'s peermirror by PID (no `&mut`: usable while a pull runs);
+    /// [`super::peermirror::Peermirror::restart`] reaps it and starts it again.
+    pub fn sigkill_peermirror(&self, i: usize) {
+        let pid = self.node(i).pm.pid().expect("peermirror running");
+        // `ip netns exec` exec'd: the PID is peermirror's own, not a wrapper's.
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(comm.trim(), "peermirror", "PID {pid} is not peermirror");
+        sh("kill", &["-KILL", &pid.to_string()]);
+    }
+
+    /// The root end of node `i`'s veth up or down (`ip link set down`: a cut cable).
+    pub fn link(&self, i: usize, up: bool) {
+        let veth = &self.member(i).veth;
+        sh("ip", &["link", "set", veth, if up { "up" } else { "down" }]);
+    }
+
+    /// Node `i` sends at most `mbit` Mbit/s (tbf on `eth0` inside its namespace).
+    pub fn slow_egress(&self, i: usize, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        in_ns(
+            &self.member(i).ns,
+            "tc",
+            &[
+                "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "64kb",
+                "latency", "200ms",
+            ],
+        );
+    }
+
+    /// Everything node `i` sends is dropped silently (a blackhole qdisc on `eth0` inside its
+    /// namespace: what `tc netem loss 100%` does, for a kernel without netem).
+    pub fn blackhole(&self, i: usize) {
+        in_ns(
+            &self.member(i).ns,
+            "tc",
+            &["qdisc", "replace", "dev", "eth0", "root", "blackhole"],
+        );
+    }
+
+    /// Removes any qdisc set by [`Cluster::slow_egress`] or [`Cluster::blackhole`].
+    pub fn clear_egress(&self, i: usize) {
+        let _ = run_with_timeout(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.member(i).ns,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                "eth0",
+                "root",
+            ]),
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Nodes in `a` and nodes in `b` can no longer reach each other (iptables DROP both ways
+    /// inside every node's namespace); the upstream stays reachable from both halves.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for (mine, theirs) in [(a, b), (b, a)] {
+            for &i in mine {
+                let ns = &self.member(i).ns;
+                for &j in theirs {
+                    let ip = self.member(j).ip.to_string();
+                    in_ns(ns, "iptables", &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+                    in_ns(ns, "iptables", &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+                }
+            }
+        }
+    }
+
+    /// Undoes [`Cluster::partition`] on every running node.
+    pub fn heal(&self) {
+        for i in 1..=self.nodes.len() {
+            let ns = &self.member(i).ns;
+            in_ns(ns, "iptables", &["-F", "INPUT"]);
+            in_ns(ns, "iptables", &["-F", "OUTPUT"]);
+        }
+    }
+
+    /// Status of `HEAD` of `digest` on node `i`'s mirror endpoint, from inside its namespace.
+    pub fn head_blob(&self, i: usize, image: &FixtureImage, digest: &str) -> Option<u16> {
+        let node = self.node(i);
+        let path = format!("/v2/{}/blobs/{digest}?ns={}", image.repo(), self.reg());
+        http_in_netns(&self.member(i).ns, "HEAD", &node.pm.registry_host(), &path).map(|r| r.0)
+    }
+
+    /// Polls [`Cluster::head_blob`] until 200; whether it came within `timeout`.
+    pub fn wait_visible(
+        &self,
+        i: usize,
+        image: &FixtureImage,
+        digest: &str,
+        timeout: Duration,
+    ) -> bool {
+        wait_until(timeout, || {
+            let seen = self.head_blob(i, image, digest) == Some(200);
+            if !seen {
+                thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        })
+    }
+
+    /// `ctr images pull` on node `i` through its peermirror (falling back to the upstream).
+    pub fn pull(&self, i: usize, image: &FixtureImage) -> Result<(), String> {
+        self.node(i).pull(image, &self.reg())
+    }
+
+    /// `ctr images pull` on node `i` straight from the upstream.
+    pub fn pull_direct(&self, i: usize, image: &FixtureImage) {
+        self.node(i).pull_direct(image, &self.reg());
+    }
+
+    /// Node `i`'s containerd holds every digest of `image` and every blob hashes to its name.
+    pub fn assert_pulled(&self, i: usize, image: &FixtureImage) {
+        let ctd: &Containerd = &self.node(i).ctd;
+        ctd.assert_has(image);
+        ctd.verify_content_blobs();
+    }
+
+    /// The PeerId node `i` logged when its router started (the last one, after restarts).
+    pub fn peer_id(&self, i: usize) -> Option<String> {
+        let log = self.node(i).log();
+        log.lines()
+            .rev()
+            .find(|l| l.contains("router started"))
+            .and_then(|l| l.split("peer_id=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    }
+}
