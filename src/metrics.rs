@@ -270,7 +270,7 @@ impl Metrics {
         let spool_downloads = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "spool_downloads",
-            "Blob downloads from peers into the spool, by outcome (verified, failed, no_room)",
+            "Blob downloads from peers into the spool, by outcome (verified, no_answer, no_room, failed)",
             spool_downloads.clone(),
         );
         let spool_bytes = Gauge::default();

@@ -608,3 +608,102 @@ async fn the_token_goes_only_to_connected_peers() {
     );
     c.stop().await;
 }
+
+/// Issue 11: concurrent requests for one blob (containerd's ranged chunks, several clients)
+/// share one download from the provider, and every answer carries the right bytes.
+#[tokio::test]
+async fn concurrent_ranged_requests_share_one_download() {
+    let net = MemoryNetwork::new();
+    let data = Bytes::from(pattern(6 * 1024 * 1024 + 17, 41));
+    let digest = Digest::of(&data);
+    let provider = fake(
+        next_loopback(),
+        HashMap::from([(digest.to_string(), blob(&data))]),
+    )
+    .await;
+    net.insert(Key::Digest(digest), provider.provider("provider"));
+    let m = MirrorConfig {
+        // Stream (do not verify first), as for a big layer.
+        verify_before_send: 1024,
+        ..mirror_config()
+    };
+    let c = node(&net, "c", MemorySource::new(), m).await;
+    let chunk = 1024 * 1024;
+    let mut requests = Vec::new();
+    for i in 0..8usize {
+        let url = format!("{}/v2/test/app/blobs/{digest}", c.base);
+        let range = (i < 6).then(|| {
+            (
+                i * chunk,
+                if i == 5 {
+                    data.len() - 1
+                } else {
+                    (i + 1) * chunk - 1
+                },
+            )
+        });
+        requests.push(async move {
+            let mut req = client().get(url);
+            if let Some((a, b)) = range {
+                req = req.header("range", format!("bytes={a}-{b}"));
+            }
+            let r = req.send().await.unwrap();
+            (range, r.status().as_u16(), r.bytes().await.unwrap())
+        });
+    }
+    for (range, status, body) in futures_util::future::join_all(requests).await {
+        match range {
+            Some((a, b)) => {
+                assert_eq!(status, 206);
+                assert_eq!(body.as_ref(), &data[a..=b]);
+            }
+            None => {
+                assert_eq!(status, 200);
+                assert_eq!(body, data);
+            }
+        }
+    }
+    assert_eq!(provider.hits(), 1, "one download for eight requests");
+    let m = c.metrics().await;
+    let fetched: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("peermirror_peer_fetch_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(fetched as usize, data.len(), "{m}");
+    c.stop().await;
+}
+
+/// Issue 11: a complete copy is asked before an in-flight one found at the same time.
+#[tokio::test]
+async fn complete_copies_are_preferred_to_in_flight_ones() {
+    let net = MemoryNetwork::new();
+    let data = pattern(300_000, 42);
+    let digest = Digest::of(&data);
+    let answers = || HashMap::from([(digest.to_string(), blob(&data))]);
+    let partial = fake(next_loopback(), answers()).await;
+    let complete = fake(next_loopback(), answers()).await;
+    net.insert(Key::Partial(digest), partial.provider("in-flight"));
+    net.insert(Key::Digest(digest), complete.provider("complete"));
+    let c = node(&net, "c", MemorySource::new(), mirror_config()).await;
+    let r = get(&c, digest).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_eq!(complete.hits(), 1);
+    assert_eq!(partial.hits(), 0);
+    // An in-flight copy alone is used.
+    let other = pattern(200_000, 43);
+    let other_digest = Digest::of(&other);
+    let only = fake(
+        next_loopback(),
+        HashMap::from([(other_digest.to_string(), blob(&other))]),
+    )
+    .await;
+    net.insert(Key::Partial(other_digest), only.provider("only-in-flight"));
+    let r = get(&c, other_digest).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), other.as_slice());
+    assert_eq!(only.hits(), 1);
+    c.stop().await;
+}

@@ -148,19 +148,46 @@ async fn libp2p_nodes_advertise_lookup_and_withdraw() {
         "{m}"
     );
 
-    // A peer's request is served from local content only: node 2 never forwards it.
+    // A peer's request is served from what node 2 holds only, never forwarded: the layer
+    // it spooled from node 1 is served (as in flight: containerd has not committed it),
+    // the blob only node 1 has is not.
     let r = c
         .get(&url2)
         .header("x-peermirror-mirrored", "true")
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), layer.as_slice());
+    let m = n2.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("peermirror_response_bytes_total{source=\"in_flight\"}")),
+        "{m}"
+    );
+    let only_node1 = Digest::of(b"latest layer");
+    let r = c
+        .get(format!("{}/v2/test/app/blobs/{only_node1}", n2.base))
+        .header("x-peermirror-mirrored", "true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
-    // Node 1 deletes the image: the layer is no longer served anywhere.
+    // Node 1 deletes the image: node 1 no longer serves the layer to peers. (Node 2 still
+    // does from its verified spool copy, until it expires or containerd commits it.)
     src1.delete_image("127.0.0.1:5000/test/app:v1");
+    let url1 = format!("{}/v2/test/app/blobs/{layer_digest}", n1.base);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.get(&url2).send().await.unwrap().status() != 404 {
+    while c
+        .get(&url1)
+        .header("x-peermirror-mirrored", "true")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 404
+    {
         assert!(Instant::now() < deadline, "layer still served after delete");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

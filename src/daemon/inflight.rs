@@ -16,6 +16,10 @@ use crate::registry::Ingests;
 use crate::routing::inflight::{InFlight, Origin};
 use crate::spool::Spool;
 
+/// A verified spool copy nobody asked for in this long is dropped: containerd commits a
+/// blob moments after its last byte, so an older one belongs to an abandoned pull.
+const SPOOL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Give the mirror its spool, start the in-flight records and, with a content dir, the
 /// ingest watcher. Returns the mirror and what the registry needs to serve ingests.
 pub(super) fn start_in_flight(
@@ -112,6 +116,7 @@ async fn drop_committed(
 /// Drop spooled blobs the index holds now, whatever change was missed, and keep the
 /// spool's records to what it still holds (evicted and failed entries leave on their own).
 fn sweep(index: &Index, spool: &Spool, inflight: &InFlight) {
+    spool.expire_idle(SPOOL_IDLE);
     let mut kept = Vec::new();
     for (d, _) in spool.digests() {
         if index.stat(&d).is_some() {

@@ -123,6 +123,9 @@ impl ProviderSet {
             }
         }
         loop {
+            // Whatever both lookups have found by now counts: a complete copy found at the
+            // same moment as an in-flight one goes first.
+            self.drain_ready();
             for q in [&mut self.complete, &mut self.partial] {
                 while q.pending() {
                     let p = q.found[q.next].clone();
@@ -134,6 +137,20 @@ impl ProviderSet {
             }
             if !self.receive(deadline).await {
                 return None;
+            }
+        }
+    }
+
+    /// Take every provider the lookups have already delivered, without waiting.
+    fn drain_ready(&mut self) {
+        while let Some(Ok(p)) = self.rx.as_mut().map(|rx| rx.try_recv()) {
+            if !self.book.is_penalized(&p) {
+                self.complete.add(p);
+            }
+        }
+        while let Some(Ok(p)) = self.partial_rx.as_mut().map(|rx| rx.try_recv()) {
+            if !self.book.is_penalized(&p) && !self.complete.found.contains(&p) {
+                self.partial.add(p);
             }
         }
     }

@@ -405,8 +405,9 @@ impl Fetcher {
             offset: 0,
         };
         let Some(first) = connect(self, &mut providers, &path, want, Duration::ZERO).await else {
-            writer.fail(Failure::NotFound);
-            return SpoolEnd::NotFound;
+            // Providers were found, but none answered with the blob.
+            writer.fail(Failure::Fetch("no provider answered with the blob".into()));
+            return SpoolEnd::NoAnswer;
         };
         let media_type = match self.book.trusted(&digest) {
             Some((_, m)) if !m.is_empty() => m,
@@ -462,8 +463,8 @@ impl Fetcher {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SpoolEnd {
     Verified,
-    /// Nobody answered with the blob.
-    NotFound,
+    /// No provider answered with the blob.
+    NoAnswer,
     /// It does not fit in the spool.
     NoRoom,
     Failed,
@@ -474,7 +475,7 @@ impl SpoolEnd {
     pub(super) fn as_str(self) -> &'static str {
         match self {
             SpoolEnd::Verified => "verified",
-            SpoolEnd::NotFound => "not_found",
+            SpoolEnd::NoAnswer => "no_answer",
             SpoolEnd::NoRoom => "no_room",
             SpoolEnd::Failed => "failed",
         }

@@ -25,7 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::sync::watch;
@@ -132,6 +132,8 @@ struct State {
 struct Slot {
     entry: Arc<Entry>,
     used: u64,
+    /// When it was last asked for (for [`Spool::expire_idle`]).
+    touched: Instant,
     reserved: u64,
 }
 
@@ -180,6 +182,7 @@ impl Spool {
         let now = st.clock;
         let slot = st.slots.get_mut(d)?;
         slot.used = now;
+        slot.touched = Instant::now();
         Some(slot.entry.clone())
     }
 
@@ -190,6 +193,7 @@ impl Spool {
         let now = st.clock;
         if let Some(slot) = st.slots.get_mut(&d) {
             slot.used = now;
+            slot.touched = Instant::now();
             return Claim::Existing(slot.entry.clone());
         }
         st.next_generation += 1;
@@ -205,6 +209,7 @@ impl Spool {
             Slot {
                 entry: entry.clone(),
                 used: now,
+                touched: Instant::now(),
                 reserved: 0,
             },
         );
@@ -226,6 +231,23 @@ impl Spool {
     pub fn remove(&self, d: &Digest) {
         let mut st = self.lock();
         self.drop_slot(&mut st, d);
+    }
+
+    /// Drops verified entries nobody has asked for in `idle` and nobody reads: a pull that
+    /// was abandoned before containerd committed the blob would otherwise keep its copy (and
+    /// its in-flight record) until the spool is full.
+    pub fn expire_idle(&self, idle: Duration) -> Vec<Digest> {
+        let mut st = self.lock();
+        let old: Vec<Digest> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| s.evictable() && s.touched.elapsed() >= idle)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in &old {
+            self.drop_slot(&mut st, d);
+        }
+        old
     }
 
     pub fn usage(&self) -> Usage {

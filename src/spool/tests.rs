@@ -327,3 +327,21 @@ async fn leftovers_of_a_previous_run_are_deleted() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[tokio::test]
+async fn idle_verified_entries_expire_but_read_or_downloading_ones_stay() {
+    let (_tmp, s) = spool(16 * MIB);
+    let idle = verified_entry(&s, &blob(1000, 1)).await;
+    let read = verified_entry(&s, &blob(1000, 2)).await;
+    let _reader = read.reader(0, 999, STALL);
+    let (downloading, _w) = claim_new(&s, Digest::of(b"still downloading"));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let gone = s.expire_idle(Duration::from_millis(20));
+    assert_eq!(gone, vec![idle.digest()]);
+    assert!(s.get(&idle.digest()).is_none());
+    assert!(s.get(&read.digest()).is_some());
+    assert!(s.get(&downloading.digest()).is_some());
+    // Asking for an entry makes it fresh again.
+    drop(_reader);
+    assert!(s.expire_idle(Duration::from_millis(20)).is_empty());
+}
