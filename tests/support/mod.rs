@@ -137,14 +137,17 @@ pub async fn start(source: MemorySource, config: Config) -> Node {
 pub async fn wait_ready(node: &Node, want: bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = reqwest::get(format!("{}/readyz", node.ops))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
+        let (status, why) = match reqwest::get(format!("{}/readyz", node.ops)).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        };
         if (status == 200) == want {
             return;
         }
-        assert!(Instant::now() < deadline, "readyz never became {want}");
+        assert!(
+            Instant::now() < deadline,
+            "readyz never became {want}: {status} {why}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
