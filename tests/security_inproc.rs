@@ -461,9 +461,13 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
     let net = MemoryNetwork::new();
     let data = pattern(512 * 1024, 5);
     let digest = Digest::of(&data);
+    // A second layer B has not fetched before it is revoked (the first stays in B's spool,
+    // verified: B may serve what it already holds).
+    let later = pattern(256 * 1024, 6);
+    let later_digest = Digest::of(&later);
 
     let src_a = MemorySource::new();
-    src_a.add_image("127.0.0.1:5000/test/app:v1", &[&data]);
+    src_a.add_image("127.0.0.1:5000/test/app:v1", &[&data, &later]);
     let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ra = MemoryRouter::new(net.clone(), "a", la.local_addr().unwrap());
     let a = start_on(
@@ -522,9 +526,10 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
     // as a server. B's own content is seeded so that C would otherwise find it there.
     pki.write_crl(&[&b_serial], SystemTime::now() + 7 * DAY);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // B can no longer fetch: asked (by a good client, C) for A's blob, B's peer client is
-    // refused by A, so B answers 404 and containerd would go upstream.
-    let r = admin("c").get(&url_b).send().await.unwrap();
+    // B can no longer fetch: asked (by a good client, C) for A's other blob, B's peer client
+    // is refused by A, so B answers 404 and containerd would go upstream.
+    let later_b = format!("{}/v2/test/app/blobs/{later_digest}", https(&b));
+    let r = admin("c").get(&later_b).send().await.unwrap();
     assert_eq!(r.status(), 404, "revoked node B still fetched from A");
     let m = b.metrics().await;
     assert!(
