@@ -133,6 +133,11 @@ impl Admin for Service {
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
             warnings: s.warnings.clone(),
+            containerd_namespace: s
+                .containerd
+                .as_ref()
+                .map(|c| c.namespace().to_string())
+                .unwrap_or_default(),
         }))
     }
 
