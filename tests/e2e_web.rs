@@ -303,10 +303,15 @@ async fn the_status_page_shows_peers_peer_bytes_and_lookups() {
         requests.contains(&layer.digest) && requests.contains("peer"),
         "the layer's request from the peer is not in the last requests: {requests}"
     );
+    assert_eq!(
+        text_of(&dom, "error").trim(),
+        "",
+        "the page could not reach the daemon"
+    );
     assert!(
-        !dom.contains("cannot reach the daemon"),
-        "{}",
-        text_of(&dom, "error")
+        dom.contains("class=\"bar-peer\""),
+        "no peer bar in the chart: {}",
+        text_of(&dom, "legend")
     );
 
     // --- the lookup box finds the provider --------------------------------
