@@ -298,3 +298,70 @@ impl ProviderBook {
         self.known.get(key).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{MemoryNetwork, MemoryRouter};
+
+    fn book() -> ProviderBook {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let router = Arc::new(MemoryRouter::new(MemoryNetwork::new(), "me", addr));
+        ProviderBook::new(router, Arc::new(Metrics::new()), &MirrorConfig::default())
+    }
+
+    /// The status page lists mismatches, stalls and failures, newest first, with when each
+    /// provider is asked again; a failure never shortens a standing mismatch penalty.
+    #[test]
+    fn faults_are_kept_for_the_status_page() {
+        let b = book();
+        let p = Provider {
+            peer: "liar".into(),
+            addr: "127.0.0.9:5000".parse().unwrap(),
+        };
+        let id = PeerIdentity::Ip(p.addr.ip());
+        b.penalize(&p, &id, Fault::Mismatch);
+        b.stalled(&p, &id);
+        let q = Provider {
+            peer: "slow".into(),
+            addr: "127.0.0.10:5000".parse().unwrap(),
+        };
+        b.stalled(&q, &PeerIdentity::Ip(q.addr.ip()));
+        b.penalize(&q, &PeerIdentity::Ip(q.addr.ip()), Fault::Failed);
+        let e = b.events();
+        let kinds: Vec<_> = e.iter().map(|e| (e.peer.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("slow", PeerEventKind::Failure),
+                ("slow", PeerEventKind::Stall),
+                ("liar", PeerEventKind::Stall),
+                ("liar", PeerEventKind::Mismatch),
+            ]
+        );
+        let mismatch_until = e[3].shunned_until.unwrap();
+        assert!(mismatch_until > SystemTime::now() + Duration::from_secs(1800));
+        // The liar's stall is keyed by its endpoint, not its IP: it did earn a penalty.
+        assert!(e[2].shunned_until.is_some());
+        assert_eq!(e[3].identity, "ip:127.0.0.9");
+        for i in 0..2 * EVENTS_MAX {
+            b.stalled(
+                &Provider {
+                    peer: format!("p{i}"),
+                    addr: p.addr,
+                },
+                &id,
+            );
+        }
+        // Under mTLS a failure after a mismatch hits the same serial: the longer penalty stands.
+        let serial = PeerIdentity::Serial(crate::pki::Serial::from_be_bytes(&[7]));
+        b.penalize(&q, &serial, Fault::Mismatch);
+        b.penalize(&q, &serial, Fault::Failed);
+        let e = b.events();
+        assert_eq!(e[0].kind, PeerEventKind::Failure);
+        assert_eq!(e[0].shunned_until, None);
+        assert!(e[1].shunned_until.is_some());
+        assert_eq!(e.len(), EVENTS_MAX);
+        assert_eq!(e[2].peer, format!("p{}", 2 * EVENTS_MAX - 1));
+    }
+}
