@@ -336,6 +336,17 @@ async fn the_status_page_shows_peers_peer_bytes_and_lookups() {
         "{found}"
     );
 
+    // A small copy for the README (`docs/status-web.png` is this, copied by hand).
+    let small = output_dir().join("status-web-small.png");
+    chromium(
+        &url,
+        &[
+            format!("--screenshot={}", small.display()),
+            "--force-device-scale-factor=0.6".to_string(),
+        ],
+    );
+    eprintln!("[e2e_web] screenshot: {}", small.display());
+
     // Nothing secret on the page: no token, key or certificate material.
     for needle in ["BEGIN ", "PRIVATE", "Bearer "] {
         assert!(!dom.contains(needle), "the page shows {needle:?}");
