@@ -5,7 +5,7 @@
 # stdin (CI); uses sudo when not root and sudo exists.
 set -euo pipefail
 
-PACKAGES=(containerd docker-registry skopeo umoci protobuf-compiler iproute2 iptables openssl curl jq)
+PACKAGES=(containerd docker-registry skopeo umoci protobuf-compiler iproute2 iptables openssl curl jq chromium)
 
 die() {
     echo "install-deps: ERROR: $*" >&2

@@ -31,7 +31,8 @@
 //! - [`cli`]: flags (each with an env var) and their translation into configuration.
 //! - [`daemon`]: `run(listeners, shutdown)`, wiring the subsystems in `start_*` steps.
 //! - [`admin`]: the gRPC admin API on a unix socket (`proto/peermirror/v1/admin.proto`).
-//! - [`status`]: `peermirror status`, the admin API's command-line client.
+//! - [`status`]: `peermirror status`, the admin API's command-line client, and `status web`,
+//!   its read-only web page.
 //! - [`configure`]: `peermirror configure`: writes containerd's `hosts.toml`.
 //! - [`cri`]: a CRI image-service client: the kubelet's pull, for tests and the demo.
 //!

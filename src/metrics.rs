@@ -100,6 +100,8 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Blobs this node advertises as in flight (spool or containerd's ingest).
     pub in_flight_keys: Gauge,
+    /// The last requests served, for the status page (not exported to Prometheus).
+    pub recent_requests: crate::admin::activity::RecentRequests,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -286,6 +288,7 @@ impl Metrics {
             in_flight_keys.clone(),
         );
         Metrics {
+            recent_requests: Default::default(),
             peer_fetch_bytes,
             spool_downloads,
             spool_bytes,

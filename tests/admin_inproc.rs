@@ -123,6 +123,40 @@ async fn admin_api_reports_status_peers_lookup_and_content() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
+    // Node 2 serves node 1's layer through the mirror: the activity (the status page's data)
+    // shows the request, its source and its bytes, and the traffic's last point counts them.
+    let r = support::client()
+        .get(format!("{}/v2/test/app/blobs/{layer}", n2.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"layer one");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let a = loop {
+        let a = c2
+            .activity(proto::ActivityRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if !a.requests.is_empty() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no request in the activity");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let req = &a.requests[0];
+    assert_eq!(req.path, format!("/v2/test/app/blobs/{layer}"), "{a:?}");
+    assert_eq!((req.method.as_str(), req.status), ("GET", 200));
+    assert_eq!((req.source.as_str(), req.bytes), ("peer", 9), "{a:?}");
+    assert!(req.complete && req.at_ms > 0, "{req:?}");
+    assert_eq!(a.sample_interval_ms, 15_000);
+    let now = a.traffic.last().unwrap();
+    assert!(a.traffic.len() >= 2, "the sample at start, then now: {a:?}");
+    assert_eq!((now.peer_bytes, now.local_bytes), (9, 0));
+    assert_eq!(a.traffic[0].peer_bytes, 0);
+    assert!(a.peer_events.is_empty(), "{a:?}");
+
     let mut c1 = connect(&dir.path().join("a1.sock")).await.unwrap();
     let content = c1
         .content(proto::ContentRequest {

@@ -120,6 +120,11 @@ impl ContainerdSource {
         Ok(v)
     }
 
+    /// The containerd namespace served.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The version learnt by the last [`ContainerdSource::fetch_version`], if any.
     pub fn version(&self) -> Option<ContainerdVersion> {
         self.version

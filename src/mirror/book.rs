@@ -1,10 +1,11 @@
 //! What the mirror remembers about providers between requests: who is shunned, which keys
 //! nobody had a moment ago, who is known to have what, and the sizes trusted descriptors give.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -31,6 +32,41 @@ const SIZES_MAX: usize = 65_536;
 /// The certificate serial last seen at an IP, so a penalty on the serial applies before we
 /// connect again.
 const SERIALS_TTL: Duration = Duration::from_secs(3600);
+/// Recent faults kept for the status page.
+const EVENTS_MAX: usize = 100;
+
+/// What a provider did wrong, as the status page shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEventKind {
+    /// Bytes (or a size) that do not match the digest.
+    Mismatch,
+    /// No bytes for `--mirror-stall-timeout`.
+    Stall,
+    /// Connect, status or stream failure.
+    Failure,
+}
+
+impl PeerEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerEventKind::Mismatch => "mismatch",
+            PeerEventKind::Stall => "stall",
+            PeerEventKind::Failure => "failure",
+        }
+    }
+}
+
+/// One fault of a provider and the penalty it earned.
+#[derive(Clone, Debug)]
+pub struct PeerEvent {
+    pub at: SystemTime,
+    pub peer: String,
+    pub addr: SocketAddr,
+    pub identity: String,
+    pub kind: PeerEventKind,
+    /// When the provider is asked again; `None` when a longer penalty already stood.
+    pub shunned_until: Option<SystemTime>,
+}
 
 /// Who a provider is, as far as we can prove it: the serial of the server certificate it
 /// presented (checked against the cluster CA) under mTLS, else the IP we connected to. Never
@@ -87,6 +123,8 @@ pub(crate) struct ProviderBook {
     /// one lookup for the tag and then mostly cache hits, so a busy DHT cannot make the later
     /// requests of the same pull miss the resolve timeout.
     known: TtlMap<Key, Vec<Provider>>,
+    /// The last [`EVENTS_MAX`] faults, newest last.
+    events: Mutex<VecDeque<PeerEvent>>,
 }
 
 impl ProviderBook {
@@ -105,6 +143,7 @@ impl ProviderBook {
             sizes: TtlMap::new(SIZES_MAX),
             negative: TtlMap::new(NEGATIVE_MAX),
             known: TtlMap::new(KNOWN_MAX),
+            events: Mutex::default(),
         }
     }
 
@@ -138,6 +177,19 @@ impl ProviderBook {
     }
 
     pub(crate) fn penalize(&self, p: &Provider, id: &PeerIdentity, fault: Fault) {
+        let kind = match fault {
+            Fault::Mismatch => PeerEventKind::Mismatch,
+            Fault::Failed => PeerEventKind::Failure,
+        };
+        self.penalize_as(p, id, fault, kind);
+    }
+
+    /// `p` sent nothing for the stall timeout: a failure, shown as a stall.
+    pub(crate) fn stalled(&self, p: &Provider, id: &PeerIdentity) {
+        self.penalize_as(p, id, Fault::Failed, PeerEventKind::Stall);
+    }
+
+    fn penalize_as(&self, p: &Provider, id: &PeerIdentity, fault: Fault, kind: PeerEventKind) {
         let (d, key) = match fault {
             Fault::Mismatch => {
                 self.metrics.digest_mismatches.inc();
@@ -154,12 +206,36 @@ impl ProviderBook {
             }
         };
         // A shorter failure never shortens a standing mismatch penalty.
-        if fault == Fault::Failed && self.penalties.get(&key) == Some(Fault::Mismatch) {
+        let standing = fault == Fault::Failed && self.penalties.get(&key) == Some(Fault::Mismatch);
+        let now = SystemTime::now();
+        self.record(PeerEvent {
+            at: now,
+            peer: p.peer.clone(),
+            addr: p.addr,
+            identity: id.to_string(),
+            kind,
+            shunned_until: (!standing).then(|| now + d),
+        });
+        if standing {
             return;
         }
         let mismatch = fault == Fault::Mismatch;
         tracing::warn!(peer = %p.peer, addr = %p.addr, identity = %id, mismatch, penalty = ?d, "provider shunned");
         self.penalties.insert(key, fault, d);
+    }
+
+    fn record(&self, event: PeerEvent) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() == EVENTS_MAX {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Recent faults, newest first.
+    pub(crate) fn events(&self) -> Vec<PeerEvent> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().rev().cloned().collect()
     }
 
     /// A verified manifest this node relayed names its children: remember their sizes
@@ -220,5 +296,72 @@ impl ProviderBook {
     /// Providers known to have `key` (empty if none).
     pub(crate) fn known(&self, key: &Key) -> Vec<Provider> {
         self.known.get(key).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{MemoryNetwork, MemoryRouter};
+
+    fn book() -> ProviderBook {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let router = Arc::new(MemoryRouter::new(MemoryNetwork::new(), "me", addr));
+        ProviderBook::new(router, Arc::new(Metrics::new()), &MirrorConfig::default())
+    }
+
+    /// The status page lists mismatches, stalls and failures, newest first, with when each
+    /// provider is asked again; a failure never shortens a standing mismatch penalty.
+    #[test]
+    fn faults_are_kept_for_the_status_page() {
+        let b = book();
+        let p = Provider {
+            peer: "liar".into(),
+            addr: "127.0.0.9:5000".parse().unwrap(),
+        };
+        let id = PeerIdentity::Ip(p.addr.ip());
+        b.penalize(&p, &id, Fault::Mismatch);
+        b.stalled(&p, &id);
+        let q = Provider {
+            peer: "slow".into(),
+            addr: "127.0.0.10:5000".parse().unwrap(),
+        };
+        b.stalled(&q, &PeerIdentity::Ip(q.addr.ip()));
+        b.penalize(&q, &PeerIdentity::Ip(q.addr.ip()), Fault::Failed);
+        let e = b.events();
+        let kinds: Vec<_> = e.iter().map(|e| (e.peer.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("slow", PeerEventKind::Failure),
+                ("slow", PeerEventKind::Stall),
+                ("liar", PeerEventKind::Stall),
+                ("liar", PeerEventKind::Mismatch),
+            ]
+        );
+        let mismatch_until = e[3].shunned_until.unwrap();
+        assert!(mismatch_until > SystemTime::now() + Duration::from_secs(1800));
+        // The liar's stall is keyed by its endpoint, not its IP: it did earn a penalty.
+        assert!(e[2].shunned_until.is_some());
+        assert_eq!(e[3].identity, "ip:127.0.0.9");
+        for i in 0..2 * EVENTS_MAX {
+            b.stalled(
+                &Provider {
+                    peer: format!("p{i}"),
+                    addr: p.addr,
+                },
+                &id,
+            );
+        }
+        // Under mTLS a failure after a mismatch hits the same serial: the longer penalty stands.
+        let serial = PeerIdentity::Serial(crate::pki::Serial::from_be_bytes(&[7]));
+        b.penalize(&q, &serial, Fault::Mismatch);
+        b.penalize(&q, &serial, Fault::Failed);
+        let e = b.events();
+        assert_eq!(e[0].kind, PeerEventKind::Failure);
+        assert_eq!(e[0].shunned_until, None);
+        assert!(e[1].shunned_until.is_some());
+        assert_eq!(e.len(), EVENTS_MAX);
+        assert_eq!(e[2].peer, format!("p{}", 2 * EVENTS_MAX - 1));
     }
 }

@@ -25,8 +25,8 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::oci::{ByteRange, Digest, Name, RangeSpec, Tag, TagKey};
 use crate::routing::{Provider, Router};
 
-pub use book::PeerIdentity;
 use book::ProviderBook;
+pub use book::{PeerEvent, PeerEventKind, PeerIdentity};
 pub use providers::ProviderSet;
 use transfer::Fetcher;
 
@@ -238,6 +238,11 @@ impl Mirror {
 
     pub fn config(&self) -> &MirrorConfig {
         &self.config
+    }
+
+    /// Recent mismatches, stalls and failures of providers, newest first (the status page).
+    pub fn peer_events(&self) -> Vec<PeerEvent> {
+        self.book.events()
     }
 
     /// Find providers of `key`; `None` if none answered within the resolve timeout.

@@ -676,7 +676,7 @@ impl Transfer {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), "provider stalled");
-                    self.fetcher.book.penalize(p, id, Fault::Failed);
+                    self.fetcher.book.stalled(p, id);
                     return Step::Failed;
                 }
             };

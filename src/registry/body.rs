@@ -120,5 +120,19 @@ impl Drop for LoggedBody {
             duration_ms = r.started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
+        r.metrics
+            .recent_requests
+            .push(crate::admin::activity::RequestEntry {
+                at: std::time::SystemTime::now(),
+                method: r.method.to_string(),
+                path: r.path.clone(),
+                remote: r.remote.to_string(),
+                client: r.identity.clone(),
+                status: r.status,
+                source: r.source,
+                bytes: self.sent,
+                complete,
+                duration: r.started.elapsed(),
+            });
     }
 }

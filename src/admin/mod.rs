@@ -1,6 +1,9 @@
 //! The node-local admin API (gRPC over a unix socket, mode 0600): status, peers, lookups and
 //! content, so "why didn't that pull come from a peer?" is answered in a minute.
-//! `peermirror status` is the client ([`crate::status`]).
+//! `peermirror status` is the client ([`crate::status`]); [`activity`] keeps what its web page
+//! shows of the recent past.
+
+pub mod activity;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +63,13 @@ pub struct AdminState {
     pub warnings: Vec<String>,
 }
 
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
 fn unix_secs(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_secs()).ok())
@@ -87,7 +97,7 @@ const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longer than the longest lookup a caller may ask for.
 const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Service(Arc<AdminState>);
+struct Service(Arc<AdminState>, Arc<activity::Traffic>);
 
 #[tonic::async_trait]
 impl Admin for Service {
@@ -123,6 +133,11 @@ impl Admin for Service {
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
             warnings: s.warnings.clone(),
+            containerd_namespace: s
+                .containerd
+                .as_ref()
+                .map(|c| c.namespace().to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -229,6 +244,64 @@ impl Admin for Service {
             .collect();
         Ok(Response::new(ContentResponse { entries, total }))
     }
+
+    async fn activity(
+        &self,
+        _: Request<ActivityRequest>,
+    ) -> Result<Response<ActivityResponse>, Status> {
+        let (s, traffic) = (&self.0, &self.1);
+        let requests = s
+            .metrics
+            .recent_requests
+            .snapshot()
+            .into_iter()
+            .map(|r| RequestRecord {
+                at_ms: unix_millis(r.at),
+                method: r.method,
+                path: r.path,
+                remote: r.remote,
+                client: r.client,
+                status: u32::from(r.status),
+                source: r.source.as_str().into(),
+                bytes: r.bytes,
+                complete: r.complete,
+                duration_ms: u32::try_from(r.duration.as_millis()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        let traffic = traffic
+            .snapshot(activity::TrafficSample::now(&s.metrics))
+            .into_iter()
+            .map(|t| TrafficSample {
+                at_ms: unix_millis(t.at),
+                local_bytes: t.local_bytes,
+                peer_bytes: t.peer_bytes,
+                in_flight_bytes: t.in_flight_bytes,
+                miss_requests: t.miss_requests,
+            })
+            .collect();
+        let peer_events = s
+            .mirror
+            .as_ref()
+            .map(|m| m.peer_events())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| PeerEvent {
+                at_ms: unix_millis(e.at),
+                peer_id: e.peer,
+                registry_addr: e.addr.to_string(),
+                identity: e.identity,
+                kind: e.kind.as_str().into(),
+                shunned_until_ms: e.shunned_until.map_or(0, unix_millis),
+            })
+            .collect();
+        Ok(Response::new(ActivityResponse {
+            requests,
+            traffic,
+            sample_interval_ms: u32::try_from(activity::SAMPLE_EVERY.as_millis())
+                .unwrap_or(u32::MAX),
+            peer_events,
+        }))
+    }
 }
 
 /// Create the admin socket at `path` (mode 0600), replacing a stale one.
@@ -277,8 +350,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), AdminError> {
     tracing::info!(path = %path.display(), "admin API listening");
+    let traffic = Arc::new(activity::Traffic::default());
+    tokio::spawn({
+        let (traffic, metrics, shutdown) =
+            (traffic.clone(), state.metrics.clone(), shutdown.clone());
+        async move {
+            traffic
+                .run(&metrics, activity::SAMPLE_EVERY, shutdown)
+                .await
+        }
+    });
     tonic::transport::Server::builder()
-        .add_service(AdminServer::new(Service(state)))
+        .add_service(AdminServer::new(Service(state, traffic)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown.cancelled_owned(),

@@ -1,4 +1,7 @@
-//! `peermirror status`: the admin API's client, as a readable table or JSON for scripts.
+//! `peermirror status`: the admin API's client, as a readable table or JSON for scripts, and
+//! `peermirror status web`, the same as a page in a browser ([`web`]).
+
+pub mod web;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,6 +10,20 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::admin::{AdminError, connect, proto};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Web(#[from] web::WebError),
+}
+
+impl From<tonic::Status> for StatusError {
+    fn from(s: tonic::Status) -> Self {
+        StatusError::Admin(AdminError::Call(s))
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
@@ -52,11 +69,18 @@ pub enum StatusCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Serve this node's status as a web page that refreshes itself (read-only; loopback by
+    /// default: reach it with `kubectl port-forward`). Runs until interrupted.
+    Web(web::WebArgs),
 }
 
 /// The text to print and whether the command succeeded (for `status`: whether the node is
 /// ready).
-pub async fn run(args: &StatusArgs) -> Result<(String, bool), AdminError> {
+pub async fn run(args: &StatusArgs) -> Result<(String, bool), StatusError> {
+    if let Some(StatusCommand::Web(web)) = &args.what {
+        // Checked before connecting: a refused address is the user's to fix first.
+        web.check_listen()?;
+    }
     let mut client = connect(&args.admin_sock).await?;
     let json = args.output == Output::Json;
     match &args.what {
@@ -118,6 +142,10 @@ pub async fn run(args: &StatusArgs) -> Result<(String, bool), AdminError> {
                 true,
             ))
         }
+        Some(StatusCommand::Web(web)) => {
+            web::run(web, client).await?;
+            Ok((String::new(), true))
+        }
     }
 }
 
@@ -157,6 +185,7 @@ fn status_table(s: &proto::StatusResponse) -> String {
     };
     row("containerd", ctrd);
     row("containerd version", or_dash(&s.containerd_version));
+    row("namespace", or_dash(&s.containerd_namespace));
     row(
         "content",
         format!("{} images, {} blobs, {} tags", s.images, s.blobs, s.tags),
@@ -181,18 +210,20 @@ fn or_dash(s: &str) -> String {
 }
 
 fn status_json(s: &proto::StatusResponse) -> String {
+    status_value(s).to_string() + "\n"
+}
+
+pub(crate) fn status_value(s: &proto::StatusResponse) -> serde_json::Value {
     json!({
         "version": s.version, "peer_id": s.peer_id, "registry_addr": s.registry_addr,
         "listen_addrs": s.listen_addrs, "advertised_addrs": s.advertised_addrs,
         "ready": s.ready, "not_ready_reasons": s.not_ready_reasons,
-        "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason, "version": s.containerd_version},
+        "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason, "version": s.containerd_version, "namespace": s.containerd_namespace},
         "warnings": s.warnings,
         "content": {"images": s.images, "blobs": s.blobs, "tags": s.tags},
         "advertised_keys": s.advertised_keys, "connected_peers": s.connected_peers,
         "auth_mode": s.auth_mode, "cert_not_after": s.cert_not_after, "crl_next_update": s.crl_next_update,
     })
-    .to_string()
-        + "\n"
 }
 
 fn peers_table(p: &proto::PeersResponse) -> String {
@@ -210,12 +241,16 @@ fn peers_table(p: &proto::PeersResponse) -> String {
 }
 
 fn peers_json(p: &proto::PeersResponse) -> String {
+    peers_value(p).to_string() + "\n"
+}
+
+pub(crate) fn peers_value(p: &proto::PeersResponse) -> serde_json::Value {
     let peers: Vec<_> = p
         .peers
         .iter()
         .map(|x| json!({"peer_id": x.peer_id, "registry_addr": x.registry_addr, "addrs": x.addrs, "last_seen": x.last_seen}))
         .collect();
-    json!({ "peers": peers }).to_string() + "\n"
+    json!({ "peers": peers })
 }
 
 fn lookup_table(l: &proto::LookupResponse) -> String {
@@ -249,12 +284,16 @@ fn lookup_table(l: &proto::LookupResponse) -> String {
 }
 
 fn lookup_json(l: &proto::LookupResponse) -> String {
+    lookup_value(l).to_string() + "\n"
+}
+
+pub(crate) fn lookup_value(l: &proto::LookupResponse) -> serde_json::Value {
     let providers: Vec<_> = l
         .providers
         .iter()
         .map(|p| json!({"peer_id": p.peer_id, "registry_addr": p.registry_addr, "answered": p.answered, "status": p.status, "latency_ms": p.latency_ms, "error": p.error}))
         .collect();
-    json!({"key": l.key, "local": l.local, "providers": providers}).to_string() + "\n"
+    json!({"key": l.key, "local": l.local, "providers": providers})
 }
 
 fn content_table(c: &proto::ContentResponse) -> String {
@@ -281,12 +320,16 @@ fn content_table(c: &proto::ContentResponse) -> String {
 }
 
 fn content_json(c: &proto::ContentResponse) -> String {
+    content_value(c).to_string() + "\n"
+}
+
+pub(crate) fn content_value(c: &proto::ContentResponse) -> serde_json::Value {
     let entries: Vec<_> = c
         .entries
         .iter()
         .map(|e| json!({"key": e.key, "kind": e.kind, "size": e.size, "media_type": e.media_type, "target": e.target}))
         .collect();
-    json!({"entries": entries, "total": c.total}).to_string() + "\n"
+    json!({"entries": entries, "total": c.total})
 }
 
 #[cfg(test)]
