@@ -369,6 +369,16 @@ for n in "${NODES[@]}"; do
         sort | uniq -c | sed -E "s/^ *([0-9]+) /$n\t\1\t/" >>"$MSGS"
 done
 [ "$PANICS" = 0 ] || FAILS+=("$PANICS log lines mention a panic")
+# Minted tokens are replaced at half their life: about DURATION / (TTL / 2) hosts.toml
+# rewrites per node, not one a second.
+case "$TOKEN_TTL" in *m) TTL_S=$((${TOKEN_TTL%m} * 60)) ;; *s) TTL_S="${TOKEN_TTL%s}" ;; *) TTL_S=900 ;; esac
+MAX_REWRITES=$((2 * ELAPSED / (TTL_S / 2) + 5))
+REWRITES=""
+for n in "${NODES[@]}"; do
+    r="$(jq -R -r 'fromjson? | select(.fields.message == "hosts.toml token rewritten") | 1' "${PM_LOG[$n]}" | wc -l)"
+    REWRITES+="$n $r "
+    [ "$r" -le "$MAX_REWRITES" ] || FAILS+=("$n rewrote hosts.toml $r times in ${ELAPSED}s (want <= $MAX_REWRITES)")
+done
 UNEXPECTED="$WORK/unexpected.txt"
 : >"$UNEXPECTED"
 while IFS=$'\t' read -r n c lvl msg; do
@@ -395,8 +405,8 @@ done <"$MSGS"
     for k in $(printf '%s\n' "${!COUNT[@]}" | sort); do
         printf '  %-20s %6s %s\n' "$k" "${COUNT[$k]}" "${BAD[$k]:-0}"
     done
-    echo "CRL swaps: $CRL_SWAPS (plus one broken CRL kept out); minted-token rotations seen in hosts.toml:" \
-        "$(for n in "${NODES[@]}"; do printf '%s %s ' "$n" "${ROTATIONS[$n]}"; done)"
+    echo "CRL swaps: $CRL_SWAPS (plus one broken CRL kept out); hosts.toml token changes seen at the samples:" \
+        "$(for n in "${NODES[@]}"; do printf '%s %s ' "$n" "${ROTATIONS[$n]}"; done); hosts.toml rewrites logged: $REWRITES"
     echo "containerd restart (n2): readiness dropped ${CTD_DOWN_SEEN:-?}; ready again ${CTD_RESTART_SECS:-?} s after the stop; a pull on n2 right after"
     echo
     echo "per-minute samples (RSS MiB / open fds / WARN lines so far):"
