@@ -303,11 +303,20 @@ async fn with_a_signing_key_the_daemon_mints_containerds_token() {
             .status(),
         401
     );
+    // The daemon's own rewrite does not trigger another one: the token stays until half
+    // its lifetime (a rewrite loop once re-minted it every poll).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        auth_header(&file, &mirror),
+        first,
+        "rewritten before half its lifetime"
+    );
     // Re-minted at half the lifetime, well before it expires.
     let second = wait_header(&file, &mirror, |h| h != first).await;
     let c2 =
         peermirror::token::verify(KEY, second.strip_prefix("Bearer ").unwrap().as_bytes()).unwrap();
     assert!(c2.exp > claims.exp);
     assert!(c2.iat < claims.exp);
+    assert!(c2.iat >= claims.iat + 4, "{claims:?} then {c2:?}");
     node.stop().await;
 }

@@ -266,7 +266,12 @@ async fn keep_tokens_current(
             continue;
         }
         next_rewrite = match rewrite_hosts(dir, &own, &tokens).await {
-            true => refresh.map(|r| Instant::now() + r),
+            true => {
+                // Our own write is no news: without this, the next poll would see the file
+                // change and rewrite it with a freshly minted token, every poll, forever.
+                last_hosts = Some(hosts_fingerprint(dir));
+                refresh.map(|r| Instant::now() + r)
+            }
             false => {
                 failed("hosts.toml");
                 Some(Instant::now() + REWRITE_RETRY)
@@ -275,8 +280,8 @@ async fn keep_tokens_current(
     }
 }
 
-/// Each `<dir>/*/hosts.toml`'s stat; our own rewrite changes it once, and the pass it then
-/// triggers finds nothing to change.
+/// Each `<dir>/*/hosts.toml`'s stat, taken again after each of our own rewrites, so only
+/// someone else's write (`configure`) triggers a pass.
 fn hosts_fingerprint(dir: &Path) -> crate::reload::Fingerprint {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
