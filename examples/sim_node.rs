@@ -163,8 +163,7 @@ fn layer_digest(n: usize, k: usize, l: usize) -> Digest {
 async fn node(a: NodeArgs) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let source = MemorySource::new();
@@ -176,7 +175,9 @@ async fn node(a: NodeArgs) {
         source.add_image(&format!("sim.local/n{}/i{k}:v1", a.index), &refs);
     }
     let base = base_port(a.index);
-    let registry = TcpListener::bind((a.ip, base)).await.expect("bind registry");
+    let registry = TcpListener::bind((a.ip, base))
+        .await
+        .expect("bind registry");
     let ops = TcpListener::bind((a.ip, base + 2)).await.expect("bind ops");
     let bootstrap: Vec<Bootstrap> = a
         .seed
@@ -237,13 +238,8 @@ async fn node(a: NodeArgs) {
         }
         s.cancel();
     });
-    if let Err(e) = run_with_source(
-        config,
-        Arc::new(source),
-        Listeners { registry, ops },
-        stop,
-    )
-    .await
+    if let Err(e) =
+        run_with_source(config, Arc::new(source), Listeners { registry, ops }, stop).await
     {
         eprintln!("node {}: {e}", a.index);
         std::process::exit(1);
@@ -259,7 +255,10 @@ async fn control(listener: UnixListener, source: MemorySource) {
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = match line.strip_prefix("commit ") {
-                    Some(text) => source.commit_blob(text.as_bytes().to_vec()).digest.to_string(),
+                    Some(text) => source
+                        .commit_blob(text.as_bytes().to_vec())
+                        .digest
+                        .to_string(),
                     None => "error: commit TEXT".to_string(),
                 };
                 if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
@@ -432,8 +431,12 @@ async fn admin_lookup(node: &SimNode, key: &str, timeout_ms: u32) -> (Duration, 
 }
 
 async fn commit(node: &SimNode, text: &str) -> String {
-    let mut s = UnixStream::connect(node.dir.join("ctl.sock")).await.unwrap();
-    s.write_all(format!("commit {text}\n").as_bytes()).await.unwrap();
+    let mut s = UnixStream::connect(node.dir.join("ctl.sock"))
+        .await
+        .unwrap();
+    s.write_all(format!("commit {text}\n").as_bytes())
+        .await
+        .unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).await.unwrap();
     line.trim().to_string()
@@ -549,7 +552,11 @@ async fn lookups(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
     let (mut h_ok, mut h_fail, mut a_ok, mut a_fail) = (Vec::new(), 0, Vec::new(), 0);
     for t in tasks {
         let ((ht, hok), (at, aok)) = t.await.unwrap();
-        if hok { h_ok.push(ms(ht)) } else { h_fail += 1 }
+        if hok {
+            h_ok.push(ms(ht))
+        } else {
+            h_fail += 1
+        }
         if aok { a_ok.push(ms(at)) } else { a_fail += 1 }
     }
     let under20 = h_ok.iter().filter(|t| **t <= 20.0).count();
@@ -566,7 +573,12 @@ async fn lookups(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
 /// (ports 30001, 30004, ...: outgoing connections reuse the listening port).
 fn router_bytes() -> std::collections::HashMap<u16, (u64, u64)> {
     let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "established", "( sport >= :30000 and sport < :31000 )"])
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            "( sport >= :30000 and sport < :31000 )",
+        ])
         .output()
         .expect("ss");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -658,7 +670,9 @@ async fn settle(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
             sums[i] += x[i];
         }
     }
-    let (sent, recv) = b.values().fold((0u64, 0u64), |acc, v| (acc.0 + v.0, acc.1 + v.1));
+    let (sent, recv) = b
+        .values()
+        .fold((0u64, 0u64), |acc, v| (acc.0 + v.0, acc.1 + v.1));
     println!(
         "RESULT first_announcement_per_key find_node={:.2} get_providers={:.2} add_provider={:.2} other={:.2} bytes_sent={:.0} bytes_received={:.0} (cluster totals / {keys:.0} keys)",
         sums[0] / keys,
@@ -697,7 +711,11 @@ async fn traffic(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
         per_kind[2] / n,
         per_kind[3] / n
     );
-    report("dht_requests_per_node_per_min_as_ms", totals, "(values are requests/min)");
+    report(
+        "dht_requests_per_node_per_min_as_ms",
+        totals,
+        "(values are requests/min)",
+    );
     let (mut sent, mut recv) = (Vec::new(), Vec::new());
     for node in nodes {
         let port = base_port(node.index) + 1;
@@ -706,10 +724,21 @@ async fn traffic(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
         sent.push(s1.saturating_sub(s0) as f64 / minutes / 1000.0);
         recv.push(r1.saturating_sub(r0) as f64 / minutes / 1000.0);
     }
-    report("router_kb_sent_per_node_per_min_as_ms", sent, "(values are kB/min)");
-    report("router_kb_received_per_node_per_min_as_ms", recv, "(values are kB/min)");
+    report(
+        "router_kb_sent_per_node_per_min_as_ms",
+        sent,
+        "(values are kB/min)",
+    );
+    report(
+        "router_kb_received_per_node_per_min_as_ms",
+        recv,
+        "(values are kB/min)",
+    );
     let conns: usize = router_bytes().len();
-    println!("RESULT window_s={:.0} nodes_with_router_sockets={conns}", t0.elapsed().as_secs_f64());
+    println!(
+        "RESULT window_s={:.0} nodes_with_router_sockets={conns}",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 fn status_kb(pid: i32, field: &str) -> Option<f64> {
@@ -817,5 +846,9 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
         recovered,
         &format!("not_recovered={never} failed_lookups={failures}/{total}"),
     );
-    report("lookup_admin_first_3_after_kill", first_after, "(successful ones)");
+    report(
+        "lookup_admin_first_3_after_kill",
+        first_after,
+        "(successful ones)",
+    );
 }

@@ -10,11 +10,7 @@ use peermirror::oci::Digest;
 use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
 use tokio_util::sync::CancellationToken;
 
-fn router(
-    bootstrap: Vec<Bootstrap>,
-    metrics: Arc<Metrics>,
-    stop: &CancellationToken,
-) -> P2pRouter {
+fn router(bootstrap: Vec<Bootstrap>, metrics: Arc<Metrics>, stop: &CancellationToken) -> P2pRouter {
     P2pRouter::start(
         P2pConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -81,6 +77,29 @@ async fn answered_dht_requests_are_counted_by_kind() {
     assert!(matches!(found, Ok(Some(_))), "node 1 never found node 2");
     until("node 2 to count the GET_PROVIDERS", || {
         count(&m2, "get_providers") >= 1
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_advertised_before_the_first_peer_are_announced_when_it_connects() {
+    let stop = CancellationToken::new();
+    let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+    let r1 = router(vec![], m1.clone(), &stop);
+    until("node 1 to listen", || !r1.listen_addrs().is_empty()).await;
+    // Node 1 advertises while alone (as when its index loads before bootstrap connects).
+    r1.advertise(vec![Key::Digest(Digest::of(b"early"))])
+        .await
+        .unwrap();
+    let _r2 = router(
+        vec![Bootstrap::Static(r1.listen_addrs()[0].clone())],
+        m2.clone(),
+        &stop,
+    );
+    // Without the re-announcement the record reaches node 2 only at the republish (3 min).
+    until("node 2 to receive node 1's early record", || {
+        count(&m2, "add_provider") >= 1
     })
     .await;
     stop.cancel();

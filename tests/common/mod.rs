@@ -33,6 +33,5 @@ mod registry;
 #[allow(unused_imports)]
 pub use self::{
     containerd::*, fixtures::*, http::*, netns::*, node::*, peermirror::*, pki::*, process::*,
-    proxy::*,
-    registry::*,
+    proxy::*, registry::*,
 };
