@@ -33,5 +33,6 @@ mod registry;
 #[allow(unused_imports)]
 pub use self::{
     containerd::*, fixtures::*, http::*, netns::*, node::*, peermirror::*, pki::*, process::*,
-    proxy::*, registry::*,
+    proxy::*,
+    registry::*,
 };

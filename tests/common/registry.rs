@@ -88,7 +88,12 @@ impl Registry {
         )
     }
 
-    fn start_at(netns: Option<String>, listen: String, host: String, access_log: bool) -> Registry {
+    fn start_at(
+        netns: Option<String>,
+        listen: String,
+        host: String,
+        access_log: bool,
+    ) -> Registry {
         let dir = new_temp_dir("pm-e2e-registry-");
         let port = listen
             .rsplit_once(':')
