@@ -1,5 +1,6 @@
 //! The Kademlia requests a node answers are counted by kind (`peermirror_dht_requests_total`),
 //! the figure `bench/dht_sim.sh` reports as DHT messages per node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
