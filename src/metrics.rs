@@ -76,6 +76,8 @@ pub struct Metrics {
     pub provider_failures: Counter,
     pub local_corruptions: Counter,
     pub dht_lookups: Counter,
+    /// Kademlia requests this node answered, by kind (find_node, get_providers, add_provider).
+    pub dht_requests: Family<WhatLabels, Counter>,
     /// Local misses the peers could not serve either, by why (see `mirror::Miss`).
     pub mirror_misses: Family<ReasonLabels, Counter>,
     pub content_ready: Gauge,
@@ -201,6 +203,12 @@ impl Metrics {
             "Provider lookups sent to the DHT (the rest are answered from providers already known)",
             dht_lookups.clone(),
         );
+        let dht_requests = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "dht_requests",
+            "Kademlia requests from peers this node answered, by kind",
+            dht_requests.clone(),
+        );
         let mirror_misses = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "mirror_misses",
@@ -315,6 +323,7 @@ impl Metrics {
             provider_failures,
             local_corruptions,
             dht_lookups,
+            dht_requests,
             mirror_misses,
             content_ready,
         }

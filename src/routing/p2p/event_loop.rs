@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::handle::{Command, Snapshot};
 use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
 use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WhatLabels};
 use crate::routing::{PeerStatus, Provider};
 
 /// Lookups that find nothing are retried while routing tables fill after start-up.
@@ -84,7 +84,8 @@ impl EventLoop {
             next_bootstrap: Instant::now(),
             bootstrap_backoff: Duration::from_secs(1),
             next_dns: Instant::now(),
-            reprovide_pending: false,
+            // Keys advertised before the first peer connects reached nobody: announce them again then.
+            reprovide_pending: true,
         }
     }
 
@@ -258,6 +259,18 @@ impl EventLoop {
                 info,
                 ..
             })) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                let what = match request {
+                    kad::InboundRequest::FindNode { .. } => "find_node",
+                    kad::InboundRequest::GetProvider { .. } => "get_providers",
+                    kad::InboundRequest::AddProvider { .. } => "add_provider",
+                    _ => "other",
+                };
+                self.metrics
+                    .dht_requests
+                    .get_or_create(&WhatLabels { what })
+                    .inc();
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,

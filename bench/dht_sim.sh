@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The 200-node DHT simulation (issue 12, part 2; figures and model in docs/scale.md).
+#
+#   cargo build --release --example sim_node && bash bench/dht_sim.sh
+#
+# Starts NODES processes of examples/sim_node.rs, each one real peermirror daemon (real libp2p
+# Kademlia, registry, ops endpoint, admin API) on 127.0.0.1 with its own ports (node i:
+# registry 30000+3i, router +1, ops +2; why not one 127.0.x.y each: examples/sim_node.rs,
+# base_port), KEYS in-memory blobs each, bootstrapped from SEEDS seed nodes. Then the coordinator (`sim_node drive`) measures,
+# in order:
+#   ready      every /readyz 200 and every node's advertised-keys gauge at KEYS
+#   rss        VmRSS / VmHWM / open fds per node
+#   settle     until the first announcement of all NODES x KEYS keys is done (the cluster's
+#              ADD_PROVIDER rate below a tenth of its peak), then rss again
+#   propagate  SAMPLES new keys, each committed on one node: time until the admin Lookup of
+#              every other node finds it (polled: lookup, 100 ms pause, again)
+#   lookups    LOOKUPS lookups at steady state, CONC at a time, of keys held by another node:
+#              a registry HEAD (the pull path: first provider, then its HEAD) and an admin
+#              Lookup (the full DHT query, then a HEAD of each provider)
+#   traffic    TRAFFIC_S seconds: Kademlia requests answered per node (the
+#              peermirror_dht_requests_total counter) and router TCP bytes per node (`ss -ti`
+#              bytes_sent / bytes_received of the sockets on each node's router port)
+#   rss        again, after the steady phase
+#   recover    SIGKILL KILL_FRACTION of the nodes at once (never the seeds); every survivor
+#              looks up keys held by survivors for RECOVER_S seconds: recovery time per node
+# PROVIDER_TTL and REPUBLISH are short by default (5m / 2m, the product's are 10m / 3m) so the
+# traffic window sees each node republish.
+#
+# Only 127.0.0.0/8. Every node is stopped by PID on exit (TERM, then KILL after 10 s); the
+# temp dir is removed (BENCH_KEEP=1 keeps it, with each node's log). NICE=10 runs the nodes
+# niced. Needs `ss` (iproute2); about 25 MB of RAM per node.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SIM="${SIM:-$ROOT/target/release/examples/sim_node}"
+NODES="${NODES:-200}"
+KEYS="${KEYS:-2000}"
+SEEDS="${SEEDS:-3}"
+PROVIDER_TTL="${PROVIDER_TTL:-5m}"
+REPUBLISH="${REPUBLISH:-2m}"
+SAMPLES="${SAMPLES:-5}"
+LOOKUPS="${LOOKUPS:-400}"
+CONC="${CONC:-4}"
+TRAFFIC_S="${TRAFFIC_S:-240}"
+RECOVER_S="${RECOVER_S:-60}"
+KILL_FRACTION="${KILL_FRACTION:-0.2}"
+READY_S="${READY_S:-900}"
+NICE="${NICE:-0}"
+WORKERS="${WORKERS:-2}"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "FATAL: $*"
+    exit 1
+}
+
+PIDS=()
+WORK=""
+cleanup() {
+    local rc=$? pid i alive
+    set +e
+    if [ "${#PIDS[@]}" -gt 0 ]; then
+        log "stopping ${#PIDS[@]} nodes"
+        for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+        for ((i = 0; i < 100; i++)); do
+            alive=0
+            for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1 && break; done
+            [ "$alive" = 0 ] && break
+            sleep 0.1
+        done
+        for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+        for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    fi
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+        if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ -x "$SIM" ] || die "$SIM missing: cargo build --release --example sim_node"
+command -v ss >/dev/null || die "ss (iproute2) not found"
+[ -z "$(ss -ltnH "( sport >= :30000 and sport < :$((30000 + 3 * NODES)) )")" ] ||
+    die "ports 30000..$((30000 + 3 * NODES)) are in use"
+WORK="$(mktemp -d /tmp/pm-dht-sim.XXXXXX)"
+NODES_FILE="$WORK/nodes.txt"
+SUMMARY="$WORK/summary.txt"
+: >"$NODES_FILE"
+
+ip_of() { echo 127.0.0.1; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+drive() {
+    local phase="$1"
+    shift
+    log "phase $phase (load $(loadavg))"
+    timeout "${DRIVE_TIMEOUT:-1800}" "$SIM" drive "$phase" --nodes "$NODES_FILE" --keys "$KEYS" "$@" |
+        tee -a "$WORK/drive.log" | grep '^RESULT' | sed "s/^RESULT /[$phase] /" | tee -a "$SUMMARY" >&2
+    echo "[$phase] load after: $(loadavg)" >>"$SUMMARY"
+}
+
+seeds=()
+for ((i = 0; i < SEEDS && i < NODES; i++)); do seeds+=(--seed "$i"); done
+
+log "starting $NODES nodes ($KEYS keys each, provider TTL $PROVIDER_TTL, republish $REPUBLISH; load $(loadavg))"
+T_START=$(date +%s.%N)
+for ((i = 0; i < NODES; i++)); do
+    ip="$(ip_of "$i")"
+    dir="$WORK/n$i"
+    mkdir -p "$dir"
+    nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
+        --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
+        --workers "$WORKERS" >"$dir/log" 2>&1 &
+    PIDS+=($!)
+    echo "$i $ip $! $dir" >>"$NODES_FILE"
+    # Seeds first, then a steady trickle (a rolling DaemonSet start is slower still).
+    if [ "$i" -lt "$SEEDS" ]; then sleep 0.5; else sleep 0.05; fi
+done
+log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }") s"
+
+{
+    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH WORKERS=$WORKERS NICE=$NICE"
+    echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
+} >>"$SUMMARY"
+
+drive ready --window "${READY_S}s"
+echo "[ready] seconds since first start: $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }")" >>"$SUMMARY"
+drive rss
+drive settle --window "${SETTLE_S:-1200}s"
+drive rss
+drive propagate --samples "$SAMPLES" --window 60s
+drive lookups --samples "$LOOKUPS" --concurrency "$CONC"
+drive traffic --window "${TRAFFIC_S}s"
+drive rss
+drive recover --window "${RECOVER_S}s" --kill-fraction "$KILL_FRACTION"
+dead=0
+for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || dead=$((dead + 1)); done
+echo "[end] nodes not running: $dead (the killed ones); error lines in node logs: $(cat "$WORK"/n*/log | grep -c ERROR || true)" >>"$SUMMARY"
+echo
+cat "$SUMMARY"
