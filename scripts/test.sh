@@ -37,6 +37,17 @@ cargo build --all-targets
 echo "== test (unit, integration and end-to-end)"
 cargo test --all-targets --no-fail-fast -- --include-ignored
 
+# ---- fuzz smoke (fuzz/, scripts/fuzz.sh) -------------------------------------------------
+# 30 s per target, only where a nightly toolchain and cargo-fuzz are already installed: this
+# never downloads a toolchain. Longer runs: FUZZ_SECONDS=600 bash scripts/fuzz.sh.
+if bash scripts/fuzz.sh --check; then
+    echo "== fuzz smoke (30 s per target)"
+    FUZZ_SECONDS=30 bash scripts/fuzz.sh
+else
+    echo "== fuzz smoke skipped: no nightly toolchain or cargo-fuzz installed (see scripts/fuzz.sh)"
+fi
+# ---- end of fuzz smoke ---------------------------------------------------------------------
+
 # ---- chart tests (charts/peermirror, tests/chart) ------------------------------------------
 # Renders, lints and validates the Helm chart offline (helm-python-sdk, kubernetes-validate:
 # no helm binary, no cluster) and checks its flags against the binary built above. The Python

@@ -27,6 +27,9 @@ use std::time::Duration;
 pub use containerd_config::{ContainerdConfig, V3_DEFAULT_CONFIG_PATH, check, inspect};
 pub use endpoint::{Endpoint, MirrorSettings, Token};
 pub use render::render_hosts_toml;
+/// For the fuzz targets (`fuzz/`): one hosts.toml's token rewrite, on its text.
+#[doc(hidden)]
+pub use token::rewrite_text as rewrite_hosts_text;
 pub use token::{host_port, rewrite_token};
 
 use endpoint::{parse_dial_timeout, parse_unique};

@@ -65,7 +65,8 @@ pub fn rewrite_token(
 
 /// The new text of one file, or `None` when nothing changes. The leading comment lines (our
 /// marker and note) are kept; the document is re-serialized and checked to parse back equal.
-fn rewrite_text(
+#[doc(hidden)]
+pub fn rewrite_text(
     text: &str,
     own: &dyn Fn(&str) -> bool,
     token: &str,

@@ -21,6 +21,9 @@ use futures_util::Stream;
 use crate::oci::Digest;
 
 pub use index::{Index, IndexChange, Key};
+/// For the fuzz targets (`fuzz/`): walks one image as the indexer does.
+#[doc(hidden)]
+pub use indexer::walk_image;
 pub use indexer::{Indexer, Readiness};
 pub use memory::MemorySource;
 

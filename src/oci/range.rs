@@ -72,15 +72,26 @@ pub struct ContentRange {
 }
 
 impl ContentRange {
+    /// Only a consistent range (`START <= END < SIZE`, digits only as RFC 9110 has it, no sign)
+    /// is accepted: anything else is a peer's mistake, not a range to act on.
     pub fn parse(value: &str) -> Option<Self> {
         let (range, size) = value.strip_prefix("bytes ")?.rsplit_once('/')?;
         let (start, end) = range.split_once('-')?;
-        Some(ContentRange {
-            start: start.parse().ok()?,
-            end: end.parse().ok()?,
-            size: size.parse().ok()?,
-        })
+        let r = ContentRange {
+            start: digits(start)?,
+            end: digits(end)?,
+            size: digits(size)?,
+        };
+        (r.start <= r.end && r.end < r.size).then_some(r)
     }
+}
+
+/// `u64::from_str` also takes a leading `+`.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 impl ByteRange {
@@ -161,6 +172,31 @@ mod tests {
         for bad in ["bytes */10", "5-9/10", "bytes 5-9", "bytes a-9/10"] {
             assert_eq!(ContentRange::parse(bad), None, "{bad}");
         }
+    }
+
+    /// Found by the `range` fuzz target: `bytes 50-9/10918224` was accepted.
+    #[test]
+    fn content_range_must_be_consistent_digits() {
+        for bad in [
+            "bytes 50-9/100",
+            "bytes 5-10/10",
+            "bytes 0-0/0",
+            "bytes +5-9/10",
+            "bytes 5-+9/10",
+            "bytes 5-9/+10",
+            "bytes -5-9/10",
+            "bytes 5--9/10",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            ContentRange::parse("bytes 0-0/1"),
+            Some(ContentRange {
+                start: 0,
+                end: 0,
+                size: 1
+            })
+        );
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub(crate) fn read_objects(path: &Path) -> Result<Vec<Object>, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
+    split_objects(path, bytes)
+}
+
+/// Splits a file's bytes into PEM blocks, or returns them whole as DER.
+fn split_objects(path: &Path, bytes: Vec<u8>) -> Result<Vec<Object>, LoadError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(LoadError::Unreadable {
             path: path.to_path_buf(),
@@ -55,8 +60,19 @@ fn is_pem(bytes: &[u8]) -> bool {
 /// Every certificate in a PEM or DER file, in file order (leaf first for a chain).
 pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, LoadError> {
     let path = path.as_ref();
+    certs_in(path, read_objects(path)?)
+}
+
+/// [`load_certs`] on a file's bytes, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn certs_from_bytes(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let path = Path::new("<bytes>");
+    certs_in(path, split_objects(path, bytes.to_vec())?)
+}
+
+fn certs_in(path: &Path, objects: Vec<Object>) -> Result<Vec<CertificateDer<'static>>, LoadError> {
     let mut certs = Vec::new();
-    for object in read_objects(path)? {
+    for object in objects {
         match object {
             Object::Pem(SectionKind::Certificate, der) => {
                 check_one(path, "certificate", &der, cert_len)?;
@@ -108,8 +124,24 @@ pub fn load_crls(
     path: impl AsRef<Path>,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let path = path.as_ref();
+    crls_in(path, read_objects(path)?)
+}
+
+/// [`load_crls`] on a file's bytes, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn crls_from_bytes(
+    bytes: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
+    let path = Path::new("<bytes>");
+    crls_in(path, split_objects(path, bytes.to_vec())?)
+}
+
+fn crls_in(
+    path: &Path,
+    objects: Vec<Object>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let mut crls = Vec::new();
-    for object in read_objects(path)? {
+    for object in objects {
         match object {
             Object::Pem(SectionKind::Crl, der) => {
                 check_one(path, "CRL", &der, crl_len)?;

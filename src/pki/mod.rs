@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use load::{Object, read_objects};
+#[doc(hidden)]
+pub use load::{certs_from_bytes, crls_from_bytes};
 pub use load::{load_certs, load_crls, load_key};
 pub(crate) use x509::signed_by;
 pub use x509::{CertSummary, CrlInfo, cert_summary, check_crl, read_crl};

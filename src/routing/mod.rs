@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 use crate::content::Key;
 
 pub use memory::{MemoryNetwork, MemoryRouter};
+/// For the fuzz targets (`fuzz/`): the registry endpoint in a peer's identify agent string.
+#[doc(hidden)]
+pub use p2p::parse_registry as parse_agent_registry;
 pub use p2p::{Bootstrap, P2pConfig, P2pError, P2pRouter, load_or_create_identity};
 
 /// A node that advertised a key, and where its registry endpoint answers.

@@ -20,6 +20,8 @@ use libp2p::multiaddr::Protocol;
 pub use config::{Bootstrap, P2pConfig};
 pub use handle::P2pRouter;
 pub use swarm::load_or_create_identity;
+#[doc(hidden)]
+pub use swarm::parse_registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {

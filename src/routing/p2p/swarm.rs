@@ -81,7 +81,7 @@ fn agent_version(config: &P2pConfig) -> String {
 /// The registry endpoint of a peer: the IP of our connection to it plus the port it announced.
 /// An IP in the agent string is never used: any DHT member could otherwise point every node,
 /// and the bearer token it sends, at a host of its choice.
-pub(super) fn parse_registry(agent: &str, conn_ip: Option<IpAddr>) -> Option<SocketAddr> {
+pub fn parse_registry(agent: &str, conn_ip: Option<IpAddr>) -> Option<SocketAddr> {
     let spec = agent
         .split_whitespace()
         .find_map(|w| w.strip_prefix("registry="))?;
