@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(out) = render_hosts_toml(None, &settings, Some(text)) {
         let keys = host_keys(&out);
-        assert_eq!(&keys[..MIRRORS.len()], &MIRRORS[..], "our mirrors come first");
+        assert_eq!(
+            &keys[..MIRRORS.len()],
+            &MIRRORS[..],
+            "our mirrors come first"
+        );
         let again = render_hosts_toml(None, &settings, Some(&out)).expect("our output re-renders");
         assert_eq!(again, out, "rendering is not idempotent");
     }

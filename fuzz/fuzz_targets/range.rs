@@ -24,11 +24,17 @@ fuzz_target!(|data: &[u8]| {
         );
         let numbers = &header["bytes ".len()..];
         assert!(
-            numbers.bytes().all(|b| b.is_ascii_digit() || b == b'-' || b == b'/'),
+            numbers
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'-' || b == b'/'),
             "{header:?}: accepted with something other than digits"
         );
         let printed = format!("bytes {}-{}/{}", c.start, c.end, c.size);
-        assert_eq!(ContentRange::parse(&printed), Some(c), "does not print back");
+        assert_eq!(
+            ContentRange::parse(&printed),
+            Some(c),
+            "does not print back"
+        );
     }
 
     let Ok(spec) = RangeSpec::parse(header) else {
@@ -38,13 +44,19 @@ fuzz_target!(|data: &[u8]| {
     let window = RangeSpec::window(Some(&spec), size);
     match resolved {
         Ok(r) => {
-            assert!(r.start <= r.end && r.end < size, "{header:?} in {size}: {r:?}");
+            assert!(
+                r.start <= r.end && r.end < size,
+                "{header:?} in {size}: {r:?}"
+            );
             assert_eq!(r.len(), r.end - r.start + 1);
             assert_eq!(window, Ok(Some(r)));
             let again = RangeSpec::parse(&r.to_string()).and_then(|s| s.resolve(size));
             assert_eq!(again, Ok(r), "{r} does not parse back");
             let cr = ContentRange::parse(&r.content_range(size));
-            assert_eq!(cr.map(|c| (c.start, c.end, c.size)), Some((r.start, r.end, size)));
+            assert_eq!(
+                cr.map(|c| (c.start, c.end, c.size)),
+                Some((r.start, r.end, size))
+            );
         }
         Err(RangeError::Unsatisfiable) => assert_eq!(window, Err(RangeError::Unsatisfiable)),
         Err(RangeError::Malformed) => assert_eq!(window, Ok(None)),
