@@ -77,6 +77,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
             psk: None,
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
+            replication: 20,
         },
         Arc::new(Metrics::new()),
         stop.clone(),

@@ -70,6 +70,9 @@ struct NodeArgs {
     provider_ttl: Duration,
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     republish_interval: Duration,
+    /// Kademlia's k (`--dht-replication`).
+    #[arg(long, default_value_t = 20)]
+    replication: usize,
     /// The mirror's wait for a first provider (the product's default is 20 ms; longer here
     /// so a slow lookup is measured rather than turned into a 404).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -208,6 +211,7 @@ async fn node(a: NodeArgs) {
             psk_file: None,
             provider_ttl: a.provider_ttl,
             republish_interval: a.republish_interval,
+            replication: a.replication,
         }),
         mirror: MirrorConfig {
             resolve_timeout: a.resolve_timeout,

@@ -182,6 +182,12 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
     pub republish_interval: Duration,
 
+    /// Kademlia's replication factor k: how many nodes store each provider record, and how
+    /// many peers a FIND_NODE answer carries. Lower costs less per announcement (see
+    /// docs/scale.md); every node of a cluster should use the same value.
+    #[arg(long, env = "PEERMIRROR_DHT_REPLICATION", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub dht_replication: u16,
+
     /// Unix socket of the admin API (mode 0600), used by `peermirror status`
     /// [default: <data-dir>/admin.sock].
     #[arg(long, env = "PEERMIRROR_ADMIN_SOCK")]
@@ -301,6 +307,7 @@ impl Config {
                 psk_file: args.p2p_psk_file.clone(),
                 provider_ttl: args.provider_ttl,
                 republish_interval: args.republish_interval,
+                replication: usize::from(args.dht_replication),
             }),
             mirror: MirrorConfig {
                 resolve_timeout: args.mirror_resolve_timeout,

@@ -78,6 +78,12 @@ pub struct Metrics {
     pub dht_lookups: Counter,
     /// Kademlia requests this node answered, by kind (find_node, get_providers, add_provider).
     pub dht_requests: Family<WhatLabels, Counter>,
+    /// This node's provider announcements that ended, by result (announced, failed).
+    pub dht_announcements: Family<WhatLabels, Counter>,
+    /// Provided keys waiting for an announcement that is due (first ones, retries, republishes).
+    pub dht_announce_backlog: Gauge,
+    /// Other nodes' provider records this node stores for the DHT.
+    pub dht_stored_records: Gauge,
     /// Local misses the peers could not serve either, by why (see `mirror::Miss`).
     pub mirror_misses: Family<ReasonLabels, Counter>,
     pub content_ready: Gauge,
@@ -209,6 +215,24 @@ impl Metrics {
             "Kademlia requests from peers this node answered, by kind",
             dht_requests.clone(),
         );
+        let dht_announcements = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "dht_announcements",
+            "Provider announcements (Kademlia ADD_PROVIDER queries) of this node that ended, by result (announced, failed)",
+            dht_announcements.clone(),
+        );
+        let dht_announce_backlog = Gauge::default();
+        registry.register(
+            "dht_announce_backlog",
+            "Provided keys whose announcement is due but not started (paced; a persistent backlog means announcements cannot keep up)",
+            dht_announce_backlog.clone(),
+        );
+        let dht_stored_records = Gauge::default();
+        registry.register(
+            "dht_stored_records",
+            "Provider records this node stores for the DHT (its own included)",
+            dht_stored_records.clone(),
+        );
         let mirror_misses = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "mirror_misses",
@@ -324,6 +348,9 @@ impl Metrics {
             local_corruptions,
             dht_lookups,
             dht_requests,
+            dht_announcements,
+            dht_announce_backlog,
+            dht_stored_records,
             mirror_misses,
             content_ready,
         }

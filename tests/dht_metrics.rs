@@ -1,5 +1,6 @@
 //! The Kademlia requests a node answers are counted by kind (`peermirror_dht_requests_total`),
-//! the figure `bench/dht_sim.sh` reports as DHT messages per node.
+//! the figure `bench/dht_sim.sh` reports as DHT messages per node; announcements are counted
+//! by result and republished on the node's own schedule.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -12,6 +13,15 @@ use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
 use tokio_util::sync::CancellationToken;
 
 fn router(bootstrap: Vec<Bootstrap>, metrics: Arc<Metrics>, stop: &CancellationToken) -> P2pRouter {
+    router_with(bootstrap, metrics, stop, Duration::from_secs(180))
+}
+
+fn router_with(
+    bootstrap: Vec<Bootstrap>,
+    metrics: Arc<Metrics>,
+    stop: &CancellationToken,
+    republish_interval: Duration,
+) -> P2pRouter {
     P2pRouter::start(
         P2pConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -21,7 +31,8 @@ fn router(bootstrap: Vec<Bootstrap>, metrics: Arc<Metrics>, stop: &CancellationT
             keypair: libp2p::identity::Keypair::generate_ed25519(),
             psk: None,
             provider_ttl: Duration::from_secs(600),
-            republish_interval: Duration::from_secs(180),
+            republish_interval,
+            replication: 20,
         },
         metrics,
         stop.clone(),
@@ -31,7 +42,11 @@ fn router(bootstrap: Vec<Bootstrap>, metrics: Arc<Metrics>, stop: &CancellationT
 }
 
 fn count(metrics: &Metrics, what: &str) -> u64 {
-    let prefix = format!("peermirror_dht_requests_total{{what=\"{what}\"}} ");
+    sample(metrics, "peermirror_dht_requests_total", what)
+}
+
+fn sample(metrics: &Metrics, name: &str, what: &str) -> u64 {
+    let prefix = format!("{name}{{what=\"{what}\"}} ");
     metrics
         .encode()
         .lines()
@@ -103,5 +118,67 @@ async fn keys_advertised_before_the_first_peer_are_announced_when_it_connects() 
         count(&m2, "add_provider") >= 1
     })
     .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_is_announced_then_republished_on_schedule_until_withdrawn() {
+    const KEYS: usize = 120;
+    let stop = CancellationToken::new();
+    let metrics: Vec<Arc<Metrics>> = (0..3).map(|_| Arc::new(Metrics::new())).collect();
+    let republish = Duration::from_secs(2);
+    let r1 = router_with(vec![], metrics[0].clone(), &stop, republish);
+    until("node 1 to listen", || !r1.listen_addrs().is_empty()).await;
+    let seed = vec![Bootstrap::Static(r1.listen_addrs()[0].clone())];
+    let r2 = router_with(seed.clone(), metrics[1].clone(), &stop, republish);
+    let r3 = router_with(seed, metrics[2].clone(), &stop, republish);
+    until("the nodes to connect", || {
+        [&r1, &r2, &r3].iter().all(|r| r.status().peer_count() == 2)
+    })
+    .await;
+
+    // More keys than announcements run at a time: all are announced, each once.
+    let keys: Vec<Key> = (0..KEYS)
+        .map(|i| Key::Digest(Digest::of(format!("key {i}").as_bytes())))
+        .collect();
+    r1.advertise(keys.clone()).await.unwrap();
+    let announced = || {
+        sample(
+            &metrics[0],
+            "peermirror_dht_announcements_total",
+            "announced",
+        )
+    };
+    until("the first round", || announced() >= KEYS as u64).await;
+    assert!(
+        announced() < 2 * KEYS as u64,
+        "announced {} times before a republish was due",
+        announced()
+    );
+    for key in [&keys[0], &keys[KEYS / 2], &keys[KEYS - 1]] {
+        let mut rx = r3.lookup(key);
+        let found = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(matches!(found, Ok(Some(_))), "node 3 did not find {key:?}");
+    }
+
+    // Without being asked again, node 1 republishes within the interval.
+    until("the republish", || announced() >= 2 * KEYS as u64).await;
+
+    // Withdrawn keys are not republished: over the next two intervals only the rest is.
+    r1.withdraw(keys[..KEYS / 2].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = announced();
+    tokio::time::sleep(2 * republish).await;
+    let more = announced() - before;
+    assert!(
+        more <= 2 * (KEYS / 2) as u64 + KEYS as u64 / 4,
+        "{more} announcements in two intervals for {} keys",
+        KEYS / 2
+    );
+    assert!(more >= (KEYS / 2) as u64, "only {more} republished");
+    assert_eq!(
+        sample(&metrics[0], "peermirror_dht_announcements_total", "failed"),
+        0
+    );
     stop.cancel();
 }

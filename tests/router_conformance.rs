@@ -104,6 +104,7 @@ async fn libp2p_routers(
                 psk: None,
                 provider_ttl,
                 republish_interval: provider_ttl / 3,
+                replication: 20,
             },
             Arc::new(Metrics::new()),
             stop.clone(),

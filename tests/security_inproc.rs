@@ -673,6 +673,7 @@ async fn a_forged_registry_address_in_identify_is_ignored() {
             psk: None,
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
+            replication: 20,
         },
         Arc::new(peermirror::metrics::Metrics::new()),
         stop.clone(),

@@ -63,6 +63,8 @@ pub struct P2pSettings {
     pub psk_file: Option<PathBuf>,
     pub provider_ttl: Duration,
     pub republish_interval: Duration,
+    /// Kademlia's k (`--dht-replication`).
+    pub replication: usize,
 }
 
 /// The daemon's settings, from flags (see [`RunArgs`]).

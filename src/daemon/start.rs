@@ -114,6 +114,7 @@ pub(super) fn start_routing(
         psk,
         provider_ttl: p.provider_ttl,
         republish_interval: p.republish_interval,
+        replication: p.replication,
     };
     let (router, task) = P2pRouter::start(p2p, w.metrics.clone(), w.shutdown.clone())?;
     tracing::info!(peer_id = %router.peer_id(), "router started");
@@ -375,6 +376,7 @@ mod tests {
             psk_file: None,
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
+            replication: 20,
         };
         assert!(psk_warning(&p).is_some_and(|w| w.contains("--p2p-psk-file")));
         p.psk_file = Some("/etc/psk".into());

@@ -282,6 +282,7 @@ pub async fn p2p_router(
             psk,
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
+            replication: 20,
         },
         Arc::new(peermirror::metrics::Metrics::new()),
         stop.clone(),

@@ -66,6 +66,8 @@ pub struct P2pConfig {
     /// How long provider records live, and how often they are re-published.
     pub provider_ttl: Duration,
     pub republish_interval: Duration,
+    /// Kademlia's k: how many nodes store each provider record (and peers per FIND_NODE answer).
+    pub replication: usize,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use libp2p::kad::store::RecordStore;
-use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -17,6 +17,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::announce::{Announcer, Outcome};
 use super::handle::{Command, Snapshot};
 use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
 use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
@@ -28,12 +29,20 @@ const LOOKUP_RETRIES: u32 = 3;
 const LOOKUP_RETRY_DELAY: Duration = Duration::from_millis(200);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// A lookup's Kademlia query ends by this deadline even if the asker is still waiting (the
+/// query timeout is long, for announcements).
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// Announcement queries a node runs at a time (see announce.rs).
+const ANNOUNCE_IN_FLIGHT: usize = 16;
+/// How often expired records of other nodes are dropped and the store's gauges refreshed.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 struct LookupState {
     key: RecordKey,
     tx: mpsc::Sender<Provider>,
     sent: HashSet<PeerId>,
     attempt: u32,
+    started: Instant,
 }
 
 struct KnownPeer {
@@ -61,6 +70,8 @@ pub(super) struct EventLoop {
     next_dns: Instant,
     /// Set when the last peer went away: re-announce everything when one comes back.
     reprovide_pending: bool,
+    announcer: Announcer,
+    next_sweep: Instant,
 }
 
 impl EventLoop {
@@ -70,6 +81,7 @@ impl EventLoop {
         state: watch::Sender<Snapshot>,
         metrics: Arc<Metrics>,
         bootstrap: Vec<Bootstrap>,
+        republish_interval: Duration,
     ) -> Self {
         EventLoop {
             swarm,
@@ -86,6 +98,8 @@ impl EventLoop {
             next_dns: Instant::now(),
             // Keys advertised before the first peer connects reached nobody: announce them again then.
             reprovide_pending: true,
+            announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
+            next_sweep: Instant::now() + SWEEP_EVERY,
         }
     }
 
@@ -115,22 +129,76 @@ impl EventLoop {
         match cmd {
             Command::Lookup { key, tx } => self.start_lookup(key, tx, 1),
             Command::Provide { keys, reply } => {
+                let local = *self.swarm.local_peer_id();
                 let mut failed = Vec::new();
                 for k in keys {
-                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(k.clone()) {
-                        let key = String::from_utf8_lossy(k.as_ref()).into_owned();
-                        tracing::warn!(%key, error = ?e, "cannot advertise key");
-                        failed.push(format!("{key}: {e:?}"));
+                    // In the store at once, so a peer that asks this node already finds it;
+                    // the announcement to the k closest follows, paced.
+                    let record = ProviderRecord::new(k.clone(), local, Vec::new());
+                    match self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .add_provider(record)
+                    {
+                        Ok(()) => self.announcer.provide(k),
+                        Err(e) => {
+                            let key = String::from_utf8_lossy(k.as_ref()).into_owned();
+                            tracing::warn!(%key, error = ?e, "cannot advertise key");
+                            failed.push(format!("{key}: {e:?}"));
+                        }
                     }
                 }
                 let _ = reply.send(failed);
+                self.pump_announcements();
             }
             Command::Withdraw { keys } => {
                 for k in keys {
+                    self.announcer.withdraw(&k);
                     self.swarm.behaviour_mut().kad.stop_providing(&k);
                 }
             }
         }
+    }
+
+    /// Start due announcements while slots are free; none while no peer is connected (they
+    /// would reach nobody: everything is re-announced when peers come).
+    fn pump_announcements(&mut self) {
+        if self.connected() == 0 {
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.announcer
+            .pump(Instant::now(), |key| match kad.start_providing(key) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot start a provider announcement");
+                    None
+                }
+            });
+    }
+
+    fn on_announced(&mut self, id: QueryId, result: Result<(), kad::AddProviderError>) {
+        let ok = result.is_ok();
+        match self.announcer.finished(id, ok, Instant::now()) {
+            Outcome::Ignored => return,
+            Outcome::Announced => {}
+            Outcome::Retry { attempt, after } => {
+                tracing::debug!(
+                    ?result,
+                    attempt,
+                    ?after,
+                    "provider announcement failed; will retry"
+                )
+            }
+        }
+        let what = if ok { "announced" } else { "failed" };
+        self.metrics
+            .dht_announcements
+            .get_or_create(&WhatLabels { what })
+            .inc();
+        self.pump_announcements();
     }
 
     fn start_lookup(&mut self, key: RecordKey, tx: mpsc::Sender<Provider>, attempt: u32) {
@@ -145,6 +213,7 @@ impl EventLoop {
                 tx,
                 sent: HashSet::new(),
                 attempt,
+                started: Instant::now(),
             },
         );
     }
@@ -286,9 +355,7 @@ impl EventLoop {
                     }
                 }
                 QueryResult::GetProviders(_) => self.on_lookup_finished(id),
-                QueryResult::StartProviding(Err(e)) => {
-                    tracing::debug!(error = ?e, "provider announcement incomplete")
-                }
+                QueryResult::StartProviding(r) => self.on_announced(id, r.map(|_| ())),
                 _ => {}
             },
             _ => {}
@@ -326,18 +393,9 @@ impl EventLoop {
         }
         if self.reprovide_pending {
             self.reprovide_pending = false;
-            let keys: Vec<RecordKey> = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .store_mut()
-                .provided()
-                .map(|r| r.key.clone())
-                .collect();
-            tracing::info!(keys = keys.len(), "peers back; re-announcing provided keys");
-            for k in keys {
-                let _ = self.swarm.behaviour_mut().kad.start_providing(k);
-            }
+            self.announcer.reannounce_all();
+            tracing::info!("peers connected; announcing every provided key");
+            self.pump_announcements();
         }
     }
 
@@ -376,6 +434,20 @@ impl EventLoop {
         for s in due {
             self.start_lookup(s.key, s.tx, s.attempt + 1);
         }
+        self.end_abandoned_lookups(now);
+        self.pump_announcements();
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            let store = self.swarm.behaviour_mut().kad.store_mut();
+            store.sweep(now);
+            let (_, records) = store.len();
+            self.metrics
+                .dht_stored_records
+                .set(i64::try_from(records).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .dht_announce_backlog
+            .set(i64::try_from(self.announcer.backlog(now)).unwrap_or(i64::MAX));
         if self.connected() == 0 && now >= self.next_bootstrap {
             self.dial_bootstrap(dns_tx);
             self.next_bootstrap = now + self.bootstrap_backoff;
@@ -383,6 +455,22 @@ impl EventLoop {
         } else if now >= self.next_dns {
             // Re-resolve the headless Service now and then to meet nodes that joined later.
             self.resolve_dns(dns_tx);
+        }
+    }
+
+    /// Finish lookup queries nobody waits for any more, or past their deadline: their rounds
+    /// would otherwise keep asking peers for nothing.
+    fn end_abandoned_lookups(&mut self, now: Instant) {
+        let done: Vec<QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| l.tx.is_closed() || now.duration_since(l.started) >= LOOKUP_DEADLINE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                q.finish();
+            }
         }
     }
 

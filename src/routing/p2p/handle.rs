@@ -84,7 +84,14 @@ impl P2pRouter {
             external: external.into_iter().collect(),
             alone: false,
         });
-        let event_loop = EventLoop::new(swarm, rx, state_tx, metrics, config.bootstrap);
+        let event_loop = EventLoop::new(
+            swarm,
+            rx,
+            state_tx,
+            metrics,
+            config.bootstrap,
+            config.republish_interval,
+        );
         let handle = tokio::spawn(event_loop.run(shutdown));
         Ok((
             P2pRouter {

@@ -7,9 +7,11 @@
 //! task and publishes a snapshot of what it knows on a `watch` channel; [`handle`] is the
 //! cloneable [`P2pRouter`] that sends the loop commands and reads that snapshot.
 
+mod announce;
 mod config;
 mod event_loop;
 mod handle;
+mod store;
 mod swarm;
 
 use std::net::{IpAddr, SocketAddr};

@@ -8,19 +8,26 @@ use std::time::Duration;
 
 use libp2p::core::upgrade;
 use libp2p::kad;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::pnet::PnetConfig;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, Transport, identify, identity, noise, tcp, yamux};
 
+use super::store::{ProviderStore, StoreLimits};
 use super::{P2pConfig, P2pError};
 use crate::fsutil::{Existing, write_atomic};
 
 const KAD_PROTOCOL: &str = "/peermirror/kad/1.0.0";
 const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
-/// How many keys of other nodes' provider records a node keeps; far above a cluster's layers.
-const MAX_KEYS: usize = 500_000;
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Other nodes' keys a node stores: a node holds about keys-per-node × k of them, so this is
+/// 25,000 keys per node at k = 20 (~200 MB at its limit, see docs/scale.md).
+const STORE_LIMITS: StoreLimits = StoreLimits {
+    max_keys: 500_000,
+    max_per_provider: 100_000,
+    max_providers_per_key: 20,
+};
+/// Announcements queue behind each other on a busy node and their work is lost at the
+/// deadline, so it is generous; lookups end sooner on their own deadline (the event loop's).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Load the node's libp2p identity from `<dir>/identity.key`, creating it (mode 0600) on first
 /// start, so a restart keeps the PeerId.
@@ -55,7 +62,7 @@ pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, P2pError
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
-    pub(super) kad: kad::Behaviour<MemoryStore>,
+    pub(super) kad: kad::Behaviour<ProviderStore>,
     pub(super) identify: identify::Behaviour,
 }
 
@@ -104,18 +111,14 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
         let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kcfg.set_query_timeout(QUERY_TIMEOUT);
         kcfg.set_provider_record_ttl(Some(config.provider_ttl));
-        kcfg.set_provider_publication_interval(Some(config.republish_interval));
-        if let Some(r) = NonZeroUsize::new(20) {
+        // Republishing is the event loop's (paced, jittered, retried: see announce.rs).
+        kcfg.set_provider_publication_interval(None);
+        kcfg.set_record_ttl(None);
+        kcfg.set_publication_interval(None);
+        if let Some(r) = NonZeroUsize::new(config.replication) {
             kcfg.set_replication_factor(r);
         }
-        let store = MemoryStore::with_config(
-            peer_id,
-            MemoryStoreConfig {
-                max_provided_keys: MAX_KEYS,
-                max_records: 1024,
-                ..MemoryStoreConfig::default()
-            },
-        );
+        let store = ProviderStore::new(peer_id, STORE_LIMITS);
         let mut kad = kad::Behaviour::with_config(peer_id, store, kcfg);
         // Every node serves the DHT: a cluster has no NAT'd clients.
         kad.set_mode(Some(kad::Mode::Server));
