@@ -10,10 +10,11 @@
 # in order:
 #   ready      every /readyz 200 and every node's advertised-keys gauge at KEYS
 #   rss        VmRSS / VmHWM / open fds per node
-#   settle     until the first announcement of all NODES x KEYS keys is done (the cluster's
-#              ADD_PROVIDER rate below a tenth of its peak), then rss again
-#   propagate  SAMPLES new keys, each committed on one node: time until the admin Lookup of
-#              every other node finds it (polled: lookup, 100 ms pause, again)
+#   settle     until the first announcement of all NODES x KEYS keys is done (the nodes'
+#              peermirror_dht_announcements_total reach NODES x KEYS and no backlog is left),
+#              then rss again; reports requests, bytes and CPU per key announced
+#   propagate  SAMPLES new keys, each committed on one node: time until a registry HEAD on
+#              every other node (the pull path) finds a provider (polled every 250 ms)
 #   lookups    LOOKUPS lookups at steady state, CONC at a time, of keys held by another node:
 #              a registry HEAD (the pull path: first provider, then its HEAD) and an admin
 #              Lookup (the full DHT query, then a HEAD of each provider)
@@ -39,6 +40,7 @@ KEYS="${KEYS:-2000}"
 SEEDS="${SEEDS:-3}"
 PROVIDER_TTL="${PROVIDER_TTL:-5m}"
 REPUBLISH="${REPUBLISH:-2m}"
+REPLICATION="${REPLICATION:-5}"
 SAMPLES="${SAMPLES:-5}"
 LOOKUPS="${LOOKUPS:-400}"
 CONC="${CONC:-4}"
@@ -47,7 +49,7 @@ RECOVER_S="${RECOVER_S:-60}"
 KILL_FRACTION="${KILL_FRACTION:-0.2}"
 READY_S="${READY_S:-900}"
 NICE="${NICE:-0}"
-WORKERS="${WORKERS:-2}"
+WORKERS="${WORKERS:-1}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -111,6 +113,7 @@ for ((i = 0; i < NODES; i++)); do
     mkdir -p "$dir"
     nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
         --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
+        --replication "$REPLICATION" \
         --workers "$WORKERS" >"$dir/log" 2>&1 &
     PIDS+=($!)
     echo "$i $ip $! $dir" >>"$NODES_FILE"
@@ -120,7 +123,7 @@ done
 log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }") s"
 
 {
-    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH WORKERS=$WORKERS NICE=$NICE"
+    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION WORKERS=$WORKERS NICE=$NICE"
     echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
 } >>"$SUMMARY"
 

@@ -71,7 +71,7 @@ struct NodeArgs {
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     republish_interval: Duration,
     /// Kademlia's k (`--dht-replication`).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 5)]
     replication: usize,
     /// The mirror's wait for a first provider (the product's default is 20 ms; longer here
     /// so a slow lookup is measured rather than turned into a 404).
@@ -85,7 +85,8 @@ struct NodeArgs {
 enum Phase {
     /// Until every node's /readyz is 200 and its advertised-keys gauge is KEYS.
     Ready,
-    /// New keys committed on one node each: time until every other node's admin Lookup finds it.
+    /// New keys committed on one node each: time until a registry HEAD (the pull path) on every
+    /// other node finds a provider.
     Propagate,
     /// Lookups at steady state: registry HEADs (the pull path) and admin Lookups.
     Lookups,
@@ -352,7 +353,7 @@ async fn drive(a: DriveArgs) {
         .unwrap();
     match a.phase {
         Phase::Ready => ready(&a, &nodes, &client).await,
-        Phase::Propagate => propagate(&a, &nodes).await,
+        Phase::Propagate => propagate(&a, &nodes, &client).await,
         Phase::Lookups => lookups(&a, &nodes, &client).await,
         Phase::Traffic => traffic(&a, &nodes, &client).await,
         Phase::Settle => settle(&a, &nodes, &client).await,
@@ -446,7 +447,20 @@ async fn commit(node: &SimNode, text: &str) -> String {
     line.trim().to_string()
 }
 
-async fn propagate(a: &DriveArgs, nodes: &[SimNode]) {
+/// A registry `HEAD` of a blob on `node`: the pull path (local miss, DHT lookup until the first
+/// provider, that provider's HEAD). (elapsed, 200?)
+async fn registry_head(client: &reqwest::Client, node: &SimNode, digest: &str) -> (Duration, bool) {
+    let url = format!(
+        "http://{}:{}/v2/sim/blobs/{digest}?ns=sim.local",
+        node.ip,
+        base_port(node.index)
+    );
+    let t = Instant::now();
+    let status = client.head(url).send().await.map(|r| r.status().as_u16());
+    (t.elapsed(), status.is_ok_and(|s| s == 200))
+}
+
+async fn propagate(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
     let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let (mut per_node, mut everywhere) = (Vec::new(), Vec::new());
     let mut missing = 0;
@@ -464,14 +478,16 @@ async fn propagate(a: &DriveArgs, nodes: &[SimNode]) {
             .filter(|n| n.index != origin.index)
             .cloned()
             .map(|n| {
-                let digest = digest.clone();
+                let (digest, client) = (digest.clone(), client.clone());
                 tokio::spawn(async move {
+                    // Each node asks as a pull would, every 250 ms: 199 askers at once are
+                    // themselves a load on this machine's two cores.
                     while Instant::now() < deadline {
-                        let (_, found) = admin_lookup(&n, &digest, 1000).await;
+                        let (_, found) = registry_head(&client, &n, &digest).await;
                         if found {
                             return Some(t0.elapsed());
                         }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                     None
                 })
@@ -540,14 +556,7 @@ async fn lookups(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
             let (client, sem) = (client.clone(), sem.clone());
             tokio::spawn(async move {
                 let _permit = sem.acquire().await.unwrap();
-                let url = format!(
-                    "http://{}:{}/v2/sim/blobs/{head}?ns=sim.local",
-                    asker.ip,
-                    base_port(asker.index)
-                );
-                let t = Instant::now();
-                let status = client.head(url).send().await.map(|r| r.status().as_u16());
-                let head_t = (t.elapsed(), status.is_ok_and(|s| s == 200));
+                let head_t = registry_head(&client, &asker, &head).await;
                 let adm_t = admin_lookup(&asker, &adm, 2000).await;
                 (head_t, adm_t)
             })
@@ -638,30 +647,29 @@ async fn dht_counts(client: &reqwest::Client, nodes: &[SimNode]) -> Vec<[f64; 4]
 
 async fn settle(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
     let t0 = Instant::now();
-    let total = |c: &[[f64; 4]]| c.iter().map(|x| x[2]).sum::<f64>();
-    let mut last = total(&dht_counts(client, nodes).await);
-    let mut at = Instant::now();
-    let mut peak: f64 = 0.0;
-    let mut quiet = 0;
+    let target = (nodes.len() * a.keys) as f64;
+    let mut done = false;
+    let mut last = (0.0, 0.0, 0.0);
     while t0.elapsed() < a.window {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let now = total(&dht_counts(client, nodes).await);
-        let rate = (now - last) / at.elapsed().as_secs_f64();
-        (last, at) = (now, Instant::now());
-        peak = peak.max(rate);
+        last = announce_state(client, nodes).await;
+        let (announced, backlog, failed) = last;
         println!(
-            "settle: {:.0} s, {rate:.0} ADD_PROVIDER/s in the cluster (peak {peak:.0}), {now:.0} so far",
-            t0.elapsed().as_secs_f64()
+            "settle: {:.0} s, {announced:.0} of {target:.0} keys announced, backlog {backlog:.0}, failed {failed:.0}, load {}",
+            t0.elapsed().as_secs_f64(),
+            loadavg()
         );
-        quiet = if rate < peak / 10.0 { quiet + 1 } else { 0 };
-        if quiet >= 2 {
+        if announced >= target && backlog == 0.0 {
+            done = true;
             break;
         }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
     println!(
-        "RESULT settle seconds={:.0} add_provider_total={last:.0} peak_per_s={peak:.0} settled={}",
+        "RESULT settle seconds={:.0} announced={:.0} failed={:.0} backlog={:.0} settled={done}",
         t0.elapsed().as_secs_f64(),
-        quiet >= 2
+        last.0,
+        last.2,
+        last.1,
     );
     // Everything since the nodes started (counters and connections are as old as the nodes):
     // the cost of announcing every key once, i.e. of one republish round.
@@ -677,25 +685,43 @@ async fn settle(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
     let (sent, recv) = b
         .values()
         .fold((0u64, 0u64), |acc, v| (acc.0 + v.0, acc.1 + v.1));
+    let cpu = cpu_seconds(nodes);
     println!(
-        "RESULT first_announcement_per_key find_node={:.2} get_providers={:.2} add_provider={:.2} other={:.2} bytes_sent={:.0} bytes_received={:.0} (cluster totals / {keys:.0} keys)",
+        "RESULT first_announcement_per_key find_node={:.2} get_providers={:.2} add_provider={:.2} other={:.2} bytes_sent={:.0} bytes_received={:.0} cpu_ms={:.2} (cluster totals since start / {keys:.0} keys)",
         sums[0] / keys,
         sums[1] / keys,
         sums[2] / keys,
         sums[3] / keys,
         sent as f64 / keys,
-        recv as f64 / keys
+        recv as f64 / keys,
+        cpu * 1000.0 / keys
+    );
+    let requests: f64 = sums.iter().sum();
+    println!(
+        "RESULT cpu_since_start cluster_s={cpu:.0} per_request_us={:.0} (all nodes' CPU, start-up included)",
+        cpu * 1e6 / requests.max(1.0)
     );
 }
 
 async fn traffic(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
     let c0 = dht_counts(client, nodes).await;
     let b0 = router_bytes();
+    let cpu0: Vec<f64> = nodes.iter().map(|n| pid_cpu_seconds(n.pid)).collect();
     let t0 = Instant::now();
     tokio::time::sleep(a.window).await;
     let c1 = dht_counts(client, nodes).await;
     let b1 = router_bytes();
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let cpu: Vec<f64> = nodes
+        .iter()
+        .zip(&cpu0)
+        .map(|(n, c0)| (pid_cpu_seconds(n.pid) - c0) * 1000.0 / (minutes * 60.0))
+        .collect();
+    report(
+        "cpu_ms_per_node_per_s_as_ms",
+        cpu,
+        "(values are CPU-ms per second)",
+    );
     let mut per_kind = [0.0; 4];
     let mut totals = Vec::new();
     for (x, y) in c0.iter().zip(&c1) {
@@ -743,6 +769,50 @@ async fn traffic(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
         "RESULT window_s={:.0} nodes_with_router_sockets={conns}",
         t0.elapsed().as_secs_f64()
     );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// utime + stime of a process, in seconds (CLK_TCK is 100 on Linux).
+fn pid_cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) start at the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cpu_seconds(nodes: &[SimNode]) -> f64 {
+    nodes.iter().map(|n| pid_cpu_seconds(n.pid)).sum()
+}
+
+/// Cluster sums of announcements done, backlog, and failed announcements.
+async fn announce_state(client: &reqwest::Client, nodes: &[SimNode]) -> (f64, f64, f64) {
+    let texts = futures_util::future::join_all(nodes.iter().map(|n| metrics_text(client, n))).await;
+    let mut sums = (0.0, 0.0, 0.0);
+    for t in texts.iter().flatten() {
+        sums.0 += metric_label(t, "peermirror_dht_announcements_total", "announced");
+        sums.1 += metric_sum(t, "peermirror_dht_announce_backlog");
+        sums.2 += metric_label(t, "peermirror_dht_announcements_total", "failed");
+    }
+    sums
+}
+
+fn metric_label(text: &str, name: &str, what: &str) -> f64 {
+    let prefix = format!("{name}{{what=\"{what}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn status_kb(pid: i32, field: &str) -> Option<f64> {

@@ -182,10 +182,12 @@ pub struct RunArgs {
     #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
     pub republish_interval: Duration,
 
-    /// Kademlia's replication factor k: how many nodes store each provider record, and how
-    /// many peers a FIND_NODE answer carries. Lower costs less per announcement (see
-    /// docs/scale.md); every node of a cluster should use the same value.
-    #[arg(long, env = "PEERMIRROR_DHT_REPLICATION", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Kademlia's replication factor k: how many nodes store each provider record. Each key
+    /// announced costs about k + 8 requests and each node stores keys-per-node × k records;
+    /// 5 (not libp2p's 20) keeps 200 nodes × 2,000 keys within a node's budget, and a key is
+    /// lost only if all k holders die within one republish interval (docs/scale.md). Use the
+    /// same value on every node.
+    #[arg(long, env = "PEERMIRROR_DHT_REPLICATION", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub dht_replication: u16,
 
     /// Unix socket of the admin API (mode 0600), used by `peermirror status`

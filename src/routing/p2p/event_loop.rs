@@ -34,8 +34,10 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
 /// Announcement queries a node runs at a time (see announce.rs).
 const ANNOUNCE_IN_FLIGHT: usize = 16;
-/// How often expired records of other nodes are dropped and the store's gauges refreshed.
+/// How often expired records of other nodes are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often the DHT gauges are refreshed (counting the backlog walks the whole schedule).
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
 
 struct LookupState {
     key: RecordKey,
@@ -72,6 +74,7 @@ pub(super) struct EventLoop {
     reprovide_pending: bool,
     announcer: Announcer,
     next_sweep: Instant,
+    next_gauges: Instant,
 }
 
 impl EventLoop {
@@ -100,6 +103,7 @@ impl EventLoop {
             reprovide_pending: true,
             announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
             next_sweep: Instant::now() + SWEEP_EVERY,
+            next_gauges: Instant::now(),
         }
     }
 
@@ -438,16 +442,17 @@ impl EventLoop {
         self.pump_announcements();
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
-            let store = self.swarm.behaviour_mut().kad.store_mut();
-            store.sweep(now);
-            let (_, records) = store.len();
-            self.metrics
-                .dht_stored_records
-                .set(i64::try_from(records).unwrap_or(i64::MAX));
+            self.swarm.behaviour_mut().kad.store_mut().sweep(now);
         }
-        self.metrics
-            .dht_announce_backlog
-            .set(i64::try_from(self.announcer.backlog(now)).unwrap_or(i64::MAX));
+        if now >= self.next_gauges {
+            self.next_gauges = now + GAUGES_EVERY;
+            let (_, records) = self.swarm.behaviour_mut().kad.store_mut().len();
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.metrics.dht_stored_records.set(gauge(records));
+            self.metrics
+                .dht_announce_backlog
+                .set(gauge(self.announcer.backlog(now)));
+        }
         if self.connected() == 0 && now >= self.next_bootstrap {
             self.dial_bootstrap(dns_tx);
             self.next_bootstrap = now + self.bootstrap_backoff;
