@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{Announcer, Outcome};
-use super::handle::{Command, Snapshot};
+use super::handle::{Command, PeerEntry, Snapshot};
 use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
 use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
 use crate::metrics::{Metrics, WhatLabels};
-use crate::routing::{PeerStatus, Provider};
+use crate::routing::Provider;
 
 /// Lookups that find nothing are retried while routing tables fill after start-up.
 const LOOKUP_RETRIES: u32 = 3;
@@ -405,17 +405,15 @@ impl EventLoop {
 
     /// Publish the connected peers (and what identify told about them) to handles and metrics.
     fn publish_peers(&mut self) {
-        let peers: Vec<PeerStatus> = self
+        let peers: Vec<PeerEntry> = self
             .swarm
             .connected_peers()
             .map(|p| {
                 let k = self.known.get(p);
-                PeerStatus {
-                    peer: p.to_string(),
+                PeerEntry {
+                    id: *p,
                     registry: k.and_then(|k| k.registry),
-                    addrs: k
-                        .map(|k| k.addrs.iter().map(|a| a.to_string()).collect())
-                        .unwrap_or_default(),
+                    addrs: k.map(|k| k.addrs.clone()).unwrap_or_default(),
                     last_seen: k.map_or(std::time::SystemTime::now(), |k| k.last_seen),
                 }
             })

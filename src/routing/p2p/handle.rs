@@ -35,14 +35,35 @@ pub(super) enum Command {
 #[derive(Clone, Debug)]
 pub(super) struct Snapshot {
     pub local_id: PeerId,
-    /// The connected peers.
-    pub peers: Vec<PeerStatus>,
+    /// The connected peers, as the loop holds them: turned into strings only when read (the
+    /// loop republishes on every identify, ~N per minute, and N base58 encodings each time
+    /// were a tenth of a 200-node cluster's CPU).
+    pub peers: Vec<PeerEntry>,
     /// Addresses the transport listens on, with `/p2p/<PeerId>` appended.
     pub listen: Vec<Multiaddr>,
     /// The external address registered for provider records, if any.
     pub external: Vec<Multiaddr>,
     /// Set when DNS bootstrap resolved to this node alone (and there are no static peers).
     pub alone: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct PeerEntry {
+    pub id: PeerId,
+    pub registry: Option<std::net::SocketAddr>,
+    pub addrs: Vec<Multiaddr>,
+    pub last_seen: std::time::SystemTime,
+}
+
+impl PeerEntry {
+    fn status(&self) -> PeerStatus {
+        PeerStatus {
+            peer: self.id.to_string(),
+            registry: self.registry,
+            addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+            last_seen: self.last_seen,
+        }
+    }
 }
 
 /// Handle to the libp2p router. Cheap to clone.
@@ -162,7 +183,7 @@ impl Router for P2pRouter {
         let s = self.state.borrow();
         RouterStatus {
             local_id: s.local_id.to_string(),
-            peers: s.peers.clone(),
+            peers: s.peers.iter().map(PeerEntry::status).collect(),
             listen_addrs: s.listen.iter().map(|a| a.to_string()).collect(),
             advertised_addrs: s.external.iter().map(|a| a.to_string()).collect(),
             expects_peers: !s.alone,

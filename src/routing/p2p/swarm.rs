@@ -125,7 +125,9 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(agent_version(config))
-                .with_interval(Duration::from_secs(60)),
+                // Sent on connect (and pushed on change); the periodic resend only refreshes,
+                // and every node receives one per peer per interval.
+                .with_interval(Duration::from_secs(300)),
         );
         Behaviour { kad, identify }
     };
