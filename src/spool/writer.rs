@@ -43,8 +43,8 @@ pub struct Writer {
     batch: BytesMut,
     /// A buffer back from the recent batches, for the next batch.
     spare: Option<BytesMut>,
-    /// Out while a batch job holds it.
-    hasher: Option<Sha256Verifier>,
+    /// Out while a batch job holds it (boxed: it is most of the writer's size).
+    hasher: Option<Box<Sha256Verifier>>,
     /// The batch being hashed and written, if any.
     pending: Option<JoinHandle<BatchDone>>,
     /// Whether every byte is in the file and matched the digest, once [`Writer::check`] knew.
@@ -56,14 +56,14 @@ pub struct Writer {
 /// What a batch job hands back: the hasher, how the write went, and an old batch's buffer
 /// if nobody held it any more.
 struct BatchDone {
-    hasher: Sha256Verifier,
+    hasher: Box<Sha256Verifier>,
     written: io::Result<()>,
     reclaimed: Option<BytesMut>,
 }
 
 impl Writer {
     pub(super) fn new(spool: Arc<Spool>, entry: Arc<Entry>) -> Self {
-        let hasher = Some(Sha256Verifier::new(entry.digest));
+        let hasher = Some(Box::new(Sha256Verifier::new(entry.digest)));
         Writer {
             spool,
             entry,
@@ -161,7 +161,7 @@ impl Writer {
         }
         self.collect().await?;
         let complete = self.size == Some(self.flushed) && self.accepted == self.flushed;
-        let m = complete && self.hasher.as_ref().is_some_and(Sha256Verifier::matches);
+        let m = complete && self.hasher.as_ref().is_some_and(|h| h.matches());
         if complete {
             self.matched = Some(m);
         }
