@@ -7,8 +7,9 @@
 # imported into node 1's containerd as the only layer of an image; node 2 (empty containerd)
 # fetches it through its peermirror, i.e. from node 1 over the peer path, verified.
 # Reported: time to first byte at node 2 (cold: node 1 has never hashed the blob), total time
-# and MB/s, the serving process's CPU-seconds per GB and its peak RSS, and whether the bytes
-# hashed to the digest. Target: first byte under 1 s.
+# and MB/s, the CPU-seconds per GB and peak RSS of the relaying node (node 2: fetch, verify,
+# spool, serve; issue 13's figure) and of the serving node (node 1), and whether the bytes
+# hashed to the digest. Target: first byte under 1 s. PERF=1 profiles node 2 (perf record).
 #
 # Root; needs containerd, ctr, curl, openssl (scripts/install-deps.sh). Only 127.0.0.1; every
 # process is stopped by PID on exit; the temp dir (with the blob) is removed.
@@ -60,7 +61,17 @@ sleep 5
 
 url="http://${PM_REG[n2]}/v2/bench/big/blobs/sha256:$hex?ns=bench.local"
 cpu0="$(cpu_ticks "${PM_PID[n1]}")"
-log "GET through node 2: $url"
+relay0="$(cpu_ticks "${PM_PID[n2]}")"
+perf_pid=""
+if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
+    # Profile of the relaying node (node 2) during the GET (PERF=1).
+    perf record -q -F "${PERF_FREQ:-499}" -g -o "$WORK/perf.n2.data" -p "${PM_PID[n2]}" >/dev/null 2>&1 &
+    perf_pid=$!
+    track "$perf_pid"
+    sleep 0.5
+fi
+LOAD_START="$(loadavg)"
+log "GET through node 2: $url (load $LOAD_START)"
 curl -s -f -o >(sha256sum | cut -d' ' -f1 >"$WORK/got") \
     -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n' \
     "$url" >"$WORK/timing" || true
@@ -69,12 +80,26 @@ for ((i = 0; i < 100; i++)); do
     sleep 0.1
 done
 cpu1="$(cpu_ticks "${PM_PID[n1]}")"
+relay1="$(cpu_ticks "${PM_PID[n2]}")"
+LOAD_END="$(loadavg)"
+if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    untrack "$perf_pid"
+    perf report -i "$WORK/perf.n2.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+        grep -E '^ +[0-9]' | head -n 30 >"$WORK/perf.n2.top" || true
+    log "perf top symbols of node 2 while relaying:"
+    cut -c1-120 "$WORK/perf.n2.top" >&2
+fi
 read -r code ttfb total bytes <"$WORK/timing"
 got="$(cat "$WORK/got")"
 hwm="$(vm_hwm_kb "${PM_PID[n1]}")"
 cpu_s="$(calc "($cpu1 - $cpu0) / $CLK_TCK")"
 echo "size_bytes=$size status=$code bytes=$bytes"
 echo "ttfb_s=$ttfb total_s=$total mb_per_s=$(calc "$bytes / $total / 1e6")"
+relay_s="$(calc "($relay1 - $relay0) / $CLK_TCK")"
+echo "load_start=\"$LOAD_START\" load_end=\"$LOAD_END\""
+echo "relaying_cpu_s=$relay_s relaying_cpu_s_per_gb=$(calc "$relay_s / ($size / 1e9)") relaying_peak_rss_mb=$(calc "$(vm_hwm_kb "${PM_PID[n2]}") / 1024")"
 echo "serving_cpu_s=$cpu_s serving_cpu_s_per_gb=$(calc "$cpu_s / ($size / 1e9)") serving_peak_rss_mb=$(calc "$hwm / 1024")"
 if [ "$got" = "$hex" ] && [ "$bytes" = "$size" ]; then
     echo "verified=yes"

@@ -591,15 +591,21 @@ impl Transfer {
     }
 
     /// Fetch every byte, resuming from the next provider on a failure or a stall, and verify.
+    /// The spool's writer hashes what it writes (on a blocking thread, overlapped with the
+    /// network); the other sinks are hashed here.
     async fn fetch(&mut self, first: Answer) -> Outcome {
-        let mut verifier = Sha256Verifier::new(self.digest);
+        let mut verifier = Verify {
+            inline: (!matches!(self.sink, Sink::Spool(_)))
+                .then(|| Sha256Verifier::new(self.digest)),
+            seen: 0,
+        };
         let mut current = Some(first);
         self.contributors.clear();
         loop {
             let answer = match current.take() {
                 Some(a) => a,
                 None => {
-                    let offset = verifier.bytes_seen();
+                    let offset = verifier.seen;
                     let want = Expect {
                         digest: self.digest,
                         size: Some(self.size),
@@ -628,7 +634,18 @@ impl Transfer {
                 Step::Abort => return Outcome::ClientGone,
             }
         }
-        if verifier.matches() {
+        let matched = match (&mut self.sink, &verifier.inline) {
+            (_, Some(v)) => v.matches(),
+            (Sink::Spool(w), None) => match w.check().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(digest = %self.digest, error = %e, "writing to the spool failed");
+                    return Outcome::ClientGone;
+                }
+            },
+            (_, None) => false,
+        };
+        if matched {
             self.learn();
             return Outcome::Verified;
         }
@@ -658,9 +675,9 @@ impl Transfer {
     }
 
     /// Copy one provider's body into the verifier and the sink.
-    async fn pump(&mut self, a: Answer, verifier: &mut Sha256Verifier) -> Step {
+    async fn pump(&mut self, a: Answer, verifier: &mut Verify) -> Step {
         let (p, id) = (&a.provider, &a.identity);
-        let offset = verifier.bytes_seen();
+        let offset = verifier.seen;
         // A provider that ignores Range sends from 0: skip what we already have.
         let mut skip = if offset > 0 && a.response.status() == StatusCode::OK {
             offset
@@ -675,7 +692,7 @@ impl Transfer {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), "provider stalled");
+                    tracing::warn!(peer = %p.peer, %id, at = verifier.seen, "provider stalled");
                     self.fetcher.book.stalled(p, id);
                     return Step::Failed;
                 }
@@ -690,7 +707,7 @@ impl Transfer {
                     c
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %p.peer, error = %e, at = verifier.bytes_seen(), "provider stream broke");
+                    tracing::warn!(peer = %p.peer, error = %e, at = verifier.seen, "provider stream broke");
                     self.fetcher.book.penalize(p, id, Fault::Failed);
                     return Step::Failed;
                 }
@@ -703,7 +720,7 @@ impl Transfer {
             if chunk.is_empty() {
                 continue;
             }
-            let start = verifier.bytes_seen();
+            let start = verifier.seen;
             let end = start + chunk.len() as u64;
             if end > self.size {
                 // The prefix verified so far stays; the next provider resumes from it. More
@@ -712,7 +729,10 @@ impl Transfer {
                 self.fetcher.book.penalize(p, id, Fault::Mismatch);
                 return Step::Failed;
             }
-            verifier.update(&chunk);
+            verifier.seen = end;
+            if let Some(v) = verifier.inline.as_mut() {
+                v.update(&chunk);
+            }
             if let Some((_, buf)) = self.capture.as_mut() {
                 buf.extend_from_slice(&chunk);
             }
@@ -737,13 +757,20 @@ impl Transfer {
                 return Step::Complete;
             }
         }
-        if verifier.bytes_seen() == self.size {
+        if verifier.seen == self.size {
             return Step::Complete;
         }
-        tracing::warn!(peer = %p.peer, %id, at = verifier.bytes_seen(), size = self.size, "provider body ended early");
+        tracing::warn!(peer = %p.peer, %id, at = verifier.seen, size = self.size, "provider body ended early");
         self.fetcher.book.penalize(p, id, Fault::Failed);
         Step::Failed
     }
+}
+
+/// How far a transfer got, and its hash unless the spool's writer hashes.
+struct Verify {
+    inline: Option<Sha256Verifier>,
+    /// Bytes accepted so far, from offset 0: where a resume starts.
+    seen: u64,
 }
 
 /// The part of `chunk` (which starts at blob offset `start`) inside the inclusive window.

@@ -4,9 +4,10 @@
 //! [`Spool::claim`] it: the first gets a [`Writer`] and runs the download, the others an
 //! [`Entry`] to read from. The bytes go to `<dir>/<hex>` as they arrive; every
 //! [`Entry::reader`] sends what exists, then follows the growing file, and holds back the last
-//! bytes of its window until the writer reports the whole blob's sha256 verified. So no
-//! response made of unverified bytes ever completes, ranged ones included. The writer hashes;
-//! the spool only records phases.
+//! bytes of its window until the writer has checked the whole blob's sha256. So no
+//! response made of unverified bytes ever completes, ranged ones included. The [`Writer`]
+//! hashes what it writes, on a blocking thread, one batch behind the network: the caller
+//! gathers the next batch while the previous one is hashed and written.
 //!
 //! Space is reserved when the size is known ([`Writer::start`]), within a budget; when it is
 //! full, verified entries nobody reads are evicted, least recently used first. An entry leaves
@@ -17,25 +18,26 @@
 mod reader;
 #[cfg(test)]
 mod tests;
+mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::content::ByteStream;
 use crate::oci::Digest;
 
-/// Writes are gathered to this size before they go to the file: network chunks are often
-/// 16 KiB, and one blocking-pool hop per chunk would cost more than the copy.
-const WRITE_BATCH: usize = 256 * 1024;
+#[cfg(test)]
+use writer::WRITE_BATCH;
+pub use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -203,6 +205,7 @@ impl Spool {
             progress: watch::Sender::new(Progress::default()),
             file: OnceLock::new(),
             readers: AtomicUsize::new(0),
+            recent: Mutex::new(VecDeque::new()),
         });
         st.slots.insert(
             d,
@@ -213,15 +216,7 @@ impl Spool {
                 reserved: 0,
             },
         );
-        let writer = Writer {
-            spool: self.clone(),
-            entry: entry.clone(),
-            size: None,
-            accepted: 0,
-            flushed: 0,
-            batch: BytesMut::new(),
-            done: false,
-        };
+        let writer = Writer::new(self.clone(), entry.clone());
         Claim::New(entry, writer)
     }
 
@@ -412,6 +407,9 @@ pub struct Entry {
     /// unlinked file still serves everyone holding the entry.
     file: OnceLock<File>,
     readers: AtomicUsize,
+    /// The last batches written while downloading, `(offset, bytes)` in order: a reader
+    /// following the download takes its bytes from here instead of reading the file back.
+    recent: Mutex<VecDeque<(u64, Bytes)>>,
 }
 
 impl Entry {
@@ -464,156 +462,16 @@ impl Entry {
     pub fn reader(self: &Arc<Self>, start: u64, end: u64, stall: Duration) -> ByteStream {
         reader::stream(self.clone(), start, end, stall)
     }
-}
 
-/// The only writer of an entry. Dropping it without [`Writer::verified`] fails the entry.
-pub struct Writer {
-    spool: Arc<Spool>,
-    entry: Arc<Entry>,
-    size: Option<u64>,
-    /// Bytes handed to `write`.
-    accepted: u64,
-    /// Bytes in the file (readers see these).
-    flushed: u64,
-    batch: BytesMut,
-    /// Verified or failed: nothing more may change.
-    done: bool,
-}
-
-impl Writer {
-    pub fn entry(&self) -> &Arc<Entry> {
-        &self.entry
-    }
-
-    /// Records the size and media type once the first provider answered, reserving the space
-    /// (evicting idle verified entries, least recently used first). On `NoRoom` (or a file
-    /// error) the entry fails and leaves the spool; the caller streams without it.
-    pub fn start(&mut self, size: u64, media_type: String) -> Result<(), SpoolError> {
-        if self.done {
-            return Err(SpoolError::Ended(self.failure()));
-        }
-        if self.size.is_some() {
-            return Err(SpoolError::AlreadyStarted);
-        }
-        if let Err(e) = self.spool.reserve(&self.entry, size) {
-            let why = if e.is_no_room() {
-                Failure::NoRoom
-            } else {
-                Failure::Io(e.to_string())
-            };
-            self.finish(Err(why));
-            return Err(e);
-        }
-        self.size = Some(size);
-        if size > 0 {
-            self.batch
-                .reserve(WRITE_BATCH.min(usize::try_from(size).unwrap_or(WRITE_BATCH)));
-        }
-        self.entry.progress.send_modify(|p| {
-            p.phase = Phase::Downloading;
-            p.size = Some(size);
-            p.media_type = Some(media_type);
-        });
-        Ok(())
-    }
-
-    /// Appends bytes in order. They reach readers in batches, and at once when the blob is
-    /// complete. More bytes than the announced size are refused.
-    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
-        if self.done {
-            return Err(io::Error::other(SpoolError::Ended(self.failure())));
-        }
-        let Some(size) = self.size else {
-            return Err(io::Error::other("spool write before start"));
-        };
-        let len = chunk.len() as u64;
-        if self.accepted + len > size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the provider sent more than the announced {size} bytes ({} so far)",
-                    self.accepted + len
-                ),
-            ));
-        }
-        self.batch.extend_from_slice(chunk);
-        self.accepted += len;
-        if self.batch.len() >= WRITE_BATCH || self.accepted == size {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    pub fn written(&self) -> u64 {
-        self.accepted
-    }
-
-    /// The writer verified the sha256: readers may release their last bytes. Reporting it
-    /// before every announced byte was written fails the entry instead.
-    pub fn verified(mut self) {
-        let outcome = match self.size {
-            Some(size) if self.flushed == size => Ok(()),
-            size => Err(Failure::Io(format!(
-                "verified with {} of {size:?} bytes written",
-                self.flushed
-            ))),
-        };
-        self.finish(outcome);
-    }
-
-    /// Gives up: readers end with an error, the entry leaves the spool, its file is unlinked.
-    pub fn fail(mut self, why: Failure) {
-        self.finish(Err(why));
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        let data = self.batch.split().freeze();
-        let len = data.len() as u64;
-        let offset = self.flushed;
-        let entry = self.entry.clone();
-        tokio::task::spawn_blocking(move || match entry.file.get() {
-            Some(f) => f.write_all_at(&data, offset),
-            None => Err(io::Error::other("spool file missing")),
-        })
-        .await
-        .map_err(io::Error::other)??;
-        self.flushed += len;
-        let flushed = self.flushed;
-        self.entry.progress.send_modify(|p| p.written = flushed);
-        Ok(())
-    }
-
-    fn failure(&self) -> Failure {
-        match self.entry.phase() {
-            Phase::Failed(why) => why,
-            _ => Failure::Aborted,
-        }
-    }
-
-    fn finish(&mut self, outcome: Result<(), Failure>) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        match outcome {
-            Ok(()) => self
-                .entry
-                .progress
-                .send_modify(|p| p.phase = Phase::Verified),
-            Err(why) => {
-                // Out of the spool first, so a new claim starts afresh instead of joining a
-                // failed download.
-                self.spool.forget(&self.entry);
-                self.entry
-                    .progress
-                    .send_modify(|p| p.phase = Phase::Failed(why));
-            }
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.finish(Err(Failure::Aborted));
+    /// Bytes `pos..until` (at most) from the recent batches, without a copy: `None` if `pos`
+    /// is not in them. Only bytes already published as written are ever there.
+    fn recent_slice(&self, pos: u64, until: u64) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (off, data) = recent
+            .iter()
+            .find(|(off, data)| *off <= pos && pos < off + data.len() as u64)?;
+        let from = usize::try_from(pos - off).ok()?;
+        let to = usize::try_from(until.min(off + data.len() as u64) - off).ok()?;
+        (from < to).then(|| data.slice(from..to))
     }
 }

@@ -1,16 +1,17 @@
 //! A reader over one spool entry: a window of the blob, streamed while it downloads.
 //!
-//! It wakes on the entry's progress channel (no polling), reads with positioned reads from
+//! It wakes on the entry's progress channel (no polling), takes the bytes from the writer's
+//! recent batches when it follows the download closely, else reads with positioned reads from
 //! the entry's open file (so an unlinked file still serves), and releases the last
 //! [`HOLD_BACK`] bytes of its window only once the whole blob is verified.
 
 use std::io;
-use std::sync::Arc;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use std::os::unix::fs::FileExt;
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{Entry, Phase, Progress};
@@ -19,6 +20,9 @@ use crate::content::ByteStream;
 /// The largest read, as elsewhere in the crate: large enough for throughput, small enough to
 /// keep memory flat with many readers.
 const READ_CHUNK: u64 = 1024 * 1024;
+
+/// Read buffers a reader keeps for reuse: one being read into, the others still being sent.
+const POOLED: usize = 3;
 
 /// How much of a window's end waits for verification. One byte would keep the invariant; a
 /// little more makes the final release one read, not a trickle.
@@ -45,7 +49,7 @@ pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -
         stop,
         held: HOLD_BACK.min(stop - start),
         stall,
-        buf: BytesMut::new(),
+        pool: Arc::new(Mutex::new(Vec::new())),
         done: false,
         _guard: guard,
     };
@@ -78,8 +82,9 @@ struct Read {
     /// Bytes at the window's end released only once verified (at least one).
     held: u64,
     stall: Duration,
-    /// Reused between reads once the previous chunk is dropped downstream.
-    buf: BytesMut,
+    /// Buffers back from chunks the client side has sent: read into again, so a download
+    /// neither zero-fills nor faults in fresh pages per chunk.
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
     done: bool,
     _guard: Guard,
 }
@@ -138,25 +143,68 @@ impl Read {
     /// Reads `pos..min(limit, pos + READ_CHUNK)`, bytes known to be in the file.
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let want = (limit - self.pos).min(READ_CHUNK);
+        // Following the download: its latest batches are still in memory.
+        if let Some(b) = self.entry.recent_slice(self.pos, self.pos + want) {
+            self.pos += b.len() as u64;
+            return Ok(b);
+        }
         let len = usize::try_from(want).map_err(io::Error::other)?;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(len, 0);
+        let mut buf = lock(&self.pool).pop().unwrap_or_default();
+        if buf.len() < len {
+            // Zero-filled once per buffer, never again when it is reused; no larger than the
+            // window needs.
+            let cap = usize::try_from((self.stop - self.pos).min(READ_CHUNK))
+                .map_err(io::Error::other)?;
+            buf.resize(cap.max(len), 0);
+        }
         let entry = self.entry.clone();
         let pos = self.pos;
-        let (mut buf, res) = tokio::task::spawn_blocking(move || {
-            let res = match entry.file.get() {
-                Some(f) => f.read_exact_at(&mut buf, pos),
-                None => Err(io::Error::other("spool file missing")),
+        let (buf, res) = tokio::task::spawn_blocking(move || {
+            let res = match (entry.file.get(), buf.get_mut(..len)) {
+                (Some(f), Some(dst)) => f.read_exact_at(dst, pos),
+                (None, _) => Err(io::Error::other("spool file missing")),
+                (_, None) => Err(io::Error::other("spool read buffer too small")),
             };
             (buf, res)
         })
         .await
         .map_err(io::Error::other)?;
-        res?;
-        let out = buf.split().freeze();
-        self.buf = buf;
+        if let Err(e) = res {
+            lock(&self.pool).push(buf);
+            return Err(e);
+        }
         self.pos += want;
-        Ok(out)
+        Ok(Bytes::from_owner(Pooled {
+            buf,
+            len,
+            home: self.pool.clone(),
+        }))
+    }
+}
+
+fn lock(pool: &Mutex<Vec<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    // A list of spare buffers: nothing to tear if a holder panicked.
+    pool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A chunk sent from a pooled buffer; dropping it (once written out) returns the buffer.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    home: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = lock(&self.home);
+        if pool.len() < POOLED {
+            pool.push(std::mem::take(&mut self.buf));
+        }
     }
 }

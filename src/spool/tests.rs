@@ -60,6 +60,7 @@ async fn verified_entry(s: &Arc<Spool>, data: &[u8]) -> Arc<Entry> {
     w.start(data.len() as u64, "application/octet-stream".into())
         .unwrap();
     w.write(data).await.unwrap();
+    assert!(w.check().await.unwrap());
     w.verified();
     assert_eq!(e.phase(), Phase::Verified);
     e
@@ -104,6 +105,7 @@ async fn readers_attached_at_different_times_get_every_byte() {
         w.write(c).await.unwrap();
     }
     assert_eq!(w.written(), data.len() as u64);
+    assert!(w.check().await.unwrap());
     w.verified();
 
     for r in [early, late] {
@@ -136,6 +138,7 @@ async fn a_ranged_reader_gets_its_last_byte_only_once_verified() {
     assert!(got.len() < b - a + 1, "the last byte arrived unverified");
     assert_eq!(got, data[a..a + got.len()]);
 
+    assert!(w.check().await.unwrap());
     w.verified();
     let (rest, err) = collect(r).await;
     assert!(err.is_none(), "{err:?}");
@@ -167,6 +170,47 @@ async fn a_failed_download_ends_every_reader_with_an_error() {
     assert!(s.get(&d).is_none());
     assert!(!s.dir.join(d.hex()).exists());
     assert!(matches!(s.claim(d), Claim::New(..)));
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_match_the_digest_never_release_the_tail() {
+    let (_tmp, s) = spool(64 * MIB);
+    let data = blob(3 * MIB as usize + 99, 5);
+    let mut lie = data.clone();
+    lie[MIB as usize + 3] ^= 1;
+    let d = Digest::of(&data);
+    let (entry, mut w) = claim_new(&s, d);
+    w.start(data.len() as u64, "x".into()).unwrap();
+    let whole = tokio::spawn(collect(entry.reader(0, data.len() as u64 - 1, STALL)));
+    let tail = tokio::spawn(collect(entry.reader(
+        data.len() as u64 - 10,
+        data.len() as u64 - 1,
+        STALL,
+    )));
+    for c in lie.chunks(70_000) {
+        w.write(c).await.unwrap();
+    }
+    // The writer hashes what it wrote: the lie is caught, and verifying anyway fails.
+    assert!(!w.check().await.unwrap());
+    w.verified();
+    assert_eq!(entry.phase(), Phase::Failed(Failure::Mismatch));
+    for (r, len) in [(whole, data.len()), (tail, 10)] {
+        let (got, err) = r.await.unwrap();
+        assert!(err.is_some(), "a reader ended cleanly after a mismatch");
+        assert!(got.len() < len, "the held-back tail was released");
+    }
+}
+
+#[tokio::test]
+async fn verifying_before_every_byte_arrived_fails() {
+    let (_tmp, s) = spool(64 * MIB);
+    let data = blob(2 * MIB as usize, 6);
+    let (entry, mut w) = claim_new(&s, Digest::of(&data));
+    w.start(data.len() as u64, "x".into()).unwrap();
+    w.write(&data[..MIB as usize]).await.unwrap();
+    assert!(!w.check().await.unwrap());
+    w.verified();
+    assert!(matches!(entry.phase(), Phase::Failed(Failure::Io(_))));
 }
 
 #[tokio::test]
@@ -274,6 +318,7 @@ async fn a_removed_entry_still_serves_its_readers() {
     w2.start(data.len() as u64, "x".into()).unwrap();
 
     w.write(rest).await.unwrap();
+    assert!(w.check().await.unwrap());
     w.verified();
     let (tail, err) = collect(r).await;
     assert!(err.is_none(), "{err:?}");
@@ -290,13 +335,14 @@ async fn a_removed_entry_still_serves_its_readers() {
 async fn a_reader_gives_up_when_nothing_progresses() {
     let (_tmp, s) = spool(64 * MIB);
     let (entry, mut w) = claim_new(&s, Digest::of(b"slow"));
-    w.start(400_000, "x".into()).unwrap();
-    // Past one write batch, so the bytes reach the file.
-    w.write(&[0; 300_000]).await.unwrap();
-    let (got, err) = collect(entry.reader(0, 399_999, QUIET)).await;
-    assert_eq!(got.len(), 300_000);
+    let size = WRITE_BATCH as u64 + 100_000;
+    w.start(size, "x".into()).unwrap();
+    // One write batch, so the bytes reach the file.
+    w.write(&vec![0; WRITE_BATCH]).await.unwrap();
+    let (got, err) = collect(entry.reader(0, size - 1, QUIET)).await;
+    assert_eq!(got.len(), WRITE_BATCH);
     assert_eq!(err.unwrap().kind(), io::ErrorKind::TimedOut);
-    assert_eq!(entry.descriptor(QUIET).await.unwrap().0, 400_000);
+    assert_eq!(entry.descriptor(QUIET).await.unwrap().0, size);
     assert_eq!(entry.settled(QUIET).await, Err(Failure::Timeout));
 }
 
