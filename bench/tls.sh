@@ -7,6 +7,9 @@
 #      for mTLS), RUNS rounds interleaved; medians in MB/s and the ratio mTLS/plain;
 #      curl's defaults (HTTP/2 by ALPN, AES-256-GCM) and what containerd
 #      negotiates (HTTP/1.1, AES-128-GCM); CPU per GB of server and client.
+#      Then the same downloads with examples/bench_tls.rs (MODE=get) as the client, plain and
+#      mTLS as containerd negotiates: a lean rustls client whose own decryption does not
+#      crowd the server off the two cores as curl's does (curl spends 1-2 CPU-s/GB).
 #   2. `ctr images pull` of the image into a fresh containerd through each
 #      mirror, PULLS rounds interleaved (what a node actually waits for).
 #   3. connection rate on one core: a fresh peermirror pinned to core 0
@@ -16,6 +19,8 @@
 #
 #   cargo build --release --bins --example bench_tls && sudo bash bench/tls.sh
 #   (RUNS=7 PULLS=5 CONNS=3000 CONC=16 HS_RUNS=3)
+#   PERF_DIR=DIR: also `perf record -g` each server during PERF_N (20) lean downloads and
+#   leave the top of `perf report` in DIR/{plain,mtls}.txt.
 #
 # Root; needs containerd, ctr, docker-registry, skopeo, umoci, taskset.
 # Only 127.0.0.1; every process is stopped by PID on exit; the temp dir is removed.
@@ -65,15 +70,34 @@ declare -A URL=(
     [mtls]="https://${PM_REG[mtls]}/v2/test/big/blobs/$LAYER?$NSQ"
     [mtls11]="https://${PM_REG[mtls]}/v2/test/big/blobs/$LAYER?$NSQ"
 )
+MODES=(plain mtls mtls11 plainr mtlsr)
+BLOB_PATH="/v2/test/big/blobs/$LAYER?$NSQ"
 # fetch MODE [curl args...]: one curl download of the layer.
 #   plain:  HTTP/1.1, no TLS
 #   mtls:   curl's defaults against the TLS endpoint: ALPN picks HTTP/2, OpenSSL
 #           prefers TLS_AES_256_GCM_SHA384
 #   mtls11: HTTP/1.1 and TLS_AES_128_GCM_SHA256, what containerd (ctr) negotiated
 #           with peermirror in tests/e2e_security.rs (rustls logs the suite)
+#   plainr: examples/bench_tls.rs (MODE=get) over plain HTTP/1.1
+#   mtlsr:  examples/bench_tls.rs over mTLS, HTTP/1.1 and TLS_AES_128_GCM_SHA256 only
+# (with -o FILE for the correctness check; the timed rounds print "bytes secs").
 fetch() {
     local m="$1"
     shift
+    case "$m" in
+    plainr | mtlsr)
+        local env_args=(MODE=get ADDR="${PM_REG[plain]}" REQ_PATH="$BLOB_PATH")
+        [ "$m" = mtlsr ] && env_args=(MODE=get ADDR="${PM_REG[mtls]}" REQ_PATH="$BLOB_PATH"
+            CA="$PKI/ca.crt" CERT="$PKI/client.crt" KEY="$PKI/client.key")
+        # "-o FILE" keeps the body (checked below); the timed rounds pass -o /dev/null.
+        if [ "${1:-}" = -o ] && [ "$2" != /dev/null ]; then
+            env "${env_args[@]}" OUT="$2" "$DRIVER" >/dev/null
+        else
+            env "${env_args[@]}" "$DRIVER"
+        fi
+        return
+        ;;
+    esac
     local extra=()
     [ "$m" = mtls ] && extra=("${CURL_TLS[@]}")
     [ "$m" = mtls11 ] && extra=("${CURL_TLS[@]}" --http1.1 --tls13-ciphers TLS_AES_128_GCM_SHA256)
@@ -81,7 +105,7 @@ fetch() {
 }
 
 # Correctness first (and warms the page cache).
-for m in plain mtls mtls11; do
+for m in "${MODES[@]}"; do
     fetch "$m" -o "$WORK/blob" || die "$m: download failed"
     got="sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
     [ "$got" = "$LAYER" ] || die "$m: wrong digest $got"
@@ -95,12 +119,13 @@ log "both endpoints return the verified blob; the mTLS one refuses certificate-l
 
 # Per download: MB/s, and CPU of the serving peermirror (clock ticks, summed per
 # mode) and of curl (user + sys from bash's `time`, summed per mode).
-declare -A SRV_TICKS=([plain]=0 [mtls]=0 [mtls11]=0) CLI_CPU=([plain]=0 [mtls]=0 [mtls11]=0)
+declare -A SRV_TICKS=() CLI_CPU=()
+for m in "${MODES[@]}"; do SRV_TICKS[$m]=0 CLI_CPU[$m]=0; done
 TIMEFORMAT='%3U %3S'
 for ((r = 1; r <= RUNS; r++)); do
-    for m in plain mtls mtls11; do
+    for m in "${MODES[@]}"; do
         pid="${PM_PID[plain]}"
-        [ "$m" = plain ] || pid="${PM_PID[mtls]}"
+        case "$m" in mtls*) pid="${PM_PID[mtls]}" ;; esac
         c0="$(cpu_ticks "$pid")"
         { time fetch "$m" -o /dev/null -w '%{size_download} %{time_total}\n' >"$WORK/fetch.out"; } 2>"$WORK/fetch.time"
         c1="$(cpu_ticks "$pid")"
@@ -116,14 +141,32 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 GB_SERVED="$(calc "$RUNS * $SIZE / 1e9")"
 declare -A MED SRV_GB CLI_GB
-for m in plain mtls mtls11; do
+for m in "${MODES[@]}"; do
     MED[$m]="$(median <"$WORK/rate.$m")"
     SRV_GB[$m]="$(calc "${SRV_TICKS[$m]} / $CLK_TCK / $GB_SERVED")"
     CLI_GB[$m]="$(calc "${CLI_CPU[$m]} / $GB_SERVED")"
 done
 RATIO="$(calc "${MED[mtls]} / ${MED[plain]}")"
 RATIO11="$(calc "${MED[mtls11]} / ${MED[plain]}")"
+RATIO_R="$(calc "${MED[mtlsr]} / ${MED[plainr]}")"
 LOAD_MID="$(loadavg)"
+
+# Profiles: each server recorded while it serves PERF_N lean downloads.
+if [ -n "${PERF_DIR:-}" ]; then
+    command -v perf >/dev/null || die "perf not found"
+    mkdir -p "$PERF_DIR"
+    for m in plain mtls; do
+        perf record -q -g -o "$WORK/perf.$m.data" -p "${PM_PID[$m]}" 2>/dev/null &
+        perf_pid=$!
+        sleep 0.5
+        for ((i = 0; i < ${PERF_N:-20}; i++)); do fetch "${m}r" >/dev/null; done
+        kill -INT "$perf_pid"
+        wait "$perf_pid" || true
+        perf report -i "$WORK/perf.$m.data" --no-children --percent-limit 1 --stdio -g none \
+            --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$PERF_DIR/$m.txt"
+        log "profile of the $m server: $PERF_DIR/$m.txt"
+    done
+fi
 
 # What containerd sees: `ctr images pull` of the image into a fresh containerd
 # through each mirror (hosts.toml by `peermirror configure`; the upstream stays
@@ -218,6 +261,11 @@ connections: $CONNS per run, $CONC concurrent, $HS_RUNS runs per mode; server on
 | mTLS (as containerd) / plain | $RATIO11 | >= 0.7 | $(met "$RATIO11 >= 0.7") |
 | peermirror CPU per GB served: plain / mTLS defaults / mTLS as containerd | ${SRV_GB[plain]} / ${SRV_GB[mtls]} / ${SRV_GB[mtls11]} s | | |
 | curl (the client) CPU per GB: plain / mTLS defaults / mTLS as containerd | ${CLI_GB[plain]} / ${CLI_GB[mtls]} / ${CLI_GB[mtls11]} s | | |
+| lean client (bench_tls MODE=get): plain, median | ${MED[plainr]} MB/s | | |
+| lean client: mTLS as containerd, median | ${MED[mtlsr]} MB/s | | |
+| lean client: mTLS / plain | $RATIO_R | >= 0.7 | $(met "$RATIO_R >= 0.7") |
+| peermirror CPU per GB served to the lean client: plain / mTLS | ${SRV_GB[plainr]} / ${SRV_GB[mtlsr]} s | mTLS <= 0.6 | $(met "${SRV_GB[mtlsr]} <= 0.6") |
+| lean client CPU per GB: plain / mTLS | ${CLI_GB[plainr]} / ${CLI_GB[mtlsr]} s | | |
 | \`ctr images pull\` through the mirror, plain / mTLS, median | $PULL_PLAIN / $PULL_MTLS s (ratio $(calc "$PULL_MTLS / $PULL_PLAIN")) | | |
 | new mTLS connections/s (full handshake + GET /v2/), server on one core, driven from the other | ${HS_RATE[mtls]} (p50 ${HS_P50[mtls]} ms, p99 ${HS_P99[mtls]} ms; server core busy ${HS_UTIL[mtls]}) | | |
 | server capacity: full mTLS connections per CPU-second | ${HS_CAP[mtls]} | | |
@@ -227,6 +275,8 @@ connections: $CONNS per run, $CONC concurrent, $HS_RUNS runs per mode; server on
 raw MB/s plain: $(paste -sd' ' "$WORK/rate.plain")
 raw MB/s mTLS (curl defaults): $(paste -sd' ' "$WORK/rate.mtls")
 raw MB/s mTLS (as containerd): $(paste -sd' ' "$WORK/rate.mtls11")
+raw MB/s lean client plain: $(paste -sd' ' "$WORK/rate.plainr")
+raw MB/s lean client mTLS: $(paste -sd' ' "$WORK/rate.mtlsr")
 raw pull s plain: $(paste -sd' ' "$WORK/pull.plain")
 raw pull s mTLS:  $(paste -sd' ' "$WORK/pull.mtls")
 raw conn/s mTLS (full): $(awk '{ print $1 }' "$WORK/hs.mtls" | paste -sd' ')

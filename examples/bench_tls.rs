@@ -13,6 +13,13 @@
 //! Runs on one thread (a current-thread tokio runtime), so `taskset -c N` pins it to one core.
 //!
 //! Prints one line: `conns= ok= failed= secs= rate= p50_ms= p99_ms= max_ms=`.
+//!
+//! MODE=get: one download instead, negotiated as containerd does with peermirror (HTTP/1.1,
+//! TLS 1.3 with `TLS13_AES_128_GCM_SHA256` only, ALPN `http/1.1`): `GET REQ_PATH` on one new
+//! connection, the body read to its `Content-Length` into a reused 256 KiB buffer and dropped
+//! (or written to OUT). Prints `bytes secs` like `curl -w '%{size_download} %{time_total}'`.
+//! This is the lean client for measuring the server's cost per GB: curl (OpenSSL) spends about
+//! 1-2 CPU-s/GB decrypting, which on two shared cores caps what the server can show.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -31,8 +38,12 @@ fn env_usize(name: &str, default: usize) -> usize {
     env(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn tls_config(ca: &str, cert: &str, key: &str, resume: bool) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+fn tls_config(ca: &str, cert: &str, key: &str, resume: bool, aes128: bool) -> rustls::ClientConfig {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if aes128 {
+        provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    }
+    let provider = Arc::new(provider);
     let mut roots = rustls::RootCertStore::empty();
     for c in peermirror::pki::load_certs(ca).expect("load CA") {
         roots.add(c).expect("add CA");
@@ -143,9 +154,112 @@ async fn run(
     (lat, failed, first_error, started.elapsed())
 }
 
+/// MODE=get: one download of `path` on a new connection; returns (body bytes, seconds).
+async fn download(
+    addr: &str,
+    connector: Option<&TlsConnector>,
+    path: &str,
+    out: Option<&str>,
+) -> Result<(u64, f64), String> {
+    let started = Instant::now();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let n = match connector {
+        Some(c) => {
+            let ip: std::net::IpAddr = addr
+                .rsplit_once(':')
+                .and_then(|(ip, _)| ip.parse().ok())
+                .ok_or("ADDR must be IP:PORT")?;
+            let tls = c
+                .connect(ServerName::IpAddress(ip.into()), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_body(tls, request.as_bytes(), out).await?
+        }
+        None => read_body(tcp, request.as_bytes(), out).await?,
+    };
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
+/// Sends the request, checks for a 200 with a Content-Length, reads exactly that many bytes.
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+    out: Option<&str>,
+) -> Result<u64, String> {
+    s.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    let head_end = loop {
+        let n = s
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the response head".into());
+        }
+        filled += n;
+        if let Some(i) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if filled == buf.len() {
+            return Err("response head too long".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!("answer: {:?}", &head[..head.len().min(60)]));
+    }
+    let len: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    let mut file = match out {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut got = (filled - head_end) as u64;
+    if let Some(f) = file.as_mut() {
+        std::io::Write::write_all(f, &buf[head_end..filled]).map_err(|e| e.to_string())?;
+    }
+    while got < len {
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("body ended after {got} of {len} bytes"));
+        }
+        if let Some(f) = file.as_mut() {
+            std::io::Write::write_all(f, &buf[..n]).map_err(|e| e.to_string())?;
+        }
+        got += n as u64;
+    }
+    Ok(got)
+}
+
 fn main() {
     let addr = env("ADDR").expect("ADDR=IP:PORT of the registry endpoint");
     let path = env("REQ_PATH").unwrap_or("/v2/".into());
+    if env("MODE").as_deref() == Some("get") {
+        let connector = env("CA").map(|ca| {
+            let cert = env("CERT").expect("CERT with CA");
+            let key = env("KEY").expect("KEY with CA");
+            TlsConnector::from(Arc::new(tls_config(&ca, &cert, &key, false, true)))
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let out = env("OUT");
+        match rt.block_on(download(&addr, connector.as_ref(), &path, out.as_deref())) {
+            Ok((bytes, secs)) => println!("{bytes} {secs:.6}"),
+            Err(e) => {
+                eprintln!("download failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let conns = env_usize("CONNS", 2000);
     let conc = env_usize("CONC", 16);
     let warmup = env_usize("WARMUP", 50);
@@ -153,7 +267,7 @@ fn main() {
     let connector = env("CA").map(|ca| {
         let cert = env("CERT").expect("CERT with CA");
         let key = env("KEY").expect("KEY with CA");
-        TlsConnector::from(Arc::new(tls_config(&ca, &cert, &key, resume)))
+        TlsConnector::from(Arc::new(tls_config(&ca, &cert, &key, resume, false)))
     });
     let request = Arc::new(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").into_bytes(),

@@ -103,7 +103,11 @@ pub struct TlsMaterial {
     pub deny_expired_crl: bool,
 }
 
+/// The crypto for every TLS config built here: ring, or aws-lc-rs with the `aws-lc` feature.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc"))]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

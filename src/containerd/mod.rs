@@ -5,10 +5,10 @@
 //! action here: calls fail while it is down, the indexer marks the node not-ready, backs off,
 //! and resynchronises when calls succeed again.
 
+mod blob;
 pub mod ingest;
 mod version;
 
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,7 +25,6 @@ use containerd_client::services::v1::{
 };
 use futures_util::TryStreamExt;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -151,15 +150,16 @@ impl ContainerdSource {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    /// Open the blob file in the content dir, positioned at `offset`; `None` if not usable.
-    async fn open_file(&self, digest: &Digest, offset: u64) -> Option<tokio::fs::File> {
+    /// The blob's file in the content dir, streamed from `offset`; `None` if not usable.
+    async fn read_file(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Option<ByteStream> {
         let dir = self.content_dir.as_ref()?;
         let path = dir.join("blobs/sha256").join(digest.hex());
-        let mut file = tokio::fs::File::open(&path).await.ok()?;
-        if offset > 0 {
-            file.seek(SeekFrom::Start(offset)).await.ok()?;
-        }
-        Some(file)
+        blob::stream(path, offset, len).await.ok()
     }
 }
 
@@ -238,11 +238,8 @@ impl ContentSource for ContainerdSource {
         offset: u64,
         len: Option<u64>,
     ) -> Result<ByteStream, SourceError> {
-        if let Some(file) = self.open_file(digest, offset).await {
-            let reader = file.take(len.unwrap_or(u64::MAX));
-            return Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
-                reader, READ_CHUNK,
-            )));
+        if let Some(stream) = self.read_file(digest, offset, len).await {
+            return Ok(stream);
         }
         let req = ReadContentRequest {
             digest: digest.to_string(),

@@ -1,0 +1,187 @@
+//! Blob reads from containerd's content dir: positioned reads on the blocking pool, straight
+//! into the buffer that becomes the response chunk, and buffers reused without re-zeroing.
+//!
+//! `tokio::fs::File` reads into a buffer of its own and copies into the caller's: one more pass
+//! over every byte served (18 % of the plain server's CPU in `perf`, issue 13). Here each read
+//! lands in a buffer that is handed on as is ([`Bytes::from_owner`]) and comes back to the
+//! stream's pool when the chunk has been written and dropped, so safe code need not zero a
+//! fresh buffer for every chunk either (a `memset` of 6-8 % in the same profile).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+
+use crate::content::ByteStream;
+
+/// Bytes per read and per response chunk.
+pub(super) const CHUNK: usize = 1024 * 1024;
+/// Buffers a stream keeps for reuse: the one being read and the one being written.
+const POOL: usize = 2;
+
+type Pool = Mutex<Vec<Vec<u8>>>;
+
+/// Opens `path` and streams `len` bytes (to the end when `None`) from `offset`, in chunks of
+/// up to [`CHUNK`]; a file shorter than asked ends the stream early, as a read would.
+pub(super) async fn stream(path: PathBuf, offset: u64, len: Option<u64>) -> io::Result<ByteStream> {
+    let file = tokio::task::spawn_blocking(move || File::open(path))
+        .await
+        .map_err(io::Error::other)??;
+    let state = Chunks {
+        file: Arc::new(file),
+        pos: offset,
+        end: offset.saturating_add(len.unwrap_or(u64::MAX)),
+        pool: Arc::new(Mutex::new(Vec::with_capacity(POOL))),
+    };
+    Ok(Box::pin(futures_util::stream::try_unfold(
+        state,
+        Chunks::next,
+    )))
+}
+
+struct Chunks {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    pool: Arc<Pool>,
+}
+
+impl Chunks {
+    async fn next(mut self) -> io::Result<Option<(Bytes, Chunks)>> {
+        let want = usize::try_from((self.end - self.pos).min(CHUNK as u64)).unwrap_or(0);
+        if want == 0 {
+            return Ok(None);
+        }
+        // A returned buffer is CHUNK initialised bytes: no zeroing, no allocation.
+        let buf = lock(&self.pool).pop().unwrap_or_else(|| vec![0; CHUNK]);
+        let file = self.file.clone();
+        let pos = self.pos;
+        let (buf, n) = tokio::task::spawn_blocking(move || {
+            let mut buf = buf;
+            let n = read_full(&file, buf.get_mut(..want).unwrap_or_default(), pos)?;
+            Ok::<_, io::Error>((buf, n))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.pos += n as u64;
+        let chunk = Bytes::from_owner(Loaned {
+            buf,
+            len: n,
+            home: Arc::downgrade(&self.pool),
+        });
+        Ok(Some((chunk, self)))
+    }
+}
+
+fn lock(pool: &Pool) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pool buffer lent out as a chunk; it goes back to its stream's pool when dropped (or is
+/// freed when the stream is gone).
+struct Loaned {
+    buf: Vec<u8>,
+    len: usize,
+    home: Weak<Pool>,
+}
+
+impl AsRef<[u8]> for Loaned {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl Drop for Loaned {
+    fn drop(&mut self) {
+        if let Some(pool) = self.home.upgrade() {
+            let mut pool = lock(&pool);
+            if pool.len() < POOL {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
+/// Fills `buf` from `pos` unless the file ends first; returns how much was read.
+fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    async fn collect(path: PathBuf, offset: u64, len: Option<u64>) -> (Vec<u8>, Vec<usize>) {
+        let chunks: Vec<bytes::Bytes> = stream(path, offset, len)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let sizes = chunks.iter().map(|c| c.len()).collect();
+        (chunks.concat(), sizes)
+    }
+
+    #[tokio::test]
+    async fn reads_windows_in_chunks_and_stops_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..CHUNK * 2 + 123).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+
+        let (all, sizes) = collect(path.clone(), 0, None).await;
+        assert_eq!(all, data);
+        assert_eq!(sizes, vec![CHUNK, CHUNK, 123]);
+
+        let (mid, _) = collect(path.clone(), 10, Some(CHUNK as u64 + 5)).await;
+        assert_eq!(mid, data[10..10 + CHUNK + 5]);
+
+        // Past the end, and a length beyond it: what exists, then the end.
+        let (tail, _) = collect(path.clone(), data.len() as u64 - 3, Some(100)).await;
+        assert_eq!(tail, data[data.len() - 3..]);
+        let (none, sizes) = collect(path.clone(), data.len() as u64 + 5, None).await;
+        assert!(none.is_empty() && sizes.is_empty());
+        let (empty, _) = collect(path, 0, Some(0)).await;
+        assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_written_chunk_lends_its_buffer_to_the_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![7u8; CHUNK * 3]).unwrap();
+        let mut s = stream(path, 0, None).await.unwrap();
+        let first = s.try_next().await.unwrap().unwrap();
+        let at = first.as_ptr();
+        drop(first);
+        let second = s.try_next().await.unwrap().unwrap();
+        assert_eq!(second.as_ptr(), at, "the dropped chunk's buffer is reused");
+        // While a chunk is held, the next read uses another buffer.
+        let third = s.try_next().await.unwrap().unwrap();
+        assert_ne!(third.as_ptr(), second.as_ptr());
+        assert!(third.iter().all(|b| *b == 7) && second.iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(stream(dir.path().join("nope"), 0, None).await.is_err());
+    }
+}
