@@ -41,7 +41,12 @@ pub async fn node(a: NodeArgs) {
         containerd_sock: "/nonexistent".into(),
         containerd_namespace: "k8s.io".into(),
         content_dir: None,
-        limits: ServerLimits::default(),
+        // All nodes share 127.0.0.1: the per-IP cap (128) is meant for one host, and 199
+        // askers at once hit it on a provider, fail its HEAD and shun it for 30 s.
+        limits: ServerLimits {
+            max_connections_per_ip: 4096,
+            ..ServerLimits::default()
+        },
         routing: Routing::P2p(P2pSettings {
             listen: SocketAddr::new(a.ip, base + 1),
             advertise: None,
