@@ -3,9 +3,9 @@
 #
 #   cargo build --release --example sim_node && bash bench/dht_sim.sh
 #
-# Starts NODES processes of examples/sim_node.rs, each one real peermirror daemon (real libp2p
+# Starts NODES processes of examples/sim_node/main.rs, each one real peermirror daemon (real libp2p
 # Kademlia, registry, ops endpoint, admin API) on 127.0.0.1 with its own ports (node i:
-# registry 30000+3i, router +1, ops +2; why not one 127.0.x.y each: examples/sim_node.rs,
+# registry 30000+3i, router +1, ops +2; why not one 127.0.x.y each: examples/sim_node/main.rs,
 # base_port), KEYS in-memory blobs each, bootstrapped from SEEDS seed nodes. Then the coordinator (`sim_node drive`) measures,
 # in order:
 #   ready      every /readyz 200 and every node's advertised-keys gauge at KEYS
