@@ -223,116 +223,108 @@ mod tests {
         RecordKey::new(&[n])
     }
 
+    /// Starts announcements under real query ids, recording which keys were started.
+    struct Starter {
+        pool: Vec<QueryId>,
+        used: usize,
+        started: Vec<RecordKey>,
+    }
+
+    impl Starter {
+        fn new(n: usize) -> Self {
+            Starter {
+                pool: ids(n),
+                used: 0,
+                started: Vec::new(),
+            }
+        }
+
+        fn pump(&mut self, a: &mut Announcer, at: Instant) {
+            a.pump(at, |k| {
+                self.started.push(k);
+                self.used += 1;
+                self.pool.get(self.used - 1).copied()
+            });
+        }
+    }
+
     #[test]
     fn at_most_max_in_flight_new_keys_first_then_due_republishes() {
-        let pool = ids(16);
-        let mut next = pool.iter().copied();
+        let mut s = Starter::new(16);
         let mut a = Announcer::new(Duration::from_secs(100), 2);
         for k in 1..=3 {
             a.provide(key(k));
         }
         a.provide(key(1)); // already provided: not queued twice
         let t0 = Instant::now();
-        let mut started = Vec::new();
-        a.pump(t0, |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started, vec![key(1), key(2)]);
+        s.pump(&mut a, t0);
+        assert_eq!(s.started, vec![key(1), key(2)]);
         assert_eq!((a.in_flight(), a.backlog(t0)), (2, 1));
         // One finishes: its slot goes to the third key, and its republish is 75-100 s away.
-        assert_eq!(a.finished(pool[0], true, t0), Outcome::Announced);
-        a.pump(t0, |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started.last(), Some(&key(3)));
-        assert_eq!(a.finished(pool[1], true, t0), Outcome::Announced);
-        assert_eq!(a.finished(pool[2], true, t0), Outcome::Announced);
-        let n = started.len();
-        a.pump(t0 + Duration::from_secs(74), |k| {
-            started.push(k);
-            next.next()
-        });
+        assert_eq!(a.finished(s.pool[0], true, t0), Outcome::Announced);
+        s.pump(&mut a, t0);
+        assert_eq!(s.started.last(), Some(&key(3)));
+        assert_eq!(a.finished(s.pool[1], true, t0), Outcome::Announced);
+        assert_eq!(a.finished(s.pool[2], true, t0), Outcome::Announced);
+        let n = s.started.len();
+        s.pump(&mut a, t0 + Duration::from_secs(74));
         assert_eq!(
-            started.len(),
+            s.started.len(),
             n,
             "nothing is due before 75 % of the interval"
         );
-        a.pump(t0 + Duration::from_secs(101), |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started.len(), n + 2, "due republishes, two at a time");
+        s.pump(&mut a, t0 + Duration::from_secs(101));
+        assert_eq!(s.started.len(), n + 2, "due republishes, two at a time");
     }
 
     #[test]
     fn failures_retry_with_backoff_and_withdrawn_keys_are_dropped() {
-        let pool = ids(8);
-        let mut next = pool.iter().copied();
+        let mut s = Starter::new(8);
         let mut a = Announcer::new(Duration::from_secs(180), 4);
         a.provide(key(1));
         a.provide(key(2));
         let t0 = Instant::now();
-        let mut started = Vec::new();
-        a.pump(t0, |k| {
-            started.push(k);
-            next.next()
-        });
+        s.pump(&mut a, t0);
         assert_eq!(
-            a.finished(pool[0], false, t0),
+            a.finished(s.pool[0], false, t0),
             Outcome::Retry {
                 attempt: 1,
                 after: Duration::from_secs(5)
             }
         );
         a.withdraw(&key(2));
-        assert_eq!(a.finished(pool[1], true, t0), Outcome::Ignored);
-        a.pump(t0 + Duration::from_secs(4), |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started.len(), 2);
-        a.pump(t0 + Duration::from_secs(5), |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started[2..], [key(1)]);
+        assert_eq!(a.finished(s.pool[1], true, t0), Outcome::Ignored);
+        s.pump(&mut a, t0 + Duration::from_secs(4));
+        assert_eq!(s.started.len(), 2);
+        s.pump(&mut a, t0 + Duration::from_secs(5));
+        assert_eq!(s.started[2..], [key(1)]);
         // The second failure waits twice as long.
         assert_eq!(
-            a.finished(pool[2], false, t0),
+            a.finished(s.pool[2], false, t0),
             Outcome::Retry {
                 attempt: 2,
                 after: Duration::from_secs(10)
             }
         );
         // An id that is not an announcement is ignored.
-        assert_eq!(a.finished(pool[7], true, t0), Outcome::Ignored);
+        assert_eq!(a.finished(s.pool[7], true, t0), Outcome::Ignored);
     }
 
     #[test]
     fn reannounce_all_queues_every_key_once_and_outdates_the_schedule() {
-        let pool = ids(8);
-        let mut next = pool.iter().copied();
+        let mut s = Starter::new(8);
         let mut a = Announcer::new(Duration::from_secs(100), 8);
         a.provide(key(1));
         a.provide(key(2));
         let t0 = Instant::now();
-        a.pump(t0, |_| next.next());
-        a.finished(pool[0], true, t0);
-        a.finished(pool[1], true, t0);
+        s.pump(&mut a, t0);
+        a.finished(s.pool[0], true, t0);
+        a.finished(s.pool[1], true, t0);
         a.reannounce_all();
-        let mut started = Vec::new();
-        a.pump(t0, |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started.len(), 2);
+        s.pump(&mut a, t0);
+        assert_eq!(s.started.len(), 4);
         // The republishes scheduled before are stale now: nothing more at t0 + interval.
-        a.pump(t0 + Duration::from_secs(101), |k| {
-            started.push(k);
-            next.next()
-        });
-        assert_eq!(started.len(), 2);
+        s.pump(&mut a, t0 + Duration::from_secs(101));
+        assert_eq!(s.started.len(), 4);
     }
 }
