@@ -1,5 +1,5 @@
 //! Durable, atomic file writes shared by `configure` (hosts.toml), `certs` (keys and
-//! certificates) and the p2p identity key.
+//! certificates) and the p2p identity key; reads from the page cache that never block.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -47,6 +47,32 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// What a read that must not block found.
+pub(crate) enum Cached {
+    /// Bytes from the page cache (0: the end of the file), possibly fewer than asked.
+    Read(usize),
+    /// The read would wait for the disk.
+    Miss,
+    /// The file system does not take `RWF_NOWAIT`.
+    Unsupported,
+    Failed(io::Error),
+}
+
+/// Reads what the page cache holds at `pos` without blocking.
+pub(crate) fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> Cached {
+    use rustix::io::{Errno, ReadWriteFlags};
+    loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        return match rustix::io::preadv2(file, &mut iov, pos, ReadWriteFlags::NOWAIT) {
+            Ok(n) => Cached::Read(n),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => Cached::Miss,
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Cached::Unsupported,
+            Err(e) => Cached::Failed(e.into()),
+        };
+    }
 }
 
 #[cfg(test)]

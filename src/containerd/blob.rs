@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 
 use crate::content::ByteStream;
+use crate::fsutil::{Cached, read_cached};
 
 /// Bytes per read and per response chunk: small enough that a chunk is still in the core's
 /// L2 cache when TLS encrypts it or the kernel copies it to the socket.
@@ -125,31 +126,6 @@ impl Drop for Loaned {
                 pool.push(std::mem::take(&mut self.buf));
             }
         }
-    }
-}
-
-enum Cached {
-    /// Bytes from the page cache (0: the end of the file), possibly fewer than asked.
-    Read(usize),
-    /// The read would wait for the disk.
-    Miss,
-    /// The file system does not take `RWF_NOWAIT`.
-    Unsupported,
-    Failed(io::Error),
-}
-
-/// Reads what the page cache holds at `pos` without blocking.
-fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> Cached {
-    use rustix::io::{Errno, ReadWriteFlags};
-    loop {
-        let mut iov = [io::IoSliceMut::new(buf)];
-        return match rustix::io::preadv2(file, &mut iov, pos, ReadWriteFlags::NOWAIT) {
-            Ok(n) => Cached::Read(n),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => Cached::Miss,
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Cached::Unsupported,
-            Err(e) => Cached::Failed(e.into()),
-        };
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It wakes on the entry's progress channel (no polling), takes the bytes from the writer's
 //! recent batches when it follows the download closely, else reads with positioned reads from
-//! the entry's open file (so an unlinked file still serves), and releases the last
+//! the entry's open file (so an unlinked file still serves; from the page cache on the calling
+//! thread when it can, else on the blocking pool), and releases the last
 //! [`HOLD_BACK`] bytes of its window only once the whole blob is verified.
 
 use std::io;
@@ -16,10 +17,11 @@ use tokio::sync::watch;
 
 use super::{Entry, Phase, Progress};
 use crate::content::ByteStream;
+use crate::fsutil::{Cached, read_cached};
 
-/// The largest read, as elsewhere in the crate: large enough for throughput, small enough to
-/// keep memory flat with many readers.
-const READ_CHUNK: u64 = 1024 * 1024;
+/// The largest read: small enough that the chunk is still in the core's L2 cache when it is
+/// copied to the socket (or encrypted), large enough that syscalls do not matter.
+const READ_CHUNK: u64 = 256 * 1024;
 
 /// Read buffers a reader keeps for reuse: one being read into, the others still being sent.
 const POOLED: usize = 3;
@@ -157,23 +159,39 @@ impl Read {
                 .map_err(io::Error::other)?;
             buf.resize(cap.max(len), 0);
         }
-        let entry = self.entry.clone();
-        let pos = self.pos;
-        let (buf, res) = tokio::task::spawn_blocking(move || {
-            let res = match (entry.file.get(), buf.get_mut(..len)) {
-                (Some(f), Some(dst)) => f.read_exact_at(dst, pos),
-                (None, _) => Err(io::Error::other("spool file missing")),
-                (_, None) => Err(io::Error::other("spool read buffer too small")),
-            };
-            (buf, res)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        if let Err(e) = res {
-            lock(&self.pool).push(buf);
-            return Err(e);
-        }
-        self.pos += want;
+        // Just written: usually still in the page cache, so read it here, where the bytes
+        // are sent next, rather than on a pool thread.
+        let cached = match (self.entry.file.get(), buf.get_mut(..len)) {
+            (Some(f), Some(dst)) => read_cached(f, dst, self.pos),
+            _ => Cached::Miss,
+        };
+        let (buf, len) = match cached {
+            Cached::Read(n) if n > 0 => (buf, n),
+            Cached::Failed(e) => {
+                lock(&self.pool).push(buf);
+                return Err(e);
+            }
+            _ => {
+                let entry = self.entry.clone();
+                let pos = self.pos;
+                let (buf, res) = tokio::task::spawn_blocking(move || {
+                    let res = match (entry.file.get(), buf.get_mut(..len)) {
+                        (Some(f), Some(dst)) => f.read_exact_at(dst, pos),
+                        (None, _) => Err(io::Error::other("spool file missing")),
+                        (_, None) => Err(io::Error::other("spool read buffer too small")),
+                    };
+                    (buf, res)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                if let Err(e) = res {
+                    lock(&self.pool).push(buf);
+                    return Err(e);
+                }
+                (buf, len)
+            }
+        };
+        self.pos += len as u64;
         Ok(Bytes::from_owner(Pooled {
             buf,
             len,
