@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Answer, Asked, Registry, body, content};
+use super::{Answer, Asked, Registry};
 use crate::containerd::ingest::{self, IngestWatcher};
 use crate::content::{ByteStream, Descriptor};
 use crate::metrics::Source;
@@ -34,25 +34,24 @@ impl Registry {
         let Ok(window) = RangeSpec::window(asked.range.as_ref(), desc.size) else {
             return Some(Answer::unsatisfiable(desc.size, RouteKind::Blob));
         };
-        let mut slot = None;
-        let body = if asked.head {
-            body::empty()
-        } else {
-            let Some(s) = self.limits.try_start() else {
-                return Some(Answer::busy(RouteKind::Blob));
-            };
-            slot = Some(s);
-            let (start, end) =
-                window.map_or((0, desc.size.saturating_sub(1)), |r| (r.start, r.end));
-            let stream = if desc.size == 0 {
-                Box::pin(futures_util::stream::empty()) as ByteStream
-            } else {
-                open.open(start, end)
-            };
-            body::stream(self.limits.pace(stream))
-        };
-        let mut a = content(&desc, window, body, RouteKind::Blob, slot);
-        a.source = Source::InFlight;
+        let mut a = self
+            .respond(
+                asked,
+                &desc,
+                window,
+                RouteKind::Blob,
+                |offset, len| async move {
+                    Ok(if len == 0 {
+                        Box::pin(futures_util::stream::empty()) as ByteStream
+                    } else {
+                        open.open(offset, offset + len - 1)
+                    })
+                },
+            )
+            .await;
+        if a.response.status().is_success() {
+            a.source = Source::InFlight;
+        }
         Some(a)
     }
 

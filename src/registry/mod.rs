@@ -370,31 +370,56 @@ impl Registry {
                 Err(answer) => return answer,
             }
         }
-        let mut slot = None;
-        let body = if asked.head {
-            body::empty()
-        } else {
-            let Some(s) = self.limits.try_start() else {
-                return Answer::busy(route);
-            };
-            slot = Some(s);
-            let (offset, len) = window.map_or((0, desc.size), |r| (r.start, r.len()));
-            match self.source.read(&desc.digest, offset, Some(len)).await {
-                Ok(s) => {
-                    let s = match check {
-                        Check::Stream(stamp) => self.checked(s, &desc, stamp),
-                        Check::Background(stamp) => {
-                            self.verify_later(&desc.digest, stamp);
-                            s
-                        }
-                        Check::None => s,
-                    };
-                    body::stream(self.limits.pace(s))
+        let desc = &desc;
+        self.respond(asked, desc, window, route, |offset, len| async move {
+            let s = self
+                .source
+                .read(&desc.digest, offset, Some(len))
+                .await
+                .map_err(|e| self.read_failed(e, &desc.digest, route))?;
+            Ok(match check {
+                Check::Stream(stamp) => self.checked(s, desc, stamp),
+                Check::Background(stamp) => {
+                    self.verify_later(&desc.digest, stamp);
+                    s
                 }
-                Err(e) => return self.read_failed(e, &desc.digest, route),
-            }
+                Check::None => s,
+            })
+        })
+        .await
+    }
+
+    /// The answer for `window` of `desc`: headers only for HEAD; for GET a transfer slot
+    /// (busy if none is free) and the body `open(offset, len)` gives, paced.
+    async fn respond<F, Fut>(
+        &self,
+        asked: &Asked,
+        desc: &Descriptor,
+        window: Option<ByteRange>,
+        route: RouteKind,
+        open: F,
+    ) -> Answer
+    where
+        F: FnOnce(u64, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<crate::content::ByteStream, Answer>>,
+    {
+        if asked.head {
+            return content(desc, window, body::empty(), route, None);
+        }
+        let Some(slot) = self.limits.try_start() else {
+            return Answer::busy(route);
         };
-        content(&desc, window, body, route, slot)
+        let (offset, len) = window.map_or((0, desc.size), |r| (r.start, r.len()));
+        match open(offset, len).await {
+            Ok(s) => content(
+                desc,
+                window,
+                body::stream(self.limits.pace(s)),
+                route,
+                Some(slot),
+            ),
+            Err(answer) => answer,
+        }
     }
 
     /// How to check a local blob a peer asked for. A cached verdict decides at once; HEAD
