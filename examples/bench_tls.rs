@@ -5,7 +5,7 @@
 //!   ADDR=127.0.0.1:5000 CA=ca.crt CERT=client.crt KEY=client.key \
 //!       cargo run --release --example bench_tls           (CONNS=2000 CONC=16 REQ_PATH=/v2/)
 //!
-//! With CA set, every connection is a new mTLS connection (rustls with ring, whatever provider
+//! With CA set, every connection is a new mTLS connection (rustls with ring, whichever provider
 //! peermirror is built with: ring decrypts at 0.41 CPU-s/GB here, aws-lc-rs at 0.94, issue 13;
 //! CERT/KEY are the client certificate). By default no session is resumed: each
 //! connection is a full handshake (certificate signatures and chain/CRL checks on both sides).

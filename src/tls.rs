@@ -103,7 +103,7 @@ pub struct TlsMaterial {
     pub deny_expired_crl: bool,
 }
 
-/// The crypto for every TLS config built here: aws-lc-rs (the default `aws-lc` feature) or ring.
+/// The crypto for every TLS config built here: ring, or aws-lc-rs with the `aws-lc` feature.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[cfg(feature = "aws-lc")]
     return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
