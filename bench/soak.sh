@@ -82,6 +82,7 @@ replace() {
 issue_token() { "$PEERMIRROR" token issue --key "$KEY" --ttl "$1" --subject "$2"; }
 TOKEN="$(issue_token 10m soak-load)"
 EXPIRED="$(issue_token 1s soak-expired)"
+EXPIRED_AT="$(date +%s)" # + 1 s TTL + the 5 s leeway the daemons allow for clock skew
 
 # --- upstream, containerd, peermirror ------------------------------------------------
 registry_setup
@@ -122,6 +123,9 @@ for n in "${NODES[@]}"; do
     case "$(auth_header "$n")" in '"Bearer ey'*) ;; *) die "$n never wrote its minted token into hosts.toml" ;; esac
 done
 EGRESS0="$(registry_egress_bytes)"
+# On a quiet machine the nodes are up within seconds: the "expired" token must have expired.
+wait_s=$((EXPIRED_AT + 8 - $(date +%s)))
+[ "$wait_s" -gt 0 ] && sleep "$wait_s"
 log "three nodes ready; soak for ${DURATION}s"
 
 # --- requests --------------------------------------------------------------------------
