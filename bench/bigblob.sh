@@ -27,22 +27,12 @@ command -v openssl >/dev/null || die "openssl not found"
 layout="$WORK/layout"
 mkdir -p "$layout/blobs/sha256"
 log "making a ${SIZE_MB} MB random blob"
-head -c "$((SIZE_MB * 1024 * 1024))" /dev/zero |
-    openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass pass:peermirror-bigblob >"$WORK/blob"
+random_file "$WORK/blob" "$SIZE_MB" peermirror-bigblob
 size="$(stat -c %s "$WORK/blob")"
 hex="$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
 mv "$WORK/blob" "$layout/blobs/sha256/$hex"
-put_blob() { # put_blob TEXT: store TEXT as a blob; prints "hex size"
-    local h
-    h="$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"
-    printf '%s' "$1" >"$layout/blobs/sha256/$h"
-    echo "$h ${#1}"
-}
-read -r chex csize < <(put_blob '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
-manifest="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$chex\",\"size\":$csize},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$hex\",\"size\":$size}]}"
-read -r mhex msize < <(put_blob "$manifest")
-echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$mhex\",\"size\":$msize,\"annotations\":{\"io.containerd.image.name\":\"$REF\",\"org.opencontainers.image.ref.name\":\"v1\"}}]}" >"$layout/index.json"
+oci_layout_image "$layout" "$hex" "$size" \
+    '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' "$REF"
 
 ctd_start n1
 ctd_start n2

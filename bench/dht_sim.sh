@@ -31,7 +31,8 @@
 # temp dir is removed (BENCH_KEEP=1 keeps it, with each node's log). NICE=10 runs the nodes
 # niced. Needs `ss` (iproute2); about 25 MB of RAM per node.
 
-set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # log, die, loadavg (no nodes of its kind here)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIM="${SIM:-$ROOT/target/release/examples/sim_node}"
@@ -51,11 +52,6 @@ READY_S="${READY_S:-900}"
 NICE="${NICE:-0}"
 WORKERS="${WORKERS:-1}"
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "FATAL: $*"
-    exit 1
-}
 
 PIDS=()
 WORK=""
@@ -92,7 +88,6 @@ SUMMARY="$WORK/summary.txt"
 : >"$NODES_FILE"
 
 ip_of() { echo 127.0.0.1; }
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 drive() {
     local phase="$1"
     shift

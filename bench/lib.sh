@@ -420,6 +420,36 @@ median() {
 # calc EXPR: floating point arithmetic via awk.
 calc() { awk "BEGIN { printf \"%.3f\n\", $1 }"; }
 
+# random_file FILE MB PASS: MB MiB of incompressible bytes (AES-256-CTR of zeros keyed by PASS:
+# the same bytes for the same PASS, much faster than /dev/urandom).
+random_file() {
+    head -c "$(($2 * 1024 * 1024))" /dev/zero |
+        openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass "pass:$3" >"$1"
+}
+
+# layout_blob LAYOUT TEXT: store TEXT as a blob of the OCI layout; prints "hex size".
+layout_blob() {
+    local h
+    h="$(printf '%s' "$2" | sha256sum | cut -d' ' -f1)"
+    printf '%s' "$2" >"$1/blobs/sha256/$h"
+    echo "$h ${#2}"
+}
+
+# oci_layout_image LAYOUT LAYER_HEX LAYER_SIZE CONFIG_JSON [IMAGE_NAME]: a single-layer image
+# around the uncompressed tar layer already at LAYOUT/blobs/sha256/LAYER_HEX: its config, the
+# manifest, oci-layout and index.json (tag v1; IMAGE_NAME also names it for `ctr images
+# import`). Sets MANIFEST_HEX MANIFEST_SIZE CONFIG_HEX CONFIG_SIZE.
+oci_layout_image() {
+    local layout="$1" lhex="$2" lsize="$3" config="$4" name="${5:-}" manifest annotations
+    read -r CONFIG_HEX CONFIG_SIZE < <(layout_blob "$layout" "$config")
+    manifest="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$CONFIG_HEX\",\"size\":$CONFIG_SIZE},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$lhex\",\"size\":$lsize}]}"
+    read -r MANIFEST_HEX MANIFEST_SIZE < <(layout_blob "$layout" "$manifest")
+    annotations="\"org.opencontainers.image.ref.name\":\"v1\""
+    [ -n "$name" ] && annotations="\"io.containerd.image.name\":\"$name\",$annotations"
+    echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+    echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$MANIFEST_HEX\",\"size\":$MANIFEST_SIZE,\"annotations\":{$annotations}}]}" >"$layout/index.json"
+}
+
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # fetch_rate URL: one curl download to /dev/null; prints "bytes seconds MB/s".

@@ -58,8 +58,7 @@ log "peermirror: $PEERMIRROR (sha256 $(sha256sum "$PEERMIRROR" | cut -c1-12)); l
 layout="$WORK/layout"
 mkdir -p "$layout/blobs/sha256" "$WORK/src"
 log "making a ${SIZE_MB} MB random layer"
-head -c "$((SIZE_MB * 1024 * 1024))" /dev/zero |
-    openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass pass:peermirror-storm >"$WORK/src/data.bin"
+random_file "$WORK/src/data.bin" "$SIZE_MB" peermirror-storm
 touch -d @1700000000 "$WORK/src/data.bin"
 tar -C "$WORK/src" --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -cf "$WORK/layer.tar" data.bin
 rm -rf "$WORK/src"
@@ -67,18 +66,9 @@ LAYER_SIZE="$(stat -c %s "$WORK/layer.tar")"
 LAYER_HEX="$(sha256sum "$WORK/layer.tar" | cut -d' ' -f1)"
 LAYER="sha256:$LAYER_HEX"
 mv "$WORK/layer.tar" "$layout/blobs/sha256/$LAYER_HEX"
-put_blob() { # put_blob TEXT: store TEXT as a blob; prints "hex size"
-    local h
-    h="$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"
-    printf '%s' "$1" >"$layout/blobs/sha256/$h"
-    echo "$h ${#1}"
-}
-read -r chex csize < <(put_blob "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"$LAYER\"]}}")
-manifest="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$chex\",\"size\":$csize},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"$LAYER\",\"size\":$LAYER_SIZE}]}"
-read -r mhex msize < <(put_blob "$manifest")
-echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$mhex\",\"size\":$msize,\"annotations\":{\"org.opencontainers.image.ref.name\":\"v1\"}}]}" >"$layout/index.json"
-IMAGE_BYTES=$((LAYER_SIZE + csize + msize))
+oci_layout_image "$layout" "$LAYER_HEX" "$LAYER_SIZE" \
+    "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"$LAYER\"]}}"
+IMAGE_BYTES=$((LAYER_SIZE + CONFIG_SIZE + MANIFEST_SIZE))
 log "layer $LAYER ($LAYER_SIZE bytes); image $IMAGE_BYTES bytes"
 
 registry_setup
@@ -94,9 +84,9 @@ push_blob() { # push_blob FILE DIGEST: POST an upload, PUT the whole blob
         "$loc&digest=$2" -o /dev/null || die "blob upload of $2 failed"
 }
 push_blob "$layout/blobs/sha256/$LAYER_HEX" "$LAYER"
-push_blob "$layout/blobs/sha256/$chex" "sha256:$chex"
+push_blob "$layout/blobs/sha256/$CONFIG_HEX" "sha256:$CONFIG_HEX"
 curl -s -f -m 10 -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
-    --data-binary "@$layout/blobs/sha256/$mhex" \
+    --data-binary "@$layout/blobs/sha256/$MANIFEST_HEX" \
     "http://127.0.0.1:$REGISTRY_PORT/v2/bench/storm/manifests/v1" -o /dev/null || die "manifest upload failed"
 rm -rf "$layout"
 registry_push big
