@@ -65,13 +65,13 @@ pub(crate) fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> Cached {
     use rustix::io::{Errno, ReadWriteFlags};
     loop {
         let mut iov = [io::IoSliceMut::new(buf)];
-        return match rustix::io::preadv2(file, &mut iov, pos, ReadWriteFlags::NOWAIT) {
-            Ok(n) => Cached::Read(n),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => Cached::Miss,
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Cached::Unsupported,
-            Err(e) => Cached::Failed(e.into()),
-        };
+        match rustix::io::preadv2(file, &mut iov, pos, ReadWriteFlags::NOWAIT) {
+            Ok(n) => return Cached::Read(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Cached::Miss,
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Cached::Unsupported,
+            Err(e) => return Cached::Failed(e.into()),
+        }
     }
 }
 
