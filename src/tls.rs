@@ -103,11 +103,19 @@ pub struct TlsMaterial {
     pub deny_expired_crl: bool,
 }
 
-/// The crypto for every TLS config built here: ring, or aws-lc-rs with the `aws-lc` feature.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto of the registry endpoint: ring, or aws-lc-rs with the `aws-lc` feature (its
+/// AES-GCM seals faster on AVX-512 CPUs).
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[cfg(feature = "aws-lc")]
     return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     #[cfg(not(feature = "aws-lc"))]
+    client_provider()
+}
+
+/// The crypto of peer fetches: always ring. As a TLS client, rustls with aws-lc-rs spent
+/// 1.3-1.5 CPU-s per GB decrypting where ring spent 0.5-0.6 (docs/benchmarks.md, issue 13),
+/// and a relay decrypts every byte it fetches.
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -184,13 +192,14 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         }
     }
 
-    let server_builder =
-        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let server_builder = ServerConfig::builder_with_provider(server_provider())
+        .with_safe_default_protocol_versions()?;
     let mut server = match &files.client_ca {
         Some(ca) => {
             let (store, _) = roots(ca)?;
-            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
-                .with_crls(client_crls);
+            let mut vb =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(store), server_provider())
+                    .with_crls(client_crls);
             if enforce {
                 vb = vb.enforce_revocation_expiration();
             }
@@ -211,7 +220,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         .or(files.client_ca.as_ref())
         .ok_or(TlsError::NoPeerCa)?;
     let (store, _) = roots(peer_ca)?;
-    let mut vb = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+    let mut vb = WebPkiServerVerifier::builder_with_provider(Arc::new(store), client_provider())
         .with_crls(peer_crls);
     if enforce {
         vb = vb.enforce_revocation_expiration();
@@ -225,7 +234,7 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         }),
         None => webpki,
     };
-    let mut client = ClientConfig::builder_with_provider(provider())
+    let mut client = ClientConfig::builder_with_provider(client_provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
