@@ -16,20 +16,18 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::content::ByteStream;
-use crate::fsutil::{Cached, read_cached};
+use crate::fsutil::{BufPool, Cached, read_cached};
 
 /// Bytes per read and per response chunk: small enough that a chunk is still in the core's
 /// L2 cache when TLS encrypts it or the kernel copies it to the socket.
 pub(super) const CHUNK: usize = 256 * 1024;
 /// Buffers a stream keeps for reuse: the one being read and those queued for writing.
 const POOL: usize = 4;
-
-type Pool = Mutex<Vec<Vec<u8>>>;
 
 /// Opens `path` and streams `len` bytes (to the end when `None`) from `offset`, in chunks of
 /// up to [`CHUNK`]; a file shorter than asked ends the stream early, as a read would.
@@ -42,7 +40,7 @@ pub(super) async fn stream(path: PathBuf, offset: u64, len: Option<u64>) -> io::
         nowait: true,
         pos: offset,
         end: offset.saturating_add(len.unwrap_or(u64::MAX)),
-        pool: Arc::new(Mutex::new(Vec::with_capacity(POOL))),
+        pool: BufPool::new(POOL),
     };
     Ok(Box::pin(futures_util::stream::try_unfold(
         state,
@@ -56,7 +54,7 @@ struct Chunks {
     nowait: bool,
     pos: u64,
     end: u64,
-    pool: Arc<Pool>,
+    pool: Arc<BufPool>,
 }
 
 impl Chunks {
@@ -66,7 +64,7 @@ impl Chunks {
             return Ok(None);
         }
         // A returned buffer is CHUNK initialised bytes: no zeroing, no allocation.
-        let mut buf = lock(&self.pool).pop().unwrap_or_else(|| vec![0; CHUNK]);
+        let mut buf = self.pool.take(CHUNK);
         let pos = self.pos;
         let cached = if self.nowait {
             read_cached(&self.file, buf.get_mut(..want).unwrap_or_default(), pos)
@@ -91,41 +89,7 @@ impl Chunks {
             return Ok(None);
         }
         self.pos += n as u64;
-        let chunk = Bytes::from_owner(Loaned {
-            buf,
-            len: n,
-            home: Arc::downgrade(&self.pool),
-        });
-        Ok(Some((chunk, self)))
-    }
-}
-
-fn lock(pool: &Pool) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-    pool.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A pool buffer lent out as a chunk; it goes back to its stream's pool when dropped (or is
-/// freed when the stream is gone).
-struct Loaned {
-    buf: Vec<u8>,
-    len: usize,
-    home: Weak<Pool>,
-}
-
-impl AsRef<[u8]> for Loaned {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
-    }
-}
-
-impl Drop for Loaned {
-    fn drop(&mut self) {
-        if let Some(pool) = self.home.upgrade() {
-            let mut pool = lock(&pool);
-            if pool.len() < POOL {
-                pool.push(std::mem::take(&mut self.buf));
-            }
-        }
+        Ok(Some((self.pool.lend(buf, n), self)))
     }
 }
 

@@ -8,8 +8,8 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::{Entry, Phase, Progress};
 use crate::content::ByteStream;
-use crate::fsutil::{Cached, read_cached};
+use crate::fsutil::{BufPool, Cached, read_cached};
 
 /// The largest read: small enough that the chunk is still in the core's L2 cache when it is
 /// copied to the socket (or encrypted), large enough that syscalls do not matter.
@@ -51,7 +51,7 @@ pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -
         stop,
         held: HOLD_BACK.min(stop - start),
         stall,
-        pool: Arc::new(Mutex::new(Vec::new())),
+        pool: BufPool::new(POOLED),
         done: false,
         _guard: guard,
     };
@@ -86,7 +86,7 @@ struct Read {
     stall: Duration,
     /// Buffers back from chunks the client side has sent: read into again, so a download
     /// neither zero-fills nor faults in fresh pages per chunk.
-    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+    pool: Arc<BufPool>,
     done: bool,
     _guard: Guard,
 }
@@ -151,14 +151,10 @@ impl Read {
             return Ok(b);
         }
         let len = usize::try_from(want).map_err(io::Error::other)?;
-        let mut buf = lock(&self.pool).pop().unwrap_or_default();
-        if buf.len() < len {
-            // Zero-filled once per buffer, never again when it is reused; no larger than the
-            // window needs.
-            let cap = usize::try_from((self.stop - self.pos).min(READ_CHUNK))
-                .map_err(io::Error::other)?;
-            buf.resize(cap.max(len), 0);
-        }
+        // No larger than the window needs (`len` is at most this).
+        let cap =
+            usize::try_from((self.stop - self.pos).min(READ_CHUNK)).map_err(io::Error::other)?;
+        let mut buf = self.pool.take(cap.max(len));
         // Just written: usually still in the page cache, so read it here, where the bytes
         // are sent next, rather than on a pool thread.
         let cached = match (self.entry.file.get(), buf.get_mut(..len)) {
@@ -168,7 +164,7 @@ impl Read {
         let (buf, len) = match cached {
             Cached::Read(n) if n > 0 => (buf, n),
             Cached::Failed(e) => {
-                lock(&self.pool).push(buf);
+                self.pool.give_back(buf);
                 return Err(e);
             }
             _ => {
@@ -185,44 +181,13 @@ impl Read {
                 .await
                 .map_err(io::Error::other)?;
                 if let Err(e) = res {
-                    lock(&self.pool).push(buf);
+                    self.pool.give_back(buf);
                     return Err(e);
                 }
                 (buf, len)
             }
         };
         self.pos += len as u64;
-        Ok(Bytes::from_owner(Pooled {
-            buf,
-            len,
-            home: self.pool.clone(),
-        }))
-    }
-}
-
-fn lock(pool: &Mutex<Vec<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-    // A list of spare buffers: nothing to tear if a holder panicked.
-    pool.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A chunk sent from a pooled buffer; dropping it (once written out) returns the buffer.
-struct Pooled {
-    buf: Vec<u8>,
-    len: usize,
-    home: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut pool = lock(&self.home);
-        if pool.len() < POOLED {
-            pool.push(std::mem::take(&mut self.buf));
-        }
+        Ok(self.pool.lend(buf, len))
     }
 }
