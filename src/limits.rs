@@ -25,7 +25,7 @@ pub struct UploadSlot {
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
-        self.metrics.uploads_in_flight.dec();
+        self.metrics.uploads.in_flight.dec();
     }
 }
 
@@ -45,13 +45,13 @@ impl UploadLimits {
             Some(s) => match s.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    self.metrics.uploads_rejected.inc();
+                    self.metrics.uploads.rejected.inc();
                     return None;
                 }
             },
             None => None,
         };
-        self.metrics.uploads_in_flight.inc();
+        self.metrics.uploads.in_flight.inc();
         Some(UploadSlot {
             _permit: permit,
             metrics: self.metrics.clone(),
@@ -71,7 +71,10 @@ impl UploadLimits {
                 if let Ok(chunk) = &item {
                     let wait = bucket.take(chunk.len() as u64);
                     if !wait.is_zero() {
-                        metrics.egress_throttled_seconds.inc_by(wait.as_secs_f64());
+                        metrics
+                            .uploads
+                            .egress_throttled_seconds
+                            .inc_by(wait.as_secs_f64());
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -134,6 +137,6 @@ mod tests {
         assert!(l.try_start().is_none());
         drop(a);
         assert!(l.try_start().is_some());
-        assert_eq!(m.uploads_rejected.get(), 1);
+        assert_eq!(m.uploads.rejected.get(), 1);
     }
 }

@@ -366,6 +366,7 @@ fn reload(
         }
         Err(e) => {
             metrics
+                .security
                 .reload_failures
                 .get_or_create(&WhatLabels { what: "tls" })
                 .inc();
@@ -391,10 +392,10 @@ async fn expiry_gauges(
         {
             let m = material.borrow_and_update();
             if let Some(next) = m.crl_next_update {
-                metrics.crl_expiry_seconds.set(until(next));
+                metrics.security.crl_expiry_seconds.set(until(next));
             }
             if let Some(end) = m.cert_not_after {
-                metrics.cert_expiry_seconds.set(until(end));
+                metrics.security.cert_expiry_seconds.set(until(end));
             }
         }
         tokio::select! {
@@ -452,6 +453,7 @@ impl TlsProvider for Endpoint {
     fn handshake_failed(&self, remote: SocketAddr, error: Option<&std::io::Error>) {
         let reason = handshake_reason(error);
         self.metrics
+            .security
             .auth_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, Source, SourceLabels};
+use crate::metrics::Metrics;
+use crate::registry::{AccessSink, RequestEntry, Source};
 
 /// Requests kept for the page: enough to follow one pull, few enough to render at once.
 pub const RECENT_REQUESTS: usize = 100;
@@ -19,22 +20,6 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 /// Fifteen minutes of samples, plus the one the first interval starts from.
 pub const SAMPLES: usize = 61;
 
-/// One finished (or abandoned) response, as the access log has it.
-#[derive(Clone, Debug)]
-pub struct RequestEntry {
-    pub at: SystemTime,
-    pub method: String,
-    pub path: String,
-    pub remote: String,
-    /// Who the request was accepted as; never a secret (see `registry::body::AccessRecord`).
-    pub client: String,
-    pub status: u16,
-    pub source: Source,
-    pub bytes: u64,
-    pub complete: bool,
-    pub duration: Duration,
-}
-
 #[derive(Default)]
 struct Requests {
     ring: VecDeque<RequestEntry>,
@@ -43,9 +28,15 @@ struct Requests {
     misses: u64,
 }
 
-/// The last [`RECENT_REQUESTS`] requests; fed by the registry's access log.
+/// The last [`RECENT_REQUESTS`] requests; the daemon makes it the registry's [`AccessSink`].
 #[derive(Default)]
 pub struct RecentRequests(Mutex<Requests>);
+
+impl AccessSink for RecentRequests {
+    fn record(&self, entry: RequestEntry) {
+        self.push(entry);
+    }
+}
 
 impl RecentRequests {
     pub fn push(&self, mut entry: RequestEntry) {
@@ -84,14 +75,20 @@ pub struct TrafficSample {
 }
 
 impl TrafficSample {
-    pub fn now(metrics: &Metrics) -> Self {
-        let bytes = |source| metrics.bytes.get_or_create(&SourceLabels { source }).get();
+    pub fn now(metrics: &Metrics, requests: &RecentRequests) -> Self {
+        let bytes = |source: Source| {
+            metrics
+                .registry
+                .response_bytes
+                .get_or_create(&source.labels())
+                .get()
+        };
         TrafficSample {
             at: SystemTime::now(),
             local_bytes: bytes(Source::Local),
             peer_bytes: bytes(Source::Peer),
             in_flight_bytes: bytes(Source::InFlight),
-            miss_requests: metrics.recent_requests.misses(),
+            miss_requests: requests.misses(),
         }
     }
 }
@@ -115,14 +112,20 @@ impl Traffic {
         ring.iter().copied().chain(std::iter::once(now)).collect()
     }
 
-    /// Sample `metrics` every `every` until shutdown.
-    pub async fn run(&self, metrics: &Metrics, every: Duration, shutdown: CancellationToken) {
+    /// Sample `metrics` and `requests` every `every` until shutdown.
+    pub async fn run(
+        &self,
+        metrics: &Metrics,
+        requests: &RecentRequests,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.record(TrafficSample::now(metrics)),
+                _ = tick.tick() => self.record(TrafficSample::now(metrics, requests)),
             }
         }
     }
@@ -182,26 +185,30 @@ mod tests {
         let metrics = std::sync::Arc::new(Metrics::new());
         let traffic = std::sync::Arc::new(Traffic::default());
         let shutdown = CancellationToken::new();
+        let requests = std::sync::Arc::new(RecentRequests::default());
         let task = {
-            let (t, m, s) = (traffic.clone(), metrics.clone(), shutdown.clone());
-            tokio::spawn(async move { t.run(&m, SAMPLE_EVERY, s).await })
+            let (t, m, r, s) = (
+                traffic.clone(),
+                metrics.clone(),
+                requests.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move { t.run(&m, &r, SAMPLE_EVERY, s).await })
         };
         for _ in 0..100 {
             metrics
-                .bytes
-                .get_or_create(&SourceLabels {
-                    source: Source::Peer,
-                })
+                .registry
+                .response_bytes
+                .get_or_create(&Source::Peer.labels())
                 .inc_by(10);
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
         metrics
-            .bytes
-            .get_or_create(&SourceLabels {
-                source: Source::Peer,
-            })
+            .registry
+            .response_bytes
+            .get_or_create(&Source::Peer.labels())
             .inc_by(7);
-        let s = traffic.snapshot(TrafficSample::now(&metrics));
+        let s = traffic.snapshot(TrafficSample::now(&metrics, &requests));
         assert_eq!(s.len(), SAMPLES + 1);
         assert_eq!(s[SAMPLES].peer_bytes, 1007, "the last point is now");
         // The last sample was taken at the same instant as the last increment, before or after.

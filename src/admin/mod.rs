@@ -54,6 +54,8 @@ pub struct AdminState {
     pub router: Option<Arc<dyn Router>>,
     pub mirror: Option<Arc<Mirror>>,
     pub metrics: Arc<Metrics>,
+    /// The last requests served, for the status page; the registry reports into it.
+    pub recent_requests: Arc<activity::RecentRequests>,
     pub auth_mode: AuthMode,
     pub tls: Option<MaterialRx>,
     pub registry_addr: String,
@@ -121,7 +123,7 @@ impl Admin for Service {
             blobs: s.index.blob_count() as u64,
             tags: s.index.tag_count() as u64,
             images: s.index.image_count() as u64,
-            advertised_keys: u64::try_from(s.metrics.advertised_keys.get()).unwrap_or(0),
+            advertised_keys: u64::try_from(s.metrics.routing.advertised_keys.get()).unwrap_or(0),
             connected_peers: u32::try_from(rs.peer_count()).unwrap_or(u32::MAX),
             auth_mode: s.auth_mode.as_str().into(),
             cert_not_after: unix_secs(tls.as_ref().and_then(|t| t.cert_not_after)),
@@ -251,7 +253,6 @@ impl Admin for Service {
     ) -> Result<Response<ActivityResponse>, Status> {
         let (s, traffic) = (&self.0, &self.1);
         let requests = s
-            .metrics
             .recent_requests
             .snapshot()
             .into_iter()
@@ -269,7 +270,7 @@ impl Admin for Service {
             })
             .collect();
         let traffic = traffic
-            .snapshot(activity::TrafficSample::now(&s.metrics))
+            .snapshot(activity::TrafficSample::now(&s.metrics, &s.recent_requests))
             .into_iter()
             .map(|t| TrafficSample {
                 at_ms: unix_millis(t.at),
@@ -352,11 +353,15 @@ pub async fn serve(
     tracing::info!(path = %path.display(), "admin API listening");
     let traffic = Arc::new(activity::Traffic::default());
     tokio::spawn({
-        let (traffic, metrics, shutdown) =
-            (traffic.clone(), state.metrics.clone(), shutdown.clone());
+        let (traffic, state, shutdown) = (traffic.clone(), state.clone(), shutdown.clone());
         async move {
             traffic
-                .run(&metrics, activity::SAMPLE_EVERY, shutdown)
+                .run(
+                    &state.metrics,
+                    &state.recent_requests,
+                    activity::SAMPLE_EVERY,
+                    shutdown,
+                )
                 .await
         }
     });

@@ -108,7 +108,8 @@ async fn drop_committed(
         }
         let usage = spool.usage();
         metrics
-            .spool_bytes
+            .spool
+            .bytes
             .set(i64::try_from(usage.reserved).unwrap_or(i64::MAX));
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
+use crate::admin::activity::RecentRequests;
 use crate::auth::{AuthError, FailureThrottle, Guard};
 use crate::containerd::{ContainerdError, ContainerdSource};
 use crate::content::ContentSource;
@@ -236,7 +237,11 @@ async fn run_inner(
         revocation: tls.clone().map(tls::revocation_check),
     };
     let warnings = start::containerd_config_warnings(config.containerd_config.as_deref());
+    // The status page's recent requests, reported by the registry; kept only for the admin API.
+    let mut recent_requests = None;
     if let Some(path) = &config.admin_sock {
+        let recent = Arc::new(RecentRequests::default());
+        recent_requests = Some(recent.clone());
         let state = AdminState {
             index: content.index.clone(),
             readiness: content.readiness.clone(),
@@ -244,6 +249,7 @@ async fn run_inner(
             router: routed.as_ref().map(|r| r.router.clone()),
             mirror: mirror.clone(),
             metrics: w.metrics.clone(),
+            recent_requests: recent,
             auth_mode: config.security.mode,
             tls: tls.clone(),
             registry_addr: registry_addr.to_string(),
@@ -266,6 +272,9 @@ async fn run_inner(
     }
     if let Some(i) = ingests {
         registry = registry.with_ingests(i);
+    }
+    if let Some(sink) = recent_requests {
+        registry = registry.with_access_sink(sink);
     }
     let registry = Arc::new(registry);
     let endpoint =

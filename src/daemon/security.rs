@@ -216,6 +216,7 @@ async fn keep_tokens_current(
     let refresh = tokens.minted_ttl().map(|t| t / 2);
     let failed = |what: &'static str| {
         metrics
+            .security
             .reload_failures
             .get_or_create(&WhatLabels { what })
             .inc();

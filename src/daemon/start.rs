@@ -42,7 +42,7 @@ pub(super) fn start_index(w: &mut Wiring, source: Arc<dyn ContentSource>) -> Con
         "content-ready gauge",
         follow_readiness(
             readiness.clone(),
-            w.metrics.content_ready.clone(),
+            w.metrics.registry.content_ready.clone(),
             w.shutdown.clone(),
         ),
     );
@@ -297,8 +297,8 @@ pub(super) fn start_registry(
         })
     });
     let counters = ConnCounters {
-        refused: w.metrics.connections_refused.clone(),
-        evicted: w.metrics.connections_evicted.clone(),
+        refused: w.metrics.server.refused.clone(),
+        evicted: w.metrics.server.evicted.clone(),
     };
     let admission = Admission::new(&limits, trusted, counters);
     w.tasks.spawn(

@@ -192,12 +192,12 @@ impl ProviderBook {
     fn penalize_as(&self, p: &Provider, id: &PeerIdentity, fault: Fault, kind: PeerEventKind) {
         let (d, key) = match fault {
             Fault::Mismatch => {
-                self.metrics.digest_mismatches.inc();
-                self.metrics.peer_mismatch(&id.to_string());
+                self.metrics.mirror.digest_mismatches.inc();
+                self.metrics.mirror.peer_mismatch(&id.to_string());
                 (self.mismatch_penalty, PenaltyKey::Identity(id.clone()))
             }
             Fault::Failed => {
-                self.metrics.provider_failures.inc();
+                self.metrics.mirror.provider_failures.inc();
                 let key = match id {
                     PeerIdentity::Serial(_) => PenaltyKey::Identity(id.clone()),
                     PeerIdentity::Ip(_) => PenaltyKey::Endpoint(p.addr),
@@ -258,7 +258,7 @@ impl ProviderBook {
 
     /// Count a tag whose providers disagreed.
     pub(crate) fn tag_disagreement(&self) {
-        self.metrics.tag_disagreements.inc();
+        self.metrics.mirror.tag_disagreements.inc();
     }
 
     /// Nobody had `key` a moment ago.
@@ -272,7 +272,7 @@ impl ProviderBook {
 
     /// Ask the DHT for providers of `key`, counting it.
     pub(crate) fn lookup(&self, key: &Key) -> mpsc::Receiver<Provider> {
-        self.metrics.dht_lookups.inc();
+        self.metrics.routing.dht.lookups.inc();
         self.router.lookup(key)
     }
 

@@ -258,6 +258,7 @@ impl Mirror {
         let mut set = ProviderSet::lookup(&key, self.book.clone());
         let first = set.first(self.config.resolve_timeout).await;
         self.metrics
+            .routing
             .resolve_latency
             .observe(started.elapsed().as_secs_f64());
         if first {
@@ -281,7 +282,8 @@ impl Mirror {
         if let Err(MirrorError::NotFound(miss)) = &result {
             tracing::debug!(%name, ?target, reason = miss.as_str(), "peers do not have it");
             self.metrics
-                .mirror_misses
+                .mirror
+                .misses
                 .get_or_create(&ReasonLabels {
                     reason: miss.as_str(),
                 })

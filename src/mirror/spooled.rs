@@ -88,7 +88,8 @@ impl Mirror {
             }
             let end = fetcher.download(providers, path, digest, writer).await;
             metrics
-                .spool_downloads
+                .spool
+                .downloads
                 .get_or_create(&ReasonLabels {
                     reason: end.as_str(),
                 })

@@ -702,6 +702,7 @@ impl Transfer {
                     self.fetcher
                         .book
                         .metrics()
+                        .mirror
                         .peer_fetch_bytes
                         .inc_by(c.len() as u64);
                     c

@@ -1,9 +1,9 @@
+//! Response bodies: one boxed type for every response, and [`LoggedBody`], which counts what
+//! is sent and reports the request (access log, status page) when the body is done.
+
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -11,9 +11,9 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
+use super::access::AccessRecord;
 use crate::content::ByteStream;
 use crate::limits::UploadSlot;
-use crate::metrics::{Metrics, Source, SourceLabels};
 
 /// Every response body: boxed so streams, fixed bytes and empty bodies share one type.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -30,21 +30,6 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 
 pub fn stream(s: ByteStream) -> Body {
     BodyExt::boxed_unsync(StreamBody::new(s.map_ok(Frame::data)))
-}
-
-/// What the access log needs about a request, filled in as it is handled.
-pub struct AccessRecord {
-    pub method: http::Method,
-    pub path: String,
-    pub remote: SocketAddr,
-    /// Who the request was accepted as (certificate, token line), never a secret.
-    pub identity: String,
-    pub status: u16,
-    pub source: Source,
-    pub started: Instant,
-    /// Bytes the body should carry; the log says whether it all went out.
-    pub expected: u64,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Wraps a response body to count what is sent and write one access-log line when the body
@@ -83,13 +68,7 @@ impl HttpBody for LoggedBody {
             let n = data.len() as u64;
             self.sent += n;
             // Counted as it goes, so a long transfer is visible while it runs.
-            self.record
-                .metrics
-                .bytes
-                .get_or_create(&SourceLabels {
-                    source: self.record.source,
-                })
-                .inc_by(n);
+            self.record.sent_bytes.inc_by(n);
         }
         poll
     }
@@ -105,34 +84,6 @@ impl HttpBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let r = &self.record;
-        let complete = r.method == http::Method::HEAD || self.sent >= r.expected;
-        tracing::info!(
-            target: "audit",
-            method = %r.method,
-            path = %r.path,
-            remote = %r.remote,
-            client = %r.identity,
-            status = r.status,
-            source = r.source.as_str(),
-            bytes = self.sent,
-            complete,
-            duration_ms = r.started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-        r.metrics
-            .recent_requests
-            .push(crate::admin::activity::RequestEntry {
-                at: std::time::SystemTime::now(),
-                method: r.method.to_string(),
-                path: r.path.clone(),
-                remote: r.remote.to_string(),
-                client: r.identity.clone(),
-                status: r.status,
-                source: r.source,
-                bytes: self.sent,
-                complete,
-                duration: r.started.elapsed(),
-            });
+        self.record.finish(self.sent);
     }
 }

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Answer, Asked, Registry};
+use super::{Answer, Asked, Registry, Source};
 use crate::containerd::ingest::{self, IngestWatcher};
 use crate::content::{ByteStream, Descriptor};
-use crate::metrics::Source;
 use crate::oci::{Digest, RangeSpec};
 use crate::registry::RouteKind;
 

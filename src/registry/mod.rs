@@ -4,6 +4,7 @@
 //! lookup. Hits stream from the local content source; misses answer 404 with an OCI error body
 //! at once, so containerd falls back to the next host.
 
+mod access;
 mod body;
 mod inflight;
 mod routes;
@@ -16,7 +17,8 @@ use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, R
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 
-use body::AccessRecord;
+use access::AccessRecord;
+pub use access::{AccessSink, RequestEntry, Source};
 pub use body::{Body, LoggedBody};
 pub use inflight::Ingests;
 pub use routes::{Route, RouteKind, parse as parse_route};
@@ -24,7 +26,7 @@ pub use routes::{Route, RouteKind, parse as parse_route};
 use crate::auth::{Guard, Refusal};
 use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::limits::{UploadLimits, UploadSlot};
-use crate::metrics::{Metrics, RequestLabels, Source};
+use crate::metrics::{Metrics, ReasonLabels, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
 use crate::oci::headers::{API_VERSION, CONTENT_DIGEST, MIRRORED};
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
@@ -42,6 +44,8 @@ pub struct Registry {
     verifier: Arc<verify::LocalVerifier>,
     /// containerd's downloads in progress, served to peers as they grow.
     ingests: Option<Ingests>,
+    /// Where finished requests are reported besides the access log (the status page).
+    access_sink: Option<Arc<dyn AccessSink>>,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -157,7 +161,14 @@ impl Registry {
             limits,
             verifier: Arc::new(verify::LocalVerifier::default()),
             ingests: None,
+            access_sink: None,
         }
+    }
+
+    /// Report every finished request to `sink` too (the daemon wires the status page here).
+    pub fn with_access_sink(mut self, sink: Arc<dyn AccessSink>) -> Self {
+        self.access_sink = Some(sink);
+        self
     }
 
     /// Serve peers the blobs containerd is still downloading (`ingest/` of its content dir).
@@ -190,8 +201,9 @@ impl Registry {
             Ok(identity) => (self.answer(&req).await, identity.to_string()),
             Err(refusal) => {
                 self.metrics
+                    .security
                     .auth_failures
-                    .get_or_create(&crate::metrics::ReasonLabels {
+                    .get_or_create(&ReasonLabels {
                         reason: refusal.reason(),
                     })
                     .inc();
@@ -203,12 +215,13 @@ impl Registry {
         };
         let status = answer.response.status().as_u16();
         self.metrics
+            .registry
             .requests
             .get_or_create(&RequestLabels {
                 route: answer.route.as_str(),
                 method: method_label(&method),
                 status,
-                source: answer.source,
+                source: answer.source.as_str(),
             })
             .inc();
         let record = AccessRecord {
@@ -220,7 +233,13 @@ impl Registry {
             source: answer.source,
             started,
             expected: answer.expected,
-            metrics: self.metrics.clone(),
+            sent_bytes: self
+                .metrics
+                .registry
+                .response_bytes
+                .get_or_create(&answer.source.labels())
+                .clone(),
+            sink: self.access_sink.clone(),
         };
         let slot = answer.slot;
         let mut response = answer.response;
@@ -525,7 +544,7 @@ enum Check {
 /// A local blob turned out damaged: stop serving and advertising it.
 fn on_corrupt(index: &Index, metrics: &Metrics, digest: &Digest) {
     tracing::error!(%digest, "local content does not match its digest; no longer serving or advertising it");
-    metrics.local_corruptions.inc();
+    metrics.registry.local_corruptions.inc();
     index.remove_content(digest);
 }
 

@@ -64,7 +64,7 @@ impl Advertiser {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
-            self.metrics.advertised_keys.set(self.count());
+            self.metrics.routing.advertised_keys.set(self.count());
         }
     }
 
@@ -106,7 +106,7 @@ impl Advertiser {
                 tracing::warn!(error = %e, "advertise failed");
             }
         }
-        self.metrics.advertised_keys.set(self.count());
+        self.metrics.routing.advertised_keys.set(self.count());
         tracing::info!(keys = total, "advertised local content");
     }
 }

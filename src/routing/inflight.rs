@@ -117,6 +117,7 @@ async fn run(
             }
         }
         metrics
+            .routing
             .in_flight_keys
             .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
     }

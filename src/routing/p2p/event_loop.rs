@@ -199,7 +199,9 @@ impl EventLoop {
         }
         let what = if ok { "announced" } else { "failed" };
         self.metrics
-            .dht_announcements
+            .routing
+            .dht
+            .announcements
             .get_or_create(&WhatLabels { what })
             .inc();
         self.pump_announcements();
@@ -340,7 +342,9 @@ impl EventLoop {
                     _ => "other",
                 };
                 self.metrics
-                    .dht_requests
+                    .routing
+                    .dht
+                    .requests
                     .get_or_create(&WhatLabels { what })
                     .inc();
             }
@@ -419,6 +423,7 @@ impl EventLoop {
             })
             .collect();
         self.metrics
+            .routing
             .connected_peers
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
         self.state.send_modify(|s| s.peers = peers);
@@ -446,9 +451,11 @@ impl EventLoop {
             self.next_gauges = now + GAUGES_EVERY;
             let (_, records) = self.swarm.behaviour_mut().kad.store_mut().len();
             let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-            self.metrics.dht_stored_records.set(gauge(records));
+            self.metrics.routing.dht.stored_records.set(gauge(records));
             self.metrics
-                .dht_announce_backlog
+                .routing
+                .dht
+                .announce_backlog
                 .set(gauge(self.announcer.backlog(now)));
         }
         if self.connected() == 0 && now >= self.next_bootstrap {

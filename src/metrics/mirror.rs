@@ -1,0 +1,97 @@
+//! The mirror's metrics: fetches from peers and the ways they fail.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::{ReasonLabels, registered};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's authenticated identity: `serial:<hex>` under mTLS, else `ip:<addr>`.
+    pub peer: String,
+}
+
+/// Distinct `peer` label values kept for `peermirror_peer_mismatches_total`; later liars share
+/// [`OTHER_PEERS`], so a node regenerating identities cannot grow the series without bound.
+const PEER_LABELS_MAX: usize = 64;
+const OTHER_PEERS: &str = "other";
+
+pub struct MirrorMetrics {
+    pub digest_mismatches: Counter,
+    /// Wrong bytes (or lengths) by the peer that sent them; see [`MirrorMetrics::peer_mismatch`].
+    pub peer_mismatches: Family<PeerLabels, Counter>,
+    peer_labels: Mutex<HashSet<String>>,
+    /// Tags whose providers named different digests (answered 404).
+    pub tag_disagreements: Counter,
+    pub provider_failures: Counter,
+    /// Local misses the peers could not serve either, by why (see `mirror::Miss`).
+    pub misses: Family<ReasonLabels, Counter>,
+    /// Body bytes fetched from peers (every attempt, verified or not).
+    pub peer_fetch_bytes: Counter,
+}
+
+impl MirrorMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        MirrorMetrics {
+            digest_mismatches: registered(
+                r,
+                "digest_mismatches",
+                "Peer transfers aborted because the digest did not match",
+                Counter::default(),
+            ),
+            peer_mismatches: registered(
+                r,
+                "peer_mismatches",
+                "Peer answers with wrong bytes or a wrong size, by the peer's identity (certificate serial or IP)",
+                Family::default(),
+            ),
+            peer_labels: Mutex::default(),
+            tag_disagreements: registered(
+                r,
+                "tag_disagreements",
+                "Tags answered 404 because the providers asked named different digests",
+                Counter::default(),
+            ),
+            provider_failures: registered(
+                r,
+                "provider_failures",
+                "Peer fetches that failed (connect, status, stream)",
+                Counter::default(),
+            ),
+            misses: registered(
+                r,
+                "mirror_misses",
+                "Local misses the peers could not serve either, by reason (tag_not_resolved, no_provider, providers_failed)",
+                Family::default(),
+            ),
+            peer_fetch_bytes: registered(
+                r,
+                "peer_fetch_bytes",
+                "Body bytes fetched from peers, verified or not",
+                Counter::default(),
+            ),
+        }
+    }
+
+    /// Count one mismatch from `peer`. The first [`PEER_LABELS_MAX`] peers get their own
+    /// series; the rest are counted under `other`.
+    pub fn peer_mismatch(&self, peer: &str) {
+        let label = {
+            let mut seen = self.peer_labels.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(peer) || seen.len() < PEER_LABELS_MAX {
+                seen.insert(peer.to_string());
+                peer.to_string()
+            } else {
+                OTHER_PEERS.to_string()
+            }
+        };
+        self.peer_mismatches
+            .get_or_create(&PeerLabels { peer: label })
+            .inc();
+    }
+}
