@@ -11,14 +11,16 @@
 //!
 //! Serving:
 //! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API and content dir.
-//! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror.
+//! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror;
+//!   each response's [`registry::Source`] (where its bytes came from) and access record.
 //! - [`mirror`]: what this node lacks, fetched from peers and verified (see `DESIGN.md`).
 //! - [`spool`]: one verified download per blob per node, under `--data-dir`, streamed to
 //!   every request while it arrives; each response's last bytes wait for verification.
 //! - [`server`]: the accept loop: connection limits, TLS handshakes off the accept path, draining.
 //! - [`limits`]: upload slots and egress pacing.
 //! - [`ops`]: the operations listener: `/healthz`, `/readyz`, `/metrics`.
-//! - [`metrics`]: Prometheus metrics, passed in, never global.
+//! - [`metrics`]: Prometheus metrics, one struct per subsystem, passed in, never global; a leaf
+//!   (the registry reports each request to the status page through its own `AccessSink`).
 //!
 //! Security:
 //! - [`auth`]: auth modes, bearer tokens, the request guard and its [`auth::Identity`].
