@@ -93,7 +93,10 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         containerd_namespace: "k8s.io".into(),
         content_dir: None,
         limits: ServerLimits::default(),
-        routing: Routing::Custom(Arc::new(router.clone()), none),
+        routing: Routing::Custom {
+            router: Arc::new(router.clone()),
+            bootstrap_none: none,
+        },
         mirror: MirrorConfig::default(),
         security: Security::insecure(),
         token: Default::default(),
@@ -101,6 +104,7 @@ async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
         max_egress_bps: 0,
         admin_sock: None,
         containerd_config: None,
+        data_dir: None,
         spool: None,
     };
     let task = tokio::spawn(run_with_source(

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthMode;
-use crate::daemon::{Config, DaemonError, P2pSettings, Routing, Security, TokenSettings};
+use crate::daemon::{
+    Config, DaemonError, P2pSettings, Routing, Security, SpoolSettings, TokenSettings,
+};
 use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
 use crate::server::ServerLimits;
@@ -42,8 +44,47 @@ pub enum Command {
     Version,
 }
 
+/// `peermirror run`'s flags, in groups named like the README's sections of its flags table.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    #[command(flatten)]
+    pub dht: DhtArgs,
+
+    /// Where the node keeps its identity key, so a restart keeps its PeerId.
+    #[arg(
+        long,
+        env = "PEERMIRROR_DATA_DIR",
+        default_value = "/var/lib/peermirror"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Unix socket of the admin API (mode 0600), used by `peermirror status`
+    /// [default: <data-dir>/admin.sock].
+    #[arg(long, env = "PEERMIRROR_ADMIN_SOCK")]
+    pub admin_sock: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
+    #[command(flatten)]
+    pub uploads: UploadArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Which containerd, and where its content lives.
+#[derive(Args, Debug, Clone)]
+pub struct ContainerdArgs {
     /// containerd's gRPC socket.
     #[arg(
         long,
@@ -70,7 +111,11 @@ pub struct RunArgs {
     /// list of containerd 2.2+); `peermirror status` shows the warning.
     #[arg(long, env = "PEERMIRROR_CONTAINERD_CONFIG")]
     pub containerd_config: Option<PathBuf>,
+}
 
+/// The registry and operations listeners, and the limits on the registry's connections.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
     /// Address of the registry (mirror) endpoint.
     #[arg(long, env = "PEERMIRROR_REGISTRY_ADDR", default_value = "0.0.0.0:5000")]
     pub registry_addr: SocketAddr,
@@ -106,7 +151,11 @@ pub struct RunArgs {
     /// How long in-flight responses may take to finish after SIGTERM.
     #[arg(long, env = "PEERMIRROR_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
 
+/// The libp2p DHT: where it listens, how it finds peers, how long its records live.
+#[derive(Args, Debug, Clone)]
+pub struct DhtArgs {
     /// Address of the libp2p (DHT) listener.
     #[arg(long, env = "PEERMIRROR_ROUTER_ADDR", default_value = "0.0.0.0:5001")]
     pub router_addr: SocketAddr,
@@ -126,14 +175,31 @@ pub struct RunArgs {
     )]
     pub bootstrap: Vec<Bootstrap>,
 
-    /// Where the node keeps its identity key, so a restart keeps its PeerId.
-    #[arg(
-        long,
-        env = "PEERMIRROR_DATA_DIR",
-        default_value = "/var/lib/peermirror"
-    )]
-    pub data_dir: PathBuf,
+    /// Lifetime of this node's provider records in the DHT.
+    #[arg(long, env = "PEERMIRROR_PROVIDER_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub provider_ttl: Duration,
 
+    /// How often provider records are re-published (well under --provider-ttl).
+    #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub republish_interval: Duration,
+
+    /// Kademlia's replication factor k: how many nodes store each provider record. Each key
+    /// announced costs about k + 8 requests and each node stores keys-per-node × k records;
+    /// 5 (not libp2p's 20) keeps 200 nodes × 2,000 keys within a node's budget, and a key is
+    /// lost only if all k holders die within one republish interval (docs/scale.md). Use the
+    /// same value on every node.
+    #[arg(long, env = "PEERMIRROR_DHT_REPLICATION", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub dht_replication: u16,
+
+    /// libp2p private-network pre-shared key file (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex
+    /// characters): only nodes holding the same key can join the DHT.
+    #[arg(long, env = "PEERMIRROR_P2P_PSK_FILE")]
+    pub p2p_psk_file: Option<PathBuf>,
+}
+
+/// Fetching what this node lacks from peers: deadlines, tags, verification and the spool.
+#[derive(Args, Debug, Clone)]
+pub struct MirrorArgs {
     /// How long to wait for a peer that has a missing blob before answering 404 (containerd
     /// then goes to the upstream registry).
     #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
@@ -173,36 +239,11 @@ pub struct RunArgs {
     /// When the first peer has not answered by then, ask the next one too.
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub mirror_hedge_delay: Duration,
+}
 
-    /// Lifetime of this node's provider records in the DHT.
-    #[arg(long, env = "PEERMIRROR_PROVIDER_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub provider_ttl: Duration,
-
-    /// How often provider records are re-published (well under --provider-ttl).
-    #[arg(long, env = "PEERMIRROR_REPUBLISH_INTERVAL", default_value = "3m", value_parser = humantime::parse_duration)]
-    pub republish_interval: Duration,
-
-    /// Kademlia's replication factor k: how many nodes store each provider record. Each key
-    /// announced costs about k + 8 requests and each node stores keys-per-node × k records;
-    /// 5 (not libp2p's 20) keeps 200 nodes × 2,000 keys within a node's budget, and a key is
-    /// lost only if all k holders die within one republish interval (docs/scale.md). Use the
-    /// same value on every node.
-    #[arg(long, env = "PEERMIRROR_DHT_REPLICATION", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
-    pub dht_replication: u16,
-
-    /// Unix socket of the admin API (mode 0600), used by `peermirror status`
-    /// [default: <data-dir>/admin.sock].
-    #[arg(long, env = "PEERMIRROR_ADMIN_SOCK")]
-    pub admin_sock: Option<PathBuf>,
-
-    /// libp2p private-network pre-shared key file (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex
-    /// characters): only nodes holding the same key can join the DHT.
-    #[arg(long, env = "PEERMIRROR_P2P_PSK_FILE")]
-    pub p2p_psk_file: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub security: SecurityArgs,
-
+/// What this node gives away: uploads at once and egress bytes per second.
+#[derive(Args, Debug, Clone)]
+pub struct UploadArgs {
     /// Most uploads (response bodies) at once; beyond it requests get 503 with Retry-After.
     /// 0 = unlimited.
     #[arg(long, env = "PEERMIRROR_MAX_CONCURRENT_UPLOADS", default_value_t = 64)]
@@ -211,9 +252,6 @@ pub struct RunArgs {
     /// Egress cap in bytes per second shared by all uploads. 0 = unlimited.
     #[arg(long, env = "PEERMIRROR_MAX_EGRESS_BPS", default_value_t = 0)]
     pub max_egress_bps: u64,
-
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 /// Who may use the registry endpoint, and the TLS material for it and for peer fetches.
@@ -282,43 +320,24 @@ impl Config {
     /// The daemon's settings from `peermirror run`'s flags; refuses flags that only make
     /// sense together when one is missing.
     pub fn from_args(args: &RunArgs) -> Result<Self, DaemonError> {
-        let advertise = args
-            .advertise_addr
-            .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(args.router_addr.port())));
+        let (c, d, m) = (&args.containerd, &args.dht, &args.mirror);
         Ok(Config {
-            containerd_sock: args.containerd_sock.clone(),
-            containerd_namespace: args.containerd_namespace.clone(),
-            content_dir: args.containerd_content_dir.clone(),
-            containerd_config: args.containerd_config.clone(),
-            spool: (args.spool_max_bytes > 0)
-                .then(|| (args.data_dir.join("spool"), args.spool_max_bytes)),
-            limits: ServerLimits {
-                max_connections: args.max_connections,
-                reserved_connections: args.reserved_connections,
-                max_connections_per_ip: args.max_connections_per_ip,
-                header_read_timeout: args.header_read_timeout,
-                handshake_timeout: args.tls_handshake_timeout,
-                drain_timeout: args.drain_timeout,
-                ..ServerLimits::default()
-            },
-            routing: Routing::P2p(P2pSettings {
-                listen: args.router_addr,
-                advertise,
-                bootstrap: args.bootstrap.clone(),
-                data_dir: args.data_dir.clone(),
-                psk_file: args.p2p_psk_file.clone(),
-                provider_ttl: args.provider_ttl,
-                republish_interval: args.republish_interval,
-                replication: usize::from(args.dht_replication),
-            }),
+            containerd_sock: c.containerd_sock.clone(),
+            containerd_namespace: c.containerd_namespace.clone(),
+            content_dir: c.containerd_content_dir.clone(),
+            containerd_config: c.containerd_config.clone(),
+            data_dir: Some(args.data_dir.clone()),
+            spool: SpoolSettings::new(args.data_dir.join("spool"), m.spool_max_bytes),
+            limits: args.server.limits(),
+            routing: Routing::P2p(d.settings()),
             mirror: MirrorConfig {
-                resolve_timeout: args.mirror_resolve_timeout,
-                resolve_tags: resolve_tags(args.resolve_tags, args.security.auth_mode),
-                resolve_latest_tag: args.resolve_latest_tag,
-                hedge_delay: args.mirror_hedge_delay,
-                response_timeout: args.mirror_response_timeout,
-                stall_timeout: args.mirror_stall_timeout,
-                verify_before_send: args.verify_before_send,
+                resolve_timeout: m.mirror_resolve_timeout,
+                resolve_tags: resolve_tags(m.resolve_tags, args.security.auth_mode),
+                resolve_latest_tag: m.resolve_latest_tag,
+                hedge_delay: m.mirror_hedge_delay,
+                response_timeout: m.mirror_response_timeout,
+                stall_timeout: m.mirror_stall_timeout,
+                verify_before_send: m.verify_before_send,
                 ..MirrorConfig::default()
             },
             security: Security::from_args(&args.security)?,
@@ -327,14 +346,44 @@ impl Config {
                 ttl: args.security.token_ttl,
                 hosts_dir: args.security.hosts_dir.clone(),
             },
-            max_uploads: args.max_concurrent_uploads,
-            max_egress_bps: args.max_egress_bps,
+            max_uploads: args.uploads.max_concurrent_uploads,
+            max_egress_bps: args.uploads.max_egress_bps,
             admin_sock: Some(
                 args.admin_sock
                     .clone()
                     .unwrap_or_else(|| args.data_dir.join("admin.sock")),
             ),
         })
+    }
+}
+
+impl ServerArgs {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            reserved_connections: self.reserved_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: self.header_read_timeout,
+            handshake_timeout: self.tls_handshake_timeout,
+            drain_timeout: self.drain_timeout,
+            ..ServerLimits::default()
+        }
+    }
+}
+
+impl DhtArgs {
+    fn settings(&self) -> P2pSettings {
+        P2pSettings {
+            listen: self.router_addr,
+            advertise: self
+                .advertise_addr
+                .map(|a| SocketAddr::new(a.ip, a.port.unwrap_or(self.router_addr.port()))),
+            bootstrap: self.bootstrap.clone(),
+            psk_file: self.p2p_psk_file.clone(),
+            provider_ttl: self.provider_ttl,
+            republish_interval: self.republish_interval,
+            replication: usize::from(self.dht_replication),
+        }
     }
 }
 
@@ -483,6 +532,17 @@ mod tests {
         assert_eq!(m.response_timeout, Duration::from_secs(1));
         assert_eq!(m.stall_timeout, Duration::from_millis(500));
         assert_eq!(m.verify_before_send, 1024);
+    }
+
+    #[test]
+    fn the_data_dir_holds_the_spool_and_a_zero_budget_turns_it_off() {
+        let c = Config::from_args(&run_args(&["--data-dir", "/d"])).unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/d")));
+        let spool = c.spool.unwrap();
+        assert_eq!(spool.dir, PathBuf::from("/d/spool"));
+        assert_eq!(spool.max_bytes.get(), 10 * 1024 * 1024 * 1024);
+        let c = Config::from_args(&run_args(&["--spool-max-bytes", "0"])).unwrap();
+        assert!(c.spool.is_none());
     }
 
     #[test]

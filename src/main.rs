@@ -58,15 +58,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing(&args.log)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
-                let registry = tokio::net::TcpListener::bind(args.registry_addr)
+                let registry = tokio::net::TcpListener::bind(args.server.registry_addr)
                     .await
-                    .with_context(|| format!("binding --registry-addr {}", args.registry_addr))?;
-                let ops = tokio::net::TcpListener::bind(args.metrics_addr)
+                    .with_context(|| {
+                        format!("binding --registry-addr {}", args.server.registry_addr)
+                    })?;
+                let ops = tokio::net::TcpListener::bind(args.server.metrics_addr)
                     .await
-                    .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+                    .with_context(|| {
+                        format!("binding --metrics-addr {}", args.server.metrics_addr)
+                    })?;
                 tracing::info!(
-                    registry = %args.registry_addr,
-                    metrics = %args.metrics_addr,
+                    registry = %args.server.registry_addr,
+                    metrics = %args.server.metrics_addr,
                     version = env!("CARGO_PKG_VERSION"),
                     "peermirror starting"
                 );

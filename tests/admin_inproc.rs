@@ -26,7 +26,10 @@ async fn node(
     let none = bootstrap.is_empty();
     let router = p2p_router(registry.local_addr().unwrap().port(), None, bootstrap, stop).await;
     let mut cfg = config(
-        Routing::Custom(Arc::new(router.clone()), none),
+        Routing::Custom {
+            router: Arc::new(router.clone()),
+            bootstrap_none: none,
+        },
         MirrorConfig::default(),
     );
     cfg.admin_sock = Some(sock);

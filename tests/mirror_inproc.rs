@@ -189,7 +189,18 @@ fn lie(digest: Digest, body: Vec<u8>) -> Answer {
 async fn node(net: &MemoryNetwork, name: &str, source: MemorySource, m: MirrorConfig) -> Node {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
-    let n = start_on(l, source, config(Routing::Custom(Arc::new(r), true), m)).await;
+    let n = start_on(
+        l,
+        source,
+        config(
+            Routing::Custom {
+                router: Arc::new(r),
+                bootstrap_none: true,
+            },
+            m,
+        ),
+    )
+    .await;
     wait_ready(&n, true).await;
     n
 }
@@ -582,7 +593,13 @@ async fn the_token_goes_only_to_connected_peers() {
         providers: vec![recorder.provider("a-forged"), peer.provider("b-peer")],
         peers: vec![peer.addr],
     };
-    let mut cfg = config(Routing::Custom(Arc::new(router), true), mirror_config());
+    let mut cfg = config(
+        Routing::Custom {
+            router: Arc::new(router),
+            bootstrap_none: true,
+        },
+        mirror_config(),
+    );
     cfg.security = Security {
         mode: AuthMode::Token,
         insecure_no_auth: false,

@@ -205,7 +205,13 @@ async fn memory_node(net: &MemoryNetwork, name: &str, source: MemorySource) -> N
     let n = start_on(
         l,
         source,
-        config(Routing::Custom(Arc::new(r), true), mirror_config()),
+        config(
+            Routing::Custom {
+                router: Arc::new(r),
+                bootstrap_none: true,
+            },
+            mirror_config(),
+        ),
     )
     .await;
     wait_ready(&n, true).await;

@@ -349,7 +349,10 @@ async fn tokens_are_checked_before_any_lookup_and_rotate() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = MemoryRouter::new(net, "me", l.local_addr().unwrap());
     let mut cfg = config(
-        Routing::Custom(Arc::new(router), true),
+        Routing::Custom {
+            router: Arc::new(router),
+            bootstrap_none: true,
+        },
         MirrorConfig::default(),
     );
     cfg.security = Security {
@@ -476,7 +479,10 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
         mtls_config(
             &pki,
             "a",
-            Routing::Custom(Arc::new(ra), true),
+            Routing::Custom {
+                router: Arc::new(ra),
+                bootstrap_none: true,
+            },
             CrlExpired::Deny,
         ),
     )
@@ -494,7 +500,10 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
                 mtls_config(
                     pki,
                     name,
-                    Routing::Custom(Arc::new(r), true),
+                    Routing::Custom {
+                        router: Arc::new(r),
+                        bootstrap_none: true,
+                    },
                     CrlExpired::Deny,
                 ),
             )

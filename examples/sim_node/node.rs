@@ -51,7 +51,6 @@ pub async fn node(a: NodeArgs) {
             listen: SocketAddr::new(a.ip, base + 1),
             advertise: None,
             bootstrap,
-            data_dir: a.dir.join("data"),
             psk_file: None,
             provider_ttl: a.provider_ttl,
             republish_interval: a.republish_interval,
@@ -69,6 +68,7 @@ pub async fn node(a: NodeArgs) {
         max_egress_bps: 0,
         admin_sock: Some(a.dir.join("admin.sock")),
         containerd_config: None,
+        data_dir: Some(a.dir.join("data")),
         spool: None,
     };
     let stop = CancellationToken::new();

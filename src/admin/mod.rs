@@ -5,6 +5,7 @@
 
 pub mod activity;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,7 +59,8 @@ pub struct AdminState {
     pub recent_requests: Arc<activity::RecentRequests>,
     pub auth_mode: AuthMode,
     pub tls: Option<MaterialRx>,
-    pub registry_addr: String,
+    /// The registry endpoint's bound address (port 0 resolved).
+    pub registry_addr: SocketAddr,
     /// The containerd served, for its version (`None` in tests with another content source).
     pub containerd: Option<Arc<crate::containerd::ContainerdSource>>,
     /// Why pulls might bypass the mirror (containerd's config), found at start.
@@ -114,7 +116,7 @@ impl Admin for Service {
             peer_id: rs.local_id.clone(),
             listen_addrs: rs.listen_addrs.clone(),
             advertised_addrs: rs.advertised_addrs.clone(),
-            registry_addr: s.registry_addr.clone(),
+            registry_addr: s.registry_addr.to_string(),
             ready: reasons.is_empty(),
             not_ready_reasons: reasons,
             containerd_up: r.source_up,

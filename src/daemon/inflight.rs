@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::start::{Content, Routed};
-use super::{DaemonError, Wiring};
+use super::{DaemonError, SpoolSettings, Wiring};
 use crate::containerd::ingest::{DEFAULT_POLL, IngestEvent, IngestWatcher};
 use crate::content::{Index, IndexChange, Key};
 use crate::mirror::Mirror;
@@ -25,7 +25,7 @@ const SPOOL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 pub(super) fn start_in_flight(
     w: &mut Wiring,
     mirror: Arc<Mirror>,
-    spool: Option<&(PathBuf, u64)>,
+    spool: Option<&SpoolSettings>,
     content_dir: Option<&PathBuf>,
     content: &Content,
     routed: &Routed,
@@ -40,8 +40,8 @@ pub(super) fn start_in_flight(
         let _ = task.await;
     });
     let mirror = match spool {
-        Some((dir, max)) if *max > 0 => {
-            let spool = Spool::new(dir.clone(), *max)?;
+        Some(settings) => {
+            let spool = Spool::new(settings.dir.clone(), settings.max_bytes.get())?;
             w.tasks.spawn(
                 "spool: drop committed blobs",
                 drop_committed(
@@ -54,7 +54,7 @@ pub(super) fn start_in_flight(
             );
             mirror.with_spool(spool, Some(inflight.clone()))
         }
-        _ => mirror,
+        None => mirror,
     };
     let ingests = content_dir.map(|dir| {
         let watcher = Arc::new(IngestWatcher::new(dir.clone(), DEFAULT_POLL));

@@ -12,6 +12,7 @@ mod start;
 mod tasks;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +50,14 @@ pub struct Listeners {
 pub enum Routing {
     /// A standalone mirror: local content only.
     Off,
-    /// The libp2p DHT, started by the daemon.
+    /// The libp2p DHT, started by the daemon (its identity key lives in [`Config::data_dir`]).
     P2p(P2pSettings),
     /// A router made by the caller (tests: in-memory, or a libp2p router they started).
-    Custom(Arc<dyn Router>, /* bootstrap is none */ bool),
+    Custom {
+        router: Arc<dyn Router>,
+        /// The router was told of no peers (`--bootstrap none`): ready without one.
+        bootstrap_none: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -60,7 +65,6 @@ pub struct P2pSettings {
     pub listen: SocketAddr,
     pub advertise: Option<SocketAddr>,
     pub bootstrap: Vec<Bootstrap>,
-    pub data_dir: PathBuf,
     pub psk_file: Option<PathBuf>,
     pub provider_ttl: Duration,
     pub republish_interval: Duration,
@@ -68,7 +72,23 @@ pub struct P2pSettings {
     pub replication: usize,
 }
 
-/// The daemon's settings, from flags (see [`RunArgs`]).
+/// Where blob downloads from peers are spooled (shared by every request for the blob, served
+/// to peers while in flight), and its byte budget. There is none for a budget of 0: then each
+/// request streams its own download.
+#[derive(Clone, Debug)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: NonZeroU64,
+}
+
+impl SpoolSettings {
+    /// The spool in `dir`, or `None` when `max_bytes` is 0 (`--spool-max-bytes 0`: off).
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Option<Self> {
+        NonZeroU64::new(max_bytes).map(|max_bytes| SpoolSettings { dir, max_bytes })
+    }
+}
+
+/// The daemon's settings, from flags (see [`crate::cli::RunArgs`]).
 #[derive(Clone)]
 pub struct Config {
     pub containerd_sock: PathBuf,
@@ -87,10 +107,11 @@ pub struct Config {
     pub admin_sock: Option<PathBuf>,
     /// containerd's config file, checked at start for a `config_path` that bypasses the mirror.
     pub containerd_config: Option<PathBuf>,
-    /// Where blob downloads from peers are spooled (shared by every request for the blob,
-    /// served to peers while in flight), and its byte budget; `None` or 0 streams each
-    /// request's own download.
-    pub spool: Option<(PathBuf, u64)>,
+    /// `--data-dir`: the libp2p identity key and `verified.txt` (which local blobs were
+    /// checked). `None` keeps no state across restarts; [`Routing::P2p`] then refuses to start.
+    pub data_dir: Option<PathBuf>,
+    /// `None`: no spool, each request streams its own download.
+    pub spool: Option<SpoolSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +120,8 @@ pub enum DaemonError {
     Containerd(#[from] ContainerdError),
     #[error(transparent)]
     P2p(#[from] P2pError),
+    #[error("the libp2p router keeps its identity key under --data-dir: give one")]
+    NoDataDir,
     #[error("cannot read --p2p-psk-file {path}: {reason}")]
     Psk { path: String, reason: String },
     #[error(transparent)]
@@ -191,7 +214,12 @@ async fn run_inner(
     let own = security::OwnMirror::new(registry_addr, &config.routing);
     let tokens = security::start_tokens(&mut w, &config.security, &config.token, own)?;
     security::warn_about_security(&mut w, &config.security);
-    let routed = start::start_routing(&mut w, &config.routing, registry_addr.port())?;
+    let routed = start::start_routing(
+        &mut w,
+        &config.routing,
+        config.data_dir.as_deref(),
+        registry_addr.port(),
+    )?;
 
     let mut health = Health::new(w.metrics.clone());
     health.add_check(start::content_check(content.readiness.clone()));
@@ -252,7 +280,7 @@ async fn run_inner(
             recent_requests: recent,
             auth_mode: config.security.mode,
             tls: tls.clone(),
-            registry_addr: registry_addr.to_string(),
+            registry_addr,
             containerd,
             warnings,
         };
@@ -267,8 +295,8 @@ async fn run_inner(
         guard,
         limits,
     );
-    if let Routing::P2p(p) = &config.routing {
-        registry = registry.with_verified_file(p.data_dir.join(VERIFIED_FILE));
+    if let Some(dir) = &config.data_dir {
+        registry = registry.with_verified_file(dir.join(VERIFIED_FILE));
     }
     if let Some(i) = ingests {
         registry = registry.with_ingests(i);

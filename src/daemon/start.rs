@@ -89,11 +89,15 @@ pub(super) struct Routed {
 pub(super) fn start_routing(
     w: &mut Wiring,
     routing: &Routing,
+    data_dir: Option<&Path>,
     registry_port: u16,
 ) -> Result<Option<Routed>, DaemonError> {
     let p = match routing {
         Routing::Off => return Ok(None),
-        Routing::Custom(router, bootstrap_none) => {
+        Routing::Custom {
+            router,
+            bootstrap_none,
+        } => {
             return Ok(Some(Routed {
                 router: router.clone(),
                 bootstrap_none: *bootstrap_none,
@@ -101,6 +105,7 @@ pub(super) fn start_routing(
         }
         Routing::P2p(p) => p,
     };
+    let data_dir = data_dir.ok_or(DaemonError::NoDataDir)?;
     if let Some(warning) = psk_warning(p) {
         tracing::warn!("{warning}");
     }
@@ -110,7 +115,7 @@ pub(super) fn start_routing(
         advertise: p.advertise,
         registry_port,
         bootstrap: p.bootstrap.clone(),
-        keypair: load_or_create_identity(&p.data_dir)?,
+        keypair: load_or_create_identity(data_dir)?,
         psk,
         provider_ttl: p.provider_ttl,
         republish_interval: p.republish_interval,
@@ -372,7 +377,6 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: None,
             bootstrap: vec![],
-            data_dir: "/nonexistent".into(),
             psk_file: None,
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),

@@ -74,8 +74,13 @@ impl RouterStatus {
 pub enum RouterError {
     #[error("the router has stopped")]
     Stopped,
-    #[error("cannot advertise {key}: {reason}")]
-    Advertise { key: String, reason: String },
+    /// The first key refused, and how many were (of one `advertise` call).
+    #[error("cannot advertise {key}: {reason} ({refused} keys refused)")]
+    Advertise {
+        key: String,
+        reason: String,
+        refused: usize,
+    },
 }
 
 /// The peer-to-peer routing seam.

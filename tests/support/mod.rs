@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use peermirror::content::MemorySource;
-use peermirror::daemon::{Config, Listeners, Routing, Security, run_with_source};
+use peermirror::daemon::{Config, Listeners, Routing, Security, SpoolSettings, run_with_source};
 use peermirror::mirror::MirrorConfig;
 use peermirror::server::ServerLimits;
 use tokio::net::TcpListener;
@@ -71,7 +71,8 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         max_egress_bps: 0,
         admin_sock: None,
         containerd_config: None,
-        spool: Some((fresh_spool_dir(), 1 << 30)),
+        data_dir: None,
+        spool: SpoolSettings::new(fresh_spool_dir(), 1 << 30),
     }
 }
 
@@ -102,7 +103,7 @@ pub async fn start_on_source(
     let addr = registry.local_addr().unwrap();
     let ops_addr = ops.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let spool_dir = config.spool.as_ref().map(|(d, _)| d.clone());
+    let spool_dir = config.spool.as_ref().map(|s| s.dir.clone());
     let task = tokio::spawn(run_with_source(
         config,
         source,
@@ -313,7 +314,10 @@ pub async fn libp2p_node(
         &stop,
     )
     .await;
-    config.routing = Routing::Custom(Arc::new(router.clone()), none);
+    config.routing = Routing::Custom {
+        router: Arc::new(router.clone()),
+        bootstrap_none: none,
+    };
     let node = start_on_source(registry, source, config).await;
     wait_ready(&node, true).await;
     (node, router, stop)

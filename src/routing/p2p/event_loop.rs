@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{Announcer, Outcome};
-use super::handle::{Command, PeerEntry, Snapshot};
+use super::handle::{Command, PeerEntry, Refused, Snapshot};
 use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
 use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
 use crate::metrics::{Metrics, WhatLabels};
@@ -134,7 +134,7 @@ impl EventLoop {
             Command::Lookup { key, tx } => self.start_lookup(key, tx, 1),
             Command::Provide { keys, reply } => {
                 let local = *self.swarm.local_peer_id();
-                let mut failed = Vec::new();
+                let mut refused = Vec::new();
                 for k in keys {
                     // In the store at once, so a peer that asks this node already finds it;
                     // the announcement to the k closest follows, paced.
@@ -150,11 +150,14 @@ impl EventLoop {
                         Err(e) => {
                             let key = String::from_utf8_lossy(k.as_ref()).into_owned();
                             tracing::warn!(%key, error = ?e, "cannot advertise key");
-                            failed.push(format!("{key}: {e:?}"));
+                            refused.push(Refused {
+                                key: k,
+                                reason: format!("{e:?}"),
+                            });
                         }
                     }
                 }
-                let _ = reply.send(failed);
+                let _ = reply.send(refused);
                 self.pump_announcements();
             }
             Command::Withdraw { keys } => {

@@ -24,11 +24,19 @@ pub(super) enum Command {
     },
     Provide {
         keys: Vec<RecordKey>,
-        reply: oneshot::Sender<Vec<String>>,
+        /// The keys the local store refused (empty: all stored).
+        reply: oneshot::Sender<Vec<Refused>>,
     },
     Withdraw {
         keys: Vec<RecordKey>,
     },
+}
+
+/// A key the local provider store would not take, and why (the store's error).
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub key: RecordKey,
+    pub reason: String,
 }
 
 /// What the event loop knows, published on every change that matters to readers.
@@ -158,12 +166,13 @@ impl Router for P2pRouter {
             .send(Command::Provide { keys, reply })
             .await
             .map_err(|_| RouterError::Stopped)?;
-        let failed = rx.await.map_err(|_| RouterError::Stopped)?;
-        match failed.into_iter().next() {
+        let refused = rx.await.map_err(|_| RouterError::Stopped)?;
+        match refused.first() {
             None => Ok(()),
-            Some(reason) => Err(RouterError::Advertise {
-                key: "(batch)".into(),
-                reason,
+            Some(first) => Err(RouterError::Advertise {
+                key: String::from_utf8_lossy(first.key.as_ref()).into_owned(),
+                reason: first.reason.clone(),
+                refused: refused.len(),
             }),
         }
     }
