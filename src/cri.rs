@@ -1,6 +1,6 @@
 //! A small client for the kubelet's image pull: CRI `runtime.v1.ImageService` on containerd's
-//! socket. peermirror itself never pulls; the end-to-end tests and the demo use this to pull the
-//! way a kubelet does (the containerd daemon fetches, through `hosts.toml`, not the `ctr` client).
+//! socket. peermirror itself never pulls; the end-to-end tests use this to pull the way a
+//! kubelet does (the containerd daemon fetches, through `hosts.toml`, not the `ctr` client).
 
 use std::path::Path;
 use std::time::Duration;

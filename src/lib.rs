@@ -36,7 +36,8 @@
 //! - [`status`]: `peermirror status`, the admin API's command-line client, and `status web`,
 //!   its read-only web page.
 //! - [`configure`]: `peermirror configure`: writes containerd's `hosts.toml`.
-//! - [`cri`]: a CRI image-service client: the kubelet's pull, for tests and the demo.
+//! - `cri` (feature `cri-client`, on for the tests): a CRI image-service client, the kubelet's
+//!   pull, for the end-to-end tests.
 //!
 //! Small utilities:
 //! - [`reload`]: one poll loop that watches files and calls back on change.
@@ -52,6 +53,7 @@ pub mod cli;
 pub mod configure;
 pub mod containerd;
 pub mod content;
+#[cfg(feature = "cri-client")]
 pub mod cri;
 pub mod daemon;
 pub mod fsutil;

@@ -1,3 +1,5 @@
+//! The `peermirror` binary: parses flags, sets up logging and hands over to the library.
+
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -36,7 +36,8 @@ use crate::oci::Digest;
 
 pub use version::ContainerdVersion;
 
-/// Read size for blob streams: large reads are what make serving fast (see FIELD-NOTES).
+/// Read size for ingest-file streams: large reads are what make serving fast (a 52 MB blob
+/// over gRPC took 0.3 s in 1 MiB calls, 2.3-3.4 s in 32 KiB ones).
 pub const READ_CHUNK: usize = 1024 * 1024;
 /// Unary calls to a local daemon that take longer than this mean it is wedged.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

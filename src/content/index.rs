@@ -1,3 +1,5 @@
+//! The index of what this node can serve: keys (digests, tags, partials), blobs and images.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

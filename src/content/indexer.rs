@@ -1,3 +1,5 @@
+//! The indexer: fills the [`Index`] from a content source's listing, then follows its events.
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

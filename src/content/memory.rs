@@ -1,3 +1,5 @@
+//! [`MemorySource`]: an in-memory content source for tests, with images built from byte slices.
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -27,7 +27,7 @@ pub use indexer::walk_image;
 pub use indexer::{Indexer, Readiness};
 pub use memory::MemorySource;
 
-/// A stream of blob bytes. Chunks are large (about 1 MiB) and produced on demand.
+/// A stream of blob bytes, produced on demand in large chunks (256 KiB from the content dir).
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// A stream of changes reported by the content source.

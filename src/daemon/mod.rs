@@ -4,9 +4,11 @@
 //!
 //! - `start`: one `start_*` per subsystem, each returning the handles later ones need.
 //! - `security`: refused settings combinations, TLS material and tokens (reloaded), warnings.
+//! - `downloads`: what serves blobs still downloading: the spool, containerd's ingest watcher,
+//!   and the in-flight provider records about both.
 //! - `tasks`: the set of long-running tasks, awaited on shutdown, panics logged.
 
-mod inflight;
+mod downloads;
 mod security;
 mod start;
 mod tasks;
@@ -244,7 +246,7 @@ async fn run_inner(
                 peer_tokens,
                 &config.mirror,
             )?;
-            let (mirror, found) = inflight::start_in_flight(
+            let (mirror, found) = downloads::start_in_flight(
                 &mut w,
                 mirror,
                 config.spool.as_ref(),

@@ -1,3 +1,5 @@
+//! [`Digest`]: a `sha256:` content digest, parsed once, and the verifier that checks bytes against one.
+
 use std::fmt;
 use std::str::FromStr;
 

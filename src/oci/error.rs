@@ -1,3 +1,5 @@
+//! The OCI distribution error body (`{"errors":[...]}`) and the status code of each error.
+
 use http::StatusCode;
 use serde::Serialize;
 

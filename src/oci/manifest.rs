@@ -1,3 +1,5 @@
+//! Media types and manifest walking: the children (manifests, config, layers) a manifest or index names.
+
 use serde::Deserialize;
 
 use super::Digest;

@@ -1,3 +1,5 @@
+//! Byte ranges: a client's `Range` header, checked against the blob size once known, and a peer's `Content-Range`.
+
 use std::fmt;
 
 /// One satisfiable byte range of a blob, inclusive at both ends, already checked against its size.

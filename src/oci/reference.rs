@@ -1,3 +1,5 @@
+//! Repository names, tags, references and fully qualified tag keys, as the distribution spec defines them.
+
 use std::fmt;
 use std::str::FromStr;
 

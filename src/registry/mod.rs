@@ -6,7 +6,7 @@
 
 mod access;
 mod body;
-mod inflight;
+mod partial;
 mod routes;
 mod verify;
 
@@ -20,7 +20,7 @@ use http_body::Body as _;
 use access::AccessRecord;
 pub use access::{AccessSink, RequestEntry, Source};
 pub use body::{Body, LoggedBody};
-pub use inflight::Ingests;
+pub use partial::Ingests;
 pub use routes::{Route, RouteKind, parse as parse_route};
 
 use crate::auth::{Guard, Refusal};

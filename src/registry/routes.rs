@@ -1,3 +1,5 @@
+//! Request paths parsed into a typed [`Route`]; any `%` escape is refused, never decoded.
+
 use crate::oci::{Digest, ErrorCode, Name, OciError, Reference};
 
 /// A parsed registry API path.

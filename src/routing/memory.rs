@@ -1,3 +1,5 @@
+//! [`MemoryRouter`]: an in-memory router for tests; several join one shared [`MemoryNetwork`].
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -5,7 +5,10 @@
 //! in step with the content index.
 
 pub mod advertiser;
-pub mod inflight;
+pub mod partial_records;
+/// The module's old name, still used by `mirror/`.
+#[doc(hidden)]
+pub use partial_records as inflight;
 mod memory;
 mod p2p;
 

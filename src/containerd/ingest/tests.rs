@@ -1,3 +1,5 @@
+//! Tests of the ingest watcher and follower against ingest dirs laid out like containerd's.
+
 use std::fs;
 
 use futures_util::StreamExt;

@@ -13,7 +13,7 @@ use crate::containerd::ingest::{DEFAULT_POLL, IngestEvent, IngestWatcher};
 use crate::content::{Index, IndexChange, Key};
 use crate::mirror::Mirror;
 use crate::registry::Ingests;
-use crate::routing::inflight::{InFlight, Origin};
+use crate::routing::partial_records::{InFlight, Origin};
 use crate::spool::Spool;
 
 /// A verified spool copy nobody asked for in this long is dropped: containerd commits a
