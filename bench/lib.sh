@@ -150,9 +150,9 @@ registry_stop() {
     REGISTRY_PID=""
 }
 
-# registry_push NAME: pushes fixture NAME as test/NAME:v1.
+# registry_push NAME [SKOPEO ARGS...]: pushes fixture NAME as test/NAME:v1 (`--all` for an index).
 registry_push() {
-    skopeo copy --quiet --dest-tls-verify=false "oci:$FIXTURES/$1:v1" \
+    skopeo copy --quiet --dest-tls-verify=false "${@:2}" "oci:$FIXTURES/$1:v1" \
         "docker://127.0.0.1:$REGISTRY_PORT/test/$1:v1"
 }
 
