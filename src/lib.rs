@@ -7,12 +7,14 @@
 //! - [`content`]: the local-content seam ([`content::ContentSource`]), its in-memory fake, and the
 //!   [`content::Index`] of what this node can serve, kept current by the [`content::Indexer`].
 //! - [`routing`]: the [`routing::Router`] seam (lookup, advertise, withdraw, status), the libp2p
-//!   Kademlia router, the in-memory router, and the advertiser that keeps the DHT current.
+//!   Kademlia router, the in-memory router, the advertiser that keeps the DHT current, and the
+//!   records of blobs still downloading ([`routing::partial_records`]).
 //!
 //! Serving:
 //! - [`containerd`]: the real [`content::ContentSource`] over containerd's gRPC API and content dir.
 //! - [`registry`]: the read-only OCI distribution HTTP endpoint containerd uses as a mirror;
-//!   each response's [`registry::Source`] (where its bytes came from) and access record.
+//!   each response's [`registry::Source`] (where its bytes came from) and access record; it
+//!   also serves peers blobs this node is still downloading.
 //! - [`mirror`]: what this node lacks, fetched from peers and verified (see `DESIGN.md`).
 //! - [`spool`]: one verified download per blob per node, under `--data-dir`, streamed to
 //!   every request while it arrives; each response's last bytes wait for verification.
@@ -31,7 +33,7 @@
 //!
 //! Operation:
 //! - [`cli`]: flags (each with an env var) and their translation into configuration.
-//! - [`daemon`]: `run(listeners, shutdown)`, wiring the subsystems in `start_*` steps.
+//! - [`daemon`]: `run(config, listeners, shutdown)`, wiring the subsystems in `start_*` steps.
 //! - [`admin`]: the gRPC admin API on a unix socket (`proto/peermirror/v1/admin.proto`).
 //! - [`status`]: `peermirror status`, the admin API's command-line client, and `status web`,
 //!   its read-only web page.
