@@ -44,7 +44,8 @@
 //! Small utilities:
 //! - [`reload`]: one poll loop that watches files and calls back on change.
 //! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
-//! - [`fsutil`]: atomic, durable file writes with the mode set at creation.
+//! - [`fsutil`]: atomic, durable file writes with the mode set at creation; page-cache reads
+//!   that never block, and the pooled buffers file reads are lent out in.
 //! - [`grpc`]: gRPC channels over unix sockets (admin socket, containerd's CRI socket).
 #![forbid(unsafe_code)]
 
