@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::pki::Serial;
 use crate::server::{ClientCert, ConnInfo};
+use crate::sync::{MutexExt, RwLockExt};
 use crate::token::SigningKey;
 
 /// How clients prove who they are.
@@ -140,7 +141,7 @@ impl Tokens {
         };
         let fresh = read_tokens(path)?;
         let n = fresh.len();
-        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        *self.tokens.writing() = Arc::new(fresh);
         Ok(n)
     }
 
@@ -173,7 +174,7 @@ impl Tokens {
         let Some(s) = &self.signing else {
             return self.first();
         };
-        let mut cached = s.peer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = s.peer.locked();
         if let Some((t, at)) = cached.as_ref()
             && at.elapsed() < s.ttl / 2
         {
@@ -194,17 +195,13 @@ impl Tokens {
     /// Forget the cached peer token (the key changed).
     pub fn forget_minted(&self) {
         if let Some(s) = &self.signing {
-            *s.peer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *s.peer.locked() = None;
         }
     }
 
     /// The token this node sends to its peers: the first line.
     pub fn first(&self) -> Option<String> {
-        let t = self
-            .tokens
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let t = self.tokens.reading().clone();
         t.first()
             .and_then(|b| String::from_utf8(b.text.clone()).ok())
     }
@@ -213,11 +210,7 @@ impl Tokens {
     /// every one in constant time, so the timing tells neither which line matched, nor how
     /// much of one, nor how long a token is.
     pub fn check(&self, presented: &[u8]) -> Option<usize> {
-        let tokens = self
-            .tokens
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let tokens = self.tokens.reading().clone();
         let presented = token_hash(presented);
         let mut found = None;
         for (i, t) in tokens.iter().enumerate() {
@@ -299,13 +292,13 @@ impl FailureThrottle {
     }
 
     pub fn is_throttled(&self, ip: IpAddr) -> bool {
-        let map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.state.locked();
         map.get(&ip)
             .is_some_and(|(n, since)| *n >= self.max_failures && since.elapsed() < self.window)
     }
 
     pub fn record_failure(&self, ip: IpAddr) {
-        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.state.locked();
         if map.len() >= MAX_TRACKED {
             let window = self.window;
             map.retain(|_, (_, since)| since.elapsed() < window);

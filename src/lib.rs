@@ -45,7 +45,8 @@
 //! - [`reload`]: one poll loop that watches files and calls back on change.
 //! - [`ttl`]: a small bounded map whose entries expire (caches of the mirror and registry).
 //! - [`fsutil`]: atomic, durable file writes with the mode set at creation; page-cache reads
-//!   that never block, and the pooled buffers file reads are lent out in.
+//!   that never block (else the blocking pool), and the pooled buffers they are lent out in.
+//! - [`sync`]: locks that outlive a panicked holder (poisoning ignored in one place).
 //! - [`grpc`]: gRPC channels over unix sockets (admin socket, containerd's CRI socket).
 #![forbid(unsafe_code)]
 
@@ -73,6 +74,7 @@ pub mod routing;
 pub mod server;
 pub mod spool;
 pub mod status;
+pub mod sync;
 pub mod tls;
 pub mod token;
 pub mod ttl;

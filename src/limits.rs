@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::content::ByteStream;
 use crate::metrics::Metrics;
+use crate::sync::MutexExt;
 
 pub struct UploadLimits {
     slots: Option<Arc<Semaphore>>,
@@ -104,7 +105,7 @@ impl TokenBucket {
 
     pub fn take(&self, bytes: u64) -> Duration {
         let now = Instant::now();
-        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self.next_free.locked();
         // Allow a burst of one second's worth, no more.
         let earliest = now - Duration::from_secs(1);
         if *next < earliest {

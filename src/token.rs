@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::sync::RwLockExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -145,12 +146,12 @@ impl SigningKey {
 
     pub fn reload(&self) -> Result<(), TokenError> {
         let fresh = read_key(&self.path)?;
-        *self.key.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        *self.key.writing() = Arc::new(fresh);
         Ok(())
     }
 
     fn current(&self) -> Arc<Vec<u8>> {
-        self.key.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.key.reading().clone()
     }
 
     pub fn mint(&self, subject: &str, ttl: Duration) -> Result<String, TokenError> {

@@ -1,6 +1,7 @@
 //! A small bounded map whose entries expire: the mirror's penalties, negative cache and known
 //! providers, and the registry's verification results.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -22,11 +23,6 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
-        // A panic elsewhere cannot leave a half-written entry behind: keep using the map.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Insert or replace `key`, valid for `ttl` from now.
     pub fn insert(&self, key: K, value: V, ttl: Duration) {
         let now = Instant::now();
@@ -34,7 +30,7 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         let until = now
             .checked_add(ttl)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-        let mut map = self.lock();
+        let mut map = self.entries.locked();
         if map.len() >= self.capacity && !map.contains_key(&key) {
             map.retain(|_, (until, _)| *until > now);
             if map.len() >= self.capacity {
@@ -46,7 +42,7 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
 
     /// The value of `key` if it has not expired (an expired one is dropped).
     pub fn get(&self, key: &K) -> Option<V> {
-        let mut map = self.lock();
+        let mut map = self.entries.locked();
         match map.get(key) {
             Some((until, v)) if *until > Instant::now() => Some(v.clone()),
             Some(_) => {
@@ -62,12 +58,12 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
     }
 
     pub fn remove(&self, key: &K) {
-        self.lock().remove(key);
+        self.entries.locked().remove(key);
     }
 
     /// Entries held, expired or not.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.entries.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {

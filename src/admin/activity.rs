@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::registry::{AccessSink, RequestEntry, Source};
+use crate::sync::MutexExt;
 
 /// Requests kept for the page: enough to follow one pull, few enough to render at once.
 pub const RECENT_REQUESTS: usize = 100;
@@ -43,7 +44,7 @@ impl RecentRequests {
         if entry.path.chars().count() > MAX_PATH_CHARS {
             entry.path = entry.path.chars().take(MAX_PATH_CHARS).collect::<String>() + "…";
         }
-        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.0.locked();
         if entry.source == Source::Miss {
             r.misses += 1;
         }
@@ -55,12 +56,12 @@ impl RecentRequests {
 
     /// Newest first.
     pub fn snapshot(&self) -> Vec<RequestEntry> {
-        let r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.0.locked();
         r.ring.iter().rev().cloned().collect()
     }
 
     pub fn misses(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).misses
+        self.0.locked().misses
     }
 }
 
@@ -99,7 +100,7 @@ pub struct Traffic(Mutex<VecDeque<TrafficSample>>);
 
 impl Traffic {
     pub fn record(&self, sample: TrafficSample) {
-        let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = self.0.locked();
         if ring.len() == SAMPLES {
             ring.pop_front();
         }
@@ -108,7 +109,7 @@ impl Traffic {
 
     /// Oldest first, ending with `now` so the newest interval shows before its sample is due.
     pub fn snapshot(&self, now: TrafficSample) -> Vec<TrafficSample> {
-        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.0.locked();
         ring.iter().copied().chain(std::iter::once(now)).collect()
     }
 

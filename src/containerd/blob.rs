@@ -7,21 +7,18 @@
 //! stream's pool when the chunk has been written and dropped, so safe code need not zero a
 //! fresh buffer for every chunk either (a `memset` of 6-8 % in the same profile).
 //!
-//! A read the page cache can answer is done on the calling thread (`preadv2` with
-//! `RWF_NOWAIT`): the bytes land in the cache of the core that encrypts and sends them next,
-//! instead of a blocking-pool thread's. Only a read that would wait for the disk (or a file
-//! system without `RWF_NOWAIT`) goes to the blocking pool.
+//! A read the page cache can answer is done on the calling thread, others on the blocking
+//! pool: [`crate::fsutil::read::ChunkReader`], shared with the spool's readers.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::content::ByteStream;
-use crate::fsutil::{BufPool, Cached, read_cached};
+use crate::fsutil::read::ChunkReader;
 
 /// Bytes per read and per response chunk: small enough that a chunk is still in the core's
 /// L2 cache when TLS encrypts it or the kernel copies it to the socket.
@@ -37,10 +34,9 @@ pub(super) async fn stream(path: PathBuf, offset: u64, len: Option<u64>) -> io::
         .map_err(io::Error::other)??;
     let state = Chunks {
         file: Arc::new(file),
-        nowait: true,
         pos: offset,
         end: offset.saturating_add(len.unwrap_or(u64::MAX)),
-        pool: BufPool::new(POOL),
+        reader: ChunkReader::new(POOL),
     };
     Ok(Box::pin(futures_util::stream::try_unfold(
         state,
@@ -50,11 +46,9 @@ pub(super) async fn stream(path: PathBuf, offset: u64, len: Option<u64>) -> io::
 
 struct Chunks {
     file: Arc<File>,
-    /// Whether to try reads on the calling thread first (off once the file system refused).
-    nowait: bool,
     pos: u64,
     end: u64,
-    pool: Arc<BufPool>,
+    reader: ChunkReader,
 }
 
 impl Chunks {
@@ -63,48 +57,14 @@ impl Chunks {
         if want == 0 {
             return Ok(None);
         }
-        // A returned buffer is CHUNK initialised bytes: no zeroing, no allocation.
-        let mut buf = self.pool.take(CHUNK);
-        let pos = self.pos;
-        let cached = if self.nowait {
-            read_cached(&self.file, buf.get_mut(..want).unwrap_or_default(), pos)
-        } else {
-            Cached::Miss
-        };
-        let (buf, n) = match cached {
-            Cached::Read(n) => (buf, n),
-            Cached::Failed(e) => return Err(e),
-            Cached::Unsupported | Cached::Miss => {
-                self.nowait &= !matches!(cached, Cached::Unsupported);
-                let file = self.file.clone();
-                tokio::task::spawn_blocking(move || {
-                    let n = read_full(&file, buf.get_mut(..want).unwrap_or_default(), pos)?;
-                    Ok::<_, io::Error>((buf, n))
-                })
-                .await
-                .map_err(io::Error::other)??
-            }
-        };
-        if n == 0 {
+        // Every buffer is CHUNK bytes, so any spare one fits the next read.
+        let chunk = self.reader.read(&self.file, self.pos, want, CHUNK).await?;
+        if chunk.is_empty() {
             return Ok(None);
         }
-        self.pos += n as u64;
-        Ok(Some((self.pool.lend(buf, n), self)))
+        self.pos += chunk.len() as u64;
+        Ok(Some((chunk, self)))
     }
-}
-
-/// Fills `buf` from `pos` unless the file ends first; returns how much was read.
-fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], pos + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
@@ -112,6 +72,7 @@ mod tests {
     use futures_util::TryStreamExt;
 
     use super::*;
+    use crate::fsutil::read::{Cached, read_cached};
 
     async fn collect(path: PathBuf, offset: u64, len: Option<u64>) -> (Vec<u8>, Vec<usize>) {
         let chunks: Vec<bytes::Bytes> = stream(path, offset, len)

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use super::READ_CHUNK;
 use crate::content::ByteStream;
 use crate::oci::Digest;
+use crate::sync::RwLockExt;
 
 /// How often the ingest dir is listed by default: advertising within ~100 ms is the goal.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(50);
@@ -140,20 +141,11 @@ impl IngestWatcher {
     }
 
     pub fn get(&self, d: &Digest) -> Option<Ingest> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(d)
-            .cloned()
+        self.current.reading().get(d).cloned()
     }
 
     pub fn current(&self) -> Vec<Ingest> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.current.reading().values().cloned().collect()
     }
 
     /// Polls until `shutdown`. The scan does blocking file I/O, so it runs off the async workers;
@@ -199,7 +191,7 @@ impl IngestWatcher {
     fn publish(&self, snapshot: HashMap<Digest, Ingest>, events: Vec<IngestEvent>) {
         // The map is updated before the events go out, so a subscriber that reacts to Started
         // by calling `get` finds the ingest.
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        *self.current.writing() = snapshot;
         for ev in events {
             tracing::debug!(event = ?ev, "containerd ingest");
             // No subscriber is fine: the map is still current.

@@ -34,6 +34,7 @@ use crate::content::{
 };
 use crate::oci::Digest;
 
+use crate::sync::RwLockExt;
 pub use version::ContainerdVersion;
 
 /// Read size for ingest-file streams: large reads are what make serving fast (a 52 MB blob
@@ -116,7 +117,7 @@ impl ContainerdSource {
         let v = ContainerdVersion::parse(&raw).ok_or_else(|| {
             SourceError::Unavailable(format!("containerd reports an unreadable version {raw:?}"))
         })?;
-        *self.version.write().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+        *self.version.writing() = Some(v.clone());
         Ok(v)
     }
 
@@ -127,10 +128,7 @@ impl ContainerdSource {
 
     /// The version learnt by the last [`ContainerdSource::fetch_version`], if any.
     pub fn version(&self) -> Option<ContainerdVersion> {
-        self.version
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.version.reading().clone()
     }
 
     fn request<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {

@@ -1,12 +1,13 @@
 //! The index of what this node can serve: keys (digests, tags, partials), blobs and images.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::RwLock;
 
 use tokio::sync::broadcast;
 
 use super::Descriptor;
 use crate::oci::{Digest, TagKey};
+use crate::sync::RwLockExt;
 
 /// A key this node can serve and advertises: a content digest or a fully qualified tag.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,21 +86,13 @@ impl Index {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Changes from now on. A receiver that lags should take a fresh [`Index::keys`] snapshot.
     pub fn subscribe(&self) -> broadcast::Receiver<IndexChange> {
         self.changes.subscribe()
     }
 
     pub fn stat(&self, digest: &Digest) -> Option<Descriptor> {
-        self.read().blobs.get(digest).map(|b| Descriptor {
+        self.state.reading().blobs.get(digest).map(|b| Descriptor {
             digest: *digest,
             size: b.size,
             media_type: b.media_type.clone(),
@@ -107,31 +100,31 @@ impl Index {
     }
 
     pub fn resolve(&self, tag: &TagKey) -> Option<Digest> {
-        self.read().tags.get(tag).copied()
+        self.state.reading().tags.get(tag).copied()
     }
 
     /// Every key the node can serve now.
     pub fn keys(&self) -> Vec<Key> {
-        keys_locked(&self.read()).into_iter().collect()
+        keys_locked(&self.state.reading()).into_iter().collect()
     }
 
     pub fn blob_count(&self) -> usize {
-        self.read().blobs.len()
+        self.state.reading().blobs.len()
     }
 
     pub fn tag_count(&self) -> usize {
-        self.read().tags.len()
+        self.state.reading().tags.len()
     }
 
     pub fn image_count(&self) -> usize {
-        self.read().images.len()
+        self.state.reading().images.len()
     }
 
     /// Add or replace one image.
     pub fn set_image(&self, image: WalkedImage) {
         let mut changes = Vec::new();
         {
-            let mut s = self.write();
+            let mut s = self.state.writing();
             remove_image_locked(&mut s, &image.name, &mut changes);
             add_image_locked(&mut s, image, &mut changes);
         }
@@ -140,7 +133,7 @@ impl Index {
 
     pub fn remove_image(&self, name: &str) {
         let mut changes = Vec::new();
-        remove_image_locked(&mut self.write(), name, &mut changes);
+        remove_image_locked(&mut self.state.writing(), name, &mut changes);
         self.emit(changes);
     }
 
@@ -150,7 +143,7 @@ impl Index {
     /// content is deleted (a full listing keeps it while the store still has it).
     pub fn add_blob(&self, desc: Descriptor) {
         let added = {
-            let mut s = self.write();
+            let mut s = self.state.writing();
             let mut added = false;
             s.blobs.entry(desc.digest).or_insert_with(|| {
                 added = true;
@@ -168,7 +161,7 @@ impl Index {
     }
 
     pub fn remove_content(&self, digest: &Digest) {
-        let removed = self.write().blobs.remove(digest).is_some();
+        let removed = self.state.writing().blobs.remove(digest).is_some();
         if removed {
             self.emit(vec![IndexChange::Removed(Key::Digest(*digest))]);
         }
@@ -176,7 +169,8 @@ impl Index {
 
     /// Blobs held without any image naming them yet (see [`Index::add_blob`]).
     pub fn loose_blobs(&self) -> Vec<Descriptor> {
-        self.read()
+        self.state
+            .reading()
             .blobs
             .iter()
             .filter(|(_, b)| b.refs == 0)
@@ -193,7 +187,7 @@ impl Index {
     pub fn replace_all(&self, images: Vec<WalkedImage>, loose: Vec<Descriptor>) {
         let mut changes = Vec::new();
         {
-            let mut s = self.write();
+            let mut s = self.state.writing();
             let before: HashSet<Key> = keys_locked(&s);
             *s = State::default();
             for image in images {

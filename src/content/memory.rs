@@ -1,7 +1,7 @@
 //! [`MemorySource`]: an in-memory content source for tests, with images built from byte slices.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::{ByteStream, ContentSource, Descriptor, EventStream, Image, SourceError, SourceEvent};
 use crate::oci::Digest;
+use crate::sync::MutexExt;
 
 /// An in-memory content source for tests: blobs and images held in maps, events broadcast.
 #[derive(Clone, Default)]
@@ -35,17 +36,8 @@ impl MemorySource {
         Self::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn emit(&self, ev: SourceEvent) {
-        if let Some(tx) = self
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(tx) = self.events.locked().as_ref() {
             let _ = tx.send(ev);
         }
     }
@@ -55,7 +47,7 @@ impl MemorySource {
         let data = data.into();
         let digest = Digest::of(&data);
         let size = data.len() as u64;
-        self.state().blobs.insert(digest, data);
+        self.inner.locked().blobs.insert(digest, data);
         Descriptor {
             digest,
             size,
@@ -76,7 +68,7 @@ impl MemorySource {
 
     /// Store a blob under a chosen digest (to simulate corrupt content).
     pub fn add_blob_as(&self, digest: Digest, data: impl Into<Bytes>) {
-        self.state().blobs.insert(digest, data.into());
+        self.inner.locked().blobs.insert(digest, data.into());
     }
 
     /// Build and store a single-platform OCI image (config + one layer per entry of `layers`)
@@ -131,12 +123,12 @@ impl MemorySource {
     }
 
     pub fn remove_blob(&self, digest: &Digest) {
-        self.state().blobs.remove(digest);
+        self.inner.locked().blobs.remove(digest);
         self.emit(SourceEvent::ContentDeleted(*digest));
     }
 
     pub fn put_image(&self, name: &str, target: Descriptor) {
-        self.state().images.insert(
+        self.inner.locked().images.insert(
             name.to_string(),
             Image {
                 name: name.to_string(),
@@ -147,25 +139,25 @@ impl MemorySource {
     }
 
     pub fn delete_image(&self, name: &str) {
-        self.state().images.remove(name);
+        self.inner.locked().images.remove(name);
         self.emit(SourceEvent::ImageDeleted(name.to_string()));
     }
 
     /// The stored bytes of a blob.
     pub fn blob(&self, digest: &Digest) -> Option<Bytes> {
-        self.state().blobs.get(digest).cloned()
+        self.inner.locked().blobs.get(digest).cloned()
     }
 
     pub fn set_unavailable(&self, down: bool) {
-        self.state().unavailable = down;
+        self.inner.locked().unavailable = down;
         if down {
             // Like a daemon restart: open subscriptions end.
-            *self.events.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.events.locked() = None;
         }
     }
 
     fn check(&self) -> Result<(), SourceError> {
-        if self.state().unavailable {
+        if self.inner.locked().unavailable {
             Err(SourceError::Unavailable(
                 "memory source set unavailable".into(),
             ))
@@ -186,17 +178,22 @@ fn descriptor_json(d: &Descriptor) -> String {
 impl ContentSource for MemorySource {
     async fn list_images(&self) -> Result<Vec<Image>, SourceError> {
         self.check()?;
-        Ok(self.state().images.values().cloned().collect())
+        Ok(self.inner.locked().images.values().cloned().collect())
     }
 
     async fn get_image(&self, name: &str) -> Result<Option<Image>, SourceError> {
         self.check()?;
-        Ok(self.state().images.get(name).cloned())
+        Ok(self.inner.locked().images.get(name).cloned())
     }
 
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, SourceError> {
         self.check()?;
-        Ok(self.state().blobs.get(digest).map(|b| b.len() as u64))
+        Ok(self
+            .inner
+            .locked()
+            .blobs
+            .get(digest)
+            .map(|b| b.len() as u64))
     }
 
     async fn read(
@@ -207,7 +204,8 @@ impl ContentSource for MemorySource {
     ) -> Result<ByteStream, SourceError> {
         self.check()?;
         let data = self
-            .state()
+            .inner
+            .locked()
             .blobs
             .get(digest)
             .cloned()
@@ -230,7 +228,7 @@ impl ContentSource for MemorySource {
 
     async fn subscribe(&self) -> Result<EventStream, SourceError> {
         self.check()?;
-        let mut guard = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.events.locked();
         let tx = guard.get_or_insert_with(|| broadcast::channel(1024).0);
         let rx = BroadcastStream::new(tx.subscribe());
         Ok(Box::pin(rx.map(|r| {

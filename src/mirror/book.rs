@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::pki::Serial;
 use crate::routing::{Provider, Router};
+use crate::sync::MutexExt;
 use crate::ttl::TtlMap;
 
 /// A key nobody had is answered 404 without a lookup this long.
@@ -225,7 +226,7 @@ impl ProviderBook {
     }
 
     fn record(&self, event: PeerEvent) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = self.events.locked();
         if events.len() == EVENTS_MAX {
             events.pop_front();
         }
@@ -234,7 +235,7 @@ impl ProviderBook {
 
     /// Recent faults, newest first.
     pub(crate) fn events(&self) -> Vec<PeerEvent> {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let events = self.events.locked();
         events.iter().rev().cloned().collect()
     }
 

@@ -23,6 +23,7 @@ use futures_util::{Stream, TryStreamExt};
 use crate::content::{ByteStream, ContentSource, SourceError};
 use crate::fsutil::{Existing, write_atomic};
 use crate::oci::{Digest, Sha256Verifier};
+use crate::sync::MutexExt;
 
 /// Without a stamp from the source, a verdict is trusted this long.
 const UNSTAMPED_TTL: Duration = Duration::from_secs(600);
@@ -95,13 +96,9 @@ impl LocalVerifier {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The remembered verdict, if the stored bytes have not changed since.
     pub fn cached(&self, digest: &Digest, stamp: Option<Stamp>) -> Option<Verdict> {
-        let e = *self.lock().entries.get(digest)?;
+        let e = *self.state.locked().entries.get(digest)?;
         let valid = match (e.stamp, stamp) {
             (Some(a), Some(b)) => a == b,
             (None, None) => e.at.elapsed() < UNSTAMPED_TTL,
@@ -113,7 +110,7 @@ impl LocalVerifier {
     /// Remember a verdict, and persist the stamped ones (at most every [`FLUSH_EVERY`]).
     pub fn record(&self, digest: Digest, stamp: Option<Stamp>, verdict: Verdict) {
         let snapshot = {
-            let mut s = self.lock();
+            let mut s = self.state.locked();
             if s.entries.len() >= MAX_ENTRIES && !s.entries.contains_key(&digest) {
                 evict(&mut s.entries);
             }
@@ -147,7 +144,7 @@ impl LocalVerifier {
             return Ok(());
         };
         let text = {
-            let mut s = self.lock();
+            let mut s = self.state.locked();
             s.dirty = false;
             s.flushed = Some(Instant::now());
             render(&s.entries)

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{PeerStatus, Provider, Router, RouterError, RouterStatus};
 use crate::content::Key;
+use crate::sync::MutexExt;
 
 /// A shared in-memory "DHT" that several [`MemoryRouter`]s join, for tests.
 #[derive(Clone, Default)]
@@ -22,13 +23,13 @@ impl MemoryNetwork {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, HashSet<Provider>>> {
-        self.providers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Add a provider record directly (to simulate a stale or hostile record).
     pub fn insert(&self, key: Key, provider: Provider) {
-        self.lock().entry(key).or_default().insert(provider);
+        self.providers
+            .locked()
+            .entry(key)
+            .or_default()
+            .insert(provider);
     }
 }
 
@@ -55,7 +56,8 @@ impl Router for MemoryRouter {
     fn lookup(&self, key: &Key) -> mpsc::Receiver<Provider> {
         let found: Vec<Provider> = self
             .network
-            .lock()
+            .providers
+            .locked()
             .get(key)
             .map(|s| {
                 s.iter()
@@ -75,7 +77,7 @@ impl Router for MemoryRouter {
     }
 
     async fn advertise(&self, keys: Vec<Key>) -> Result<(), RouterError> {
-        let mut map = self.network.lock();
+        let mut map = self.network.providers.locked();
         for k in keys {
             map.entry(k).or_default().insert(self.me.clone());
         }
@@ -83,7 +85,7 @@ impl Router for MemoryRouter {
     }
 
     async fn withdraw(&self, keys: Vec<Key>) -> Result<(), RouterError> {
-        let mut map = self.network.lock();
+        let mut map = self.network.providers.locked();
         for k in keys {
             if let Some(s) = map.get_mut(&k) {
                 s.remove(&self.me);
@@ -97,7 +99,8 @@ impl Router for MemoryRouter {
         // One entry per peer name (sorted), as a peer is one node whatever it advertised.
         let others: BTreeMap<String, SocketAddr> = self
             .network
-            .lock()
+            .providers
+            .locked()
             .values()
             .flatten()
             .filter(|p| p.peer != self.me.peer)

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ServerLimits;
 use crate::metrics::ReasonLabels;
+use crate::sync::MutexExt;
 
 /// Addresses allowed into the reserve besides this node's containerd (127.0.0.1, ::1).
 pub type Trusted = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
@@ -69,7 +70,7 @@ where
 {
     let cache: Mutex<Option<(Instant, Arc<HashSet<IpAddr>>)>> = Mutex::new(None);
     Arc::new(move |ip| {
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = cache.locked();
         let fresh = matches!(&*c, Some((at, _)) if at.elapsed() < every);
         if !fresh {
             *c = Some((Instant::now(), Arc::new(load())));
@@ -141,16 +142,12 @@ impl Admission {
 
     /// Connections holding a slot now.
     pub fn open(&self) -> usize {
-        self.lock().conns.len()
+        self.table.locked().conns.len()
     }
 
     /// The most connections that ever held a slot at once.
     pub fn peak(&self) -> usize {
-        self.lock().peak
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.locked().peak
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -162,7 +159,7 @@ impl Admission {
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         // Asked before taking the lock: the predicate may consult the router.
         let trusted = self.is_trusted(ip);
-        let mut t = self.lock();
+        let mut t = self.table.locked();
         let result = self.place(&mut t, ip, trusted);
         match result {
             Ok(pool) => {
@@ -230,16 +227,16 @@ impl Admission {
     }
 
     fn finish(&self, id: u64) {
-        self.lock().unfinished.remove(&id);
+        self.table.locked().unfinished.remove(&id);
     }
 
     fn leave(&self, id: u64) {
-        remove(&mut self.lock(), id);
+        remove(&mut self.table.locked(), id);
     }
 
     /// One line for the last period's refusals and evictions, if there were any.
     pub(super) fn log_summary(&self) {
-        let mut t = self.lock();
+        let mut t = self.table.locked();
         let tally = std::mem::take(&mut t.tally);
         let open = t.conns.len();
         drop(t);

@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::content::ByteStream;
 use crate::oci::Digest;
+use crate::sync::MutexExt;
 
 #[cfg(test)]
 use writer::WRITE_BATCH;
@@ -179,7 +180,7 @@ impl Spool {
 
     /// The live entry (connecting, downloading or verified) if any; marks it recently used.
     pub fn get(&self, d: &Digest) -> Option<Arc<Entry>> {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         st.clock += 1;
         let now = st.clock;
         let slot = st.slots.get_mut(d)?;
@@ -190,7 +191,7 @@ impl Spool {
 
     /// The existing entry, or a new one plus its only [`Writer`] (the caller runs the download).
     pub fn claim(self: &Arc<Self>, d: Digest) -> Claim {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         st.clock += 1;
         let now = st.clock;
         if let Some(slot) = st.slots.get_mut(&d) {
@@ -224,7 +225,7 @@ impl Spool {
     /// released. Readers holding the entry keep reading through the open file, and a download
     /// still running keeps feeding them.
     pub fn remove(&self, d: &Digest) {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         self.drop_slot(&mut st, d);
     }
 
@@ -232,7 +233,7 @@ impl Spool {
     /// was abandoned before containerd committed the blob would otherwise keep its copy (and
     /// its in-flight record) until the spool is full.
     pub fn expire_idle(&self, idle: Duration) -> Vec<Digest> {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         let old: Vec<Digest> = st
             .slots
             .iter()
@@ -246,7 +247,7 @@ impl Spool {
     }
 
     pub fn usage(&self) -> Usage {
-        let st = self.lock();
+        let st = self.state.locked();
         let mut u = Usage {
             reserved: st.reserved,
             max: self.max_bytes,
@@ -264,16 +265,11 @@ impl Spool {
 
     /// Every live entry with its phase, for status and advertising.
     pub fn digests(&self) -> Vec<(Digest, Phase)> {
-        let st = self.lock();
+        let st = self.state.locked();
         st.slots
             .iter()
             .map(|(d, slot)| (*d, slot.entry.phase()))
             .collect()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent at every step, so a panicked holder leaves nothing torn.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn path(&self, d: &Digest) -> PathBuf {
@@ -291,7 +287,7 @@ impl Spool {
     /// its file. Paths are created and unlinked only under the lock, so an entry never unlinks
     /// the file of a newer entry for the same digest, and a removal never misses a file.
     fn reserve(&self, entry: &Entry, size: u64) -> Result<(), SpoolError> {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         if !Self::holds(&st, entry) {
             // Removed before its size was known: its holders can still read it, through a
             // file nobody else can reach by name.
@@ -300,7 +296,7 @@ impl Spool {
                 .join(format!("{}.{}", entry.digest.hex(), entry.generation));
             let file = create(&path)?;
             unlink(&path);
-            let _ = entry.file.set(file);
+            let _ = entry.file.set(Arc::new(file));
             return Ok(());
         }
         let no_room = SpoolError::NoRoom {
@@ -327,7 +323,7 @@ impl Spool {
         }
         let file = create(&self.path(&entry.digest))?;
         // Only the writer reserves, once (its `start` refuses a second call).
-        let _ = entry.file.set(file);
+        let _ = entry.file.set(Arc::new(file));
         if let Some(slot) = st.slots.get_mut(&entry.digest) {
             slot.reserved = size;
         }
@@ -337,7 +333,7 @@ impl Spool {
 
     /// Drops `entry` from the spool if it is still the one held for its digest.
     fn forget(&self, entry: &Entry) {
-        let mut st = self.lock();
+        let mut st = self.state.locked();
         if Self::holds(&st, entry) {
             self.drop_slot(&mut st, &entry.digest);
         }
@@ -405,7 +401,7 @@ pub struct Entry {
     progress: watch::Sender<Progress>,
     /// Set once, before the phase leaves `Connecting`; read with positioned reads, so an
     /// unlinked file still serves everyone holding the entry.
-    file: OnceLock<File>,
+    file: OnceLock<Arc<File>>,
     readers: AtomicUsize,
     /// The last batches written while downloading, `(offset, bytes)` in order: a reader
     /// following the download takes its bytes from here instead of reading the file back.
@@ -466,7 +462,7 @@ impl Entry {
     /// Bytes `pos..until` (at most) from the recent batches, without a copy: `None` if `pos`
     /// is not in them. Only bytes already published as written are ever there.
     fn recent_slice(&self, pos: u64, until: u64) -> Option<Bytes> {
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let recent = self.recent.locked();
         let (off, data) = recent
             .iter()
             .find(|(off, data)| *off <= pos && pos < off + data.len() as u64)?;

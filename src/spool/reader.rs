@@ -7,7 +7,6 @@
 //! [`HOLD_BACK`] bytes of its window only once the whole blob is verified.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use tokio::sync::watch;
 
 use super::{Entry, Phase, Progress};
 use crate::content::ByteStream;
-use crate::fsutil::{BufPool, Cached, read_cached};
+use crate::fsutil::read::ChunkReader;
 
 /// The largest read: small enough that the chunk is still in the core's L2 cache when it is
 /// copied to the socket (or encrypted), large enough that syscalls do not matter.
@@ -51,7 +50,7 @@ pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -
         stop,
         held: HOLD_BACK.min(stop - start),
         stall,
-        pool: BufPool::new(POOLED),
+        reader: ChunkReader::new(POOLED),
         done: false,
         _guard: guard,
     };
@@ -84,9 +83,9 @@ struct Read {
     /// Bytes at the window's end released only once verified (at least one).
     held: u64,
     stall: Duration,
-    /// Buffers back from chunks the client side has sent: read into again, so a download
+    /// Reads the file into buffers back from chunks the client side has sent, so a download
     /// neither zero-fills nor faults in fresh pages per chunk.
-    pool: Arc<BufPool>,
+    reader: ChunkReader,
     done: bool,
     _guard: Guard,
 }
@@ -154,40 +153,21 @@ impl Read {
         // No larger than the window needs (`len` is at most this).
         let cap =
             usize::try_from((self.stop - self.pos).min(READ_CHUNK)).map_err(io::Error::other)?;
-        let mut buf = self.pool.take(cap.max(len));
-        // Just written: usually still in the page cache, so read it here, where the bytes
-        // are sent next, rather than on a pool thread.
-        let cached = match (self.entry.file.get(), buf.get_mut(..len)) {
-            (Some(f), Some(dst)) => read_cached(f, dst, self.pos),
-            _ => Cached::Miss,
-        };
-        let (buf, len) = match cached {
-            Cached::Read(n) if n > 0 => (buf, n),
-            Cached::Failed(e) => {
-                self.pool.give_back(buf);
-                return Err(e);
-            }
-            _ => {
-                let entry = self.entry.clone();
-                let pos = self.pos;
-                let (buf, res) = tokio::task::spawn_blocking(move || {
-                    let res = match (entry.file.get(), buf.get_mut(..len)) {
-                        (Some(f), Some(dst)) => f.read_exact_at(dst, pos),
-                        (None, _) => Err(io::Error::other("spool file missing")),
-                        (_, None) => Err(io::Error::other("spool read buffer too small")),
-                    };
-                    (buf, res)
-                })
-                .await
-                .map_err(io::Error::other)?;
-                if let Err(e) = res {
-                    self.pool.give_back(buf);
-                    return Err(e);
-                }
-                (buf, len)
-            }
-        };
-        self.pos += len as u64;
-        Ok(self.pool.lend(buf, len))
+        let file = self
+            .entry
+            .file
+            .get()
+            .ok_or_else(|| io::Error::other("spool file missing"))?;
+        // Just written: usually still in the page cache, so read on this thread, where the
+        // bytes are sent next, rather than on a pool thread.
+        let chunk = self.reader.read(file, self.pos, len, cap).await?;
+        if chunk.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("spool file ends at {} before the bytes written", self.pos),
+            ));
+        }
+        self.pos += chunk.len() as u64;
+        Ok(chunk)
     }
 }

@@ -9,13 +9,14 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::task::JoinHandle;
 
 use super::{Entry, Failure, Phase, Spool, SpoolError};
 use crate::oci::Sha256Verifier;
+use crate::sync::MutexExt;
 
 /// Writes are gathered to this size before they are hashed and go to the file: network
 /// chunks are often 16-400 KiB, and one blocking-pool hop per chunk would cost more than the
@@ -219,7 +220,7 @@ impl Writer {
             let mut reclaimed = None;
             if written.is_ok() {
                 {
-                    let mut recent = entry.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut recent = entry.recent.locked();
                     // Not after the writer finished: the followers read the file then.
                     if entry.progress.borrow().phase == Phase::Downloading {
                         recent.push_back((offset, data));
@@ -275,11 +276,7 @@ impl Writer {
         }
         self.done = true;
         // Followers read the rest from the file; the memory goes now.
-        self.entry
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.entry.recent.locked().clear();
         match outcome {
             Ok(()) => self
                 .entry
