@@ -15,7 +15,7 @@ use super::{DaemonError, Routing, Wiring};
 use crate::admin::AdminState;
 use crate::auth::Tokens;
 use crate::content::{ContentSource, Index, Indexer, Readiness};
-use crate::mirror::{Mirror, MirrorConfig, PeerClient};
+use crate::mirror::{Mirror, MirrorConfig, PeerClient, Scheme};
 use crate::ops::Health;
 use crate::registry::Registry;
 use crate::routing::advertiser::Advertiser;
@@ -202,7 +202,7 @@ pub(super) fn start_mirror(
         None => {
             watch::channel(PeerClient {
                 client: peer_client(None)?,
-                scheme: "http",
+                scheme: Scheme::Http,
             })
             .1
         }
@@ -211,7 +211,7 @@ pub(super) fn start_mirror(
             let first = peer_client(Some(&material.borrow_and_update()))?;
             let (tx, rx) = watch::channel(PeerClient {
                 client: first,
-                scheme: "https",
+                scheme: Scheme::Https,
             });
             w.tasks.spawn(
                 "peer client",
@@ -245,7 +245,7 @@ async fn follow_material(
             Ok(client) => {
                 clients.send_replace(PeerClient {
                     client,
-                    scheme: "https",
+                    scheme: Scheme::Https,
                 });
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild the peer client"),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use super::MirrorConfig;
-use crate::content::Key;
+use crate::content::{Descriptor, Key};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::pki::Serial;
@@ -116,7 +116,7 @@ pub(crate) struct ProviderBook {
     serials: TtlMap<SocketAddr, Serial>,
     /// Size and media type of blobs named by a manifest this node relayed: a peer's
     /// `Content-Length` must match them.
-    sizes: TtlMap<Digest, (u64, String)>,
+    sizes: TtlMap<Digest, Descriptor>,
     /// Keys nobody had.
     negative: TtlMap<Key, ()>,
     /// Providers known to have a key without asking the DHT: those that just served it, the
@@ -246,14 +246,18 @@ impl ProviderBook {
             return;
         };
         for c in children {
-            self.sizes
-                .insert(c.digest, (c.size, c.media_type), SIZES_TTL);
+            let d = Descriptor {
+                digest: c.digest,
+                size: c.size,
+                media_type: c.media_type,
+            };
+            self.sizes.insert(c.digest, d, SIZES_TTL);
             self.remember(Key::Digest(c.digest), providers);
         }
     }
 
-    /// Size and media type of `digest` from a trusted descriptor, if one was seen.
-    pub(crate) fn trusted(&self, digest: &Digest) -> Option<(u64, String)> {
+    /// The trusted descriptor of `digest` (a relayed manifest named it), if one was seen.
+    pub(crate) fn trusted(&self, digest: &Digest) -> Option<Descriptor> {
         self.sizes.get(digest)
     }
 

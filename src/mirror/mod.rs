@@ -11,7 +11,9 @@
 //! identity (certificate serial under mTLS, else IP), never by PeerId. Why no response made of
 //! unverified bytes ever completes: "The integrity argument" in `DESIGN.md`.
 
+mod ask;
 mod book;
+mod fetcher;
 mod head;
 mod providers;
 mod spooled;
@@ -27,8 +29,8 @@ use crate::routing::{Provider, Router};
 
 use book::ProviderBook;
 pub use book::{PeerEvent, PeerEventKind, PeerIdentity};
+use fetcher::Fetcher;
 pub use providers::ProviderSet;
-use transfer::Fetcher;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -58,8 +60,25 @@ pub struct MirrorConfig {
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     pub client: reqwest::Client,
-    /// `http` or `https`.
-    pub scheme: &'static str,
+    pub scheme: Scheme,
+}
+
+/// What peers' registry endpoints speak: plain HTTP, or TLS (mTLS when client certificates
+/// are configured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// The URL scheme.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
 }
 
 impl Default for MirrorConfig {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Found, Mirror, MirrorError, Miss, Target};
-use crate::content::{Descriptor, Key};
+use crate::content::Key;
 use crate::metrics::ReasonLabels;
 use crate::oci::{Digest, Name, RangeSpec};
 use crate::routing::inflight::Origin;
@@ -110,8 +110,8 @@ impl Mirror {
         entry: &Arc<Entry>,
         range: Option<&RangeSpec>,
     ) -> Result<Spooled, Failure> {
-        let (size, media_type) = entry.descriptor(DESCRIPTOR_WAIT).await?;
-        let digest = entry.digest();
+        let descriptor = entry.descriptor(DESCRIPTOR_WAIT).await?;
+        let size = descriptor.size;
         let Ok(window) = RangeSpec::window(range, size) else {
             return Ok(Spooled::Miss(MirrorError::RangeNotSatisfiable(size)));
         };
@@ -125,11 +125,7 @@ impl Mirror {
             entry.reader(start, end, READER_STALL)
         };
         Ok(Spooled::Found(Found {
-            descriptor: Descriptor {
-                digest,
-                size,
-                media_type,
-            },
+            descriptor,
             window,
             body: Some(body),
         }))

@@ -1,312 +1,49 @@
+//! A verified, resumable transfer of one blob from peers: to the client as it streams (the
+//! last chunk held back until the digest matches), whole into memory for small blobs, or into
+//! the spool. A provider that fails or stalls is left for the next, resuming with a `Range`.
+
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::book::{Fault, PeerIdentity, ProviderBook};
-use super::{Found, MirrorConfig, MirrorError, Miss, PeerClient, ProviderSet};
+use super::ask::{Answer, Expect, NEXT_PROVIDER_WAIT};
+use super::book::{Fault, PeerIdentity};
+use super::fetcher::Fetcher;
+use super::{Found, MirrorError, Miss, ProviderSet};
 use crate::content::{Descriptor, Key};
-use crate::oci::headers::{CONTENT_DIGEST, MIRRORED};
-use crate::oci::{ContentRange, Digest, RangeSpec, Sha256Verifier};
-use crate::routing::{Provider, Router};
+use crate::oci::{ByteRange, Digest, RangeSpec, Sha256Verifier};
+use crate::routing::Provider;
 
 /// Chunks buffered between the peer and the client: back-pressure, bounded memory.
 const CHANNEL_CHUNKS: usize = 8;
-/// How long to wait for the lookup to find another provider when one fails.
-pub(super) const NEXT_PROVIDER_WAIT: Duration = Duration::from_millis(200);
-/// Most transfers fetched whole before sending (each at most `--verify-before-send` bytes);
-/// beyond it small blobs stream like large ones rather than wait.
-const WHOLE_TRANSFERS: usize = 8;
-
-/// Everything a peer request needs: the client, the token, the book of providers and the
-/// timeouts. Cheap to clone into each spawned transfer.
-#[derive(Clone)]
-pub(super) struct Fetcher {
-    /// The latest peer client (replaced when TLS material is reloaded).
-    client: watch::Receiver<PeerClient>,
-    /// Sent to peers as a bearer token in token mode.
-    token: Option<Arc<crate::auth::Tokens>>,
-    /// Who is connected: a token only goes to a connected peer's registry address.
-    router: Arc<dyn Router>,
-    pub(super) book: Arc<ProviderBook>,
-    pub(super) response_timeout: Duration,
-    pub(super) hedge_delay: Duration,
-    stall_timeout: Duration,
-    verify_before_send: u64,
-    whole: Arc<Semaphore>,
-}
-
-/// What a provider's answer must say to be used.
-#[derive(Clone, Copy)]
-struct Expect {
-    digest: Digest,
-    /// The blob's size as the first answer gave it (on a resume); a trusted descriptor's
-    /// size is checked in any case.
-    size: Option<u64>,
-    /// Where the body must start.
-    offset: u64,
-}
-
-/// A provider whose answer passed the checks, and what it said.
-struct Answer {
-    provider: Provider,
-    identity: PeerIdentity,
-    response: reqwest::Response,
-    size: u64,
-}
 
 impl Fetcher {
-    pub(super) fn new(
-        client: watch::Receiver<PeerClient>,
-        token: Option<Arc<crate::auth::Tokens>>,
-        router: Arc<dyn Router>,
-        book: Arc<ProviderBook>,
-        config: &MirrorConfig,
-    ) -> Self {
-        Fetcher {
-            client,
-            token,
-            router,
-            book,
-            response_timeout: config.response_timeout,
-            hedge_delay: config.hedge_delay,
-            stall_timeout: config.stall_timeout,
-            verify_before_send: config.verify_before_send,
-            whole: Arc::new(Semaphore::new(WHOLE_TRANSFERS)),
-        }
-    }
-
-    /// A request for `path` at provider `p`: the current client and scheme, the mirrored
-    /// marker (so the peer answers from local content only), and the token if any. `None`
-    /// when a token would go to an address that is not a connected peer's registry endpoint
-    /// (a forged provider record must not collect our token).
-    pub(super) fn request(
+    /// The first usable answer to a GET of the whole blob, its descriptor's media type the
+    /// trusted one when a relayed manifest gave it (else the answer's `Content-Type`).
+    async fn open(
         &self,
-        method: reqwest::Method,
-        p: &Provider,
+        providers: &mut ProviderSet,
         path: &str,
-    ) -> Option<reqwest::RequestBuilder> {
-        let (client, scheme) = {
-            let c = self.client.borrow();
-            (c.client.clone(), c.scheme)
+        digest: Digest,
+    ) -> Option<Answer> {
+        let want = Expect {
+            digest: Some(digest),
+            size: None,
+            offset: 0,
         };
-        let url = format!("{scheme}://{}{path}", p.addr);
-        let mut req = client.request(method, url).header(MIRRORED, "true");
-        if let Some(t) = self.token.as_ref().and_then(|t| t.for_peers()) {
-            if !self.is_connected_peer(p) {
-                tracing::warn!(peer = %p.peer, addr = %p.addr, "provider address is not a connected peer's; not sending it the token");
-                return None;
-            }
-            req = req.bearer_auth(t);
+        let mut first = self.connect(providers, path, want, Duration::ZERO).await?;
+        if let Some(known) = self.book.trusted(&digest)
+            && !known.media_type.is_empty()
+        {
+            first.descriptor.media_type = known.media_type;
         }
-        Some(req)
+        Some(first)
     }
 
-    fn is_connected_peer(&self, p: &Provider) -> bool {
-        self.router
-            .status()
-            .peers
-            .iter()
-            .any(|s| s.registry == Some(p.addr))
-    }
-
-    /// Who answered: the serial of its server certificate under mTLS (remembered for its
-    /// IP), else its IP.
-    pub(super) fn identity_of(&self, p: &Provider, resp: &reqwest::Response) -> PeerIdentity {
-        let cert = resp
-            .extensions()
-            .get::<reqwest::tls::TlsInfo>()
-            .and_then(|i| i.peer_certificate());
-        if let Some(summary) = cert.and_then(|der| crate::pki::cert_summary(der).ok()) {
-            self.book.learn_serial(p, summary.serial.clone());
-            return PeerIdentity::Serial(summary.serial);
-        }
-        PeerIdentity::Ip(p.addr.ip())
-    }
-
-    /// Shun `p` for a failure seen before it proved who it is.
-    pub(super) fn fail_provider(&self, p: &Provider) {
-        self.book.penalize(p, &self.book.identity(p), Fault::Failed);
-    }
-
-    /// Whether a size a peer gave for `digest` is acceptable: the trusted descriptor's if one
-    /// is known, else anything but 0 (except for the empty blob, whose size is 0).
-    pub(super) fn size_ok(&self, digest: &Digest, size: u64) -> bool {
-        match self.book.trusted(digest) {
-            Some((known, _)) => size == known,
-            None => size > 0 || *digest == Digest::of(b""),
-        }
-    }
-}
-
-/// The descriptor a provider's answer gives: the digest it names (or the one asked for), the
-/// whole size (from `Content-Range` if ranged) and the media type.
-pub(super) fn descriptor(
-    headers: &http::HeaderMap,
-    fallback_digest: Option<Digest>,
-) -> Option<Descriptor> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-    };
-    let digest = match text(CONTENT_DIGEST) {
-        // A digest header that does not parse is a wrong header, not a missing one.
-        Some(v) => v.parse().ok()?,
-        None => fallback_digest?,
-    };
-    let size = text(http::header::CONTENT_RANGE.as_str())
-        .and_then(ContentRange::parse)
-        .map(|r| r.size)
-        .or_else(|| text(http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok()))?;
-    let media_type = text(http::header::CONTENT_TYPE.as_str())
-        .unwrap_or_default()
-        .to_string();
-    Some(Descriptor {
-        digest,
-        size,
-        media_type,
-    })
-}
-
-/// An error with its causes, so a refused handshake says why (e.g. "certificate revoked").
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
-
-/// Check an answer to a GET against what is expected: its size if usable, else the fault.
-/// A wrong digest header, a size other than the trusted descriptor's, or 0 for a non-empty
-/// blob is a lie; anything else (a status, a missing length, a size differing only from the
-/// first provider's untrusted one) is a failure.
-fn check(f: &Fetcher, resp: &reqwest::Response, want: Expect) -> Result<u64, Fault> {
-    let status = resp.status();
-    let ok = status == StatusCode::OK || (want.offset > 0 && status == StatusCode::PARTIAL_CONTENT);
-    if !ok {
-        return Err(Fault::Failed);
-    }
-    let d = descriptor(resp.headers(), Some(want.digest)).ok_or(Fault::Failed)?;
-    if d.digest != want.digest || !f.size_ok(&want.digest, d.size) {
-        return Err(Fault::Mismatch);
-    }
-    if status == StatusCode::PARTIAL_CONTENT && !range_starts_at(resp, want.offset, d.size) {
-        return Err(Fault::Failed);
-    }
-    match want.size {
-        Some(s) if d.size != s => Err(Fault::Failed),
-        _ => Ok(d.size),
-    }
-}
-
-/// Start a GET at `want.offset`, hedging: if the first provider has not answered within the
-/// hedge delay, the next one is asked too. The first answer that passes the checks (status,
-/// digest header, size) wins; a provider whose answer fails them is shunned and the next is
-/// asked, so one liar's headers cost a round trip, not the response.
-async fn connect(
-    f: &Fetcher,
-    providers: &mut ProviderSet,
-    path: &str,
-    want: Expect,
-    wait_first: Duration,
-) -> Option<Answer> {
-    let request = |p: Provider| {
-        let req = f.request(reqwest::Method::GET, &p, path).map(|mut req| {
-            if want.offset > 0 {
-                req = req.header(http::header::RANGE, format!("bytes={}-", want.offset));
-            }
-            req
-        });
-        let timeout = f.response_timeout;
-        async move {
-            let res = match req {
-                Some(req) => Some(tokio::time::timeout(timeout, req.send()).await),
-                None => None,
-            };
-            (p, res)
-        }
-    };
-    let mut inflight = FuturesUnordered::new();
-    let first = providers.next(wait_first).await?;
-    let mut asked = vec![first.clone()];
-    inflight.push(request(first));
-    let mut more = true;
-    loop {
-        let hedge = tokio::time::sleep(f.hedge_delay);
-        tokio::select! {
-            Some((p, res)) = inflight.next() => {
-                asked.retain(|a| a != &p);
-                match res {
-                    None => {}
-                    Some(Ok(Ok(r))) if r.status() == StatusCode::NOT_FOUND => {}
-                    Some(Ok(Ok(r))) => {
-                        let identity = f.identity_of(&p, &r);
-                        if f.book.is_shunned(&identity) {
-                            tracing::debug!(peer = %p.peer, %identity, "provider's identity is shunned");
-                        } else {
-                            match check(f, &r, want) {
-                                Ok(size) => {
-                                    // The slower ones of a hedge race stay available for a resume.
-                                    for loser in asked {
-                                        providers.give_back(loser);
-                                    }
-                                    return Some(Answer { provider: p, identity, response: r, size });
-                                }
-                                Err(fault) => {
-                                    tracing::warn!(peer = %p.peer, %identity, status = %r.status(), ?fault, "provider's answer refused (status, digest or size)");
-                                    f.book.penalize(&p, &identity, fault);
-                                }
-                            }
-                        }
-                    }
-                    Some(Ok(Err(e))) => {
-                        tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider GET failed");
-                        f.fail_provider(&p);
-                    }
-                    Some(Err(_)) => {
-                        tracing::debug!(peer = %p.peer, "provider did not answer in time");
-                        f.fail_provider(&p);
-                    }
-                }
-                // That one is out: ask the next at once.
-                match providers.next(NEXT_PROVIDER_WAIT).await {
-                    Some(p) => {
-                        asked.push(p.clone());
-                        inflight.push(request(p));
-                    }
-                    None => {
-                        more = false;
-                        if inflight.is_empty() {
-                            return None;
-                        }
-                    }
-                }
-            }
-            _ = hedge, if more => {
-                match providers.next(Duration::ZERO).await {
-                    Some(p) => {
-                        tracing::debug!(peer = %p.peer, "first provider slow; hedging");
-                        asked.push(p.clone());
-                        inflight.push(request(p));
-                    }
-                    None => more = false,
-                }
-            }
-        }
-    }
-}
-
-impl Fetcher {
     /// GET a blob from peers. Blobs up to `--verify-before-send` are fetched whole and
     /// verified before the first byte goes out, so a lie costs a clean miss or a refetch
     /// from the next provider; larger ones stream, verified, with the last chunk held back.
@@ -318,31 +55,21 @@ impl Fetcher {
         range: Option<&RangeSpec>,
     ) -> Result<Found, MirrorError> {
         let failed = MirrorError::NotFound(Miss::ProvidersFailed);
-        let known = self.book.trusted(&digest);
         loop {
             // Always fetch from byte 0: the digest covers the whole blob, so even a client's
             // resume (`Range: bytes=N-`) is answered with bytes whose prefix was hashed too.
-            let want = Expect {
-                digest,
-                size: None,
-                offset: 0,
-            };
-            let first = connect(self, &mut providers, &path, want, Duration::ZERO)
+            let first = self
+                .open(&mut providers, &path, digest)
                 .await
                 .ok_or(MirrorError::NotFound(Miss::ProvidersFailed))?;
-            let size = first.size;
-            let media_type = match &known {
-                Some((_, m)) if !m.is_empty() => m.clone(),
-                _ => header_text(&first.response, http::header::CONTENT_TYPE),
-            };
-            let descriptor = Descriptor {
-                digest,
-                size,
-                media_type,
-            };
+            let descriptor = first.descriptor.clone();
+            let size = descriptor.size;
             let window = RangeSpec::window(range, size)
                 .map_err(|_| MirrorError::RangeNotSatisfiable(size))?;
-            let bounds = window.map_or((0, size.saturating_sub(1)), |r| (r.start, r.end));
+            let bounds = window.unwrap_or(ByteRange {
+                start: 0,
+                end: size.saturating_sub(1),
+            });
             let permit = if size <= self.verify_before_send {
                 tokio::time::timeout(self.response_timeout, self.whole.clone().acquire_owned())
                     .await
@@ -380,7 +107,9 @@ impl Fetcher {
                 }
                 // The liars are shunned and nothing was sent: try the others from scratch.
                 Outcome::Mismatch => providers = job.providers,
-                Outcome::NoProvider | Outcome::ClientGone => return Err(failed),
+                Outcome::NoProvider | Outcome::ClientGone | Outcome::SpoolWriteFailed => {
+                    return Err(failed);
+                }
             }
         }
     }
@@ -399,31 +128,21 @@ impl Fetcher {
         mut writer: crate::spool::Writer,
     ) -> SpoolEnd {
         use crate::spool::Failure;
-        let want = Expect {
-            digest,
-            size: None,
-            offset: 0,
-        };
-        let Some(first) = connect(self, &mut providers, &path, want, Duration::ZERO).await else {
+        let Some(first) = self.open(&mut providers, &path, digest).await else {
             // Providers were found, but none answered with the blob.
             writer.fail(Failure::Fetch("no provider answered with the blob".into()));
             return SpoolEnd::NoAnswer;
         };
-        let media_type = match self.book.trusted(&digest) {
-            Some((_, m)) if !m.is_empty() => m,
-            _ => header_text(&first.response, http::header::CONTENT_TYPE),
-        };
-        let descriptor = Descriptor {
-            digest,
-            size: first.size,
-            media_type,
-        };
+        let descriptor = first.descriptor.clone();
         if let Err(e) = writer.start(descriptor.size, descriptor.media_type.clone()) {
             // The entry has failed with NoRoom: its readers stream without the spool.
             tracing::info!(%digest, error = %e, "not spooling this blob");
             return SpoolEnd::NoRoom;
         }
-        let window = (0, descriptor.size.saturating_sub(1));
+        let window = ByteRange {
+            start: 0,
+            end: descriptor.size.saturating_sub(1),
+        };
         let mut job = Transfer::new(
             self,
             providers,
@@ -451,7 +170,8 @@ impl Fetcher {
                 ));
                 SpoolEnd::Failed
             }
-            Outcome::ClientGone => {
+            // A spool download has no client to lose; any stop is the spool's.
+            Outcome::SpoolWriteFailed | Outcome::ClientGone => {
                 writer.fail(Failure::Io("writing the spool file failed".into()));
                 SpoolEnd::Failed
             }
@@ -482,14 +202,6 @@ impl SpoolEnd {
     }
 }
 
-fn header_text(resp: &reqwest::Response, name: http::header::HeaderName) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Where verified bytes go.
 enum Sink {
     /// To the client as they come; the last chunk is held back until the blob is verified.
@@ -511,7 +223,7 @@ struct Transfer {
     digest: Digest,
     size: u64,
     /// Inclusive byte window the client asked for.
-    window: (u64, u64),
+    window: ByteRange,
     sink: Sink,
     /// Media type and bytes of a manifest being relayed.
     capture: Option<(String, Vec<u8>)>,
@@ -526,7 +238,10 @@ enum Outcome {
     Mismatch,
     /// Nobody is left to complete it.
     NoProvider,
+    /// The client stopped reading (a streamed transfer only).
     ClientGone,
+    /// Writing to the spool file failed: a local fault, not a provider's.
+    SpoolWriteFailed,
 }
 
 enum Step {
@@ -535,7 +250,9 @@ enum Step {
     /// The provider failed (broke, stalled, sent too much); continue from the next.
     Failed,
     /// Stop: the client went away.
-    Abort,
+    ClientGone,
+    /// Stop: the spool file could not be written.
+    SpoolWriteFailed,
 }
 
 impl Transfer {
@@ -544,7 +261,7 @@ impl Transfer {
         providers: ProviderSet,
         path: &str,
         descriptor: &Descriptor,
-        window: (u64, u64),
+        window: ByteRange,
         sink: Sink,
     ) -> Self {
         let size = descriptor.size;
@@ -577,7 +294,8 @@ impl Transfer {
             }
             Outcome::Mismatch => self.fail("digest mismatch").await,
             Outcome::NoProvider => self.fail("no provider could complete the transfer").await,
-            Outcome::ClientGone => {}
+            // The client is gone; a streamed transfer has no spool to fail.
+            Outcome::ClientGone | Outcome::SpoolWriteFailed => {}
         }
     }
 
@@ -607,18 +325,14 @@ impl Transfer {
                 None => {
                     let offset = verifier.seen;
                     let want = Expect {
-                        digest: self.digest,
+                        digest: Some(self.digest),
                         size: Some(self.size),
                         offset,
                     };
-                    let Some(a) = connect(
-                        &self.fetcher,
-                        &mut self.providers,
-                        &self.path,
-                        want,
-                        NEXT_PROVIDER_WAIT,
-                    )
-                    .await
+                    let Some(a) = self
+                        .fetcher
+                        .connect(&mut self.providers, &self.path, want, NEXT_PROVIDER_WAIT)
+                        .await
                     else {
                         return Outcome::NoProvider;
                     };
@@ -631,7 +345,8 @@ impl Transfer {
             match self.pump(answer, &mut verifier).await {
                 Step::Complete => break,
                 Step::Failed => continue,
-                Step::Abort => return Outcome::ClientGone,
+                Step::ClientGone => return Outcome::ClientGone,
+                Step::SpoolWriteFailed => return Outcome::SpoolWriteFailed,
             }
         }
         let matched = match (&mut self.sink, &verifier.inline) {
@@ -640,7 +355,7 @@ impl Transfer {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(digest = %self.digest, error = %e, "writing to the spool failed");
-                    return Outcome::ClientGone;
+                    return Outcome::SpoolWriteFailed;
                 }
             },
             (_, None) => false,
@@ -744,13 +459,13 @@ impl Transfer {
                         && let Some(prev) = held.replace(out)
                         && tx.send(Ok(prev)).await.is_err()
                     {
-                        return Step::Abort;
+                        return Step::ClientGone;
                     }
                 }
                 Sink::Spool(w) => {
                     if let Err(e) = w.write(&chunk).await {
                         tracing::warn!(digest = %self.digest, error = %e, "writing to the spool failed");
-                        return Step::Abort;
+                        return Step::SpoolWriteFailed;
                     }
                 }
             }
@@ -775,7 +490,8 @@ struct Verify {
 }
 
 /// The part of `chunk` (which starts at blob offset `start`) inside the inclusive window.
-fn clip(chunk: &Bytes, start: u64, (lo, hi): (u64, u64)) -> Option<Bytes> {
+fn clip(chunk: &Bytes, start: u64, window: ByteRange) -> Option<Bytes> {
+    let ByteRange { start: lo, end: hi } = window;
     let end = start + chunk.len() as u64; // exclusive
     if end <= lo || start > hi {
         return None;
@@ -785,27 +501,19 @@ fn clip(chunk: &Bytes, start: u64, (lo, hi): (u64, u64)) -> Option<Bytes> {
     (from < to).then(|| chunk.slice(from..to))
 }
 
-/// A 206 answer to a resume must start where we are, for the blob's whole size.
-fn range_starts_at(resp: &reqwest::Response, offset: u64, size: u64) -> bool {
-    resp.headers()
-        .get(http::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(ContentRange::parse)
-        .is_some_and(|r| r.start == offset && r.size == size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn clip_windows() {
+        let w = |start, end| ByteRange { start, end };
         let c = Bytes::from_static(b"0123456789");
-        assert_eq!(clip(&c, 0, (0, 9)).unwrap(), c);
-        assert_eq!(clip(&c, 0, (3, 5)).unwrap().as_ref(), b"345");
-        assert_eq!(clip(&c, 10, (3, 5)), None);
-        assert_eq!(clip(&c, 10, (12, 100)).unwrap().as_ref(), b"23456789");
-        assert_eq!(clip(&c, 10, (0, 10)).unwrap().as_ref(), b"0");
-        assert_eq!(clip(&c, 10, (0, 9)), None);
+        assert_eq!(clip(&c, 0, w(0, 9)).unwrap(), c);
+        assert_eq!(clip(&c, 0, w(3, 5)).unwrap().as_ref(), b"345");
+        assert_eq!(clip(&c, 10, w(3, 5)), None);
+        assert_eq!(clip(&c, 10, w(12, 100)).unwrap().as_ref(), b"23456789");
+        assert_eq!(clip(&c, 10, w(0, 10)).unwrap().as_ref(), b"0");
+        assert_eq!(clip(&c, 10, w(0, 9)), None);
     }
 }

@@ -58,13 +58,8 @@ impl Registry {
     /// when containerd knows the size: the answer must state it).
     async fn in_flight_source(&self, digest: &Digest) -> Option<(Descriptor, Opener)> {
         if let Some(entry) = self.mirror.as_ref().and_then(|m| m.spool()?.get(digest))
-            && let Ok((size, media_type)) = entry.descriptor(SIZE_WAIT).await
+            && let Ok(desc) = entry.descriptor(SIZE_WAIT).await
         {
-            let desc = Descriptor {
-                digest: *digest,
-                size,
-                media_type,
-            };
             return Some((desc, Opener::Spool(entry)));
         }
         let ingests = self.ingests.as_ref()?;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::content::ByteStream;
+use crate::content::{ByteStream, Descriptor};
 use crate::oci::Digest;
 use crate::sync::MutexExt;
 
@@ -422,8 +422,8 @@ impl Entry {
         self.readers.load(Ordering::Relaxed)
     }
 
-    /// Waits (at most `timeout`) until the size is known: `(size, media_type)`, or why not.
-    pub async fn descriptor(&self, timeout: Duration) -> Result<(u64, String), Failure> {
+    /// Waits (at most `timeout`) until the size is known: the blob's descriptor, or why not.
+    pub async fn descriptor(&self, timeout: Duration) -> Result<Descriptor, Failure> {
         let mut rx = self.progress.subscribe();
         let wait = rx.wait_for(|p| p.size.is_some() || matches!(p.phase, Phase::Failed(_)));
         let p = match tokio::time::timeout(timeout, wait).await {
@@ -433,7 +433,11 @@ impl Entry {
         };
         match (&p.phase, p.size, &p.media_type) {
             (Phase::Failed(why), _, _) => Err(why.clone()),
-            (_, Some(size), Some(media_type)) => Ok((size, media_type.clone())),
+            (_, Some(size), Some(media_type)) => Ok(Descriptor {
+                digest: self.digest,
+                size,
+                media_type: media_type.clone(),
+            }),
             _ => Err(Failure::Aborted),
         }
     }

@@ -13,7 +13,6 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -24,6 +23,13 @@ use crate::admin::proto::{self, admin_client::AdminClient};
 const PAGE: &str = include_str!("page.html");
 /// A client that sends no request head this soon is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the page accepts: plenty for a few browser tabs polling it.
+const MAX_CONNECTIONS: usize = 64;
+/// Kept for loopback clients (the operator's own browser) when the pool is full.
+const RESERVED_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS_PER_IP: usize = 32;
+/// How long responses in flight may finish after Ctrl-C.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a lookup from the page searches and waits for HEAD answers.
 const LOOKUP_TIMEOUT_MS: u32 = 2_000;
 /// Content rows shown for a filter.
@@ -114,36 +120,21 @@ pub async fn serve(
         any_host,
         csp: content_security_policy(PAGE),
     });
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "status web: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let handler = move |req: Request<Incoming>, _conn: Arc<crate::server::ConnInfo>| {
         let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(app.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-        });
-    }
+        async move { app.handle(req).await }
+    };
+    // The same accept loop and admission as every other listener: connection caps, a cap
+    // per address, and a deadline on request heads. A page for a few operators needs few.
+    let limits = crate::server::ServerLimits {
+        max_connections: MAX_CONNECTIONS,
+        reserved_connections: RESERVED_CONNECTIONS,
+        max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        drain_timeout: DRAIN_TIMEOUT,
+        ..crate::server::ServerLimits::default()
+    };
+    crate::server::serve(listener, handler, limits, None, shutdown).await;
 }
 
 struct App {
