@@ -1,3 +1,6 @@
+//! The providers of one key as the lookups find them: complete copies before in-flight ones,
+//! shunned ones skipped, each offered once, the losers of a hedge race offered again first.
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! The spool's tests: claims, readers following a download, holding back the tail, eviction.
+
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
