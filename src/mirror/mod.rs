@@ -195,7 +195,7 @@ pub struct Mirror {
     /// own download (`--spool-max-bytes 0`).
     spool: Option<Arc<crate::spool::Spool>>,
     /// Advertises spooled downloads as in flight.
-    inflight: Option<crate::routing::inflight::InFlight>,
+    inflight: Option<crate::routing::partial_records::InFlight>,
 }
 
 impl Mirror {
@@ -222,7 +222,7 @@ impl Mirror {
     pub fn with_spool(
         mut self: Arc<Self>,
         spool: Arc<crate::spool::Spool>,
-        inflight: Option<crate::routing::inflight::InFlight>,
+        inflight: Option<crate::routing::partial_records::InFlight>,
     ) -> Arc<Self> {
         match Arc::get_mut(&mut self) {
             Some(m) => {

@@ -14,7 +14,7 @@ use super::{Found, Mirror, MirrorError, Miss, Target};
 use crate::content::Key;
 use crate::metrics::ReasonLabels;
 use crate::oci::{Digest, Name, RangeSpec};
-use crate::routing::inflight::Origin;
+use crate::routing::partial_records::Origin;
 use crate::spool::{Claim, Entry, Failure};
 
 /// How long a request waits for the download's first provider to tell the size.

@@ -5,12 +5,9 @@
 //! in step with the content index.
 
 pub mod advertiser;
-pub mod partial_records;
-/// The module's old name, still used by `mirror/`.
-#[doc(hidden)]
-pub use partial_records as inflight;
 mod memory;
 mod p2p;
+pub mod partial_records;
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
