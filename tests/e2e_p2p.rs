@@ -583,6 +583,9 @@ async fn c_corrupt_peer_copy_is_never_committed() {
 
 // (d) ------------------------------------------------------------------------
 
+/// Bound on one miss's duration in the audit log on a loaded machine.
+const MISS_WITHIN_MS: f64 = 2_000.0;
+
 /// An image no node has: every request to node 2's peermirror is a miss,
 /// answered 404 fast, and containerd gets it from the upstream.
 #[tokio::test(flavor = "multi_thread")]
@@ -625,7 +628,10 @@ async fn d_image_no_node_has_is_a_fast_miss() {
     assert!(misses.len() >= 4, "expected >= 4 misses, got {misses:#?}");
     for a in &misses {
         assert_eq!(a.status, 404, "{}", a.line);
-        assert!(a.duration_ms < 100.0, "slow miss: {}", a.line);
+        // That a miss waits exactly the resolve timeout (20 ms) is proven in paused time
+        // (`mirror::tests`); here, beside other clusters on two cores, it must only be far
+        // from a hang (containerd waits ~30 s on a mirror that hangs before it falls back).
+        assert!(a.duration_ms < MISS_WITHIN_MS, "slow miss: {}", a.line);
     }
     let miss_requests = c.node2.pm.metric(
         "peermirror_requests_total",

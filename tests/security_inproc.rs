@@ -534,7 +534,16 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
     // Revoke B everywhere: A no longer serves it (B's client cert), and C no longer trusts it
     // as a server. B's own content is seeded so that C would otherwise find it there.
     pki.write_crl(&[&b_serial], SystemTime::now() + 7 * DAY);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait for the reload itself, not a fixed time: each node has swapped in the new CRL once
+    // it refuses B's certificate in a new handshake (server and peer client change together).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in [&a, &b, &c] {
+        let url = format!("{}/v2/", https(node));
+        while admin("b").get(&url).send().await.is_ok() {
+            assert!(Instant::now() < deadline, "the CRL was never reloaded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // B can no longer fetch: asked (by a good client, C) for A's other blob, B's peer client
     // is refused by A, so B answers 404 and containerd would go upstream.
     let later_b = format!("{}/v2/test/app/blobs/{later_digest}", https(&b));

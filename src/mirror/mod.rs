@@ -32,6 +32,9 @@ pub use book::{PeerEvent, PeerEventKind, PeerIdentity};
 use fetcher::Fetcher;
 pub use providers::ProviderSet;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
     /// How long to wait for the first provider before answering 404.

@@ -27,7 +27,7 @@ const POOLED: usize = 3;
 
 /// How much of a window's end waits for verification. One byte would keep the invariant; a
 /// little more makes the final release one read, not a trickle.
-const HOLD_BACK: u64 = 64 * 1024;
+pub(super) const HOLD_BACK: u64 = 64 * 1024;
 
 pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -> ByteStream {
     // Counted from creation, not first poll: a response about to read pins its entry.
