@@ -85,26 +85,94 @@ impl CtdVersion {
         self.binary("ctr")
     }
 
-    /// Whether [`VERSIONS_ENV`] selects this version (all when unset or empty).
-    pub fn selected(self) -> bool {
+    /// The versions a [`VERSIONS_ENV`] value names, in its order; an error for any name that is
+    /// not a known series (a typo must not quietly select nothing).
+    pub fn parse_list(list: &str) -> Result<Vec<CtdVersion>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                CtdVersion::ALL
+                    .into_iter()
+                    .find(|c| c.series() == v)
+                    .ok_or_else(|| {
+                        format!(
+                            "{VERSIONS_ENV} names {v:?}, which is not one of {:?}",
+                            CtdVersion::ALL.map(CtdVersion::series)
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// The versions [`VERSIONS_ENV`] selects (all when unset or empty); panics on an unknown name.
+    pub fn selection() -> Vec<CtdVersion> {
         match std::env::var(VERSIONS_ENV) {
             Ok(list) if !list.trim().is_empty() => {
-                list.split(',').any(|v| v.trim() == self.series())
+                CtdVersion::parse_list(&list).unwrap_or_else(|e| panic!("{e}"))
             }
-            _ => true,
+            _ => CtdVersion::ALL.to_vec(),
         }
     }
 
+    /// Whether [`VERSIONS_ENV`] selects this version (all when unset or empty).
+    pub fn selected(self) -> bool {
+        CtdVersion::selection().contains(&self)
+    }
+
     /// For the first line of a matrix test: false (with a note) when the selection leaves it out.
+    /// The note goes to the real stderr, past the test harness's capture, so a run that skipped
+    /// a version says so in its output even though the test is reported as passed.
     pub fn should_run(self) -> bool {
         let run = self.selected();
         if !run {
-            eprintln!(
-                "[matrix] containerd {} not in {VERSIONS_ENV}: skipped",
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "[matrix] SKIPPED: containerd {} is not in {VERSIONS_ENV}",
                 self.series()
             );
         }
         run
+    }
+
+    /// What is wrong with this version's binaries, if anything: each must exist and
+    /// `containerd --version` must report this series.
+    pub fn check_binaries(self) -> Result<(), String> {
+        if let Some(dir) = self.bin_dir() {
+            for name in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+                let path = dir.join(name);
+                if !path.exists() {
+                    return Err(format!(
+                        "{} missing: run `bash scripts/fetch-containerd.sh {}` (or leave {} out \
+                         of {VERSIONS_ENV})",
+                        path.display(),
+                        self.series(),
+                        self.series()
+                    ));
+                }
+            }
+        }
+        let bin = match self.bin_dir() {
+            None => PathBuf::from("containerd"),
+            Some(dir) => dir.join("containerd"),
+        };
+        let out = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = format!(" {}.", self.series());
+        let want_v = format!(" v{}.", self.series());
+        if !out.status.success() || !(text.contains(&want) || text.contains(&want_v)) {
+            return Err(format!(
+                "{} --version does not report containerd {}: {}",
+                bin.display(),
+                self.series(),
+                text.trim()
+            ));
+        }
+        Ok(())
     }
 }
 
