@@ -18,6 +18,8 @@ use common::*;
 
 /// How long a node may take to learn, through the DHT, what another one holds.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+/// The nodes' bearer token: a marker that must never appear on the page or in its API.
+const MARKER_TOKEN: &str = "marker-token-7f3a9c1e-must-not-leak";
 /// Virtual time the page gets to fetch and render before the DOM is dumped.
 const BUDGET_MS: u32 = 6_000;
 /// The flags the issue names, for a browser that touches nothing but the page.
@@ -191,13 +193,20 @@ async fn the_status_page_shows_peers_peer_bytes_and_lookups() {
     let big = fixture("big");
     registry.push(&big);
     let reg = registry.host();
-    let node1 = Node::builder("node1").admin_sock().start();
+    // Token mode with a marker token, so "nothing secret on the page" has a secret to leak.
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("tokens");
+    std::fs::write(&token_file, format!("{MARKER_TOKEN}\n")).unwrap();
+    let tf = token_file.display().to_string();
+    let auth = ["--auth-mode", "token", "--token-file", &tf];
+    let node1 = Node::builder("node1").args(&auth).admin_sock().start();
     node1.ctd.pull_ok(&big.reference(&reg), None, true);
     let node2 = Node::builder("node2")
+        .args(&auth)
         .bootstrap(Some(&node1.pm))
         .admin_sock()
         .start();
-    node2.configure(&registry, &node2.pm.registry_url(), &[] as &[&str]);
+    node2.configure(&registry, &node2.pm.registry_url(), &["--token-file", &tf]);
     let layer = big.host_manifest().layers[0].clone();
 
     // A non-loopback address is refused without the explicit flag, before anything else.
@@ -347,8 +356,27 @@ async fn the_status_page_shows_peers_peer_bytes_and_lookups() {
     );
     eprintln!("[e2e_web] screenshot: {}", small.display());
 
-    // Nothing secret on the page: no token, key or certificate material.
-    for needle in ["BEGIN ", "PRIVATE", "Bearer "] {
-        assert!(!dom.contains(needle), "the page shows {needle:?}");
+    // Nothing secret on the page nor in the JSON behind it: not the token the nodes and
+    // containerd used for every request above, no key or certificate material.
+    let api = [
+        "api/overview".to_string(),
+        format!("api/content?filter={}", layer.digest),
+        format!("api/lookup?key={}", layer.digest),
+    ];
+    let mut shown = vec![("page".to_string(), dom)];
+    for path in api {
+        let r = Http::new().get(&format!("{}{path}", web.url), &[]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        shown.push((path, String::from_utf8_lossy(&r.body).into_owned()));
+    }
+    for (what, text) in &shown {
+        for needle in [MARKER_TOKEN, "BEGIN ", "PRIVATE", "Bearer "] {
+            assert!(!text.contains(needle), "{what} shows {needle:?}:\n{text}");
+        }
     }
 }
