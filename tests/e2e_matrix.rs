@@ -384,7 +384,7 @@ async fn first_layer_served_while_pull_in_progress_2_1() {
     let layers = multi.host_manifest().layers;
     let (first, last) = (layers[0].clone(), layers[layers.len() - 1].clone());
     // ~20 KiB/s: the 200 KiB last layer takes ~10 s.
-    let proxy = ThrottleProxy::start(&registry.host(), last.hex(), 20 * 1024);
+    let proxy = RateProxy::start_only(&registry.host(), 20 * 1024, last.hex());
     let up = proxy.host();
     let node1 = Node::builder("node1").containerd(v).start();
     node1.configure_upstream(&format!("http://{up}"), &node1.pm.registry_url());
@@ -468,96 +468,6 @@ fn get_to_end(addr: &str, request: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     s.read_to_end(&mut out).ok()?;
     Some(out)
-}
-
-/// A TCP proxy in front of an upstream that paces the responses on any connection whose
-/// request named `slow` (a digest), to `rate` bytes per second. Threads; stopped on Drop.
-struct ThrottleProxy {
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl ThrottleProxy {
-    fn start(upstream: &str, slow: &str, rate: usize) -> ThrottleProxy {
-        use std::io::{Read, Write};
-        use std::net::{TcpListener, TcpStream};
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (upstream, slow) = (upstream.to_string(), slow.as_bytes().to_vec());
-        let (stop2, conns2) = (stop.clone(), conns.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let throttled = Arc::new(AtomicBool::new(false));
-                {
-                    let mut c = conns2.lock().unwrap();
-                    c.push(client.try_clone().unwrap());
-                    c.push(server.try_clone().unwrap());
-                }
-                let (mut c_in, mut s_out) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut s_in, mut c_out) = (server, client);
-                let (t1, slow) = (throttled.clone(), slow.clone());
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = c_in.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if buf[..n].windows(slow.len()).any(|w| w == slow.as_slice()) {
-                            t1.store(true, Ordering::Relaxed);
-                        }
-                        if s_out.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s_out.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 4096];
-                    while let Ok(n) = s_in.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if throttled.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
-                        }
-                        if c_out.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c_out.shutdown(std::net::Shutdown::Both);
-                });
-            }
-        });
-        ThrottleProxy { addr, stop, conns }
-    }
-
-    fn host(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for ThrottleProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in self.conns.lock().unwrap().iter() {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! A rate-limited TCP proxy in front of the upstream (`tests/tools/throttle_proxy.py`): one
-//! token bucket shared by every connection caps the upstream's egress, like a WAN link.
+//! token bucket shared by every connection caps the upstream's egress, like a WAN link (or,
+//! with [`RateProxy::start_only`], the connections that asked for one blob).
 
 use std::fs;
 use std::path::PathBuf;
@@ -26,6 +27,16 @@ impl RateProxy {
     /// A proxy on 127.0.0.1 to `upstream` (`host:port`) sending at most `rate` bytes/s back,
     /// all connections together.
     pub fn start(upstream: &str, rate: u64) -> RateProxy {
+        RateProxy::spawn(upstream, rate, None)
+    }
+
+    /// Like [`RateProxy::start`], but only connections whose requests contained `needle` (a
+    /// digest's hex, say) are capped; the others pass at full speed.
+    pub fn start_only(upstream: &str, rate: u64, needle: &str) -> RateProxy {
+        RateProxy::spawn(upstream, rate, Some(needle))
+    }
+
+    fn spawn(upstream: &str, rate: u64, only: Option<&str>) -> RateProxy {
         let dir = new_temp_dir("pm-e2e-proxy-");
         let port_file = dir.path().join("port");
         let stats = dir.path().join("stats.json");
@@ -33,14 +44,18 @@ impl RateProxy {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/throttle_proxy.py");
         let (out, err) = log_file(&log);
-        let child = Command::new("python3")
-            .arg(&script)
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
             .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
             .args(["--rate", &rate.to_string()])
             .arg("--port-file")
             .arg(&port_file)
             .arg("--stats-file")
-            .arg(&stats)
+            .arg(&stats);
+        if let Some(needle) = only {
+            cmd.args(["--only", needle]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -3,13 +3,14 @@
 connection: the upstream's total egress is limited, like a WAN link in front of a registry.
 
     throttle_proxy.py --listen 127.0.0.1:0 --upstream 127.0.0.1:PORT --rate BYTES_PER_SEC \
-        --port-file F [--stats-file S]
+        --port-file F [--stats-file S] [--only NEEDLE]
 
 Writes its bound port to F (atomically) once listening. Counts bytes each way, per connection
 and in total; for HTTP/1.1 it also notes the request lines (method and path) seen on each
 connection, so a test can tell which connections fetched a given blob. Prints one JSON line per
 connection closed on stdout; writes the totals to S (JSON, atomically) every 200 ms and on
-SIGTERM/SIGINT, then exits. Python 3 standard library only. Listens and connects on the given
+SIGTERM/SIGINT, then exits. With --only, the cap applies only to connections whose client bytes
+contained NEEDLE (a digest, say): the others pass at full speed. Python 3 standard library only. Listens and connects on the given
 addresses only (the tests and benches use 127.0.0.1).
 """
 
@@ -84,13 +85,13 @@ def request_lines(data, carry):
     return found, lines[-1][-4096:]
 
 
-async def pipe(reader, writer, on_chunk, bucket=None):
+async def pipe(reader, writer, on_chunk, bucket=None, capped=lambda: True):
     try:
         while True:
             data = await reader.read(CHUNK)
             if not data:
                 break
-            if bucket is not None:
+            if bucket is not None and capped():
                 await bucket.take(len(data))
             on_chunk(data)
             writer.write(data)
@@ -105,7 +106,7 @@ async def pipe(reader, writer, on_chunk, bucket=None):
             pass
 
 
-async def handle(client_r, client_w, upstream, bucket, stats):
+async def handle(client_r, client_w, upstream, bucket, stats, only):
     stats.connections += 1
     stats.open += 1
     conn = {"id": stats.connections, "requests": [], "up": 0, "down": 0, "start": time.time()}
@@ -118,10 +119,13 @@ async def handle(client_r, client_w, upstream, bucket, stats):
         stats.open -= 1
         return
     carry = [b""]
+    capped = [only is None]
 
     def on_up(data):
         stats.up_bytes += len(data)
         conn["up"] += len(data)
+        if only is not None and only in carry[0] + data:
+            capped[0] = True
         found, carry[0] = request_lines(data, carry[0])
         conn["requests"].extend(found)
 
@@ -130,7 +134,7 @@ async def handle(client_r, client_w, upstream, bucket, stats):
         conn["down"] += len(data)
 
     t1 = asyncio.ensure_future(pipe(client_r, up_w, on_up))
-    t2 = asyncio.ensure_future(pipe(up_r, client_w, on_down, bucket))
+    t2 = asyncio.ensure_future(pipe(up_r, client_w, on_down, bucket, lambda: capped[0]))
     # The response direction ends the connection: when the upstream is done (or the client
     # went away and the upstream write failed), close both.
     await asyncio.wait([t1, t2], return_when=asyncio.FIRST_COMPLETED)
@@ -167,14 +171,16 @@ async def main():
     )
     p.add_argument("--port-file", required=True)
     p.add_argument("--stats-file")
+    p.add_argument("--only", help="cap only connections whose requests contain this text")
     a = p.parse_args()
+    only = a.only.encode("latin-1") if a.only else None
 
     bucket = Bucket(a.rate)
     stats = Stats(a.stats_file)
     upstream = addr(a.upstream)
     lhost, lport = addr(a.listen)
     server = await asyncio.start_server(
-        lambda r, w: handle(r, w, upstream, bucket, stats), lhost, lport, limit=CHUNK
+        lambda r, w: handle(r, w, upstream, bucket, stats, only), lhost, lport, limit=CHUNK
     )
     port = server.sockets[0].getsockname()[1]
     tmp = f"{a.port_file}.tmp"
