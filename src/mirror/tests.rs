@@ -43,7 +43,7 @@ async fn a_miss_is_answered_at_the_resolve_timeout_however_long_the_search_runs(
     let resolve = config.resolve_timeout;
     let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
         client: reqwest::Client::new(),
-        scheme: "http",
+        scheme: Scheme::Http,
     });
     let mirror = Mirror::new(
         Arc::new(Silent::default()),
