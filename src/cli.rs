@@ -211,6 +211,13 @@ pub struct MirrorArgs {
     #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", action = ArgAction::Set)]
     pub resolve_tags: Option<bool>,
 
+    /// With --resolve-tags=true under token or none: let a tag stand on one provider's answer
+    /// when no other confirms it within the tag deadline (the earlier behaviour). Off: such
+    /// a tag answers 404 and containerd asks the upstream. Under mTLS a lone answer stands
+    /// anyway (the peer is an authenticated cluster member).
+    #[arg(long, env = "PEERMIRROR_TRUST_UNCONFIRMED_TAGS", default_value_t = false, action = ArgAction::Set)]
+    pub trust_unconfirmed_tags: bool,
+
     /// Also resolve the `latest` tag through peers (off: it moves too often to trust a peer).
     #[arg(long, env = "PEERMIRROR_RESOLVE_LATEST_TAG", default_value_t = false, action = ArgAction::Set)]
     pub resolve_latest_tag: bool,
@@ -332,8 +339,9 @@ impl Config {
             routing: Routing::P2p(d.settings()),
             mirror: MirrorConfig {
                 resolve_timeout: m.mirror_resolve_timeout,
-                resolve_tags: resolve_tags(m.resolve_tags, args.security.auth_mode),
+                resolve_tags: resolve_tags(m.resolve_tags, &args.security),
                 resolve_latest_tag: m.resolve_latest_tag,
+                single_tag_answer: peers_authenticated(&args.security) || m.trust_unconfirmed_tags,
                 hedge_delay: m.mirror_hedge_delay,
                 response_timeout: m.mirror_response_timeout,
                 stall_timeout: m.mirror_stall_timeout,
@@ -387,15 +395,21 @@ impl DhtArgs {
     }
 }
 
+/// Whether peers are authenticated as servers (their certificates checked against the cluster
+/// CA), so a tag answer comes from a cluster member: the one place that trust is decided.
+pub fn peers_authenticated(security: &SecurityArgs) -> bool {
+    matches!(security.auth_mode, AuthMode::Mtls | AuthMode::MtlsToken)
+}
+
 /// Whether tags resolve through peers: a tag answer is only as good as the peer's identity, so
-/// the default is on only when peers' server certificates are checked against the cluster CA.
-pub fn resolve_tags(flag: Option<bool>, mode: AuthMode) -> bool {
-    let authenticated = matches!(mode, AuthMode::Mtls | AuthMode::MtlsToken);
+/// the default is on only when peers are authenticated ([`peers_authenticated`]).
+pub fn resolve_tags(flag: Option<bool>, security: &SecurityArgs) -> bool {
+    let authenticated = peers_authenticated(security);
     match flag {
         None => authenticated,
         Some(true) if !authenticated => {
             tracing::warn!(
-                auth_mode = ?mode,
+                auth_mode = ?security.auth_mode,
                 "--resolve-tags is on without mTLS: any DHT member can answer for a tag and steer this node to an image of its choice"
             );
             true
@@ -510,6 +524,32 @@ mod tests {
         assert!(Config::from_args(&a).unwrap().mirror.resolve_tags);
         let a = run_args(&["--resolve-tags", "false"]);
         assert!(!Config::from_args(&a).unwrap().mirror.resolve_tags);
+    }
+
+    #[test]
+    fn a_lone_tag_answer_stands_only_from_authenticated_peers_or_when_asked_for() {
+        for (mode, want) in [
+            ("mtls", true),
+            ("mtls+token", true),
+            ("token", false),
+            ("none", false),
+        ] {
+            let a = run_args(&["--auth-mode", mode, "--resolve-tags", "true"]);
+            assert_eq!(
+                Config::from_args(&a).unwrap().mirror.single_tag_answer,
+                want,
+                "{mode}"
+            );
+        }
+        let a = run_args(&[
+            "--auth-mode",
+            "token",
+            "--resolve-tags",
+            "true",
+            "--trust-unconfirmed-tags",
+            "true",
+        ]);
+        assert!(Config::from_args(&a).unwrap().mirror.single_tag_answer);
     }
 
     #[test]

@@ -56,6 +56,14 @@ async fn load(liar: &Hostile, image: &FixtureImage, reg: &str) {
     liar.provide(&keys).await;
 }
 
+/// The upstream with the image pulled (`multi`), and the decoy (`small`) it does not have.
+fn upstream_and_decoy() -> (Registry, FixtureImage, FixtureImage) {
+    let registry = Registry::start();
+    let image = fixture("multi");
+    registry.push(&image);
+    (registry, image, fixture("small"))
+}
+
 /// The digest containerd recorded for `reference` (`ctr images ls`).
 fn image_digest(ctd: &Containerd, reference: &str) -> Option<String> {
     ctd.ctr_ok(&["images", "ls"])
@@ -89,10 +97,7 @@ fn start_asker(honest: &Node, liar: &Hostile) -> Node {
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn every_pull_succeeds_whatever_the_liar_says() {
     let started = Instant::now();
-    let registry = Registry::start();
-    let image = fixture("multi");
-    let decoy = fixture("small");
-    registry.push(&image);
+    let (registry, image, decoy) = upstream_and_decoy();
     let reg = registry.host();
     let reference = image.reference(&reg);
 
@@ -216,4 +221,171 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
         "pulls through a cluster with a liar failed:\n  {}",
         failures.join("\n  ")
     );
+}
+
+/// How the cluster in [`a_fresh_node_takes_no_tag_from_a_liar`] authenticates.
+#[derive(Clone, Copy, Debug)]
+enum TagMode {
+    /// `--auth-mode token --resolve-tags=true`: peers are not authenticated as servers.
+    Token,
+    /// `--auth-mode mtls`, the liar holding a valid certificate of the cluster CA.
+    Mtls,
+}
+
+/// Issue 24: an honest node holds the image and has advertised its tag; the liar advertises
+/// the tag too and answers it with another image's manifest. A fresh asking node (it knows
+/// neither provider) pulls at once: containerd must commit the upstream's digest.
+async fn a_fresh_node_takes_no_tag_from_a_liar(mode: TagMode) {
+    let (registry, image, decoy) = upstream_and_decoy();
+    let reg = registry.host();
+    let reference = image.reference(&reg);
+    let tag = Key::Tag(TagKey::from_image_name(&reference).unwrap());
+
+    let secrets = tempfile::tempdir().unwrap();
+    let pki = matches!(mode, TagMode::Mtls).then(|| {
+        let pki = Pki::init();
+        for name in ["honest", "asker"] {
+            pki.issue(name, &["127.0.0.1"]);
+        }
+        // The liar is dialled at 127.0.0.3 (its connection IP), or 127.0.0.1.
+        pki.issue("liar", &["127.0.0.3", "127.0.0.1"]);
+        pki.issue("containerd-asker", &[]);
+        pki
+    });
+    let token_file = secrets.path().join("tokens");
+    std::fs::write(&token_file, "e2e-tag-quorum-token-0123456789\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let token_path = token_file.display().to_string();
+    let run_args = |name: &str| -> Vec<String> {
+        match &pki {
+            Some(pki) => pki.mtls_run_args(name),
+            None => ["--auth-mode", "token", "--token-file", &token_path]
+                .iter()
+                .chain(&["--resolve-tags", "true"])
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    };
+
+    let liar = Hostile::start_with(
+        false,
+        pki.as_ref()
+            .map(|p| hostile::tls_config(&p.cert("liar"), &p.key("liar"))),
+    )
+    .await;
+    for d in decoy.pulled_digests() {
+        liar.http
+            .add_blob(decoy.read_blob(&d), "application/octet-stream");
+    }
+    // The root last, with its media type: a verifiable manifest of another image.
+    liar.http
+        .add_blob(decoy.read_blob(&decoy.root.digest), &decoy.root.media_type);
+    liar.http.add_tag("v1", decoy.root.digest.parse().unwrap());
+    liar.provide(std::slice::from_ref(&tag)).await;
+
+    // Under mTLS one authenticated member's answer may stand alone (DESIGN.md), so there the
+    // honest node is in the DHT and its record out before anyone asks: the asker must hear
+    // it. In token mode the honest node's record never reaches the asker (it is in no DHT
+    // the asker can reach, as a record not out yet): the liar's answer is alone, and a lone
+    // unauthenticated answer must not be enough.
+    let shared_dht = matches!(mode, TagMode::Mtls);
+    let mut honest = Node::builder("honest").args(&run_args("honest"));
+    if shared_dht {
+        honest = honest.bootstrap_spec(liar.bootstrap_spec());
+    }
+    let honest = honest.start();
+    honest.pull_direct(&image, &reg);
+    if shared_dht {
+        liar.wait_provider_records(&tag, 2, Duration::from_secs(30))
+            .await;
+    }
+
+    let before = liar.connected();
+    // A fresh node's first lookups race its routing table: a longer resolve timeout than the
+    // default 20 ms, so the liar is found and asked in every run.
+    let asker = Node::builder("asker")
+        .args(&run_args("asker"))
+        .args(&["--mirror-resolve-timeout", "500ms"])
+        .bootstrap(shared_dht.then_some(&honest.pm))
+        .bootstrap_spec(liar.bootstrap_spec())
+        .start();
+    liar.wait_connected(before + 1, Duration::from_secs(10))
+        .await;
+    match &pki {
+        Some(pki) => {
+            let p = |f: std::path::PathBuf| f.display().to_string();
+            asker.configure(
+                &registry,
+                &format!("https://{}", asker.pm.registry_host()),
+                &[
+                    "--ca-file".to_string(),
+                    p(pki.ca()),
+                    "--client-cert".to_string(),
+                    p(pki.cert("containerd-asker")),
+                    "--client-key".to_string(),
+                    p(pki.key("containerd-asker")),
+                ],
+            );
+        }
+        None => asker.configure(
+            &registry,
+            &asker.pm.registry_url(),
+            &["--token-file", &token_path],
+        ),
+    }
+
+    let t = Instant::now();
+    let pulled = asker
+        .ctd
+        .pull_within(&reference, &asker.hosts_dir(), PULL_WITHIN);
+    let took = t.elapsed();
+    let got = image_digest(&asker.ctd, &reference);
+    let liar_asked = liar.http.hits("/manifests/v1");
+    let m = asker.pm.metrics_text();
+    let counted: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("peermirror_tag_") || l.starts_with("peermirror_mirror_misses"))
+        .collect();
+    eprintln!(
+        "[tags] {mode:?}: pull {:?} in {:.1}s, committed {got:?} (upstream's {}, decoy {}); the liar was asked for the tag {liar_asked} time(s); {counted:?}",
+        pulled.as_ref().map(|_| "ok"),
+        took.as_secs_f64(),
+        image.root.digest,
+        decoy.root.digest
+    );
+    if let Err(e) = &pulled {
+        panic!(
+            "{mode:?}: the pull failed after {took:?}: {}\n--- asker log ---\n{}",
+            last_lines_of(&strip_ansi_codes(e), 4),
+            asker.pm.log_tail(40)
+        );
+    }
+    assert_eq!(
+        got.as_deref(),
+        Some(image.root.digest.as_str()),
+        "{mode:?}: containerd committed {reference} as {got:?}, not the upstream's {} (the liar's is {})\n--- asker log ---\n{}",
+        image.root.digest,
+        decoy.root.digest,
+        asker.pm.log_tail(40)
+    );
+    assert!(
+        liar_asked > 0,
+        "{mode:?}: harness: the liar was never asked for the tag"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn a_fresh_node_takes_no_tag_from_a_liar_in_token_mode() {
+    a_fresh_node_takes_no_tag_from_a_liar(TagMode::Token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn a_fresh_node_takes_no_tag_from_a_liar_with_a_valid_certificate() {
+    a_fresh_node_takes_no_tag_from_a_liar(TagMode::Mtls).await;
 }

@@ -199,6 +199,13 @@ struct Asker {
     ops: String,
 }
 
+impl Asker {
+    /// Its `/metrics` text.
+    async fn metrics(&self) -> String {
+        support::metrics_at(&self.ops).await
+    }
+}
+
 /// What the client saw of one GET.
 #[derive(Debug)]
 enum Outcome {
@@ -374,7 +381,9 @@ async fn a_tag_answered_with_another_image_is_not_trusted() {
         c.hostile.http.add_tag(&tag, decoy.digest);
         let key = Key::Tag(TagKey::from_image_name(&image).unwrap());
         c.hostile.provide(std::slice::from_ref(&key)).await;
-        c.wait_providers(&key, 2).await;
+        // As a pull does, the asker asks once the DHT names a provider, not both: the
+        // honest node's record may not be out yet, and then the liar's answer is alone.
+        c.wait_providers(&key, 1).await;
         for head in [true, false] {
             let url = format!("{}/v2/test/app/manifests/{tag}?ns={NS}", asker.base);
             let r = if head {
@@ -405,21 +414,63 @@ async fn a_tag_answered_with_another_image_is_not_trusted() {
         liar_asked > 0,
         "harness: the liar was never asked for a tag"
     );
-    let m = reqwest::get(format!("{}/metrics", asker.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = asker.metrics().await;
     let disagreements = m
         .lines()
         .find(|l| l.starts_with("peermirror_tag_disagreements_total"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
+    eprintln!(
+        "the liar was asked {liar_asked} time(s); {disagreements} disagreement(s); misses: {:?}",
+        m.lines()
+            .filter(|l| l.starts_with("peermirror_mirror_misses_total"))
+            .collect::<Vec<_>>()
+    );
     assert!(
         disagreements >= 1.0,
         "no peermirror_tag_disagreements_total counted:\n{m}"
+    );
+    c.stop().await;
+}
+
+/// The liar alone answers a tag (the honest node does not have it, or its record has not
+/// reached the asker): peers are not authenticated (`none`), so a lone answer is not trusted:
+/// 404, counted as unconfirmed. Before issue 24 the liar's image was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_only_an_unauthenticated_liar_answers_is_not_trusted() {
+    let mut c = Cluster::start(false).await;
+    let decoy_src = MemorySource::new();
+    let decoy = decoy_src.add_manifest("decoy", "amd64", &[b"decoy layer"]);
+    c.hostile
+        .http
+        .add_blob(decoy_src.blob(&decoy.digest).unwrap(), &decoy.media_type);
+    let asker = c.asker(false).await;
+    let image = format!("{NS}/test/app:alone");
+    c.hostile.http.add_tag("alone", decoy.digest);
+    let key = Key::Tag(TagKey::from_image_name(&image).unwrap());
+    c.hostile.provide(std::slice::from_ref(&key)).await;
+    c.wait_providers(&key, 1).await;
+    let url = format!("{}/v2/test/app/manifests/alone?ns={NS}", asker.base);
+    let started = Instant::now();
+    let r = client().head(&url).send().await.unwrap();
+    let took = started.elapsed();
+    let digest = r.headers().get("docker-content-digest").cloned();
+    eprintln!("lone liar: {} {digest:?} after {took:?}", r.status());
+    assert!(
+        c.hostile.http.hits("/manifests/alone") > 0,
+        "harness: the liar was never asked"
+    );
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "a tag only the liar vouched for was answered ({digest:?})"
+    );
+    let m = asker.metrics().await;
+    assert!(
+        m.contains("peermirror_tag_unconfirmed_total 1")
+            && m.contains(r#"peermirror_mirror_misses_total{reason="tag_unconfirmed"} 1"#),
+        "not counted as unconfirmed:\n{m}"
     );
     c.stop().await;
 }

@@ -28,6 +28,8 @@ pub struct MirrorMetrics {
     peer_labels: Mutex<HashSet<String>>,
     /// Tags whose providers named different digests (answered 404).
     pub tag_disagreements: Counter,
+    /// Tags answered 404 because one unauthenticated provider's answer was not confirmed.
+    pub tag_unconfirmed: Counter,
     pub provider_failures: Counter,
     /// Local misses the peers could not serve either, by why (see `mirror::Miss`).
     pub misses: Family<ReasonLabels, Counter>,
@@ -57,6 +59,12 @@ impl MirrorMetrics {
                 "Tags answered 404 because the providers asked named different digests",
                 Counter::default(),
             ),
+            tag_unconfirmed: registered(
+                r,
+                "tag_unconfirmed",
+                "Tags answered 404 because a single provider answered and peers are not authenticated (no other confirmed it within the tag deadline)",
+                Counter::default(),
+            ),
             provider_failures: registered(
                 r,
                 "provider_failures",
@@ -66,7 +74,7 @@ impl MirrorMetrics {
             misses: registered(
                 r,
                 "mirror_misses",
-                "Local misses the peers could not serve either, by reason (tag_not_resolved, no_provider, providers_failed)",
+                "Local misses the peers could not serve either, by reason (tag_not_resolved, no_provider, providers_failed, tag_disagreement, tag_unconfirmed)",
                 Family::default(),
             ),
             peer_fetch_bytes: registered(

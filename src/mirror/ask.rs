@@ -34,7 +34,8 @@ pub(super) struct Plan {
     pub(super) hedge: Duration,
     /// How long to wait for the lookup to find the first provider.
     pub(super) first_wait: Duration,
-    /// Stop there with what has been collected, if anything.
+    /// Once at least one answer is in hand, stop there with what has been collected (before
+    /// the first answer, the ask goes on: the deadline bounds waiting for more, not for one).
     pub(super) deadline: Option<tokio::time::Instant>,
 }
 
@@ -148,7 +149,8 @@ impl Fetcher {
                         None => more = false,
                     }
                 }
-                () = &mut deadline => break,
+                // Polled only with an answer in hand, so it completes at most once.
+                () = &mut deadline, if !answers.is_empty() => break,
             }
         }
         // The slower ones of a hedge race stay available for a resume.

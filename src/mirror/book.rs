@@ -45,6 +45,8 @@ pub enum PeerEventKind {
     Stall,
     /// Connect, status or stream failure.
     Failure,
+    /// It answered a tag with a digest other providers contradicted (not shunned).
+    TagDisagreement,
 }
 
 impl PeerEventKind {
@@ -53,6 +55,7 @@ impl PeerEventKind {
             PeerEventKind::Mismatch => "mismatch",
             PeerEventKind::Stall => "stall",
             PeerEventKind::Failure => "failure",
+            PeerEventKind::TagDisagreement => "tag_disagreement",
         }
     }
 }
@@ -261,9 +264,26 @@ impl ProviderBook {
         self.sizes.get(digest)
     }
 
-    /// Count a tag whose providers disagreed.
-    pub(crate) fn tag_disagreement(&self) {
+    /// Count a tag whose providers disagreed, and show who answered on the status page
+    /// (one of them lied; which one, a tag cannot tell, so nobody is shunned).
+    pub(crate) fn tag_disagreement(&self, asked: &[Provider]) {
         self.metrics.mirror.tag_disagreements.inc();
+        let now = SystemTime::now();
+        for p in asked {
+            self.record(PeerEvent {
+                at: now,
+                peer: p.peer.clone(),
+                addr: p.addr,
+                identity: self.identity(p).to_string(),
+                kind: PeerEventKind::TagDisagreement,
+                shunned_until: None,
+            });
+        }
+    }
+
+    /// Count a tag answered 404 because only one unauthenticated provider vouched for it.
+    pub(crate) fn tag_unconfirmed(&self) {
+        self.metrics.mirror.tag_unconfirmed.inc();
     }
 
     /// Nobody had `key` a moment ago.

@@ -44,6 +44,12 @@ pub struct MirrorConfig {
     pub resolve_tags: bool,
     /// Resolve `latest` through peers (off: `latest` moves too often to trust a peer's copy).
     pub resolve_latest_tag: bool,
+    /// How long a tag waits, once a provider has answered, for the lookup to find others
+    /// (up to three are asked; all must agree).
+    pub tag_deadline: Duration,
+    /// Let one provider's tag answer stand when no other confirms it within the deadline:
+    /// on when peers are authenticated as servers, or when the operator asks for it.
+    pub single_tag_answer: bool,
     /// When the first provider has not answered by then, ask the next one as well.
     pub hedge_delay: Duration,
     /// How long a provider that failed is skipped.
@@ -90,6 +96,8 @@ impl Default for MirrorConfig {
             resolve_timeout: Duration::from_millis(20),
             resolve_tags: true,
             resolve_latest_tag: false,
+            tag_deadline: Duration::from_millis(150),
+            single_tag_answer: false,
             hedge_delay: Duration::from_millis(100),
             failure_penalty: Duration::from_secs(30),
             mismatch_penalty: Duration::from_secs(3600),
@@ -156,6 +164,8 @@ pub enum Miss {
     ProvidersFailed,
     /// The providers asked about a tag named different digests: nobody's word is taken.
     TagDisagreement,
+    /// One unauthenticated provider answered a tag and none confirmed it in time.
+    TagUnconfirmed,
 }
 
 impl Miss {
@@ -166,6 +176,7 @@ impl Miss {
             Miss::NoProvider => "no_provider",
             Miss::ProvidersFailed => "providers_failed",
             Miss::TagDisagreement => "tag_disagreement",
+            Miss::TagUnconfirmed => "tag_unconfirmed",
         }
     }
 }
@@ -346,11 +357,16 @@ impl Mirror {
         let (digest, known) = match target {
             Target::Blob(d) | Target::ManifestDigest(d) => (*d, None),
             Target::ManifestTag(..) => {
-                // A tag is resolved by up to three providers' HEADs, which must agree; the
-                // bytes are then checked against the digest they name, like any other manifest.
+                // A tag is resolved by the HEADs of up to three providers heard within the tag
+                // deadline, which must agree; the bytes are then checked against the digest
+                // they name, like any other manifest.
+                let rule = head::TagRule {
+                    deadline: self.config.tag_deadline,
+                    single_answer: self.config.single_tag_answer,
+                };
                 let desc = self
                     .fetcher
-                    .head(&mut providers, &target.path(name), None)
+                    .tag(&mut providers, &target.path(name), rule)
                     .await?;
                 providers.rewind();
                 // containerd asks for the manifest by digest next: the same peers have it.
@@ -366,11 +382,7 @@ impl Mirror {
         if head {
             let descriptor = match known {
                 Some(d) => d,
-                None => {
-                    self.fetcher
-                        .head(&mut providers, &path, Some(digest))
-                        .await?
-                }
+                None => self.fetcher.head(&mut providers, &path, digest).await?,
             };
             let window = RangeSpec::window(range, descriptor.size)
                 .map_err(|_| MirrorError::RangeNotSatisfiable(descriptor.size))?;

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use libp2p::kad::store::MemoryStore;
+use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, identity, kad, noise, tcp, yamux};
 use peermirror::content::Key;
@@ -189,8 +189,13 @@ impl HttpServer {
         response(200, Some(digest), declared, &media_type, body)
     }
 
-    /// Serve on `listener` until `stop`.
-    pub fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+    /// Serve on `listener` until `stop`, over TLS when `tls` is given.
+    pub fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        stop: CancellationToken,
+    ) {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -200,20 +205,35 @@ impl HttpServer {
                 };
                 let me = me.clone();
                 let stop = stop.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, Infallible>(me.answer(req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = conn => {}
+                    match tls {
+                        None => me.serve_connection(stream, stop).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                me.serve_connection(s, stop).await;
+                            }
+                        }
                     }
                 });
             }
         });
+    }
+
+    async fn serve_connection<S>(self, stream: S, stop: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let me = self.clone();
+            async move { Ok::<_, Infallible>(me.answer(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = conn => {}
+        }
     }
 }
 
@@ -258,6 +278,9 @@ struct Behaviour {
 
 enum Command {
     Provide(Vec<Vec<u8>>),
+    /// How many providers of a key this node's own store holds (its records and those
+    /// other nodes put there).
+    Providers(Vec<u8>, tokio::sync::oneshot::Sender<usize>),
 }
 
 struct Shared {
@@ -307,13 +330,20 @@ impl Hostile {
     /// recorder) instead of `registry=:PORT` (its own lying server at the connection's IP).
     /// It dials nobody: nodes that bootstrap to [`Hostile::multiaddr`] connect to it.
     pub async fn start(forge: bool) -> Hostile {
+        Hostile::start_with(forge, None).await
+    }
+
+    /// Like [`Hostile::start`], its lying server speaking TLS with `tls` (a certificate of the
+    /// cluster CA: a member whose valid certificate was stolen).
+    pub async fn start_with(forge: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Hostile {
         let (l3, l1, l2, port) = bind_triplet().await;
         let stop = CancellationToken::new();
         let http = HttpServer::default();
-        http.serve(l3, stop.clone());
-        http.serve(l1, stop.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        http.serve(l3, acceptor.clone(), stop.clone());
+        http.serve(l1, acceptor, stop.clone());
         let recorder = HttpServer::default();
-        recorder.serve(l2, stop.clone());
+        recorder.serve(l2, None, stop.clone());
         let agent = if forge {
             format!("peermirror/0.1.0 registry={RECORDER_IP}:{port}")
         } else {
@@ -372,6 +402,15 @@ impl Hostile {
                         Some(Command::Provide(keys)) => {
                             provide(&mut swarm, &keys);
                             provided.extend(keys);
+                        }
+                        Some(Command::Providers(key, reply)) => {
+                            let n = swarm
+                                .behaviour_mut()
+                                .kad
+                                .store_mut()
+                                .providers(&kad::RecordKey::new(&key))
+                                .len();
+                            let _ = reply.send(n);
                         }
                         None => return,
                     },
@@ -462,7 +501,43 @@ impl Hostile {
         self.commands.send(Command::Provide(keys)).await.unwrap();
     }
 
+    /// Wait until this node's store holds `n` provider records of `key` (its own and those
+    /// other nodes announced to it): the honest providers are then in the DHT.
+    pub async fn wait_provider_records(&self, key: &Key, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let k = peermirror::routing::record_key(key);
+            self.commands.send(Command::Providers(k, tx)).await.unwrap();
+            let have = rx.await.unwrap();
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hostile node: {have} of {n} provider records of {key} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn set_lie(&self, lie: Lie) {
         self.http.set_lie(lie);
     }
+}
+
+/// A TLS server configuration for the hostile node from a certificate and key in PEM files.
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
+    let certs = peermirror::pki::load_certs(cert).unwrap();
+    let key = peermirror::pki::load_key(key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }

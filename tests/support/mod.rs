@@ -44,13 +44,18 @@ impl Node {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.ops))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(&self.ops).await
     }
+}
+
+/// The `/metrics` text of the ops listener at `ops` (`http://HOST:PORT`).
+pub async fn metrics_at(ops: &str) -> String {
+    reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
