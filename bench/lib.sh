@@ -360,7 +360,7 @@ pm_start() {
         --log-level "${PM_LOG_LEVEL:-info}")
     # Plain HTTP on loopback, like the curl and docker-registry baselines.
     # PM_AUTH_ARGS overrides (e.g. to measure the TLS modes).
-    read -r -a auth <<<"${PM_AUTH_ARGS:---auth-mode none --insecure-no-auth --resolve-tags true}"
+    read -r -a auth <<<"${PM_AUTH_ARGS:---auth-mode none --insecure-no-auth --resolve-tags true --trust-unconfirmed-tags true}"
     args+=("${auth[@]}")
     [ "$mode" = dir ] && args+=(--containerd-content-dir "$(ctd_content_dir "$ctd")")
     if [ "$boot" = none ]; then

@@ -10,7 +10,7 @@
 #   3. builds the fixture images (tests/fixtures/build-images.sh -> target/e2e-fixtures)
 #   4. starts an upstream docker-registry on 127.0.0.1 and pushes the fixtures
 #   5. starts three nodes, each its own containerd + peermirror on 127.0.0.1 (plain http,
-#      --auth-mode none and --resolve-tags true: demo only); nodes 2 and 3 bootstrap to node 1;
+#      --auth-mode none, --resolve-tags true and --trust-unconfirmed-tags true: demo only); nodes 2 and 3 bootstrap to node 1;
 #      hosts.toml by `peermirror configure`
 #   6. node 1 pulls big, multi and multiarch (its mirror misses, the upstream serves)
 #   7. STOPS the upstream; nodes 2 and 3 pull the same images through their peermirror

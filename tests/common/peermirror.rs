@@ -115,13 +115,14 @@ impl PeermirrorBuilder<'_> {
         if !self.extra_args.iter().any(|a| a == "--auth-mode") {
             cmd.args(["--auth-mode", "none", "--insecure-no-auth"]);
             // Tags through peers are off by default without mTLS; these tests pull tags
-            // through peers on purpose.
+            // through peers on purpose, from one provider (the operator's opt-in to a lone
+            // unauthenticated answer; e2e_hostile tests the default, which refuses it).
             if !self
                 .extra_args
                 .iter()
                 .any(|a| a.starts_with("--resolve-tags"))
             {
-                cmd.args(["--resolve-tags", "true"]);
+                cmd.args(["--resolve-tags", "true", "--trust-unconfirmed-tags", "true"]);
             }
         }
         // Write the command line first so a failure report shows it.
