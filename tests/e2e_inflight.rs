@@ -172,6 +172,24 @@ fn inflight_from_upstream(v: CtdVersion) {
 
     let size = s.layer.size as f64;
     let (gets, sent) = s.upstream_layer();
+    // Lower bounds first: node 1's pull was a miss, so the upstream did send the layer, and an
+    // access-log scrape that parsed nothing (0 GETs, 0 bytes) must not pass as "sent it once".
+    assert!(
+        gets >= 1 && sent >= s.layer.size,
+        "[{}] the upstream's access log shows {gets} layer GETs and {sent} bytes for a {}-byte \
+         layer that node 1 pulled from it: the scrape is broken\n{}",
+        v.series(),
+        s.layer.size,
+        s.registry.log_tail(10)
+    );
+    let proxied = s.proxy.bytes_from_upstream();
+    assert!(
+        proxied >= s.layer.size,
+        "[{}] the throttle proxy carried {proxied} bytes from the upstream, less than the \
+         {}-byte layer node 1 pulled through it",
+        v.series(),
+        s.layer.size
+    );
     assert!(
         sent as f64 <= AMPLIFICATION * size,
         "[{}] the upstream sent the layer {:.2} times ({gets} GETs, {sent} bytes for a {}-byte \
@@ -194,11 +212,23 @@ fn inflight_from_upstream(v: CtdVersion) {
         v.series(),
         s.layer.size
     );
+    // Node 2 started 1 s into node 1's ~10 s download, so most of the layer can only have
+    // come from node 1 while it was still downloading; and node 1 served node 2 the whole
+    // layer, in flight or (the tail, once committed) from its content store.
     let in_flight = s.node1.bytes_from("in_flight");
+    let local = s.node1.bytes_from("local");
     assert!(
-        in_flight > 0.0,
-        "[{}] node1 served nothing in flight ({in_flight} bytes)",
-        v.series()
+        in_flight >= 0.5 * size,
+        "[{}] node1 served {in_flight} bytes in flight, less than half the {}-byte layer",
+        v.series(),
+        s.layer.size
+    );
+    assert!(
+        in_flight + local >= size,
+        "[{}] node1 served {in_flight} bytes in flight and {local} local, less than the \
+         {}-byte layer node 2 got from peers",
+        v.series(),
+        s.layer.size
     );
 }
 
