@@ -73,15 +73,22 @@ fn image_digest(ctd: &Containerd, reference: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A fresh asking node bootstrapping to `honest` and `liar`. Retried: now and then the
-/// daemon's libp2p dials fail with EADDRINUSE for its whole life (port reuse binds the dial
-/// socket to `0.0.0.0:<router port>`, a port `free_port` picked), and it never becomes ready.
+/// A fresh asking node bootstrapping to `honest` and `liar`.
 fn start_asker(honest: &Node, liar: &Hostile) -> Node {
+    start_asker_with(Some(honest), liar, &[])
+}
+
+/// A fresh asking node bootstrapping to `honest` (if any) and `liar`, with `args` added to
+/// `peermirror run`. Retried: now and then the daemon's libp2p dials fail with EADDRINUSE for
+/// its whole life (port reuse binds the dial socket to `0.0.0.0:<router port>`, a port
+/// `free_port` picked), and it never becomes ready.
+fn start_asker_with(honest: Option<&Node>, liar: &Hostile, args: &[&str]) -> Node {
     for attempt in 1..=3 {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Node::builder("asker")
-                .bootstrap(Some(&honest.pm))
+                .bootstrap(honest.map(|h| &h.pm))
                 .bootstrap_spec(liar.bootstrap_spec())
+                .args(args)
                 .start()
         }));
         match r {
@@ -388,4 +395,113 @@ async fn a_fresh_node_takes_no_tag_from_a_liar_in_token_mode() {
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn a_fresh_node_takes_no_tag_from_a_liar_with_a_valid_certificate() {
     a_fresh_node_takes_no_tag_from_a_liar(TagMode::Mtls).await;
+}
+
+/// `peermirror run`'s default `--verify-before-send`: blobs up to it are verified whole first.
+const VERIFY_BEFORE_SEND: usize = 16 << 20;
+
+/// The liar is the only provider of the `large` image (72 MiB layer, above
+/// `--verify-before-send` and above the 64 MiB a real node hashes before serving) and the
+/// upstream is STOPPED: the manifest and config it serves are honest, the layer is the right
+/// length of wrong bytes. The asker streams them toward containerd and must find the mismatch
+/// at the end: its answer aborted before it completes (audit `complete=false`), the pull
+/// failed, nothing wrong in the store, the mismatch counted, the liar shunned (the layer is a
+/// 404 afterwards).
+async fn large_wrong_bytes_are_aborted(label: &str, asker_args: &[&str]) {
+    let mut registry = Registry::start();
+    let large = fixture_large();
+    registry.push(&large);
+    let reg = registry.host();
+    let layer = large.host_manifest().layers[0].clone();
+    assert!(layer.size as usize > VERIFY_BEFORE_SEND && layer.size > 64 << 20);
+    let liar = Hostile::start(false).await;
+    load(&liar, &large, &reg).await;
+    liar.set_lie(Lie::WrongBytesAbove(VERIFY_BEFORE_SEND));
+    let asker = start_asker_with(None, &liar, asker_args);
+    liar.wait_connected(1, Duration::from_secs(10)).await;
+    asker.configure(&registry, &asker.pm.registry_url(), &[] as &[&str]);
+    registry.stop();
+    // The asker finds the liar through the DHT before the pull (a fresh node's first lookups
+    // can come back empty, a 404 with nowhere to fall back to): a HEAD of the manifest, so
+    // the layer's own lookup is still the pull's.
+    let http = Http::new();
+    let manifest_url = asker.blob_url(&large, &large.root.digest, &reg);
+    let found = wait_until_async(Duration::from_secs(30), || async {
+        http.head(&manifest_url, &[]).await.status == 200
+    })
+    .await;
+    assert!(
+        found,
+        "[{label}] the asker never found the liar's manifest:\n{}",
+        asker.pm.log_tail(20)
+    );
+
+    let by_digest = format!("{reg}/{}@{}", large.repo(), large.root.digest);
+    let t = Instant::now();
+    let pulled = asker
+        .ctd
+        .pull_within(&by_digest, &asker.hosts_dir(), Duration::from_secs(120));
+    let took = t.elapsed();
+    let log = asker.log();
+    let layer_gets: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" audit:") && l.contains("method=GET") && l.contains(layer.hex()))
+        .collect();
+    let mismatches = asker.pm.metric("peermirror_digest_mismatches_total", &[]);
+    eprintln!(
+        "[{label}] pull {} in {:.1}s; liar asked {} time(s) for the layer; mismatches {mismatches}\n{}",
+        if pulled.is_ok() { "ok" } else { "FAILED" },
+        took.as_secs_f64(),
+        liar.http.hits(layer.hex()),
+        layer_gets.join("\n")
+    );
+    assert!(
+        pulled.is_err(),
+        "[{label}] the pull succeeded with the liar's wrong bytes as the only source"
+    );
+    asker.ctd.verify_content_blobs();
+    assert!(
+        !asker.ctd.content_digests().contains(&layer.digest),
+        "[{label}] the layer is in the store although only wrong bytes were offered"
+    );
+    assert!(
+        liar.http.hits(layer.hex()) >= 1,
+        "[{label}] the liar was never asked for the layer"
+    );
+    let streamed = layer_gets
+        .iter()
+        .find(|l| l.contains("status=200"))
+        .unwrap_or_else(|| panic!("[{label}] the layer was never answered 200 (never streamed)"));
+    assert!(
+        streamed.contains("complete=false"),
+        "[{label}] the answer carrying wrong bytes completed: {streamed}"
+    );
+    assert!(
+        mismatches >= 1.0,
+        "[{label}] the asker counted no digest mismatch"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("provider shunned") && l.contains("mismatch=true")),
+        "[{label}] the liar was not shunned for the mismatch"
+    );
+    let r = http
+        .head(&asker.blob_url(&large, &layer.digest, &reg), &[])
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "[{label}] the asker still offers the layer from the shunned liar"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn large_wrong_bytes_never_complete_spooled() {
+    large_wrong_bytes_are_aborted("large-spool", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn large_wrong_bytes_never_complete_unspooled() {
+    large_wrong_bytes_are_aborted("large-no-spool", &["--spool-max-bytes", "0"]).await;
 }

@@ -87,22 +87,38 @@ pub fn fixtures() -> &'static Path {
 /// for the tests that ask for it (`build-images.sh --huge`), and returns it.
 pub fn fixture_huge() -> FixtureImage {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let out = target_dir().join("e2e-fixtures-huge");
+    fixture_apart(&DIR, "huge")
+}
+
+/// Builds the ~72 MB `large` fixture (one layer, above the 64 MiB a serving node hashes before
+/// answering) once, into `target/e2e-fixtures-large` (`build-images.sh --large`).
+pub fn fixture_large() -> FixtureImage {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    fixture_apart(&DIR, "large")
+}
+
+/// A fixture built on its own (`build-images.sh --<name>`) into `target/e2e-fixtures-<name>`,
+/// so the default build stays small.
+fn fixture_apart(dir: &'static OnceLock<PathBuf>, name: &str) -> FixtureImage {
+    let dir = dir.get_or_init(|| {
+        let out = target_dir().join(format!("e2e-fixtures-{name}"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-images.sh");
         let res = run_with_timeout(
-            Command::new("bash").arg(&script).arg("--huge").arg(&out),
+            Command::new("bash")
+                .arg(&script)
+                .arg(format!("--{name}"))
+                .arg(&out),
             Duration::from_secs(900),
         );
         assert!(
             res.status.success(),
-            "{} --huge failed:\n{}",
+            "{} --{name} failed:\n{}",
             script.display(),
             output_text(&res)
         );
         out
     });
-    fixture_in(dir, "huge")
+    fixture_in(dir, name)
 }
 
 /// An OCI descriptor (the fields the tests care about).

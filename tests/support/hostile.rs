@@ -55,6 +55,9 @@ pub enum Lie {
     Inflated,
     /// The right length of wrong bytes (every byte flipped).
     WrongBytes,
+    /// [`Lie::WrongBytes`] for blobs larger than this many bytes, honest below: the manifest
+    /// and config check out, so the asker goes on to stream a large layer's wrong bytes.
+    WrongBytesAbove(usize),
     /// The right headers, then one byte every [`DRIP_EVERY`].
     Drip,
 }
@@ -149,8 +152,13 @@ impl HttpServer {
             return response(404, None, 0, "application/json", empty());
         };
         let len = data.len();
+        let lie = match lie {
+            Lie::WrongBytesAbove(n) if len > n => Lie::WrongBytes,
+            Lie::WrongBytesAbove(_) => Lie::Honest,
+            other => other,
+        };
         let (declared, body) = match lie {
-            Lie::Honest => (len, full(data)),
+            Lie::Honest | Lie::WrongBytesAbove(_) => (len, full(data)),
             Lie::EmptyBody => (0, empty()),
             Lie::HalfThenClose => {
                 let half = data.slice(..len / 2);
