@@ -10,8 +10,6 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,8 +25,13 @@ const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// A node whose hosts.toml (written by `peermirror configure`) names its own
 /// peermirror as the mirror of `registry`.
-fn start_node(name: &'static str, peer: Option<&Peermirror>, registry: &Registry) -> Node {
-    let node = Node::start(name, peer);
+fn start_node(
+    name: &'static str,
+    peer: Option<&Peermirror>,
+    registry: &Registry,
+    args: &[&str],
+) -> Node {
+    let node = Node::builder(name).bootstrap(peer).args(args).start();
     node.configure(registry, &node.pm.registry_url(), &[] as &[&str]);
     node
 }
@@ -46,13 +49,19 @@ impl Cluster {
     /// Upstream registry with the fixtures (and `small`) pushed; node 1 with
     /// no bootstrap, nodes 2 and 3 bootstrapping statically to node 1.
     fn start() -> Cluster {
+        Cluster::start_with(&[], &[])
+    }
+
+    /// As [`Cluster::start`], with `provider_args` added to nodes 1 and 3 and `asker_args` to
+    /// node 2 (the one that pulls through peers in every test).
+    fn start_with(provider_args: &[&str], asker_args: &[&str]) -> Cluster {
         let started = Instant::now();
         let registry = Registry::start();
         registry.push_fixtures();
         registry.push(&fixture("small"));
-        let node1 = start_node("node1", None, &registry);
-        let node2 = start_node("node2", Some(&node1.pm), &registry);
-        let node3 = start_node("node3", Some(&node1.pm), &registry);
+        let node1 = start_node("node1", None, &registry, provider_args);
+        let node2 = start_node("node2", Some(&node1.pm), &registry, asker_args);
+        let node3 = start_node("node3", Some(&node1.pm), &registry, provider_args);
         eprintln!(
             "[e2e_p2p] cluster up in {:.1}s (registry {}, peermirrors {} {} {})",
             started.elapsed().as_secs_f64(),
@@ -92,6 +101,10 @@ impl Cluster {
         started.elapsed()
     }
 }
+
+/// Upload pace of the providers in the mid-pull kill test: the 52 MiB layer
+/// takes ~2.6 s, a window a 2 ms poll cannot miss.
+const PACED_BPS: u64 = 20_000_000;
 
 fn big_layer() -> Descriptor {
     fixture("big").host_manifest().layers[0].clone()
@@ -183,27 +196,6 @@ fn ingest_bytes(ctd: &Containerd) -> u64 {
         .unwrap_or(0)
 }
 
-/// Flips `len` bytes in the middle of a file, keeping its length.
-fn corrupt_middle(path: &Path, len: usize) {
-    let size = fs::metadata(path).unwrap().len();
-    let at = size / 2;
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()));
-    let mut buf = vec![0u8; len];
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    for b in &mut buf {
-        *b ^= 0xff;
-    }
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&buf).unwrap();
-    f.sync_all().unwrap();
-    assert_eq!(fs::metadata(path).unwrap().len(), size);
-}
-
 // (a) ------------------------------------------------------------------------
 
 /// Node 1 pulls from upstream; the upstream goes away; nodes 2 and 3 pull
@@ -267,7 +259,12 @@ async fn a_nodes_pull_from_peers_with_upstream_down() {
 /// Nodes 1 and 3 hold `big`; the upstream is down. Returns the cluster with
 /// node 2 seeing the big layer through its peermirror.
 async fn two_providers() -> Cluster {
-    let c = Cluster::start();
+    two_providers_with(&[]).await
+}
+
+/// As [`two_providers`], with `provider_args` added to nodes 1 and 3.
+async fn two_providers_with(provider_args: &[&str]) -> Cluster {
+    let c = Cluster::start_with(provider_args, &[]);
     let reg = c.reg();
     let big = fixture("big");
     c.node1.pull_direct(&big, &reg);
@@ -375,13 +372,15 @@ async fn b1_slow_reader_survives_provider_sigkill() {
 }
 
 /// The same with `ctr images pull` on node 2: the provider streaming the big
-/// layer is SIGKILLed when the test sees it mid-way (no guarantee on
-/// loopback, where containerd takes the 52 MiB in a second or so: the test
-/// then only checks that the pull succeeds and says it missed the window).
+/// layer is SIGKILLed mid-way and node 2's mirror resumes from the other one
+/// (the upstream is down, so nothing else could finish the pull). The
+/// providers pace their uploads (`--max-egress-bps`, ~2.6 s for the layer)
+/// so the test sees the transfer mid-way even on a loaded machine; a kill
+/// that never happens fails the test.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn b2_ctr_pull_survives_provider_sigkill() {
-    let mut c = two_providers().await;
+    let mut c = two_providers_with(&["--max-egress-bps", &PACED_BPS.to_string()]).await;
     c.registry.stop();
     let reg = c.reg();
     let big = fixture("big");
@@ -448,19 +447,28 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
     }
     c.node2.ctd.assert_has(&big);
     c.node2.ctd.verify_content_blobs();
-    match killed {
-        Some((victim, sent, _)) => {
-            eprintln!("[b2] SIGKILLed {victim}'s peermirror mid-way ({sent} bytes sent)");
-            assert!(
-                log.contains("resuming from another provider"),
-                "node2 did not log a resume:\n{}",
-                grep(&log, &["provider", "resum"], 20)
-            );
-        }
-        None => eprintln!(
-            "[b2] NOTE: the transfer was never seen mid-way ({polls} polls); no provider was killed"
-        ),
-    }
+    let Some((victim, sent, _)) = killed else {
+        panic!(
+            "the transfer was never seen mid-way ({polls} socket polls): no provider was killed, \
+             so this run proves nothing about a provider dying mid-pull"
+        );
+    };
+    eprintln!("[b2] SIGKILLed {victim}'s peermirror mid-way ({sent} bytes sent)");
+    assert!(
+        log.contains("resuming from another provider"),
+        "node2 did not log a resume:\n{}",
+        grep(&log, &["provider", "resum"], 20)
+    );
+    assert!(
+        c.node2.pm.metric("peermirror_provider_failures_total", &[]) >= 1.0,
+        "node2 counted no provider failure after {victim} was killed"
+    );
+    let peer = c.node2.bytes_from("peer");
+    assert!(
+        peer >= layer.size as f64,
+        "node2 served {peer} bytes from peers, less than the {}-byte layer",
+        layer.size
+    );
 }
 
 // (c) ------------------------------------------------------------------------
@@ -487,14 +495,7 @@ async fn c_corrupt_peer_copy_is_never_committed() {
     c.node1.pull_direct(&big, &reg);
     c.wait_visible(&c.node2, &big, &layer.digest).await;
 
-    let blob = c
-        .node1
-        .ctd
-        .content_dir()
-        .join("blobs/sha256")
-        .join(layer.hex());
-    corrupt_middle(&blob, 4096);
-    assert_ne!(sha256_file(&blob), layer.hex(), "corruption did not take");
+    c.node1.ctd.corrupt_blob(layer.hex(), 4096);
 
     let started = Instant::now();
     let result = c.node2.pull(&big, &reg);
@@ -581,6 +582,107 @@ async fn c_corrupt_peer_copy_is_never_committed() {
     }
 }
 
+/// Node 1's copy of the `large` layer (72 MiB: above the 64 MiB a serving node
+/// hashes before answering, and above `--verify-before-send`) is damaged on
+/// disk, same length; the upstream is STOPPED and node 1 is the only provider.
+/// So wrong bytes do stream toward node 2's containerd. Node 1 hashes what it
+/// streams and cuts its answer short of the end (counted as a local
+/// corruption); node 2 then has nobody to resume from, so its response for
+/// the layer must be aborted before it completes (audit `complete=false`), the
+/// pull must fail, nothing wrong may be in node 2's store, and afterwards node
+/// 2 must no longer offer the layer. (A liar that does not check itself is
+/// `e2e_hostile`'s `large_wrong_bytes_*`: there node 2's own check catches it.)
+async fn corrupt_large_copy_is_aborted(label: &str, asker_args: &[&str]) {
+    let mut c = Cluster::start_with(&[], asker_args);
+    let large = fixture_large();
+    c.registry.push(&large);
+    let reg = c.reg();
+    let layer = large.host_manifest().layers[0].clone();
+    assert!(
+        layer.size > 64 << 20,
+        "the large layer ({} bytes) must be above the 64 MiB hashed before answering",
+        layer.size
+    );
+    c.node1.pull_direct(&large, &reg);
+    c.wait_visible(&c.node2, &large, &layer.digest).await;
+    c.registry.stop();
+    c.node1.ctd.corrupt_blob(layer.hex(), 4096);
+
+    let started = Instant::now();
+    let result = c.node2.pull(&large, &reg);
+    let took = started.elapsed();
+    let checked = c.node2.ctd.verify_content_blobs();
+    let log2 = c.node2.log();
+    let mismatches = c.node2.pm.metric("peermirror_digest_mismatches_total", &[]);
+    let at_source = c.node1.pm.metric("peermirror_local_corruptions_total", &[]);
+    let layer_gets: Vec<Audit> = audit_lines(&log2)
+        .into_iter()
+        .filter(|a| a.method == "GET" && a.path.contains(layer.hex()))
+        .collect();
+    eprintln!(
+        "[{label}] node2 pull {} in {:.1}s; mismatches on node2 {mismatches}, caught at node1 \
+         {at_source}; {checked} blobs verified on node2; layer GETs on node2:\n{}\n[{label}] {}",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        took.as_secs_f64(),
+        layer_gets
+            .iter()
+            .map(|a| a.line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        grep(&log2, &["mismatch", "shunned", "stream broke"], 6)
+    );
+    assert!(
+        result.is_err(),
+        "node2's pull succeeded although the only copy of the layer is damaged and the \
+         upstream is down: wrong bytes were committed?"
+    );
+    assert!(
+        !c.node2.ctd.content_digests().contains(&layer.digest),
+        "node2's store has the layer although its only source was damaged"
+    );
+    // The first answer streamed (a 200 whose body started), and was cut short.
+    let streamed = layer_gets
+        .iter()
+        .find(|a| a.status == 200)
+        .unwrap_or_else(|| {
+            panic!(
+                "node2 never answered the layer with a 200 (the damaged copy was not streamed):\n{}",
+                grep(&log2, &[layer.hex()], 10)
+            )
+        });
+    assert!(
+        streamed.line.contains("complete=false"),
+        "node2's answer for the layer completed although its bytes were wrong:\n{}",
+        streamed.line
+    );
+    assert!(
+        at_source >= 1.0,
+        "node1 streamed its damaged copy without noticing (node1 local corruptions \
+         {at_source}, node2 mismatches {mismatches})"
+    );
+    // The damaged copy is no longer offered: node 2 answers the layer 404 at once.
+    let url = c.node2.blob_url(&large, &layer.digest, &reg);
+    let r = c.http.head(&url, &[]).await;
+    assert_eq!(
+        r.status, 404,
+        "node2 still offers the layer from its only, damaged provider"
+    );
+}
+
+/// [`corrupt_large_copy_is_aborted`] with the spool on (the default).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn c2_corrupt_large_copy_is_aborted_spooled() {
+    corrupt_large_copy_is_aborted("c2-spool", &[]).await;
+}
+
+/// [`corrupt_large_copy_is_aborted`] with the spool off (`--spool-max-bytes 0`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn c3_corrupt_large_copy_is_aborted_unspooled() {
+    corrupt_large_copy_is_aborted("c3-no-spool", &["--spool-max-bytes", "0"]).await;
+}
+
 // (d) ------------------------------------------------------------------------
 
 /// Bound on one miss's duration in the audit log on a loaded machine.
@@ -642,6 +744,60 @@ async fn d_image_no_node_has_is_a_fast_miss() {
         "metrics: {miss_requests}"
     );
     assert!(took < Duration::from_secs(10), "pull took {took:?}");
+}
+
+// (f) ------------------------------------------------------------------------
+
+/// The cold path a real pull takes: node 1 pulls `multi` from the upstream, the upstream
+/// stops, and node 2 pulls right away, with no warm-up request through its mirror (no
+/// `wait_visible` HEAD that would look the providers up and cache them first): the lookups
+/// are the pull's own. Node 1's announcements spread asynchronously, so a pull that ends
+/// before they arrive fails (containerd has nowhere else to go) and is retried, cold again,
+/// until one succeeds within a generous deadline; every layer byte must then come from peers.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+async fn f_cold_pull_right_after_the_first_node() {
+    const WITHIN: Duration = Duration::from_secs(90);
+    let mut c = Cluster::start();
+    let reg = c.reg();
+    let multi = fixture("multi");
+    c.node1.pull_direct(&multi, &reg);
+    c.registry.stop();
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    let pulled = loop {
+        let t = Instant::now();
+        let r = c.node2.pull(&multi, &reg);
+        attempts.push((t.duration_since(started), t.elapsed(), r.is_ok()));
+        match r {
+            Ok(()) => break true,
+            Err(_) if started.elapsed() < WITHIN => thread::sleep(Duration::from_millis(500)),
+            Err(e) => {
+                eprintln!("[f] last failure: {}", last_lines(&e, 3));
+                break false;
+            }
+        }
+    };
+    eprintln!(
+        "[f] cold pull {} after {:.1}s, {} attempt(s) (start, took, ok): {attempts:?}",
+        if pulled { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64(),
+        attempts.len()
+    );
+    assert!(
+        pulled,
+        "node2's cold pull of multi (upstream down, node1 holding it) did not succeed within \
+         {WITHIN:?}:\n--- node2 ---\n{}",
+        c.node2.pm.log_tail(40)
+    );
+    c.node2.ctd.assert_has(&multi);
+    c.node2.ctd.verify_content_blobs();
+    let layers: u64 = multi.host_manifest().layers.iter().map(|l| l.size).sum();
+    let peer = c.node2.bytes_from("peer");
+    assert!(
+        peer >= layers as f64,
+        "node2 served {peer} bytes from peers, less than multi's {layers} layer bytes"
+    );
 }
 
 // (e) ------------------------------------------------------------------------
