@@ -12,6 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "support/fake_peer.rs"]
+mod fake_peer;
 #[path = "support/hostile.rs"]
 mod hostile;
 

@@ -6,7 +6,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use peermirror::content::{Key, MemorySource};
@@ -14,9 +13,8 @@ use peermirror::daemon::Routing;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
 use peermirror::routing::{Bootstrap, MemoryNetwork, MemoryRouter, P2pRouter, Provider, Router};
-use support::{
-    FakePeer, Node, client, config, fake_peer, p2p_router, pattern, start_on, wait_ready,
-};
+use support::fake_peer::{FakePeer, Lie};
+use support::{Node, client, config, next_loopback, p2p_router, pattern, start_on, wait_ready};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -246,16 +244,10 @@ async fn resumes_from_next_provider_when_one_breaks() {
     let net = MemoryNetwork::new();
     let data = pattern(2 * 1024 * 1024 + 3, 1);
     let (b, c, digest) = memory_pair(&net, &data).await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (fake, stop) = fake_peer(
-        FakePeer::CutShort {
-            data: data.clone().into(),
-            cut: 700_000,
-        },
-        hits.clone(),
-    )
-    .await;
-    insert_fake(&net, digest, fake);
+    let fake = FakePeer::with_blob(data.clone(), Lie::CutAfter(700_000))
+        .start(next_loopback())
+        .await;
+    insert_fake(&net, digest, fake.addr);
     let r = client()
         .get(format!("{}/v2/test/app/blobs/{digest}", c.base))
         .send()
@@ -263,13 +255,10 @@ async fn resumes_from_next_provider_when_one_breaks() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
-    assert!(
-        hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
-        "fake peer was never asked"
-    );
+    assert!(fake.asked() >= 1, "fake peer was never asked");
     let m = c.metrics().await;
     assert!(m.contains("peermirror_provider_failures_total 1"), "{m}");
-    stop.cancel();
+    drop(fake);
     b.stop().await;
     c.stop().await;
 }
@@ -279,16 +268,10 @@ async fn corrupt_provider_is_detected_and_shunned() {
     let net = MemoryNetwork::new();
     let data = pattern(1024 * 1024 + 11, 2);
     let (b, c, digest) = memory_pair(&net, &data).await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (fake, stop) = fake_peer(
-        FakePeer::Corrupt {
-            len: data.len(),
-            digest: digest.to_string(),
-        },
-        hits.clone(),
-    )
-    .await;
-    insert_fake(&net, digest, fake);
+    let fake = FakePeer::with_blob(data.clone(), Lie::WrongBytes)
+        .start(next_loopback())
+        .await;
+    insert_fake(&net, digest, fake.addr);
     let url = format!("{}/v2/test/app/blobs/{digest}", c.base);
     // The corrupt peer is asked first; the blob is small enough to be verified before the
     // first byte goes out, so its lie costs a refetch from the good peer, not the response.
@@ -298,17 +281,17 @@ async fn corrupt_provider_is_detected_and_shunned() {
     // It is now shunned: the next attempt does not ask it.
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(fake.asked(), 1);
     let m = c.metrics().await;
     assert!(
         m.contains(&format!(
             "peermirror_peer_mismatches_total{{peer=\"ip:{}\"}} 1",
-            fake.ip()
+            fake.addr.ip()
         )),
         "{m}"
     );
     assert!(m.contains("peermirror_digest_mismatches_total 1"), "{m}");
-    stop.cancel();
+    drop(fake);
     b.stop().await;
     c.stop().await;
 }
@@ -350,17 +333,11 @@ async fn client_range_resume_is_verified() {
 
     // Only a corrupt provider left: a small blob is verified before sending, so the answer
     // is a clean 404 (containerd goes upstream), never a 200 of wrong bytes.
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (fake, stop) = fake_peer(
-        FakePeer::Corrupt {
-            len: data.len(),
-            digest: digest.to_string(),
-        },
-        hits,
-    )
-    .await;
+    let fake = FakePeer::with_blob(data.clone(), Lie::WrongBytes)
+        .start(next_loopback())
+        .await;
     let net2 = MemoryNetwork::new();
-    insert_fake(&net2, digest, fake);
+    insert_fake(&net2, digest, fake.addr);
     let c2 = memory_node(&net2, "c2", MemorySource::new()).await;
     let r = client()
         .get(format!("{}/v2/test/app/blobs/{digest}", c2.base))
@@ -369,7 +346,7 @@ async fn client_range_resume_is_verified() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    stop.cancel();
+    drop(fake);
     c.stop().await;
     c2.stop().await;
 }
@@ -379,16 +356,10 @@ async fn hedges_when_first_provider_is_slow() {
     let net = MemoryNetwork::new();
     let data = pattern(256 * 1024, 4);
     let (b, c, digest) = memory_pair(&net, &data).await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (fake, stop) = fake_peer(
-        FakePeer::Slow {
-            data: data.clone().into(),
-            delay: Duration::from_secs(5),
-        },
-        hits.clone(),
-    )
-    .await;
-    insert_fake(&net, digest, fake);
+    let fake = FakePeer::with_blob(data.clone(), Lie::Slow(Duration::from_secs(5)))
+        .start(next_loopback())
+        .await;
+    insert_fake(&net, digest, fake.addr);
     let started = Instant::now();
     let r = client()
         .get(format!("{}/v2/test/app/blobs/{digest}", c.base))
@@ -402,12 +373,8 @@ async fn hedges_when_first_provider_is_slow() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(
-        hits.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "slow peer was asked first"
-    );
-    stop.cancel();
+    assert_eq!(fake.asked(), 1, "slow peer was asked first");
+    drop(fake);
     b.stop().await;
     c.stop().await;
 }

@@ -17,7 +17,8 @@ use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
 use peermirror::tls::{CrlExpired, TlsFiles};
-use support::{FakePeer, Node, config, fake_peer, pattern, start_on, wait_ready};
+use support::fake_peer::{FakePeer, Lie};
+use support::{Node, config, next_loopback, pattern, start_on, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -327,25 +328,13 @@ async fn tokens_are_checked_before_any_lookup_and_rotate() {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "first-token\n").unwrap();
     // The only "provider" of anything is a fake peer that counts requests.
-    let hits = Arc::new(AtomicUsize::new(0));
     let data = pattern(1000, 9);
     let digest = Digest::of(&data);
-    let (fake, stop) = fake_peer(
-        FakePeer::Slow {
-            data: data.clone().into(),
-            delay: Duration::ZERO,
-        },
-        hits.clone(),
-    )
-    .await;
+    let fake = FakePeer::with_blob(data.clone(), Lie::Honest)
+        .start(next_loopback())
+        .await;
     let net = MemoryNetwork::new();
-    net.insert(
-        Key::Digest(digest),
-        Provider {
-            peer: "a".into(),
-            addr: fake,
-        },
-    );
+    net.insert(Key::Digest(digest), fake.provider("a"));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = MemoryRouter::new(net, "me", l.local_addr().unwrap());
     let mut cfg = config(
@@ -383,16 +372,12 @@ async fn tokens_are_checked_before_any_lookup_and_rotate() {
             .status(),
         401
     );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        0,
-        "a refused request reached a peer"
-    );
+    assert_eq!(fake.asked(), 0, "a refused request reached a peer");
 
     let r = c.get(&url).bearer_auth("first-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.asked(), 1);
 
     // Rotation with overlap: both work, then only the new one.
     std::fs::write(&tokens, "first-token\nsecond-token\n").unwrap();
@@ -451,7 +436,7 @@ async fn tokens_are_checked_before_any_lookup_and_rotate() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    stop.cancel();
+    drop(fake);
     node.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! A hostile peer: a real libp2p node speaking the project's protocols (Kademlia on
 //! `/peermirror/kad/1.0.0`, identify on `/peermirror/id/1.0.0` with an agent string of our
-//! choosing) that advertises chosen keys, paired with an HTTP server that lies in a chosen way,
-//! and a "recorder" HTTP server that only records what reaches it.
+//! choosing) that advertises chosen keys, paired with a fake peer (`fake_peer.rs`) that lies in a
+//! chosen way, and a second fake peer, the "recorder", that holds nothing and only records what
+//! reaches it.
 //!
 //! The swarm is built here, not with `peermirror::routing::P2pRouter`, because the router
 //! always tells the truth about its registry address; a liar must be able to say anything.
@@ -13,21 +14,15 @@
 //! `registry=127.0.0.2:PORT` points at it, while "connection IP + announced port" does not.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::Frame;
 use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, identity, kad, noise, tcp, yamux};
 use peermirror::content::Key;
-use peermirror::oci::Digest;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,244 +31,10 @@ pub const HOSTILE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 pub const RECORDER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const KAD_PROTOCOL: &str = "/peermirror/kad/1.0.0";
 const IDENTIFY_PROTOCOL: &str = "/peermirror/id/1.0.0";
-/// How much the `Inflated` lie adds.
-pub const INFLATE_BY: usize = 1_000_000;
-/// The `Drip` lie's pace.
-pub const DRIP_EVERY: Duration = Duration::from_secs(5);
 
-/// How the hostile HTTP server answers a blob or manifest it has. (Tags always resolve to what
-/// [`Hostile::add_tag`] mapped them to: the tag lie is in the mapping, not the mode.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lie {
-    /// No lie: the right headers and bytes.
-    Honest,
-    /// `200`, `Content-Length: 0`, the right `Docker-Content-Digest`, no body.
-    EmptyBody,
-    /// The right headers, half the body, then the connection is cut.
-    HalfThenClose,
-    /// `Content-Length` and body inflated by [`INFLATE_BY`] zeros after the real bytes.
-    Inflated,
-    /// The right length of wrong bytes (every byte flipped).
-    WrongBytes,
-    /// [`Lie::WrongBytes`] for blobs larger than this many bytes, honest below: the manifest
-    /// and config check out, so the asker goes on to stream a large layer's wrong bytes.
-    WrongBytesAbove(usize),
-    /// The right headers, then one byte every [`DRIP_EVERY`].
-    Drip,
-}
-
-/// One request that reached a server: method, path and query, `Authorization` header.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: String,
-    pub uri: String,
-    pub authorization: Option<String>,
-}
-
-#[derive(Default)]
-struct HttpState {
-    lie: Option<Lie>,
-    /// digest -> (bytes, media type)
-    blobs: HashMap<Digest, (Bytes, String)>,
-    /// tag (the last path segment) -> digest
-    tags: HashMap<String, Digest>,
-    seen: Vec<Seen>,
-}
-
-/// A lying (or recording) HTTP server's shared state.
-#[derive(Clone, Default)]
-pub struct HttpServer {
-    state: Arc<Mutex<HttpState>>,
-}
-
-impl HttpServer {
-    fn st(&self) -> std::sync::MutexGuard<'_, HttpState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_lie(&self, lie: Lie) {
-        self.st().lie = Some(lie);
-    }
-
-    pub fn lie(&self) -> Lie {
-        self.st().lie.unwrap_or(Lie::Honest)
-    }
-
-    /// Every request that reached this server so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.st().seen.clone()
-    }
-
-    /// How many requests mentioned `needle` (a digest, a tag) in their path.
-    pub fn hits(&self, needle: &str) -> usize {
-        self.st()
-            .seen
-            .iter()
-            .filter(|s| s.uri.contains(needle))
-            .count()
-    }
-
-    pub fn add_blob(&self, data: impl Into<Bytes>, media_type: &str) -> Digest {
-        let data = data.into();
-        let d = Digest::of(&data);
-        self.st().blobs.insert(d, (data, media_type.to_string()));
-        d
-    }
-
-    pub fn add_tag(&self, tag: &str, digest: Digest) {
-        self.st().tags.insert(tag.to_string(), digest);
-    }
-
-    async fn answer(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
-        let seen = Seen {
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            authorization: req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        };
-        let head = req.method() == http::Method::HEAD;
-        let path = req.uri().path().to_string();
-        let reference = path.rsplit('/').next().unwrap_or_default().to_string();
-        let (found, lie) = {
-            let mut st = self.st();
-            st.seen.push(seen);
-            let digest = reference
-                .parse::<Digest>()
-                .ok()
-                .or_else(|| st.tags.get(&reference).copied());
-            let found =
-                digest.and_then(|d| st.blobs.get(&d).map(|(b, m)| (d, b.clone(), m.clone())));
-            (found, st.lie.unwrap_or(Lie::Honest))
-        };
-        let Some((digest, data, media_type)) = found else {
-            return response(404, None, 0, "application/json", empty());
-        };
-        let len = data.len();
-        let lie = match lie {
-            Lie::WrongBytesAbove(n) if len > n => Lie::WrongBytes,
-            Lie::WrongBytesAbove(_) => Lie::Honest,
-            other => other,
-        };
-        let (declared, body) = match lie {
-            Lie::Honest | Lie::WrongBytesAbove(_) => (len, full(data)),
-            Lie::EmptyBody => (0, empty()),
-            Lie::HalfThenClose => {
-                let half = data.slice(..len / 2);
-                let s = futures_util::stream::iter(vec![
-                    Ok(Frame::data(half)),
-                    Err(std::io::Error::other("hostile: cut")),
-                ]);
-                (len, StreamBody::new(s).boxed_unsync())
-            }
-            Lie::Inflated => {
-                let mut v = data.to_vec();
-                v.resize(len + INFLATE_BY, 0);
-                (len + INFLATE_BY, full(Bytes::from(v)))
-            }
-            Lie::WrongBytes => (
-                len,
-                full(data.iter().map(|b| !b).collect::<Vec<u8>>().into()),
-            ),
-            Lie::Drip => {
-                let s = futures_util::stream::unfold(0usize, move |i| {
-                    let data = data.clone();
-                    async move {
-                        if i >= data.len() {
-                            return None;
-                        }
-                        if i > 0 {
-                            tokio::time::sleep(DRIP_EVERY).await;
-                        }
-                        Some((Ok(Frame::data(data.slice(i..=i))), i + 1))
-                    }
-                });
-                (len, StreamBody::new(s).boxed_unsync())
-            }
-        };
-        let body = if head { empty() } else { body };
-        response(200, Some(digest), declared, &media_type, body)
-    }
-
-    /// Serve on `listener` until `stop`, over TLS when `tls` is given.
-    pub fn serve(
-        &self,
-        listener: TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        stop: CancellationToken,
-    ) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                };
-                let me = me.clone();
-                let stop = stop.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    match tls {
-                        None => me.serve_connection(stream, stop).await,
-                        Some(acceptor) => {
-                            if let Ok(s) = acceptor.accept(stream).await {
-                                me.serve_connection(s, stop).await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    }
-
-    async fn serve_connection<S>(self, stream: S, stop: CancellationToken)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let svc = hyper::service::service_fn(move |req| {
-            let me = self.clone();
-            async move { Ok::<_, Infallible>(me.answer(req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = conn => {}
-        }
-    }
-}
-
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
-
-fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|n: Infallible| match n {})
-        .boxed_unsync()
-}
-
-fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|n| match n {}).boxed_unsync()
-}
-
-fn response(
-    status: u16,
-    digest: Option<Digest>,
-    len: usize,
-    media_type: &str,
-    body: Body,
-) -> http::Response<Body> {
-    let mut r = http::Response::builder()
-        .status(status)
-        .header("content-length", len)
-        .header("content-type", media_type);
-    if let Some(d) = digest {
-        r = r.header("docker-content-digest", d.to_string());
-    }
-    r.body(body).unwrap()
-}
-
+// `super`: the support module in-process, the test crate's root in `e2e_hostile`.
+use super::fake_peer::FakePeer;
+pub use super::fake_peer::Lie;
 // ---------------------------------------------------------------------------
 // The libp2p side
 // ---------------------------------------------------------------------------
@@ -300,9 +61,9 @@ struct Shared {
 pub struct Hostile {
     pub peer_id: PeerId,
     /// The lying HTTP server (on 127.0.0.3:PORT and 127.0.0.1:PORT).
-    pub http: HttpServer,
+    pub http: FakePeer,
     /// The recorder on 127.0.0.2:PORT (the forged address points at it, if forged).
-    pub recorder: HttpServer,
+    pub recorder: FakePeer,
     pub http_port: u16,
     /// The agent string identify sends.
     pub agent: String,
@@ -346,11 +107,11 @@ impl Hostile {
     pub async fn start_with(forge: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Hostile {
         let (l3, l1, l2, port) = bind_triplet().await;
         let stop = CancellationToken::new();
-        let http = HttpServer::default();
+        let http = FakePeer::default();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         http.serve(l3, acceptor.clone(), stop.clone());
         http.serve(l1, acceptor, stop.clone());
-        let recorder = HttpServer::default();
+        let recorder = FakePeer::default();
         recorder.serve(l2, None, stop.clone());
         let agent = if forge {
             format!("peermirror/0.1.0 registry={RECORDER_IP}:{port}")

@@ -2,15 +2,13 @@
 //! loopback. (End-to-end tests with real containerd live in `tests/common` and `e2e_*`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fake_peer;
 pub mod hostile;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
 use peermirror::content::MemorySource;
 use peermirror::daemon::{Config, Listeners, Routing, Security, SpoolSettings, run_with_source};
 use peermirror::mirror::MirrorConfig;
@@ -177,97 +175,12 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// How a fake peer misbehaves.
-#[derive(Clone)]
-pub enum FakePeer {
-    /// Sends the right headers, then only the first `cut` bytes, then drops the connection.
-    CutShort { data: Bytes, cut: usize },
-    /// Sends the right length of wrong bytes.
-    Corrupt { len: usize, digest: String },
-    /// Waits before answering, then serves correctly.
-    Slow { data: Bytes, delay: Duration },
-}
-
 /// A loopback address of its own (127.0.0.2, .3, ...): penalties are keyed by IP, so a fake
 /// peer must not share 127.0.0.1 with the honest nodes.
 pub fn next_loopback() -> std::net::IpAddr {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::net::Ipv4Addr::from(0x7f00_0000 | (n & 0x00ff_ffff)).into()
-}
-
-/// Start a fake peer registry on its own loopback address; returns its address. Requests
-/// counted in `hits`.
-pub async fn fake_peer(
-    kind: FakePeer,
-    hits: Arc<std::sync::atomic::AtomicUsize>,
-) -> (SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind((next_loopback(), 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let handler = move |req: http::Request<hyper::body::Incoming>,
-                        _conn: Arc<peermirror::server::ConnInfo>| {
-        let kind = kind.clone();
-        let hits = hits.clone();
-        async move {
-            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let head = req.method() == http::Method::HEAD;
-            let (digest, len, body): (String, usize, peermirror::registry::Body) = match kind {
-                FakePeer::CutShort { data, cut } => {
-                    let digest = peermirror::oci::Digest::of(&data).to_string();
-                    let part = data.slice(..cut);
-                    let s = futures_util::stream::iter(vec![
-                        Ok(Frame::data(part)),
-                        Err(std::io::Error::other("cut")),
-                    ]);
-                    (
-                        digest,
-                        data.len(),
-                        BodyExt::boxed_unsync(StreamBody::new(s)),
-                    )
-                }
-                FakePeer::Corrupt { len, digest } => {
-                    let data = Bytes::from(vec![0x5au8; len]);
-                    (
-                        digest,
-                        len,
-                        Full::new(data).map_err(|n| match n {}).boxed_unsync(),
-                    )
-                }
-                FakePeer::Slow { data, delay } => {
-                    tokio::time::sleep(delay).await;
-                    let digest = peermirror::oci::Digest::of(&data).to_string();
-                    let len = data.len();
-                    (
-                        digest,
-                        len,
-                        Full::new(data).map_err(|n| match n {}).boxed_unsync(),
-                    )
-                }
-            };
-            let body = if head {
-                http_body_util::Empty::new()
-                    .map_err(|n| match n {})
-                    .boxed_unsync()
-            } else {
-                body
-            };
-            http::Response::builder()
-                .header("content-length", len)
-                .header("docker-content-digest", digest)
-                .header("content-type", "application/octet-stream")
-                .body(body)
-                .unwrap()
-        }
-    };
-    tokio::spawn(peermirror::server::serve(
-        listener,
-        handler,
-        ServerLimits::default(),
-        None,
-        stop.clone(),
-    ));
-    (addr, stop)
 }
 
 /// A real libp2p router on 127.0.0.1 (port 0), waiting until it listens. `registry_port` is
