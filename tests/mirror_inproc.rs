@@ -366,7 +366,7 @@ impl Router for FixedRouter {
                 .peers
                 .iter()
                 .map(|a| PeerStatus {
-                    peer: a.to_string(),
+                    peer: a.to_string().into(),
                     registry: Some(*a),
                     addrs: Vec::new(),
                     last_seen: SystemTime::now(),

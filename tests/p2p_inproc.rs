@@ -387,7 +387,7 @@ async fn memory_router_contract() {
     let k = Key::Digest(Digest::of(b"x"));
     a.advertise(vec![k.clone()]).await.unwrap();
     let mut rx = b.lookup(&k);
-    assert_eq!(rx.recv().await.unwrap().peer, "a");
+    assert_eq!(rx.recv().await.unwrap().peer.as_str(), "a");
     assert!(rx.recv().await.is_none());
     // A node never finds itself.
     assert!(a.lookup(&k).recv().await.is_none());

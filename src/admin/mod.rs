@@ -154,7 +154,7 @@ impl Admin for Service {
             peers: peers
                 .into_iter()
                 .map(|p| Peer {
-                    peer_id: p.peer,
+                    peer_id: p.peer.to_string(),
                     registry_addr: p.registry.map(|a| a.to_string()).unwrap_or_default(),
                     addrs: p.addrs,
                     last_seen: unix_secs(Some(p.last_seen)),
@@ -188,7 +188,7 @@ impl Admin for Service {
                 .await
                 .into_iter()
                 .map(|r| ProviderCheck {
-                    peer_id: r.provider.peer,
+                    peer_id: r.provider.peer.to_string(),
                     registry_addr: r.provider.addr.to_string(),
                     answered: r.status.is_some_and(|s| s.is_success()),
                     status: r.status.map_or(0, |s| u32::from(s.as_u16())),
@@ -290,7 +290,7 @@ impl Admin for Service {
             .into_iter()
             .map(|e| PeerEvent {
                 at_ms: unix_millis(e.at),
-                peer_id: e.peer,
+                peer_id: e.peer.to_string(),
                 registry_addr: e.addr.to_string(),
                 identity: e.identity,
                 kind: e.kind.as_str().into(),

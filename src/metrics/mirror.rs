@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::{ReasonLabels, registered};
+use crate::sync::MutexExt;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
@@ -90,7 +91,7 @@ impl MirrorMetrics {
     /// series; the rest are counted under `other`.
     pub fn peer_mismatch(&self, peer: &str) {
         let label = {
-            let mut seen = self.peer_labels.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = self.peer_labels.locked();
             if seen.contains(peer) || seen.len() < PEER_LABELS_MAX {
                 seen.insert(peer.to_string());
                 peer.to_string()

@@ -14,7 +14,7 @@ use crate::content::{Descriptor, Key};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::pki::Serial;
-use crate::routing::{Provider, Router};
+use crate::routing::{NodeId, Provider, Router};
 use crate::sync::MutexExt;
 use crate::ttl::TtlMap;
 
@@ -64,7 +64,7 @@ impl PeerEventKind {
 #[derive(Clone, Debug)]
 pub struct PeerEvent {
     pub at: SystemTime,
-    pub peer: String,
+    pub peer: NodeId,
     pub addr: SocketAddr,
     pub identity: String,
     pub kind: PeerEventKind,
@@ -372,7 +372,7 @@ mod tests {
         for i in 0..2 * EVENTS_MAX {
             b.stalled(
                 &Provider {
-                    peer: format!("p{i}"),
+                    peer: format!("p{i}").into(),
                     addr: p.addr,
                 },
                 &id,
@@ -387,6 +387,6 @@ mod tests {
         assert_eq!(e[0].shunned_until, None);
         assert!(e[1].shunned_until.is_some());
         assert_eq!(e.len(), EVENTS_MAX);
-        assert_eq!(e[2].peer, format!("p{}", 2 * EVENTS_MAX - 1));
+        assert_eq!(e[2].peer.as_str(), format!("p{}", 2 * EVENTS_MAX - 1));
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{PeerStatus, Provider, Router, RouterError, RouterStatus};
+use super::{NodeId, PeerStatus, Provider, Router, RouterError, RouterStatus};
 use crate::content::Key;
 use crate::sync::MutexExt;
 
@@ -44,7 +44,7 @@ impl MemoryRouter {
         MemoryRouter {
             network,
             me: Provider {
-                peer: peer.to_string(),
+                peer: peer.into(),
                 addr,
             },
         }
@@ -97,7 +97,7 @@ impl Router for MemoryRouter {
     /// Every other node with a record in the network counts as a connected peer.
     fn status(&self) -> RouterStatus {
         // One entry per peer name (sorted), as a peer is one node whatever it advertised.
-        let others: BTreeMap<String, SocketAddr> = self
+        let others: BTreeMap<NodeId, SocketAddr> = self
             .network
             .providers
             .locked()
@@ -116,7 +116,7 @@ impl Router for MemoryRouter {
             })
             .collect();
         RouterStatus {
-            local_id: self.me.peer.clone(),
+            local_id: self.me.peer.to_string(),
             peers,
             listen_addrs: Vec::new(),
             advertised_addrs: Vec::new(),

@@ -23,11 +23,40 @@ pub use memory::{MemoryNetwork, MemoryRouter};
 pub use p2p::parse_registry as parse_agent_registry;
 pub use p2p::{Bootstrap, P2pConfig, P2pError, P2pRouter, load_or_create_identity};
 
+/// A node's stable identity in the routing layer: a libp2p PeerId's text in the real router,
+/// a name in the in-memory one. Compared and logged, never parsed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for NodeId {
+    fn from(s: String) -> Self {
+        NodeId(s)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(s.to_string())
+    }
+}
+
 /// A node that advertised a key, and where its registry endpoint answers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Provider {
-    /// The provider's stable identity (a libp2p PeerId in the real router).
-    pub peer: String,
+    /// The provider's stable identity.
+    pub peer: NodeId,
     /// Its registry endpoint.
     pub addr: SocketAddr,
 }
@@ -35,7 +64,7 @@ pub struct Provider {
 /// What is known about a connected peer.
 #[derive(Clone, Debug)]
 pub struct PeerStatus {
-    pub peer: String,
+    pub peer: NodeId,
     /// Its registry endpoint, once identify told us the port.
     pub registry: Option<SocketAddr>,
     pub addrs: Vec<String>,

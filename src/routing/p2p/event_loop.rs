@@ -230,7 +230,7 @@ impl EventLoop {
     fn provider_of(&self, peer: &PeerId) -> Option<Provider> {
         let addr = self.known.get(peer)?.registry?;
         Some(Provider {
-            peer: peer.to_string(),
+            peer: peer.to_string().into(),
             addr,
         })
     }
@@ -246,7 +246,7 @@ impl EventLoop {
                 match self.known.get(&p).and_then(|k| k.registry) {
                     Some(addr) => {
                         let _ = state.tx.try_send(Provider {
-                            peer: p.to_string(),
+                            peer: p.to_string().into(),
                             addr,
                         });
                     }

@@ -66,7 +66,7 @@ pub(super) struct PeerEntry {
 impl PeerEntry {
     fn status(&self) -> PeerStatus {
         PeerStatus {
-            peer: self.id.to_string(),
+            peer: self.id.to_string().into(),
             registry: self.registry,
             addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
             last_seen: self.last_seen,
