@@ -1,8 +1,14 @@
 //! Hostile peers end to end (issue 9): real containerd 1.6 pulling through `peermirror run`
-//! (hosts.toml written by `peermirror configure`, the upstream docker-registry up), one honest
-//! node holding the image, and a hostile libp2p node (`tests/support/hostile.rs`, in this
-//! process) advertising the same digests and tag while its HTTP server lies. For every lie a
-//! fresh asking node's `ctr images pull` must succeed within 30 s with the upstream's digests.
+//! (hosts.toml written by `peermirror configure`), one honest node holding the image, and a
+//! hostile libp2p node (`tests/support/hostile.rs`, in this process) advertising the same
+//! digests and tag while its HTTP server lies. The upstream docker-registry is STOPPED once the
+//! honest node has the image, so every byte of every pull must come through the asking node's
+//! mirror from a peer: a mirror that did nothing would fail every case. For every lie a fresh
+//! asking node's `ctr images pull` must succeed within 30 s with the upstream's digests and
+//! the layers' bytes served from peers; over the lies, the liar must have been asked.
+//! The byte lies pull by digest (`repo@sha256:...`): a tag is not self-certifying, and a liar
+//! whose HEAD names another size makes the tag answer a 404 on purpose (containerd's fallback
+//! to the upstream is the designed answer there); the tag lie itself runs with the upstream up.
 //!
 //! One registry, honest node and liar serve every case (the lie is a mode switch on the liar's
 //! HTTP server); each case gets a fresh asking node, so penalties from one case do not hide
@@ -106,9 +112,10 @@ fn start_asker_with(honest: Option<&Node>, liar: &Hostile, args: &[&str]) -> Nod
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 async fn every_pull_succeeds_whatever_the_liar_says() {
     let started = Instant::now();
-    let (registry, image, decoy) = upstream_and_decoy();
+    let (mut registry, image, decoy) = upstream_and_decoy();
     let reg = registry.host();
-    let reference = image.reference(&reg);
+    let by_tag = image.reference(&reg);
+    let by_digest = format!("{reg}/{}@{}", image.repo(), image.root.digest);
 
     let liar = Hostile::start(false).await;
     load(&liar, &image, &reg).await;
@@ -121,6 +128,10 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
         .bootstrap_spec(liar.bootstrap_spec())
         .start();
     honest.pull_direct(&image, &reg);
+    // From here on the honest node is the only source of the real bytes.
+    registry.stop();
+    let layer_bytes: u64 = image.host_manifest().layers.iter().map(|l| l.size).sum();
+    let mut lie_cases_asked = Vec::new();
 
     let mut failures = Vec::new();
     let cases = [
@@ -166,12 +177,36 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
             .wait_connected(before + 1, Duration::from_secs(10))
             .await;
         asker.configure(&registry, &asker.pm.registry_url(), &[] as &[&str]);
+        // Both bootstrap peers connected (a state of the asker's swarm, not a warm-up request:
+        // no provider is looked up or cached); a node still dialing its bootstrap peers finds
+        // no provider, and with the upstream down that would fail the pull before any lie.
+        let connected = wait_until(Duration::from_secs(20), || {
+            asker.pm.metric("peermirror_connected_peers", &[]) >= 2.0
+        });
+        assert!(
+            connected,
+            "{case:?}: the asker did not connect to the honest node and the liar:\n{}",
+            asker.pm.log_tail(20)
+        );
         let hits_before = which.http.seen().len();
 
+        // The tag lie's designed outcome is a 404 and containerd's fallback: the only case that
+        // needs the upstream.
+        let tag_lie = matches!(case, Case::OtherImageForTag);
+        if tag_lie {
+            registry.start_again();
+        }
+        let reference = match case {
+            Case::Lie(_) => by_digest.clone(),
+            _ => by_tag.clone(),
+        };
         let t = Instant::now();
         let pulled = asker
             .ctd
             .pull_within(&reference, &asker.hosts_dir(), PULL_WITHIN);
+        if tag_lie {
+            registry.stop();
+        }
         let took = t.elapsed();
         let liar_asked = which.http.seen().len() - hits_before;
         let mut problems = Vec::new();
@@ -210,6 +245,15 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
             }
         }
         let from_peers = asker.bytes_from("peer");
+        if pulled.is_ok() && !tag_lie && from_peers < layer_bytes as f64 {
+            problems.push(format!(
+                "only {from_peers} bytes served from peers, less than the image's {layer_bytes} \
+                 layer bytes (the upstream is down: where did the rest come from?)"
+            ));
+        }
+        if let Case::Lie(lie) = case {
+            lie_cases_asked.push((lie, liar_asked));
+        }
         eprintln!(
             "[hostile] {case:?}: pull {} in {:.1}s; liar asked {liar_asked} time(s); {from_peers} bytes from peers; case took {:.1}s",
             if pulled.is_ok() { "ok" } else { "FAILED" },
@@ -229,6 +273,12 @@ async fn every_pull_succeeds_whatever_the_liar_says() {
         failures.is_empty(),
         "pulls through a cluster with a liar failed:\n  {}",
         failures.join("\n  ")
+    );
+    // Which provider a lookup offers first is the DHT's order, so one case may never reach the
+    // liar; but a run in which no lie was ever served tested nothing.
+    assert!(
+        lie_cases_asked.iter().any(|(_, n)| *n > 0),
+        "the liar's HTTP server was never asked in any lie case: {lie_cases_asked:?}"
     );
 }
 
