@@ -335,18 +335,33 @@ async fn wrong_bytes_shun_the_ip_whatever_the_peer_id() {
     c2.stop().await;
 }
 
-/// A router whose lookups name fixed providers and whose status lists fixed peers.
+/// A router whose lookups name fixed providers, the `late` ones only after `delay` (a DHT
+/// lookup finds providers over time), and whose status lists fixed peers.
 struct FixedRouter {
     providers: Vec<Provider>,
+    late: Vec<Provider>,
+    delay: Duration,
     peers: Vec<SocketAddr>,
 }
 
 #[async_trait::async_trait]
 impl Router for FixedRouter {
-    fn lookup(&self, _key: &Key) -> mpsc::Receiver<Provider> {
-        let (tx, rx) = mpsc::channel(self.providers.len().max(1));
+    fn lookup(&self, key: &Key) -> mpsc::Receiver<Provider> {
+        let (tx, rx) = mpsc::channel((self.providers.len() + self.late.len()).max(1));
+        if matches!(key, Key::Partial(_)) {
+            return rx;
+        }
         for p in &self.providers {
             let _ = tx.try_send(p.clone());
+        }
+        if !self.late.is_empty() {
+            let (late, delay) = (self.late.clone(), self.delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for p in late {
+                    let _ = tx.try_send(p);
+                }
+            });
         }
         rx
     }
@@ -390,6 +405,8 @@ async fn the_token_goes_only_to_connected_peers() {
     let router = FixedRouter {
         // The forged record first.
         providers: vec![recorder.provider("a-forged"), peer.provider("b-peer")],
+        late: Vec::new(),
+        delay: Duration::ZERO,
         peers: vec![peer.addr],
     };
     let mut cfg = config(
@@ -510,5 +527,70 @@ async fn complete_copies_are_preferred_to_in_flight_ones() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), other.as_slice());
     assert_eq!(only.asked(), 1);
+    c.stop().await;
+}
+
+/// e2e_hostile's two lies about a manifest by digest, with the liar found first and the
+/// honest provider a moment later: the HEAD answers the verified size (the liar's inflated
+/// length never reaches containerd), and after the liar's bytes mismatch the retry waits for
+/// the lookup to find the honest provider rather than answering 404.
+#[tokio::test]
+async fn a_manifest_head_by_digest_answers_only_a_verified_size() {
+    let manifest = Bytes::from(pattern(3000, 44));
+    let digest = Digest::of(&manifest);
+    let mut inflated = manifest.to_vec();
+    inflated.extend(std::iter::repeat_n(0u8, 500));
+    // Its length matches its body: only the bytes show the lie.
+    let liar = fake(
+        next_loopback(),
+        HashMap::from([(digest.to_string(), lie(digest, inflated))]),
+    )
+    .await;
+    let good = fake(
+        next_loopback(),
+        HashMap::from([(
+            digest.to_string(),
+            Answer::Honest {
+                data: manifest.clone(),
+                media_type: MANIFEST_TYPE.into(),
+            },
+        )]),
+    )
+    .await;
+    let router = FixedRouter {
+        providers: vec![liar.provider("a-liar")],
+        late: vec![good.provider("b-good")],
+        delay: Duration::from_millis(100),
+        peers: vec![liar.addr, good.addr],
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = start_on(
+        l,
+        MemorySource::new(),
+        config(
+            Routing::Custom {
+                router: Arc::new(router),
+                bootstrap_none: true,
+            },
+            mirror_config(),
+        ),
+    )
+    .await;
+    wait_ready(&c, true).await;
+    let url = format!("{}/v2/test/app/manifests/{digest}", c.base);
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the honest provider was not waited for");
+    assert_eq!(
+        r.headers()["content-length"],
+        manifest.len().to_string().as_str(),
+        "the HEAD passed on the liar's size"
+    );
+    assert_eq!(liar.hits(), 1, "the liar was not asked first");
+    // The GET is answered with the bytes the HEAD verified.
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    assert_eq!(good.hits(), 1, "the verified manifest was fetched again");
+    assert_eq!(liar.hits(), 1, "the shunned liar was asked again");
     c.stop().await;
 }

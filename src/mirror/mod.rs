@@ -18,6 +18,7 @@ mod head;
 mod providers;
 mod spooled;
 mod transfer;
+mod verified;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,6 +211,8 @@ pub struct Mirror {
     spool: Option<Arc<crate::spool::Spool>>,
     /// Advertises spooled downloads as in flight.
     inflight: Option<crate::routing::partial_records::InFlight>,
+    /// Small bodies a HEAD fetched and verified, for the GET that follows.
+    kept: verified::Kept,
 }
 
 impl Mirror {
@@ -229,6 +232,7 @@ impl Mirror {
             config,
             spool: None,
             inflight: None,
+            kept: verified::Kept::new(verified::KEEP),
         })
     }
 
@@ -332,6 +336,11 @@ impl Mirror {
         head: bool,
         range: Option<&RangeSpec>,
     ) -> Result<Found, MirrorError> {
+        if let (Target::Blob(d) | Target::ManifestDigest(d), false) = (target, head)
+            && let Some(found) = self.kept(d, range)
+        {
+            return found;
+        }
         if let (Target::Blob(d), false) = (target, head) {
             match self.spooled(name, *d, range).await {
                 spooled::Spooled::Found(found) => return Ok(found),
@@ -380,9 +389,21 @@ impl Mirror {
             _ => Target::ManifestDigest(digest).path(name),
         };
         if head {
-            let descriptor = match known {
-                Some(d) => d,
-                None => self.fetcher.head(&mut providers, &path, digest).await?,
+            let descriptor = match (known, target) {
+                (Some(d), _) => d,
+                // A size from one unverified provider must not reach containerd.
+                (None, Target::ManifestDigest(_)) => {
+                    self.head_verified(providers, path, digest, None).await?
+                }
+                (None, _) => {
+                    let claimed = self
+                        .fetcher
+                        .head(&mut providers, &path, digest)
+                        .await?;
+                    providers.rewind();
+                    self.head_verified(providers, path, digest, Some(claimed))
+                        .await?
+                }
             };
             let window = RangeSpec::window(range, descriptor.size)
                 .map_err(|_| MirrorError::RangeNotSatisfiable(descriptor.size))?;

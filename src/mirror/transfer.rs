@@ -3,7 +3,6 @@
 //! the spool. A provider that fails or stalls is left for the next, resuming with a `Range`.
 
 use std::io;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,6 +23,9 @@ const CHANNEL_CHUNKS: usize = 8;
 impl Fetcher {
     /// The first usable answer to a GET of the whole blob, its descriptor's media type the
     /// trusted one when a relayed manifest gave it (else the answer's `Content-Type`).
+    /// When no provider is at hand (the known ones shunned, the others behind a lookup not
+    /// yet started or still running, as on a retry after a mismatch) it waits for the
+    /// lookup like any next provider.
     async fn open(
         &self,
         providers: &mut ProviderSet,
@@ -35,7 +37,9 @@ impl Fetcher {
             size: None,
             offset: 0,
         };
-        let mut first = self.connect(providers, path, want, Duration::ZERO).await?;
+        let mut first = self
+            .connect(providers, path, want, NEXT_PROVIDER_WAIT)
+            .await?;
         if let Some(known) = self.book.trusted(&digest)
             && !known.media_type.is_empty()
         {
