@@ -633,16 +633,24 @@ fn spool_file_truncated_mid_pull() {
     });
 }
 
-/// Node 2 pulls through node 1 (capped at 10 MB/s, reading from the content dir or over gRPC),
-/// upstream up; once 8 MiB are in node 2's ingest, `act` hits node 1. The pull completes
-/// (resumed from the upstream if node 1 cannot go on) and nothing wrong is committed.
-fn serving_node_loses_content(case: &str, content_dir: bool, act: fn(&mut Pair)) {
+/// Node 2 pulls through node 1 (capped at 10 MB/s, reading from the content dir or over gRPC);
+/// once 8 MiB are in node 2's ingest, `act` hits node 1. The pull completes (with the upstream
+/// up, resumed from it if node 1 cannot go on) and nothing wrong is committed.
+fn serving_node_loses_content(
+    case: &str,
+    content_dir: bool,
+    upstream_up: bool,
+    act: fn(&mut Pair),
+) -> Pair {
     let mut pair = Pair::start(
         fixture("big"),
         content_dir,
         &["--max-egress-bps", SLOW_BPS],
         &[],
     );
+    if !upstream_up {
+        pair.registry.stop();
+    }
     let (res, hit) = pair.pull_while(|pair, started| {
         let seen = wait_ingest(pair, 8 << 20, Duration::from_secs(30))?;
         act(pair);
@@ -663,13 +671,14 @@ fn serving_node_loses_content(case: &str, content_dir: bool, act: fn(&mut Pair))
             .pm
             .metric("peermirror_response_bytes_total", &[("source", "local")])
     );
+    pair
 }
 
 /// containerd's garbage collection deletes the blob node 1 is streaming from its content dir.
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn serving_blob_garbage_collected_mid_pull() {
-    serving_node_loses_content("node1's blob deleted", true, |pair| {
+    serving_node_loses_content("node1's blob deleted", true, true, |pair| {
         let reference = pair.image.reference(&pair.reg());
         pair.node1
             .ctd
@@ -690,9 +699,27 @@ fn serving_blob_garbage_collected_mid_pull() {
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn serving_containerd_restarted_mid_pull() {
-    serving_node_loses_content("node1's containerd restarted", false, |pair| {
+    serving_node_loses_content("node1's containerd restarted", false, true, |pair| {
         pair.node1.ctd.restart();
     });
+}
+
+/// The same with the upstream DOWN: node 1 resumes its gRPC read at the byte reached once its
+/// containerd is back, so its response (and node 2's) goes on; the layer comes from node 1.
+#[test]
+#[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
+fn serving_containerd_restarted_mid_pull_upstream_down() {
+    let case = "node1's containerd restarted, upstream down";
+    let pair = serving_node_loses_content(case, false, false, |pair| {
+        pair.node1.ctd.restart();
+    });
+    pair.assert_layer_from_peer(case);
+    let log = read_log(pair.node1.pm.log_path());
+    assert!(
+        log.contains("resuming over gRPC"),
+        "[{case}] node1 did not resume its read:\n{}",
+        grep_log(&log, &["WARN", "ERROR"], 10)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -27,21 +27,28 @@ pub(super) const CHUNK: usize = 256 * 1024;
 const POOL: usize = 4;
 
 /// Opens `path` and streams `len` bytes (to the end when `None`) from `offset`, in chunks of
-/// up to [`CHUNK`]; a file shorter than asked ends the stream early, as a read would.
-pub(super) async fn stream(path: PathBuf, offset: u64, len: Option<u64>) -> io::Result<ByteStream> {
-    let file = tokio::task::spawn_blocking(move || File::open(path))
-        .await
-        .map_err(io::Error::other)??;
+/// up to [`CHUNK`]; a file shorter than asked ends the stream early, as a read would. Also
+/// returns the file's length when opened: a stream ending before it was cut short.
+pub(super) async fn stream(
+    path: PathBuf,
+    offset: u64,
+    len: Option<u64>,
+) -> io::Result<(ByteStream, u64)> {
+    let (file, file_len) = tokio::task::spawn_blocking(move || {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok::<_, io::Error>((file, len))
+    })
+    .await
+    .map_err(io::Error::other)??;
     let state = Chunks {
         file: Arc::new(file),
         pos: offset,
         end: offset.saturating_add(len.unwrap_or(u64::MAX)),
         reader: ChunkReader::new(POOL),
     };
-    Ok(Box::pin(futures_util::stream::try_unfold(
-        state,
-        Chunks::next,
-    )))
+    let chunks: ByteStream = Box::pin(futures_util::stream::try_unfold(state, Chunks::next));
+    Ok((chunks, file_len))
 }
 
 struct Chunks {
@@ -78,6 +85,7 @@ mod tests {
         let chunks: Vec<bytes::Bytes> = stream(path, offset, len)
             .await
             .unwrap()
+            .0
             .try_collect()
             .await
             .unwrap();
@@ -113,7 +121,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         std::fs::write(&path, vec![7u8; CHUNK * 3]).unwrap();
-        let mut s = stream(path, 0, None).await.unwrap();
+        let (mut s, len) = stream(path, 0, None).await.unwrap();
+        assert_eq!(len, CHUNK as u64 * 3);
         let first = s.try_next().await.unwrap().unwrap();
         let at = first.as_ptr();
         drop(first);

@@ -7,6 +7,7 @@
 
 mod blob;
 pub mod ingest;
+mod resume;
 mod version;
 
 use std::path::{Path, PathBuf};
@@ -149,16 +150,67 @@ impl ContainerdSource {
         ContentClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
-    /// The blob's file in the content dir, streamed from `offset`; `None` if not usable.
+    /// The blob's file in the content dir, streamed from `offset`, and the file's length;
+    /// `None` if not usable.
     async fn read_file(
         &self,
         digest: &Digest,
         offset: u64,
         len: Option<u64>,
-    ) -> Option<ByteStream> {
+    ) -> Option<(ByteStream, u64)> {
         let dir = self.content_dir.as_ref()?;
         let path = dir.join("blobs/sha256").join(digest.hex());
         blob::stream(path, offset, len).await.ok()
+    }
+
+    /// A gRPC `Content.Read` of `digest` from `offset` to `end` (the blob's end if `None`).
+    async fn read_grpc(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, SourceError> {
+        let req = ReadContentRequest {
+            digest: digest.to_string(),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            // 0 means "to the end" for containerd.
+            size: end.map_or(0, |e| {
+                i64::try_from(e.saturating_sub(offset)).unwrap_or(i64::MAX)
+            }),
+        };
+        let stream = self
+            .content()
+            .read(self.request(req, None))
+            .await
+            .map_err(|s| status_error(s, Some(digest)))?
+            .into_inner();
+        Ok(Box::pin(
+            stream.map_ok(|r| bytes::Bytes::from(r.data)).map_err(|s| {
+                std::io::Error::other(format!("containerd read: {}: {}", s.code(), s.message()))
+            }),
+        ))
+    }
+}
+
+/// Where a blob read that broke goes on: containerd's gRPC read of the same digest.
+struct Rest {
+    source: ContainerdSource,
+    digest: Digest,
+}
+
+impl resume::Reopen for Rest {
+    fn reopen(
+        &self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> futures_util::future::BoxFuture<'static, Result<ByteStream, SourceError>> {
+        let (source, digest) = (self.source.clone(), self.digest);
+        Box::pin(async move { source.read_grpc(&digest, offset, end).await })
+    }
+
+    fn size(&self) -> futures_util::future::BoxFuture<'static, Result<Option<u64>, SourceError>> {
+        let (source, digest) = (self.source.clone(), self.digest);
+        Box::pin(async move { source.stat(&digest).await })
     }
 }
 
@@ -237,25 +289,23 @@ impl ContentSource for ContainerdSource {
         offset: u64,
         len: Option<u64>,
     ) -> Result<ByteStream, SourceError> {
-        if let Some(stream) = self.read_file(digest, offset, len).await {
-            return Ok(stream);
-        }
-        let req = ReadContentRequest {
-            digest: digest.to_string(),
-            offset: i64::try_from(offset).unwrap_or(i64::MAX),
-            // 0 means "to the end" for containerd.
-            size: len.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+        let end = len.map(|l| offset.saturating_add(l));
+        let rest = Arc::new(Rest {
+            source: self.clone(),
+            digest: *digest,
+        });
+        // Either source may break mid-response (a file cut, containerd restarting): the
+        // read goes on over gRPC from the byte reached rather than end the body early.
+        let first = match self.read_file(digest, offset, len).await {
+            Some((stream, file_len)) => resume::First::File(stream, file_len),
+            None => resume::First::Grpc(self.read_grpc(digest, offset, end).await?),
         };
-        let stream = self
-            .content()
-            .read(self.request(req, None))
-            .await
-            .map_err(|s| status_error(s, Some(digest)))?
-            .into_inner();
-        Ok(Box::pin(
-            stream.map_ok(|r| bytes::Bytes::from(r.data)).map_err(|s| {
-                std::io::Error::other(format!("containerd read: {}: {}", s.code(), s.message()))
-            }),
+        Ok(resume::resumable(
+            first,
+            rest,
+            digest.to_string(),
+            offset,
+            end,
         ))
     }
 
