@@ -25,7 +25,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -195,9 +195,13 @@ impl Spool {
         st.clock += 1;
         let now = st.clock;
         if let Some(slot) = st.slots.get_mut(&d) {
-            slot.used = now;
-            slot.touched = Instant::now();
-            return Claim::Existing(slot.entry.clone());
+            if !slot.entry.damaged.load(Ordering::Relaxed) {
+                slot.used = now;
+                slot.touched = Instant::now();
+                return Claim::Existing(slot.entry.clone());
+            }
+            // Its file lost bytes: a new request (a client's `Range` resume) starts afresh.
+            self.drop_slot(&mut st, &d);
         }
         st.next_generation += 1;
         let entry = Arc::new(Entry {
@@ -206,6 +210,7 @@ impl Spool {
             progress: watch::Sender::new(Progress::default()),
             file: OnceLock::new(),
             readers: AtomicUsize::new(0),
+            damaged: AtomicBool::new(false),
             recent: Mutex::new(VecDeque::new()),
         });
         st.slots.insert(
@@ -403,6 +408,9 @@ pub struct Entry {
     /// unlinked file still serves everyone holding the entry.
     file: OnceLock<Arc<File>>,
     readers: AtomicUsize,
+    /// A reader found the file truncated under the download (an operator, a cleanup): its
+    /// bytes can no longer be trusted, so the spool stops handing it out.
+    damaged: AtomicBool,
     /// The last batches written while downloading, `(offset, bytes)` in order: a reader
     /// following the download takes its bytes from here instead of reading the file back.
     recent: Mutex<VecDeque<(u64, Bytes)>>,

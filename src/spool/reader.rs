@@ -161,13 +161,37 @@ impl Read {
         // Just written: usually still in the page cache, so read on this thread, where the
         // bytes are sent next, rather than on a pool thread.
         let chunk = self.reader.read(file, self.pos, len, cap).await?;
-        if chunk.is_empty() {
+        if chunk.is_empty() || !intact(file, self.pos, chunk.len() as u64) {
+            // Never send what a truncation left (zeros, or nothing): end this response
+            // before it completes, and keep new requests away from the file.
+            self.entry.damaged.store(true, Ordering::Relaxed);
+            tracing::warn!(digest = %self.entry.digest, at = self.pos, "the spool file was truncated under its readers; this response ends, new requests download afresh");
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("spool file ends at {} before the bytes written", self.pos),
+                format!(
+                    "the spool file lost the bytes written at {} (truncated)",
+                    self.pos
+                ),
             ));
         }
         self.pos += chunk.len() as u64;
         Ok(chunk)
+    }
+}
+
+/// Whether `pos..pos + n`, just read, is still what the writer wrote. The writer writes in
+/// order at its offset and never leaves a hole, so a file truncated under it (an operator
+/// cleaning the data dir) is shorter than the bytes read, or, once the writer wrote past the
+/// cut again, has a hole there that reads as zeros. A file system that cannot report holes
+/// has only the length checked.
+fn intact(file: &std::fs::File, pos: u64, n: u64) -> bool {
+    let end = pos.saturating_add(n);
+    match file.metadata() {
+        Ok(m) if m.len() >= end => {}
+        _ => return false,
+    }
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(pos)) {
+        Ok(hole) => hole >= end,
+        Err(_) => true,
     }
 }

@@ -404,3 +404,47 @@ async fn idle_verified_entries_expire_but_read_or_downloading_ones_stay() {
     drop(_reader);
     assert!(s.expire_idle(Duration::from_millis(20)).is_empty());
 }
+
+/// A spool file truncated under the download: the writer goes on at its offset, leaving a hole
+/// that reads as zeros. A reader behind the writer must end with an error before completing,
+/// never send those zeros, and a new claim must not hand out the damaged entry.
+#[tokio::test]
+async fn a_reader_behind_a_truncation_never_sends_its_zeros() {
+    let (_tmp, s) = spool(64 * MIB);
+    let data = blob(3 * MIB as usize + 12345, 9);
+    let d = Digest::of(&data);
+    let (entry, mut w) = claim_new(&s, d);
+    w.start(data.len() as u64, "application/octet-stream".into())
+        .unwrap();
+    let (head, tail) = data.split_at(2 * MIB as usize);
+    w.write(head).await.unwrap();
+    let file = entry.file.get().unwrap().clone();
+    // Wait until the first batch is in the file, then cut it.
+    let deadline = std::time::Instant::now() + STALL;
+    while file.metadata().unwrap().len() < MIB {
+        assert!(std::time::Instant::now() < deadline, "nothing written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    file.set_len(0).unwrap();
+    w.write(tail).await.unwrap();
+    assert!(
+        w.check().await.unwrap(),
+        "the writer hashed the right bytes"
+    );
+    w.verified();
+
+    let (got, err) = collect(entry.reader(0, data.len() as u64 - 1, STALL)).await;
+    assert!(
+        err.is_some(),
+        "the reader completed over a truncated file ({} bytes)",
+        got.len()
+    );
+    assert!(
+        got.len() < data.len() && got == data[..got.len()],
+        "wrong bytes sent"
+    );
+    assert!(
+        matches!(s.claim(d), Claim::New(..)),
+        "the damaged entry was handed out again"
+    );
+}
