@@ -538,25 +538,15 @@ async fn complete_copies_are_preferred_to_in_flight_ones() {
 async fn a_manifest_head_by_digest_answers_only_a_verified_size() {
     let manifest = Bytes::from(pattern(3000, 44));
     let digest = Digest::of(&manifest);
-    let mut inflated = manifest.to_vec();
-    inflated.extend(std::iter::repeat_n(0u8, 500));
-    // Its length matches its body: only the bytes show the lie.
-    let liar = fake(
-        next_loopback(),
-        HashMap::from([(digest.to_string(), lie(digest, inflated))]),
-    )
-    .await;
-    let good = fake(
-        next_loopback(),
-        HashMap::from([(
-            digest.to_string(),
-            Answer::Honest {
-                data: manifest.clone(),
-                media_type: MANIFEST_TYPE.into(),
-            },
-        )]),
-    )
-    .await;
+    // Its inflated length matches its body: only the bytes show the lie.
+    let fake_with = |lie| {
+        let f = FakePeer::default();
+        f.add_blob(manifest.clone(), MANIFEST_TYPE);
+        f.set_lie(lie);
+        f.start(next_loopback())
+    };
+    let liar = fake_with(Lie::Inflated).await;
+    let good = fake_with(Lie::Honest).await;
     let router = FixedRouter {
         providers: vec![liar.provider("a-liar")],
         late: vec![good.provider("b-good")],
@@ -585,12 +575,16 @@ async fn a_manifest_head_by_digest_answers_only_a_verified_size() {
         manifest.len().to_string().as_str(),
         "the HEAD passed on the liar's size"
     );
-    assert_eq!(liar.hits(), 1, "the liar was not asked first");
+    assert_eq!(liar.fake.asked(), 1, "the liar was not asked first");
     // The GET is answered with the bytes the HEAD verified.
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), manifest);
-    assert_eq!(good.hits(), 1, "the verified manifest was fetched again");
-    assert_eq!(liar.hits(), 1, "the shunned liar was asked again");
+    assert_eq!(
+        good.fake.asked(),
+        1,
+        "the verified manifest was fetched again"
+    );
+    assert_eq!(liar.fake.asked(), 1, "the shunned liar was asked again");
     c.stop().await;
 }

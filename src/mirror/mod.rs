@@ -396,10 +396,7 @@ impl Mirror {
                     self.head_verified(providers, path, digest, None).await?
                 }
                 (None, _) => {
-                    let claimed = self
-                        .fetcher
-                        .head(&mut providers, &path, digest)
-                        .await?;
+                    let claimed = self.fetcher.head(&mut providers, &path, digest).await?;
                     providers.rewind();
                     self.head_verified(providers, path, digest, Some(claimed))
                         .await?
