@@ -16,28 +16,18 @@
 //! 2-core machine), so the figures include that contention. Nothing listens beyond 127.0.0.1.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod bench_support;
+
 use std::time::{Duration, Instant};
 
+use bench_support::{
+    client, env_usize, loadavg, ms, percentile, start_node, wait_ready, wait_until,
+};
 use peermirror::content::MemorySource;
-use peermirror::daemon::{Config, Listeners, Routing, Security, run_with_source};
-use peermirror::metrics::Metrics;
-use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
-use peermirror::routing::{Bootstrap, P2pConfig, P2pRouter, Router};
-use peermirror::server::ServerLimits;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use peermirror::routing::{Bootstrap, Router};
 
 const NS: &str = "127.0.0.1:5000";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Deterministic, distinct bytes for blob `i`.
 fn blob(i: usize, len: usize) -> Vec<u8> {
@@ -50,88 +40,6 @@ fn blob(i: usize, len: usize) -> Vec<u8> {
             (x >> 56) as u8
         })
         .collect()
-}
-
-struct Node {
-    base: String,
-    ops: String,
-    router: P2pRouter,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), peermirror::daemon::DaemonError>>,
-}
-
-async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node {
-    let registry = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = registry.local_addr().unwrap();
-    let ops_addr = ops.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let none = bootstrap.is_empty();
-    let (router, _task) = P2pRouter::start(
-        P2pConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            registry_port: addr.port(),
-            bootstrap,
-            keypair: libp2p::identity::Keypair::generate_ed25519(),
-            psk: None,
-            provider_ttl: Duration::from_secs(600),
-            republish_interval: Duration::from_secs(180),
-            replication: 20,
-        },
-        Arc::new(Metrics::new()),
-        stop.clone(),
-    )
-    .expect("start router");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while router.listen_addrs().is_empty() {
-        assert!(Instant::now() < deadline, "router never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let config = Config {
-        containerd_sock: "/nonexistent".into(),
-        containerd_namespace: "k8s.io".into(),
-        content_dir: None,
-        limits: ServerLimits::default(),
-        routing: Routing::Custom {
-            router: Arc::new(router.clone()),
-            bootstrap_none: none,
-        },
-        mirror: MirrorConfig::default(),
-        security: Security::insecure(),
-        token: Default::default(),
-        max_uploads: 0,
-        max_egress_bps: 0,
-        admin_sock: None,
-        containerd_config: None,
-        data_dir: None,
-        spool: None,
-    };
-    let task = tokio::spawn(run_with_source(
-        config,
-        Arc::new(source),
-        Listeners { registry, ops },
-        stop.clone(),
-    ));
-    Node {
-        base: format!("http://{addr}"),
-        ops: format!("http://{ops_addr}"),
-        router,
-        stop,
-        task,
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// GET `url`; returns (status, time to headers, time to first body byte, body).
@@ -149,24 +57,6 @@ async fn timed_get(client: &reqwest::Client, url: &str) -> (u16, Duration, Durat
         body.extend_from_slice(&chunk);
     }
     (status, headers, first.unwrap_or_else(|| t0.elapsed()), body)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 struct Stats {
@@ -206,31 +96,11 @@ async fn main() {
     let n2 = start_node(MemorySource::new(), vec![boot.clone()]).await;
     let n3 = start_node(MemorySource::new(), vec![boot]).await;
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .pool_max_idle_per_host(4)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let client = client();
 
     // Warm-up: ready, fully connected, a probe through nodes 2 and 3.
     let warm_start = Instant::now();
-    for node in [&n1, &n2, &n3] {
-        let url = format!("{}/readyz", node.ops);
-        let c = client.clone();
-        wait_until("readyz", Duration::from_secs(30), || {
-            let (c, url) = (c.clone(), url.clone());
-            async move {
-                c.get(&url)
-                    .send()
-                    .await
-                    .map(|r| r.status() == 200)
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-    }
+    wait_ready(&client, &[&n1, &n2, &n3]).await;
     for node in [&n2, &n3] {
         let r = node.router.clone();
         wait_until("both peers connected", Duration::from_secs(30), || {
@@ -291,18 +161,10 @@ async fn main() {
         assert_eq!(status, 404, "miss {i}");
         misses.push(total);
     }
-    let m2 = client
-        .get(format!("{}/metrics", n2.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m2 = n2.metrics(&client).await;
 
     for node in [n1, n2, n3] {
-        node.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), node.task).await;
+        node.shut().await;
     }
 
     let l = stats(local);
