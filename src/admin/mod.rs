@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AuthMode;
 use crate::content::{Index, Key, Readiness};
-use crate::metrics::Metrics;
+use crate::metrics::{FaultKind, Metrics};
 use crate::mirror::Mirror;
 use crate::oci::{Digest, TagKey};
 use crate::ops::Health;
@@ -80,6 +80,23 @@ fn unix_secs(t: Option<SystemTime>) -> i64 {
         .unwrap_or(0)
 }
 
+/// "on: ..." with the spool's use, or "off: <why>".
+fn spool_state(s: &AdminState) -> String {
+    if let Some(spool) = s.mirror.as_ref().and_then(|m| m.spool()) {
+        let u = spool.usage();
+        return format!(
+            "on: {} of {} bytes reserved, {} downloading, {} readers",
+            u.reserved, u.max, u.downloading, u.readers
+        );
+    }
+    let faults = s.metrics.faults.snapshot();
+    match faults.iter().find(|f| f.kind == FaultKind::DataDir) {
+        Some(f) => format!("off (unavailable): {}", f.last),
+        None if s.mirror.is_some() => "off: --spool-max-bytes 0 or no --data-dir".into(),
+        None => "off: no peers".into(),
+    }
+}
+
 /// Parse what a user types: a digest, or an image reference with a tag.
 pub fn parse_key(s: &str) -> Option<Key> {
     if s.starts_with("sha256:") {
@@ -137,6 +154,19 @@ impl Admin for Service {
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
             warnings: s.warnings.clone(),
+            spool: spool_state(s),
+            local_faults: s
+                .metrics
+                .faults
+                .snapshot()
+                .into_iter()
+                .map(|f| LocalFault {
+                    kind: f.kind.as_str().into(),
+                    count: f.count,
+                    last_at_ms: unix_millis(f.last_at),
+                    last: f.last,
+                })
+                .collect(),
             containerd_namespace: s
                 .containerd
                 .as_ref()

@@ -11,6 +11,7 @@ use super::start::{Content, Routed};
 use super::{DaemonError, SpoolSettings, Wiring};
 use crate::containerd::ingest::{DEFAULT_POLL, IngestEvent, IngestWatcher};
 use crate::content::{Index, IndexChange, Key};
+use crate::metrics::FaultKind;
 use crate::mirror::Mirror;
 use crate::registry::Ingests;
 use crate::routing::partial_records::{InFlight, Origin};
@@ -39,9 +40,21 @@ pub(super) fn start_in_flight(
     w.tasks.spawn("in-flight records", async move {
         let _ = task.await;
     });
+    let spool = spool.and_then(|settings| {
+        let made = Spool::with_faults(
+            settings.dir.clone(),
+            settings.max_bytes.get(),
+            w.metrics.faults.clone(),
+        );
+        // A feature, not a reason to stop serving local content and peers.
+        made.map_err(|e| {
+            tracing::warn!(error = %e, "the spool is off: blobs from peers stream unspooled, one download per request");
+            w.metrics.faults.record(FaultKind::DataDir, format!("spool off: {e}"));
+        })
+        .ok()
+    });
     let mirror = match spool {
-        Some(settings) => {
-            let spool = Spool::new(settings.dir.clone(), settings.max_bytes.get())?;
+        Some(spool) => {
             w.tasks.spawn(
                 "spool: drop committed blobs",
                 drop_committed(

@@ -15,11 +15,14 @@ use super::{DaemonError, Routing, Wiring};
 use crate::admin::AdminState;
 use crate::auth::Tokens;
 use crate::content::{ContentSource, Index, Indexer, Readiness};
+use crate::metrics::FaultKind;
 use crate::mirror::{Mirror, MirrorConfig, PeerClient, Scheme};
 use crate::ops::Health;
 use crate::registry::Registry;
 use crate::routing::advertiser::Advertiser;
-use crate::routing::{Bootstrap, P2pConfig, P2pRouter, Router, load_or_create_identity};
+use crate::routing::{
+    Bootstrap, P2pConfig, P2pError, P2pRouter, Router, ephemeral_identity, load_or_create_identity,
+};
 use crate::server::{
     Admission, ConnCounters, ServerLimits, TlsProvider, cached_set, fit_to_fd_limit,
     raise_nofile_limit, serve, serve_with,
@@ -85,6 +88,23 @@ pub(super) struct Routed {
     pub bootstrap_none: bool,
 }
 
+/// The node's persistent identity; when the data dir cannot hold it, a new one for this run
+/// (the node serves on, under a new PeerId after each restart), with a warning.
+fn identity(w: &Wiring, data_dir: &Path) -> Result<libp2p::identity::Keypair, DaemonError> {
+    match load_or_create_identity(data_dir) {
+        Ok(k) => Ok(k),
+        Err(P2pError::Identity { path, source }) => {
+            tracing::warn!(%path, error = %source, "cannot keep the identity key: using a new one for this run (the PeerId changes on restart)");
+            w.metrics.faults.record(
+                FaultKind::Identity,
+                format!("identity key {path} not kept ({source}): this run's PeerId is ephemeral"),
+            );
+            Ok(ephemeral_identity())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Starts the libp2p router, or takes the caller's; `None` for a standalone mirror.
 pub(super) fn start_routing(
     w: &mut Wiring,
@@ -115,7 +135,7 @@ pub(super) fn start_routing(
         advertise: p.advertise,
         registry_port,
         bootstrap: p.bootstrap.clone(),
-        keypair: load_or_create_identity(data_dir)?,
+        keypair: identity(w, data_dir)?,
         psk,
         provider_ttl: p.provider_ttl,
         republish_interval: p.republish_interval,

@@ -6,6 +6,7 @@
 //! leaf: it names no higher module's types. Labels that come from a domain type (a response's
 //! source, a refusal's reason) are `&'static str`s the owner of that type derives.
 
+mod faults;
 mod mirror;
 mod registry;
 mod routing;
@@ -17,6 +18,7 @@ mod uploads;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::{Metric, Registry};
 
+pub use faults::{FaultKind, FaultRecord, KindLabels, LocalFaults};
 pub use mirror::{MirrorMetrics, PeerLabels};
 pub use registry::{RegistryMetrics, RequestLabels, SourceLabels};
 pub use routing::{DhtMetrics, RoutingMetrics};
@@ -60,6 +62,8 @@ pub struct Metrics {
     pub mirror: MirrorMetrics,
     /// Downloads into the spool.
     pub spool: SpoolMetrics,
+    /// Faults of this node's own disk and content (shared with the spool, which records them).
+    pub faults: std::sync::Arc<LocalFaults>,
     /// Provider lookups and announcements, the DHT among them.
     pub routing: RoutingMetrics,
     /// Authentication and the TLS material's reloads and expiry.
@@ -84,6 +88,7 @@ impl Metrics {
             security: SecurityMetrics::register(r),
             server: ServerMetrics::register(r),
             spool: SpoolMetrics::register(r),
+            faults: std::sync::Arc::new(LocalFaults::register(r)),
             exposition,
         }
     }
@@ -144,6 +149,7 @@ mod tests {
         m.security.reload_failures.get_or_create(&what("crl")).inc();
         m.server.refused.get_or_create(&reason("pool_full")).inc();
         m.spool.downloads.get_or_create(&reason("verified")).inc();
+        m.faults.record(FaultKind::SpoolWrite, "test");
         let text = m.encode();
         let mut got: Vec<&str> = text.lines().collect();
         got.sort_unstable();

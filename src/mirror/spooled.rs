@@ -122,7 +122,12 @@ impl Mirror {
         let body = if size == 0 {
             Box::pin(futures_util::stream::empty()) as crate::content::ByteStream
         } else {
-            entry.reader(start, end, READER_STALL)
+            // The spool file failed and this window's bytes are gone from memory too: stream
+            // it unspooled (nothing has been sent yet).
+            let Some(body) = entry.reader(start, end, READER_STALL) else {
+                return Ok(Spooled::Bypass);
+            };
+            body
         };
         Ok(Spooled::Found(Found {
             descriptor,

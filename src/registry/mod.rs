@@ -180,7 +180,9 @@ impl Registry {
     /// Remember which local blobs were found intact or damaged in `path` (under
     /// `--data-dir`), so a restart does not hash them again.
     pub fn with_verified_file(mut self, path: std::path::PathBuf) -> Self {
-        self.verifier = Arc::new(verify::LocalVerifier::new(Some(path)));
+        self.verifier = Arc::new(
+            verify::LocalVerifier::new(Some(path)).with_faults(self.metrics.faults.clone()),
+        );
         self
     }
 

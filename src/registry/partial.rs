@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{Answer, Asked, Registry, Source};
 use crate::containerd::ingest::{self, IngestWatcher};
 use crate::content::{ByteStream, Descriptor};
-use crate::oci::{Digest, RangeSpec};
+use crate::oci::{Digest, ErrorCode, OciError, RangeSpec};
 use crate::registry::RouteKind;
 
 /// A peer waits this long for the spool's first provider to tell the size.
@@ -40,10 +40,18 @@ impl Registry {
                 window,
                 RouteKind::Blob,
                 |offset, len| async move {
-                    Ok(if len == 0 {
-                        Box::pin(futures_util::stream::empty()) as ByteStream
-                    } else {
-                        open.open(offset, offset + len - 1)
+                    if len == 0 {
+                        return Ok(Box::pin(futures_util::stream::empty()) as ByteStream);
+                    }
+                    // The copy lost bytes this window needs: a miss, before any header.
+                    open.open(offset, offset + len - 1).ok_or_else(|| {
+                        Answer::error(
+                            OciError::new(
+                                ErrorCode::BlobUnknown,
+                                "the in-flight copy is no longer available",
+                            ),
+                            RouteKind::Blob,
+                        )
                     })
                 },
             )
@@ -81,11 +89,11 @@ enum Opener {
 }
 
 impl Opener {
-    /// Bytes `start..=end`, following the download.
-    fn open(self, start: u64, end: u64) -> ByteStream {
+    /// Bytes `start..=end`, following the download; `None` when they are gone.
+    fn open(self, start: u64, end: u64) -> Option<ByteStream> {
         match self {
             Opener::Spool(e) => e.reader(start, end, FOLLOW_STALL),
-            Opener::Ingest(i, dir) => ingest::follow(&i, &dir, start, end, FOLLOW_STALL),
+            Opener::Ingest(i, dir) => Some(ingest::follow(&i, &dir, start, end, FOLLOW_STALL)),
         }
     }
 }

@@ -22,6 +22,7 @@ use futures_util::{Stream, TryStreamExt};
 
 use crate::content::{ByteStream, ContentSource, SourceError};
 use crate::fsutil::{Existing, write_atomic};
+use crate::metrics::{FaultKind, LocalFaults};
 use crate::oci::{Digest, Sha256Verifier};
 use crate::sync::MutexExt;
 
@@ -67,6 +68,8 @@ pub struct LocalVerifier {
     path: Option<PathBuf>,
     /// One background hash at a time: it competes with uploads for the disk.
     background: Arc<tokio::sync::Semaphore>,
+    /// Where a failed write of `path` is counted (it costs the cache across restarts only).
+    faults: Arc<LocalFaults>,
 }
 
 impl Default for LocalVerifier {
@@ -93,7 +96,14 @@ impl LocalVerifier {
             state: Mutex::new(state),
             path,
             background: Arc::new(tokio::sync::Semaphore::new(1)),
+            faults: Arc::default(),
         }
+    }
+
+    /// Counts failed writes of the verdicts file into `faults`.
+    pub fn with_faults(mut self, faults: Arc<LocalFaults>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The remembered verdict, if the stored bytes have not changed since.
@@ -126,9 +136,14 @@ impl LocalVerifier {
         };
         if let (Some(text), Some(path)) = (snapshot, self.path.clone()) {
             // Off the async threads: write_atomic syncs to disk.
+            let faults = self.faults.clone();
             let write = move || {
                 if let Err(e) = write_atomic(&path, text.as_bytes(), 0o600, Existing::Replace) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot persist verified blobs");
+                    faults.record(
+                        FaultKind::VerifiedFile,
+                        format!("cannot write {}: {e}", path.display()),
+                    );
                 }
             };
             match tokio::runtime::Handle::try_current() {

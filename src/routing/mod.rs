@@ -21,7 +21,9 @@ pub use memory::{MemoryNetwork, MemoryRouter};
 /// For the fuzz targets (`fuzz/`): the registry endpoint in a peer's identify agent string.
 #[doc(hidden)]
 pub use p2p::parse_registry as parse_agent_registry;
-pub use p2p::{Bootstrap, P2pConfig, P2pError, P2pRouter, load_or_create_identity};
+pub use p2p::{
+    Bootstrap, P2pConfig, P2pError, P2pRouter, ephemeral_identity, load_or_create_identity,
+};
 
 /// A node's stable identity in the routing layer: a libp2p PeerId's text in the real router,
 /// a name in the in-memory one. Compared and logged, never parsed.

@@ -14,7 +14,17 @@
 //! the spool when containerd has committed the blob ([`Spool::remove`]), when it is evicted, or
 //! when its download fails; its file is unlinked then, and readers already holding the entry
 //! keep reading through the open file.
+//!
+//! The spool is a feature, never a reason for a response to fail. A blob is spooled only when
+//! its filesystem has room for it with headroom (`statvfs`); else it streams unspooled. When a
+//! write fails mid-download (ENOSPC, EIO, EROFS, quota), the same download goes on without the
+//! file: the writer keeps hashing the peer's bytes and hands later batches to the readers from
+//! memory (the file's earlier bytes stay intact for the readers behind), and it waits while the
+//! slowest reader still needs a batch it would drop, so memory stays bounded. The entry leaves
+//! the spool at once (new requests stream unspooled), and for a while no new blob is spooled.
 
+#[cfg(test)]
+mod fault_tests;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -30,9 +40,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::content::{ByteStream, Descriptor};
+use crate::metrics::{FaultKind, LocalFaults};
 use crate::oci::Digest;
 use crate::sync::MutexExt;
 
@@ -51,6 +62,18 @@ pub enum SpoolError {
     NoRoom { size: u64, max: u64 },
     #[error("cannot create the spool file {path}: {source}")]
     File { path: PathBuf, source: io::Error },
+    #[error(
+        "a {size}-byte blob would leave too little of the spool's filesystem free ({free} bytes \
+         free, {pending} more promised to downloads, {headroom} kept free)"
+    )]
+    NoSpace {
+        size: u64,
+        free: u64,
+        pending: u64,
+        headroom: u64,
+    },
+    #[error("the spool is resting after a write error; blobs stream unspooled meanwhile")]
+    Resting,
     #[error("the spool writer was already started")]
     AlreadyStarted,
     #[error("the spool entry has already ended: {0}")]
@@ -58,9 +81,13 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    /// The blob does not fit: the caller streams it without the spool.
+    /// The blob does not fit (budget, free space, or a recent write error): the caller
+    /// streams it without the spool.
     pub fn is_no_room(&self) -> bool {
-        matches!(self, SpoolError::NoRoom { .. })
+        matches!(
+            self,
+            SpoolError::NoRoom { .. } | SpoolError::NoSpace { .. } | SpoolError::Resting
+        )
     }
 }
 
@@ -100,6 +127,8 @@ pub enum Phase {
 pub struct Usage {
     /// Bytes reserved by live entries (their full sizes, written or not).
     pub reserved: u64,
+    /// Bytes reserved but not yet written (they will still take filesystem space).
+    pub pending: u64,
     pub max: u64,
     pub entries: usize,
     /// Entries connecting or downloading.
@@ -116,10 +145,43 @@ pub enum Claim {
     New(Arc<Entry>, Writer),
 }
 
+/// After a write error, no new blob is spooled for this long (its filesystem is full or
+/// failing; trying again at once would only find the same fault).
+const WRITE_FAULT_REST: Duration = Duration::from_secs(60);
+
 pub struct Spool {
     dir: PathBuf,
+    /// The budget: `--spool-max-bytes`, or less when the filesystem had less room at start.
     max_bytes: u64,
     state: Mutex<State>,
+    /// Where write and space faults are counted (the daemon's metrics; else nobody's).
+    faults: Arc<LocalFaults>,
+    /// Frees of the filesystem, for the space check (a seam for tests).
+    space: fn(&Path) -> io::Result<Space>,
+}
+
+/// A filesystem's size and what an unprivileged writer may still use, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub available: u64,
+}
+
+impl Space {
+    /// What to leave free on the filesystem: 2 % of it, between 32 MiB and 1 GiB (logs,
+    /// containerd's own writes on a shared disk, and the slack between the check and the
+    /// writes).
+    pub fn headroom(&self) -> u64 {
+        (self.total / 50).clamp(32 << 20, 1 << 30)
+    }
+}
+
+fn statvfs(dir: &Path) -> io::Result<Space> {
+    let v = rustix::fs::statvfs(dir)?;
+    Ok(Space {
+        total: v.f_blocks.saturating_mul(v.f_frsize),
+        available: v.f_bavail.saturating_mul(v.f_frsize),
+    })
 }
 
 #[derive(Default)]
@@ -130,6 +192,8 @@ struct State {
     clock: u64,
     /// Tells entries of the same digest apart, so a late writer never removes its successor.
     next_generation: u64,
+    /// When a write last failed: no new blob is spooled for [`WRITE_FAULT_REST`] after.
+    write_fault: Option<Instant>,
 }
 
 struct Slot {
@@ -150,6 +214,25 @@ impl Spool {
     /// Creates `dir` (0700) and deletes leftovers of a previous run in it: their downloads
     /// were never completed or verified by this process. `max_bytes` bounds all entries' sizes.
     pub fn new(dir: PathBuf, max_bytes: u64) -> Result<Arc<Spool>, SpoolError> {
+        Self::with_faults(dir, max_bytes, Arc::default())
+    }
+
+    /// [`Spool::new`], counting write and space faults into `faults`. The budget is kept
+    /// below what the filesystem has free, with headroom.
+    pub fn with_faults(
+        dir: PathBuf,
+        max_bytes: u64,
+        faults: Arc<LocalFaults>,
+    ) -> Result<Arc<Spool>, SpoolError> {
+        Self::build(dir, max_bytes, faults, statvfs)
+    }
+
+    pub(super) fn build(
+        dir: PathBuf,
+        max_bytes: u64,
+        faults: Arc<LocalFaults>,
+        space: fn(&Path) -> io::Result<Space>,
+    ) -> Result<Arc<Spool>, SpoolError> {
         let dir_err = |source| SpoolError::Dir {
             path: dir.clone(),
             source,
@@ -171,10 +254,31 @@ impl Spool {
             };
             gone.map_err(dir_err)?;
         }
+        let max_bytes = match space(&dir) {
+            Ok(s) => {
+                let room = s.available.saturating_sub(s.headroom());
+                if room < max_bytes {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        spool_max_bytes = max_bytes,
+                        available = s.available,
+                        using = room,
+                        "the spool's filesystem has less room than --spool-max-bytes: the spool keeps below it"
+                    );
+                }
+                room.min(max_bytes)
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot tell the spool's free space; each blob is checked when spooled");
+                max_bytes
+            }
+        };
         Ok(Arc::new(Spool {
             dir,
             max_bytes,
             state: Mutex::new(State::default()),
+            faults,
+            space,
         }))
     }
 
@@ -211,7 +315,8 @@ impl Spool {
             file: OnceLock::new(),
             readers: AtomicUsize::new(0),
             damaged: AtomicBool::new(false),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
+            room: Notify::new(),
         });
         st.slots.insert(
             d,
@@ -265,7 +370,63 @@ impl Spool {
             }
             u.readers += slot.entry.readers();
         }
+        u.pending = Self::pending(&st);
         u
+    }
+
+    /// Reserved bytes not yet in the files: free space the downloads will still take.
+    fn pending(st: &State) -> u64 {
+        st.slots
+            .values()
+            .map(|s| s.reserved.saturating_sub(s.entry.progress.borrow().written))
+            .sum()
+    }
+
+    /// Whether the filesystem has room for `size` more bytes beside what is promised, with
+    /// headroom (unknown free space: yes, the write fault path covers it).
+    fn check_space(&self, st: &State, size: u64) -> Result<(), SpoolError> {
+        let Ok(space) = (self.space)(&self.dir) else {
+            return Ok(());
+        };
+        let pending = Self::pending(st);
+        let headroom = space.headroom();
+        if size.saturating_add(pending).saturating_add(headroom) > space.available {
+            return Err(SpoolError::NoSpace {
+                size,
+                free: space.available,
+                pending,
+                headroom,
+            });
+        }
+        Ok(())
+    }
+
+    /// A write to `entry`'s file failed: it leaves the spool (its file is unlinked; readers
+    /// holding it go on), and no blob is spooled for a while. Counted and logged once per blob.
+    fn write_failed(&self, entry: &Entry, offset: u64, error: &io::Error) {
+        tracing::warn!(
+            digest = %entry.digest,
+            offset,
+            %error,
+            "writing to the spool failed: this download goes on from memory, and blobs stream unspooled for {WRITE_FAULT_REST:?}"
+        );
+        self.faults.record(
+            FaultKind::SpoolWrite,
+            format!(
+                "writing {} to the spool at byte {offset} failed: {error}",
+                entry.digest
+            ),
+        );
+        let mut st = self.state.locked();
+        st.write_fault = Some(Instant::now());
+        if Self::holds(&st, entry) {
+            self.drop_slot(&mut st, &entry.digest);
+        }
+    }
+
+    /// The faults counter this spool records into.
+    pub fn faults(&self) -> &Arc<LocalFaults> {
+        &self.faults
     }
 
     /// Every live entry with its phase, for status and advertising.
@@ -311,6 +472,12 @@ impl Spool {
         if size > self.max_bytes {
             return Err(no_room);
         }
+        if st
+            .write_fault
+            .is_some_and(|t| t.elapsed() < WRITE_FAULT_REST)
+        {
+            return Err(SpoolError::Resting);
+        }
         while st.reserved + size > self.max_bytes {
             let victim = st
                 .slots
@@ -325,6 +492,14 @@ impl Spool {
                 }
                 None => return Err(no_room),
             }
+        }
+        if let Err(e) = self.check_space(&st, size) {
+            tracing::info!(digest = %entry.digest, error = %e, "not spooling this blob");
+            self.faults.record(
+                FaultKind::SpoolSpace,
+                format!("{} not spooled: {e}", entry.digest),
+            );
+            return Err(e);
         }
         let file = create(&self.path(&entry.digest))?;
         // Only the writer reserves, once (its `start` refuses a second call).
@@ -381,8 +556,12 @@ fn unlink(path: &Path) {
 #[derive(Clone, Debug)]
 struct Progress {
     phase: Phase,
-    /// Bytes in the file, from offset 0.
+    /// Bytes the writer has published, from offset 0 (in the file, or in memory past
+    /// `file_end`).
     written: u64,
+    /// Set when a write failed: only bytes before it are in the file; later ones are only in
+    /// the entry's recent batches.
+    file_end: Option<u64>,
     size: Option<u64>,
     media_type: Option<String>,
 }
@@ -392,6 +571,7 @@ impl Default for Progress {
         Progress {
             phase: Phase::Connecting,
             written: 0,
+            file_end: None,
             size: None,
             media_type: None,
         }
@@ -411,9 +591,53 @@ pub struct Entry {
     /// A reader found the file truncated under the download (an operator, a cleanup): its
     /// bytes can no longer be trusted, so the spool stops handing it out.
     damaged: AtomicBool,
-    /// The last batches written while downloading, `(offset, bytes)` in order: a reader
-    /// following the download takes its bytes from here instead of reading the file back.
-    recent: Mutex<VecDeque<(u64, Bytes)>>,
+    /// The last batches written while downloading, and where each reader stands: a reader
+    /// following the download takes its bytes from here instead of reading the file back,
+    /// and after a write error every reader takes the bytes past the file's end from here.
+    recent: Mutex<Recent>,
+    /// Woken when a reader moves on or ends: after a write error the writer waits on it for
+    /// the slowest reader to be done with a batch it would drop.
+    room: Notify,
+}
+
+/// The download's head in memory, and the readers' cursors.
+#[derive(Default)]
+struct Recent {
+    /// `(offset, bytes)` in order.
+    batches: VecDeque<(u64, Bytes)>,
+    /// Each open reader's next byte and the end of its window (exclusive), by reader id.
+    cursors: HashMap<u64, (u64, u64)>,
+    next_id: u64,
+}
+
+impl Recent {
+    fn held(&self) -> usize {
+        self.batches.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    /// Whether some reader has yet to read a byte of the batch `off..off + len` that exists
+    /// only in memory (at or past `file_end`; readers read earlier bytes from the file).
+    fn needed(&self, off: u64, len: usize, file_end: u64) -> bool {
+        let end = off + len as u64;
+        off >= file_end
+            && self
+                .cursors
+                .values()
+                .any(|&(pos, stop)| pos.max(off) < stop.min(end))
+    }
+
+    /// Whether `incoming` more bytes fit under `limit` once the batches nobody needs (from the
+    /// oldest) are dropped.
+    fn has_room(&self, incoming: usize, limit: usize, file_end: u64) -> bool {
+        let mut held = self.held();
+        for (off, b) in &self.batches {
+            if held + incoming <= limit || self.needed(*off, b.len(), file_end) {
+                break;
+            }
+            held -= b.len();
+        }
+        held + incoming <= limit
+    }
 }
 
 impl Entry {
@@ -467,8 +691,46 @@ impl Entry {
     /// Bytes `start..=end` as a stream: what exists at once, then the growing file. The last
     /// bytes of the window come only once the blob is verified; on failure the stream ends
     /// with an error; with no progress for `stall` it gives up with `TimedOut`.
-    pub fn reader(self: &Arc<Self>, start: u64, end: u64, stall: Duration) -> ByteStream {
+    ///
+    /// `None` when the blob's spool file failed and the bytes this window needs are no longer
+    /// in memory either: the caller streams the blob unspooled (nothing has been sent yet).
+    pub fn reader(self: &Arc<Self>, start: u64, end: u64, stall: Duration) -> Option<ByteStream> {
         reader::stream(self.clone(), start, end, stall)
+    }
+
+    /// Registers a reader of `start..stop` (`stop` exclusive): its cursor id, or `None` when
+    /// bytes it needs are gone (past the file's end after a write error, and already dropped
+    /// from memory): the caller streams unspooled instead.
+    fn attach(&self, start: u64, stop: u64) -> Option<u64> {
+        let mut recent = self.recent.locked();
+        {
+            let p = self.progress.borrow();
+            if let Some(file_end) = p.file_end {
+                let first = start.max(file_end);
+                let kept_from = recent.batches.front().map_or(p.written, |(off, _)| *off);
+                if first < stop && first < p.written && kept_from > first {
+                    return None;
+                }
+            }
+        }
+        let id = recent.next_id;
+        recent.next_id += 1;
+        recent.cursors.insert(id, (start, stop));
+        Some(id)
+    }
+
+    /// Reader `id` needs nothing before `pos` any more.
+    fn advance(&self, id: u64, pos: u64) {
+        if let Some(c) = self.recent.locked().cursors.get_mut(&id) {
+            c.0 = pos;
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Reader `id` ended.
+    fn detach(&self, id: u64) {
+        self.recent.locked().cursors.remove(&id);
+        self.room.notify_waiters();
     }
 
     /// Bytes `pos..until` (at most) from the recent batches, without a copy: `None` if `pos`
@@ -476,6 +738,7 @@ impl Entry {
     fn recent_slice(&self, pos: u64, until: u64) -> Option<Bytes> {
         let recent = self.recent.locked();
         let (off, data) = recent
+            .batches
             .iter()
             .find(|(off, data)| *off <= pos && pos < off + data.len() as u64)?;
         let from = usize::try_from(pos - off).ok()?;

@@ -5,7 +5,12 @@
 //! the entry's open file (so an unlinked file still serves; from the page cache on the calling
 //! thread when it can, else on the blocking pool), and releases the last
 //! [`HOLD_BACK`] bytes of its window only once the whole blob is verified.
+//!
+//! After a write error the file holds only the bytes before it: a reader reads those from the
+//! file and the rest from the writer's batches in memory, and takes its held-back tail into
+//! its own hands as it arrives, so the writer never waits on a reader that waits on it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,20 +34,25 @@ const POOLED: usize = 3;
 /// little more makes the final release one read, not a trickle.
 pub(super) const HOLD_BACK: u64 = 64 * 1024;
 
-pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -> ByteStream {
-    // Counted from creation, not first poll: a response about to read pins its entry.
-    entry.readers.fetch_add(1, Ordering::Relaxed);
-    let guard = Guard(entry.clone());
+pub(super) fn stream(
+    entry: Arc<Entry>,
+    start: u64,
+    end: u64,
+    stall: Duration,
+) -> Option<ByteStream> {
     let Some(stop) = end.checked_add(1).filter(|_| start <= end) else {
         let err = io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("empty or invalid window {start}-{end}"),
         );
-        return Box::pin(futures_util::stream::once(async move {
-            drop(guard);
-            Err(err)
-        }));
+        return Some(Box::pin(futures_util::stream::once(
+            async move { Err(err) },
+        )));
     };
+    let id = entry.attach(start, stop)?;
+    // Counted from creation, not first poll: a response about to read pins its entry.
+    entry.readers.fetch_add(1, Ordering::Relaxed);
+    let guard = Guard(entry.clone(), id);
     let state = Read {
         rx: entry.progress.subscribe(),
         entry,
@@ -51,26 +61,32 @@ pub(super) fn stream(entry: Arc<Entry>, start: u64, end: u64, stall: Duration) -
         held: HOLD_BACK.min(stop - start),
         stall,
         reader: ChunkReader::new(POOLED),
+        tail: VecDeque::new(),
         done: false,
-        _guard: guard,
+        guard,
     };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let item = st.next().await?;
-        // An error ends the stream: nothing follows it, least of all the held-back tail.
-        st.done = item.is_err();
-        Some((item, st))
-    }))
+    Some(Box::pin(futures_util::stream::unfold(
+        state,
+        |mut st| async move {
+            if st.done {
+                return None;
+            }
+            let item = st.next().await?;
+            // An error ends the stream: nothing follows it, least of all the held-back tail.
+            st.done = item.is_err();
+            Some((item, st))
+        },
+    )))
 }
 
-/// Keeps the entry's reader count while the stream lives (it shields the entry from eviction).
-struct Guard(Arc<Entry>);
+/// Keeps the entry's reader count (it shields the entry from eviction) and this reader's
+/// cursor (it keeps the batches it needs in memory after a write error) while the stream lives.
+struct Guard(Arc<Entry>, u64);
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.0.readers.fetch_sub(1, Ordering::Relaxed);
+        self.0.detach(self.1);
     }
 }
 
@@ -86,20 +102,35 @@ struct Read {
     /// Reads the file into buffers back from chunks the client side has sent, so a download
     /// neither zero-fills nor faults in fresh pages per chunk.
     reader: ChunkReader,
+    /// The held-back bytes, taken from memory after a write error (`stop - held..pos`),
+    /// released once verified.
+    tail: VecDeque<Bytes>,
     done: bool,
-    _guard: Guard,
+    guard: Guard,
 }
 
 impl Read {
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            if self.pos >= self.stop {
+            let (phase, written, size, file_end) = {
+                let p = self.rx.borrow_and_update();
+                (p.phase.clone(), p.written, p.size, p.file_end)
+            };
+            if phase == Phase::Verified
+                && let Some(b) = self.tail.pop_front()
+            {
+                return Some(Ok(b));
+            }
+            // A tail taken from memory still waits for the verification.
+            if self.pos >= self.stop && self.tail.is_empty() {
                 return None;
             }
-            let (phase, written, size) = {
-                let p = self.rx.borrow_and_update();
-                (p.phase.clone(), p.written, p.size)
-            };
+            let body_end = self.stop - self.held;
+            // The file lost the tail's bytes: take them from memory now, before the writer
+            // drops them, and hold them until verified.
+            let take_tail = phase == Phase::Downloading
+                && self.pos >= body_end
+                && file_end.is_some_and(|fe| self.stop > fe);
             let limit = match (phase, size) {
                 (Phase::Failed(why), _) => {
                     return Some(Err(io::Error::other(format!(
@@ -116,13 +147,20 @@ impl Read {
                     }
                     if phase == Phase::Verified {
                         self.stop
+                    } else if take_tail {
+                        written.min(self.stop)
                     } else {
-                        written.min(self.stop - self.held)
+                        written.min(body_end)
                     }
                 }
             };
             if limit > self.pos {
-                return Some(self.read(limit).await);
+                let chunk = self.read(limit, file_end).await;
+                match chunk {
+                    Ok(b) if take_tail => self.tail.push_back(b),
+                    other => return Some(other),
+                }
+                continue;
             }
             match tokio::time::timeout(self.stall, self.rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -141,14 +179,33 @@ impl Read {
         }
     }
 
-    /// Reads `pos..min(limit, pos + READ_CHUNK)`, bytes known to be in the file.
-    async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
+    /// Reads `pos..min(limit, pos + READ_CHUNK)`, bytes the writer has published: from its
+    /// recent batches, else from the file (never at or past `file_end`).
+    async fn read(&mut self, limit: u64, file_end: Option<u64>) -> io::Result<Bytes> {
+        let chunk = self.fetch(limit, file_end).await?;
+        self.pos += chunk.len() as u64;
+        self.entry.advance(self.guard.1, self.pos);
+        Ok(chunk)
+    }
+
+    async fn fetch(&mut self, limit: u64, file_end: Option<u64>) -> io::Result<Bytes> {
         let want = (limit - self.pos).min(READ_CHUNK);
         // Following the download: its latest batches are still in memory.
         if let Some(b) = self.entry.recent_slice(self.pos, self.pos + want) {
-            self.pos += b.len() as u64;
             return Ok(b);
         }
+        let want = match file_end {
+            Some(fe) if self.pos >= fe => {
+                // The writer keeps what a reader needs; only a reader that stalled longer than
+                // the writer would wait for it gets here.
+                return Err(io::Error::other(format!(
+                    "the spool file failed at byte {fe} and byte {} is no longer in memory",
+                    self.pos
+                )));
+            }
+            Some(fe) => want.min(fe - self.pos),
+            None => want,
+        };
         let len = usize::try_from(want).map_err(io::Error::other)?;
         // No larger than the window needs (`len` is at most this).
         let cap =
@@ -174,7 +231,6 @@ impl Read {
                 ),
             ));
         }
-        self.pos += chunk.len() as u64;
         Ok(chunk)
     }
 }

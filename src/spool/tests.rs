@@ -8,24 +8,32 @@ use futures_util::StreamExt;
 
 use super::*;
 
-const MIB: u64 = 1024 * 1024;
-const STALL: Duration = Duration::from_secs(10);
+pub(super) const MIB: u64 = 1024 * 1024;
+pub(super) const STALL: Duration = Duration::from_secs(10);
 /// How long a test waits to conclude that something has not arrived.
-const QUIET: Duration = Duration::from_millis(200);
+pub(super) const QUIET: Duration = Duration::from_millis(200);
 
-fn blob(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn blob(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect()
 }
 
-fn spool(max: u64) -> (tempfile::TempDir, Arc<Spool>) {
+/// A filesystem with room to spare, whatever the test machine's disk has free.
+fn plenty(_: &Path) -> io::Result<Space> {
+    Ok(Space {
+        total: 1 << 40,
+        available: 1 << 39,
+    })
+}
+
+pub(super) fn spool(max: u64) -> (tempfile::TempDir, Arc<Spool>) {
     let tmp = tempfile::tempdir().unwrap();
-    let s = Spool::new(tmp.path().join("spool"), max).unwrap();
+    let s = Spool::build(tmp.path().join("spool"), max, Arc::default(), plenty).unwrap();
     (tmp, s)
 }
 
-fn claim_new(s: &Arc<Spool>, d: Digest) -> (Arc<Entry>, Writer) {
+pub(super) fn claim_new(s: &Arc<Spool>, d: Digest) -> (Arc<Entry>, Writer) {
     match s.claim(d) {
         Claim::New(e, w) => (e, w),
         Claim::Existing(_) => panic!("expected a new entry for {d}"),
@@ -33,7 +41,7 @@ fn claim_new(s: &Arc<Spool>, d: Digest) -> (Arc<Entry>, Writer) {
 }
 
 /// Collects a stream: the bytes it yielded, and its error if it ended with one.
-async fn collect(mut s: ByteStream) -> (Vec<u8>, Option<io::Error>) {
+pub(super) async fn collect(mut s: ByteStream) -> (Vec<u8>, Option<io::Error>) {
     let mut got = Vec::new();
     while let Some(item) = tokio::time::timeout(STALL, s.next()).await.unwrap() {
         match item {
@@ -78,7 +86,7 @@ async fn readers_attached_at_different_times_get_every_byte() {
     assert_eq!(entry.phase(), Phase::Connecting);
 
     // Attached before the size is known: it waits instead of ending.
-    let mut early = entry.reader(0, data.len() as u64 - 1, STALL);
+    let mut early = entry.reader(0, data.len() as u64 - 1, STALL).unwrap();
     assert!(
         tokio::time::timeout(QUIET, early.next()).await.is_err(),
         "a reader must wait for the first bytes"
@@ -103,7 +111,11 @@ async fn readers_attached_at_different_times_get_every_byte() {
     for c in first.chunks(16 * 1024) {
         w.write(c).await.unwrap();
     }
-    let late = s.get(&d).unwrap().reader(0, data.len() as u64 - 1, STALL);
+    let late = s
+        .get(&d)
+        .unwrap()
+        .reader(0, data.len() as u64 - 1, STALL)
+        .unwrap();
     let late = tokio::spawn(collect(late));
     for c in rest.chunks(100_000) {
         w.write(c).await.unwrap();
@@ -138,7 +150,7 @@ async fn a_ranged_reader_gets_its_last_byte_only_once_verified() {
     // Every byte of the blob is on disk, but the hash is not confirmed yet.
     w.write(&data).await.unwrap();
     let (a, b) = (1000usize, 200_000usize);
-    let mut r = entry.reader(a as u64, b as u64, STALL);
+    let mut r = entry.reader(a as u64, b as u64, STALL).unwrap();
     let mut got = Vec::new();
     let ended = drain_until_quiet(&mut r, &mut got).await;
     assert!(!ended, "the window must not end before verification");
@@ -166,8 +178,8 @@ async fn a_failed_download_ends_every_reader_with_an_error() {
     let d = Digest::of(&data);
     let (entry, mut w) = claim_new(&s, d);
     w.start(data.len() as u64, "x".into()).unwrap();
-    let whole = entry.reader(0, data.len() as u64 - 1, STALL);
-    let window = entry.reader(10, 1000, STALL);
+    let whole = entry.reader(0, data.len() as u64 - 1, STALL).unwrap();
+    let window = entry.reader(10, 1000, STALL).unwrap();
     w.write(&data[..MIB as usize]).await.unwrap();
     let whole = tokio::spawn(collect(whole));
     let window = tokio::spawn(collect(window));
@@ -194,12 +206,14 @@ async fn bytes_that_do_not_match_the_digest_never_release_the_tail() {
     let d = Digest::of(&data);
     let (entry, mut w) = claim_new(&s, d);
     w.start(data.len() as u64, "x".into()).unwrap();
-    let whole = tokio::spawn(collect(entry.reader(0, data.len() as u64 - 1, STALL)));
-    let tail = tokio::spawn(collect(entry.reader(
-        data.len() as u64 - 10,
-        data.len() as u64 - 1,
-        STALL,
-    )));
+    let whole = tokio::spawn(collect(
+        entry.reader(0, data.len() as u64 - 1, STALL).unwrap(),
+    ));
+    let tail = tokio::spawn(collect(
+        entry
+            .reader(data.len() as u64 - 10, data.len() as u64 - 1, STALL)
+            .unwrap(),
+    ));
     for c in lie.chunks(70_000) {
         w.write(c).await.unwrap();
     }
@@ -234,7 +248,7 @@ async fn dropping_the_writer_fails_the_entry() {
     let (entry, mut w) = claim_new(&s, d);
     w.start(1000, "x".into()).unwrap();
     w.write(&data[..500]).await.unwrap();
-    let r = entry.reader(0, 999, STALL);
+    let r = entry.reader(0, 999, STALL).unwrap();
     drop(w);
     let (_, err) = collect(r).await;
     assert!(err.is_some());
@@ -274,7 +288,7 @@ async fn an_entry_with_a_reader_is_not_evicted() {
     let a = verified_entry(&s, &blob(MIB as usize, 1)).await;
     let b = verified_entry(&s, &blob(MIB as usize, 2)).await;
     // `a` is the least recently used, but someone is reading it.
-    let reading = a.reader(0, MIB - 1, STALL);
+    let reading = a.reader(0, MIB - 1, STALL).unwrap();
     assert_eq!(s.usage().readers, 1);
 
     let (_, mut w) = claim_new(&s, Digest::of(&blob(2 * MIB as usize, 3)));
@@ -319,7 +333,7 @@ async fn a_removed_entry_still_serves_its_readers() {
     w.start(data.len() as u64, "x".into()).unwrap();
     let (first, rest) = data.split_at(MIB as usize);
     w.write(first).await.unwrap();
-    let mut r = entry.reader(0, data.len() as u64 - 1, STALL);
+    let mut r = entry.reader(0, data.len() as u64 - 1, STALL).unwrap();
     let mut got = r.next().await.unwrap().unwrap().to_vec();
 
     s.remove(&d);
@@ -338,7 +352,7 @@ async fn a_removed_entry_still_serves_its_readers() {
     got.extend_from_slice(&tail);
     assert!(got == data);
     // A reader attached after the removal still reads through the open file.
-    let (again, err) = collect(entry.reader(5, 10, STALL)).await;
+    let (again, err) = collect(entry.reader(5, 10, STALL).unwrap()).await;
     assert!(err.is_none());
     assert_eq!(again, data[5..=10]);
     drop(w2);
@@ -352,7 +366,7 @@ async fn a_reader_gives_up_when_nothing_progresses() {
     w.start(size, "x".into()).unwrap();
     // One write batch, so the bytes reach the file.
     w.write(&vec![0; WRITE_BATCH]).await.unwrap();
-    let (got, err) = collect(entry.reader(0, size - 1, QUIET)).await;
+    let (got, err) = collect(entry.reader(0, size - 1, QUIET).unwrap()).await;
     assert_eq!(got.len(), WRITE_BATCH);
     assert_eq!(err.unwrap().kind(), io::ErrorKind::TimedOut);
     assert_eq!(entry.descriptor(QUIET).await.unwrap().size, size);
@@ -364,9 +378,9 @@ async fn a_window_beyond_the_blob_is_an_error() {
     let (_tmp, s) = spool(64 * MIB);
     let (entry, mut w) = claim_new(&s, Digest::of(b"short"));
     w.start(100, "x".into()).unwrap();
-    let (_, err) = collect(entry.reader(50, 100, STALL)).await;
+    let (_, err) = collect(entry.reader(50, 100, STALL).unwrap()).await;
     assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidInput);
-    let (_, err) = collect(entry.reader(9, 8, STALL)).await;
+    let (_, err) = collect(entry.reader(9, 8, STALL).unwrap()).await;
     assert_eq!(err.unwrap().kind(), io::ErrorKind::InvalidInput);
     // More bytes than announced are refused.
     assert!(w.write(&[0; 101]).await.is_err());
@@ -392,7 +406,7 @@ async fn idle_verified_entries_expire_but_read_or_downloading_ones_stay() {
     let (_tmp, s) = spool(16 * MIB);
     let idle = verified_entry(&s, &blob(1000, 1)).await;
     let read = verified_entry(&s, &blob(1000, 2)).await;
-    let _reader = read.reader(0, 999, STALL);
+    let _reader = read.reader(0, 999, STALL).unwrap();
     let (downloading, _w) = claim_new(&s, Digest::of(b"still downloading"));
     tokio::time::sleep(Duration::from_millis(30)).await;
     let gone = s.expire_idle(Duration::from_millis(20));

@@ -6,10 +6,15 @@
 //! new length. One job runs at a time, in order, while the caller gathers the next batch from
 //! the network. Batch buffers come back once nobody holds them, so a long download neither
 //! allocates nor faults in fresh pages per batch.
+//!
+//! When a write fails, the download goes on without the file: later batches are hashed and
+//! kept in memory only, and before adding one the writer waits (at most [`ROOM_WAIT`]) until
+//! every reader is done with the oldest batch it would drop.
 
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::task::JoinHandle;
@@ -30,6 +35,10 @@ const WRITE_PIECE: usize = 32 * 1024;
 /// How much of the download's head stays in memory for the readers following it (a few
 /// batches, per downloading entry).
 const RECENT_BYTES: usize = 4 * WRITE_BATCH;
+/// After a write error, how long the writer waits for a reader to take a batch before
+/// dropping it anyway: memory stays bounded even if a client stops reading (that response
+/// then ends with an error when it reads on; its bytes are not there to send).
+const ROOM_WAIT: Duration = Duration::from_secs(60);
 
 /// The only writer of an entry. Dropping it without [`Writer::verified`] fails the entry.
 pub struct Writer {
@@ -52,13 +61,19 @@ pub struct Writer {
     matched: Option<bool>,
     /// Verified or failed: nothing more may change.
     done: bool,
+    /// Where the file failed, once a write did: later batches live in memory only.
+    file_end: Option<u64>,
+    /// Test seam: the write at this offset fails as if the disk were full.
+    #[cfg(test)]
+    pub(super) fail_at: Option<u64>,
 }
 
 /// What a batch job hands back: the hasher, how the write went, and an old batch's buffer
 /// if nobody held it any more.
 struct BatchDone {
     hasher: Box<Sha256Verifier>,
-    written: io::Result<()>,
+    /// The file write's error, if it failed (the batch still reached the readers, from memory).
+    fault: Option<(u64, io::Error)>,
     reclaimed: Option<BytesMut>,
 }
 
@@ -77,6 +92,9 @@ impl Writer {
             pending: None,
             matched: None,
             done: false,
+            file_end: None,
+            #[cfg(test)]
+            fail_at: None,
         }
     }
 
@@ -95,12 +113,9 @@ impl Writer {
             return Err(SpoolError::AlreadyStarted);
         }
         if let Err(e) = self.spool.reserve(&self.entry, size) {
-            let why = if e.is_no_room() {
-                Failure::NoRoom
-            } else {
-                Failure::Io(e.to_string())
-            };
-            self.finish(Err(why));
+            // Whatever kept it out of the spool (budget, free space, a file that cannot be
+            // created), its readers stream without it.
+            self.finish(Err(Failure::NoRoom));
             return Err(e);
         }
         self.size = Some(size);
@@ -198,8 +213,13 @@ impl Writer {
 
     /// Hands the batch to a blocking job that hashes it, writes it at its offset, keeps it
     /// among the recent batches and tells the readers, after collecting the previous job.
+    /// Without a file (a write failed), it first waits for room among the recent batches.
     async fn submit(&mut self) -> io::Result<()> {
         self.collect().await?;
+        let force = match self.file_end {
+            Some(fe) => !self.wait_for_room(self.batch.len(), fe).await,
+            None => false,
+        };
         let Some(mut hasher) = self.hasher.take() else {
             return Err(io::Error::other("spool hasher lost"));
         };
@@ -211,43 +231,61 @@ impl Writer {
         let offset = self.flushed;
         let end = offset + data.len() as u64;
         let entry = self.entry.clone();
+        let file_end = self.file_end;
+        #[cfg(test)]
+        let fail = self.fail_at.is_some_and(|at| (offset..end).contains(&at));
+        #[cfg(not(test))]
+        let fail = false;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             hasher.update(&data);
-            let written = match entry.file.get() {
-                Some(f) => write_pieces(f, &data, offset),
-                None => Err(io::Error::other("spool file missing")),
+            // After a failure nothing more goes to the file: its bytes before it stay intact.
+            let fault = match (file_end, entry.file.get()) {
+                (Some(_), _) => None,
+                (None, _) if fail => Some(io::Error::from_raw_os_error(28)),
+                (None, Some(f)) => write_pieces(f, &data, offset).err(),
+                (None, None) => Some(io::Error::other("spool file missing")),
             };
-            let mut reclaimed = None;
-            if written.is_ok() {
-                {
-                    let mut recent = entry.recent.locked();
-                    // Not after the writer finished: the followers read the file then.
-                    if entry.progress.borrow().phase == Phase::Downloading {
-                        recent.push_back((offset, data));
-                    }
-                    let mut held: usize = recent.iter().map(|(_, b)| b.len()).sum();
-                    while held > RECENT_BYTES {
-                        let Some((_, old)) = recent.pop_front() else {
-                            break;
-                        };
-                        held -= old.len();
-                        // Back to the writer if no reader still holds a slice of it.
-                        if let Ok(mut b) = old.try_into_mut() {
-                            b.clear();
-                            reclaimed = Some(b);
-                        }
-                    }
-                }
-                entry.progress.send_modify(|p| p.written = end);
-            }
+            let file_end = file_end.or(fault.as_ref().map(|_| offset));
+            let reclaimed = keep_recent(&entry, offset, data, file_end, force);
+            entry.progress.send_modify(|p| {
+                p.written = end;
+                p.file_end = file_end;
+            });
             BatchDone {
                 hasher,
-                written,
+                fault: fault.map(|e| (offset, e)),
                 reclaimed,
             }
         }));
         self.flushed = end;
         Ok(())
+    }
+
+    /// Waits until `incoming` bytes fit among the recent batches once those no reader needs
+    /// are dropped; false if a reader kept one past [`ROOM_WAIT`] (then it is dropped anyway).
+    async fn wait_for_room(&self, incoming: usize, file_end: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            // Registered before the check, so a reader moving on in between is not missed.
+            let notified = self.entry.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .entry
+                .recent
+                .locked()
+                .has_room(incoming, RECENT_BYTES, file_end)
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    digest = %self.entry.digest,
+                    "a reader has not taken the spooled bytes for {ROOM_WAIT:?}: dropping them from memory"
+                );
+                return false;
+            }
+        }
     }
 
     /// Waits for the batch job in flight, if any, and takes back its hasher (and a buffer).
@@ -260,7 +298,12 @@ impl Writer {
         if done.reclaimed.is_some() {
             self.spare = done.reclaimed;
         }
-        done.written
+        if let Some((offset, e)) = done.fault {
+            // Once per blob: later batches are not written at all.
+            self.file_end = Some(offset);
+            self.spool.write_failed(&self.entry, offset, &e);
+        }
+        Ok(())
     }
 
     fn failure(&self) -> Failure {
@@ -275,8 +318,11 @@ impl Writer {
             return;
         }
         self.done = true;
-        // Followers read the rest from the file; the memory goes now.
-        self.entry.recent.locked().clear();
+        // Followers read the rest from the file; the memory goes now. Unless the file failed:
+        // then the bytes past its end live only here, until the last reader drops the entry.
+        if self.file_end.is_none() || outcome.is_err() {
+            self.entry.recent.locked().batches.clear();
+        }
         match outcome {
             Ok(()) => self
                 .entry
@@ -292,6 +338,43 @@ impl Writer {
             }
         }
     }
+}
+
+/// Adds the batch at `offset` to the entry's recent batches and drops the oldest beyond
+/// [`RECENT_BYTES`]; past a write error, only those no reader needs (unless `force`). The
+/// buffer of a dropped batch nobody holds comes back for reuse.
+fn keep_recent(
+    entry: &Entry,
+    offset: u64,
+    data: bytes::Bytes,
+    file_end: Option<u64>,
+    force: bool,
+) -> Option<BytesMut> {
+    let mut reclaimed = None;
+    let mut recent = entry.recent.locked();
+    // Not after the writer finished: the followers read the file then.
+    if entry.progress.borrow().phase == Phase::Downloading {
+        recent.batches.push_back((offset, data));
+    }
+    let mut held = recent.held();
+    while held > RECENT_BYTES {
+        let Some((off, len)) = recent.batches.front().map(|(o, b)| (*o, b.len())) else {
+            break;
+        };
+        if !force && file_end.is_some_and(|fe| recent.needed(off, len, fe)) {
+            break;
+        }
+        let Some((_, old)) = recent.batches.pop_front() else {
+            break;
+        };
+        held -= old.len();
+        // Back to the writer if no reader still holds a slice of it.
+        if let Ok(mut b) = old.try_into_mut() {
+            b.clear();
+            reclaimed = Some(b);
+        }
+    }
+    reclaimed
 }
 
 /// Writes `data` at `offset` in [`WRITE_PIECE`] pieces.

@@ -195,8 +195,21 @@ fn status_table(s: &proto::StatusResponse) -> String {
     row("auth", s.auth_mode.clone());
     row("cert expires", when(s.cert_not_after));
     row("crl next update", when(s.crl_next_update));
+    row("spool", or_dash(&s.spool));
     for w in &s.warnings {
         row("WARNING", w.clone());
+    }
+    for f in &s.local_faults {
+        row(
+            "LOCAL FAULT",
+            format!(
+                "{} x{} (last {}): {}",
+                f.kind,
+                f.count,
+                when(f.last_at_ms / 1000),
+                f.last
+            ),
+        );
     }
     out
 }
@@ -220,6 +233,8 @@ pub(crate) fn status_value(s: &proto::StatusResponse) -> serde_json::Value {
         "ready": s.ready, "not_ready_reasons": s.not_ready_reasons,
         "containerd": {"up": s.containerd_up, "indexed": s.index_loaded, "reason": s.containerd_reason, "version": s.containerd_version, "namespace": s.containerd_namespace},
         "warnings": s.warnings,
+        "spool": s.spool,
+        "local_faults": s.local_faults.iter().map(|f| json!({"kind": f.kind, "count": f.count, "last_at_ms": f.last_at_ms, "last": f.last})).collect::<Vec<_>>(),
         "content": {"images": s.images, "blobs": s.blobs, "tags": s.tags},
         "advertised_keys": s.advertised_keys, "connected_peers": s.connected_peers,
         "auth_mode": s.auth_mode, "cert_not_after": s.cert_not_after, "crl_next_update": s.crl_next_update,

@@ -451,6 +451,8 @@ def test_monitoring_resources():
     assert "peermirror_connected_peers" in rules["PeermirrorNoPeers"]["expr"] and "== 0" in rules["PeermirrorNoPeers"]["expr"]
     assert "rate(peermirror_auth_failures_total" in rules["PeermirrorAuthFailuresSpiking"]["expr"]
     assert "peermirror_provider_failures_total" in rules["PeermirrorMirrorErrorsRising"]["expr"]
+    assert "increase(peermirror_local_faults_total" in rules["PeermirrorLocalFaults"]["expr"]
+    assert "by (namespace, pod, kind)" in rules["PeermirrorLocalFaults"]["expr"]
     assert "peermirror_crl_next_update_seconds" in rules["PeermirrorCRLExpiringSoon"]["expr"]
     assert "< 86400" in rules["PeermirrorCRLExpiringSoon"]["expr"]
     for r in rules.values():

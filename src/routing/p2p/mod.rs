@@ -21,9 +21,9 @@ use libp2p::multiaddr::Protocol;
 
 pub use config::{Bootstrap, P2pConfig};
 pub use handle::P2pRouter;
-pub use swarm::load_or_create_identity;
 #[doc(hidden)]
 pub use swarm::parse_registry;
+pub use swarm::{ephemeral_identity, load_or_create_identity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {

@@ -60,6 +60,11 @@ pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, P2pError
     }
 }
 
+/// A new identity kept only in memory (the data dir cannot hold one).
+pub fn ephemeral_identity() -> identity::Keypair {
+    identity::Keypair::generate_ed25519()
+}
+
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
     pub(super) kad: kad::Behaviour<ProviderStore>,
