@@ -10,11 +10,8 @@
 //! Faults: node 2's `--data-dir` on a full 4 MiB tmpfs, read-only, or missing and uncreatable; its
 //! spool file deleted or truncated mid-pull; node 1's blob deleted (`ctr images rm --sync`) or its
 //! containerd restarted while it streams the blob; node 2's daemon restarted (SIGTERM, then a new
-//! one on the same ports and dirs) mid-pull of a 200 MB layer. Measured outcomes on today's code:
-//! `docs/faults.md`.
-//!
-//! Tests that fail on today's code return early unless `PEERMIRROR_FAULTS_PENDING` is set (see
-//! [`pending`]); whoever fixes a case removes its gate.
+//! one on the same ports and dirs) mid-pull of a 200 MB layer. Measured outcomes, before and
+//! after the fixes: `docs/faults.md`.
 //!
 //! Run with `cargo test --test e2e_faults -- --include-ignored --test-threads=1` (as root: mounts).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -30,25 +27,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Set to run the tests that fail on today's code (issue 23 not yet fixed).
-const PENDING_ENV: &str = "PEERMIRROR_FAULTS_PENDING";
-
 /// How long node 2 may take to see, through the DHT, that node 1 holds a blob.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Node 1's egress cap for the "mid-pull" cases: the 52 MiB layer takes ~5 s.
 const SLOW_BPS: &str = "10000000";
-
-/// True (with a note) when `test` is gated: it fails on today's code, pending issue 23.
-fn pending(test: &str) -> bool {
-    if std::env::var_os(PENDING_ENV).is_some() {
-        return false;
-    }
-    eprintln!(
-        "SKIP {test}: fails on today's code, pending issue 23 (set {PENDING_ENV}=1 to run it)"
-    );
-    true
-}
 
 // ---------------------------------------------------------------------------
 // Mounts and immutable directories, undone on Drop (also while unwinding)
@@ -318,6 +301,27 @@ impl Pair {
         took
     }
 
+    /// Node 2 counted the full data dir as a space fault and did not spool the layer.
+    fn assert_space_fault(&self, case: &str) {
+        let faults = self
+            .node2
+            .pm
+            .metric("peermirror_local_faults_total", &[("kind", "spool_space")]);
+        assert!(
+            faults >= 1.0,
+            "[{case}] node2 counted no spool_space fault\n{}",
+            self.node2.pm.log_tail(20)
+        );
+        let write_faults = self
+            .node2
+            .pm
+            .metric("peermirror_local_faults_total", &[("kind", "spool_write")]);
+        assert_eq!(
+            write_faults, 0.0,
+            "[{case}] the space check let a write fail"
+        );
+    }
+
     /// With the upstream down the layer can only have come from node 1.
     fn assert_layer_from_peer(&self, case: &str) {
         let peer = self.node2.bytes_from("peer");
@@ -483,25 +487,21 @@ fn data_dir_full(upstream_up: bool) -> (Pair, Tmpfs) {
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn data_dir_full_upstream_up() {
-    if pending("data_dir_full_upstream_up") {
-        return;
-    }
     let (pair, _tmpfs) = data_dir_full(true);
     let res = pair.pull();
     pair.assert_pulled("full, upstream up", res);
+    pair.assert_space_fault("full, upstream up");
 }
 
 /// Disk full, upstream down: only the peer has the layer; the pull completes on the first try.
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn data_dir_full_upstream_down() {
-    if pending("data_dir_full_upstream_down") {
-        return;
-    }
     let (pair, _tmpfs) = data_dir_full(false);
     let res = pair.pull();
     pair.assert_pulled("full, upstream down", res);
     pair.assert_layer_from_peer("full, upstream down");
+    pair.assert_space_fault("full, upstream down");
 }
 
 // ---------------------------------------------------------------------------
@@ -520,7 +520,7 @@ fn assert_serves_without_spool(pair: &mut Pair, fault: &str) {
     let log = pair.node2.log();
     let warned = log
         .lines()
-        .any(|l| l.contains("WARN") && l.to_lowercase().contains("spool"));
+        .any(|l| l.contains("WARN") && l.contains("the spool is off"));
     assert!(
         warned,
         "[{fault}] no warning about the spool in node2's log:\n{}",
@@ -529,16 +529,28 @@ fn assert_serves_without_spool(pair: &mut Pair, fault: &str) {
     let sock = pair.node2.admin_sock().display().to_string();
     let out = peermirror_cli(&["status", "--admin-sock", &sock]);
     assert!(out.status.success(), "status: {}", describe_output(&out));
-    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
-    let says_off = text.lines().any(|l| {
-        l.contains("spool")
-            && ["off", "disabled", "unavailable", "read-only"]
-                .iter()
-                .any(|w| l.contains(w))
-    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    let says_off = text
+        .lines()
+        .any(|l| l.starts_with("spool ") && l.contains("off (unavailable): cannot prepare"));
     assert!(
         says_off,
         "[{fault}] `peermirror status` does not say the spool is off:\n{text}"
+    );
+    let fault = text
+        .lines()
+        .any(|l| l.starts_with("LOCAL FAULT") && l.contains("data_dir x1"));
+    assert!(
+        fault,
+        "[{fault}] `peermirror status` shows no data_dir fault:\n{text}"
+    );
+    let counted = pair
+        .node2
+        .pm
+        .metric("peermirror_local_faults_total", &[("kind", "data_dir")]);
+    assert_eq!(
+        counted, 1.0,
+        "[{fault}] peermirror_local_faults_total{{kind=\"data_dir\"}}"
     );
 }
 
@@ -546,9 +558,6 @@ fn assert_serves_without_spool(pair: &mut Pair, fault: &str) {
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn data_dir_read_only() {
-    if pending("data_dir_read_only") {
-        return;
-    }
     let mut pair = Pair::start(fixture("big"), true, &[], &[]);
     let tmpfs = pair.mount_over_data_dir("1m");
     tmpfs.remount_ro();
@@ -559,9 +568,6 @@ fn data_dir_read_only() {
 #[test]
 #[ignore = "e2e: needs root + containerd + docker-registry; run by scripts/test.sh"]
 fn data_dir_missing_uncreatable() {
-    if pending("data_dir_missing_uncreatable") {
-        return;
-    }
     let mut pair = Pair::start(fixture("big"), true, &[], &[]);
     pair.node2.pm.kill();
     let dir = pair.data_dir();

@@ -49,7 +49,7 @@ pub(super) fn start_in_flight(
         // A feature, not a reason to stop serving local content and peers.
         made.map_err(|e| {
             tracing::warn!(error = %e, "the spool is off: blobs from peers stream unspooled, one download per request");
-            w.metrics.faults.record(FaultKind::DataDir, format!("spool off: {e}"));
+            w.metrics.faults.record(FaultKind::DataDir, e.to_string());
         })
         .ok()
     });

@@ -164,6 +164,10 @@ async fn a_blob_the_filesystem_has_no_room_for_is_not_spooled() {
     assert!(matches!(err, SpoolError::NoSpace { .. }), "{err}");
     assert_eq!(e.descriptor(QUIET).await, Err(Failure::NoRoom));
     assert_eq!(faults.count(FaultKind::SpoolSpace), 1);
+    // Beyond what the filesystem left the budget, within --spool-max-bytes: a space fault.
+    let (_, mut big) = claim_new(&s, Digest::of(b"big"));
+    assert!(big.start(169 * MIB, "x".into()).unwrap_err().is_no_room());
+    assert_eq!(faults.count(FaultKind::SpoolSpace), 2);
     let (_, mut w3) = claim_new(&s, Digest::of(b"c"));
     w3.start(30 * MIB, "x".into()).unwrap();
     drop(w);

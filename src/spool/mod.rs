@@ -153,6 +153,8 @@ pub struct Spool {
     dir: PathBuf,
     /// The budget: `--spool-max-bytes`, or less when the filesystem had less room at start.
     max_bytes: u64,
+    /// `--spool-max-bytes` as given: a blob within it but beyond `max_bytes` is a space fault.
+    configured: u64,
     state: Mutex<State>,
     /// Where write and space faults are counted (the daemon's metrics; else nobody's).
     faults: Arc<LocalFaults>,
@@ -254,6 +256,7 @@ impl Spool {
             };
             gone.map_err(dir_err)?;
         }
+        let configured = max_bytes;
         let max_bytes = match space(&dir) {
             Ok(s) => {
                 let room = s.available.saturating_sub(s.headroom());
@@ -276,6 +279,7 @@ impl Spool {
         Ok(Arc::new(Spool {
             dir,
             max_bytes,
+            configured,
             state: Mutex::new(State::default()),
             faults,
             space,
@@ -470,6 +474,16 @@ impl Spool {
             max: self.max_bytes,
         };
         if size > self.max_bytes {
+            if size <= self.configured {
+                // It would fit the budget asked for; the filesystem is what lacks room.
+                self.faults.record(
+                    FaultKind::SpoolSpace,
+                    format!(
+                        "{} not spooled: {size} bytes, the filesystem leaves the spool {}",
+                        entry.digest, self.max_bytes
+                    ),
+                );
+            }
             return Err(no_room);
         }
         if st
