@@ -303,23 +303,23 @@ impl Pair {
 
     /// Node 2 counted the full data dir as a space fault and did not spool the layer.
     fn assert_space_fault(&self, case: &str) {
-        let faults = self
-            .node2
-            .pm
-            .metric("peermirror_local_faults_total", &[("kind", "spool_space")]);
         assert!(
-            faults >= 1.0,
+            self.node2_faults("spool_space") >= 1.0,
             "[{case}] node2 counted no spool_space fault\n{}",
             self.node2.pm.log_tail(20)
         );
-        let write_faults = self
-            .node2
-            .pm
-            .metric("peermirror_local_faults_total", &[("kind", "spool_write")]);
         assert_eq!(
-            write_faults, 0.0,
+            self.node2_faults("spool_write"),
+            0.0,
             "[{case}] the space check let a write fail"
         );
+    }
+
+    /// Node 2's `peermirror_local_faults_total{kind}`.
+    fn node2_faults(&self, kind: &str) -> f64 {
+        self.node2
+            .pm
+            .metric("peermirror_local_faults_total", &[("kind", kind)])
     }
 
     /// With the upstream down the layer can only have come from node 1.
@@ -544,10 +544,7 @@ fn assert_serves_without_spool(pair: &mut Pair, fault: &str) {
         fault,
         "[{fault}] `peermirror status` shows no data_dir fault:\n{text}"
     );
-    let counted = pair
-        .node2
-        .pm
-        .metric("peermirror_local_faults_total", &[("kind", "data_dir")]);
+    let counted = pair.node2_faults("data_dir");
     assert_eq!(
         counted, 1.0,
         "[{fault}] peermirror_local_faults_total{{kind=\"data_dir\"}}"
