@@ -11,10 +11,10 @@ use std::time::Duration;
 use peermirror::content::{Key, MemorySource};
 use peermirror::daemon::{Config, Routing};
 use peermirror::mirror::MirrorConfig;
-use peermirror::oci::{Name, Tag, TagKey};
+use peermirror::oci::{Digest, Name, Tag, TagKey};
 use peermirror::routing::{MemoryNetwork, MemoryRouter};
-use support::fake_peer::FakePeer;
-use support::{Node, client, config, next_loopback, start_on, wait_ready};
+use support::fake_peer::{FakePeer, Lie};
+use support::{Node, client, config, next_loopback, pattern, start_on, wait_ready};
 use tokio::net::TcpListener;
 
 const NS: &str = "127.0.0.1:5000";
@@ -107,4 +107,69 @@ async fn latest_is_resolved_through_peers_only_with_resolve_latest_tag() {
     assert_eq!(r.bytes().await.unwrap(), manifest);
     assert!(fake.hits("latest") >= 1, "{:?}", fake.seen());
     on.stop().await;
+}
+
+fn blob_url(n: &Node, d: Digest) -> String {
+    format!("{}/v2/test/app/blobs/{d}?ns={NS}", n.base)
+}
+
+#[tokio::test]
+async fn with_the_spool_off_a_peer_blob_streams_verified_and_nothing_is_spooled() {
+    let data = pattern(3 * 1024 * 1024, 41);
+    let digest = Digest::of(&data);
+    let honest = FakePeer::with_blob(data.clone(), Lie::Honest)
+        .start(next_loopback())
+        .await;
+    let net = MemoryNetwork::new();
+    net.insert(Key::Digest(digest), honest.provider("a-honest"));
+    let spool_dir = support::fresh_spool_dir();
+    // Streamed, not verified first: only the streaming path's own check stands between a
+    // lie and the client.
+    let mirror = MirrorConfig {
+        resolve_timeout: Duration::from_millis(500),
+        verify_before_send: 0,
+        ..MirrorConfig::default()
+    };
+    let c = node(&net, "c", mirror, |c| {
+        // What `--spool-max-bytes 0` makes of the data dir's spool.
+        c.spool = peermirror::daemon::SpoolSettings::new(spool_dir.clone(), 0);
+    })
+    .await;
+
+    // Each request streams its own download: two GETs, two fetches from the peer.
+    for _ in 0..2 {
+        let r = client().get(blob_url(&c, digest)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.bytes().await.unwrap().as_ref() == data.as_slice(),
+            "wrong bytes"
+        );
+    }
+    assert_eq!(honest.hits(&digest.to_string()), 2, "{:?}", honest.seen());
+    assert!(
+        !spool_dir.exists(),
+        "the spool was written with --spool-max-bytes 0"
+    );
+
+    // A provider of the right length of wrong bytes: the streamed body never ends cleanly.
+    let other = pattern(3 * 1024 * 1024, 42);
+    let other_digest = Digest::of(&other);
+    let liar = FakePeer::with_blob(other.clone(), Lie::WrongBytes)
+        .start(next_loopback())
+        .await;
+    net.insert(Key::Digest(other_digest), liar.provider("a-liar"));
+    let r = client()
+        .get(blob_url(&c, other_digest))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 200 {
+        let body = r.bytes().await;
+        assert!(body.is_err(), "a complete 200 of wrong bytes");
+    } else {
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(liar.hits(&other_digest.to_string()), 1);
+    assert!(!spool_dir.exists());
+    c.stop().await;
 }
