@@ -6,13 +6,13 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use peermirror::content::{Key, MemorySource};
 use peermirror::daemon::{Config, Routing};
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::{Digest, Name, Tag, TagKey};
-use peermirror::routing::{MemoryNetwork, MemoryRouter};
+use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
 use support::fake_peer::{FakePeer, Lie};
 use support::{Node, client, config, next_loopback, pattern, start_on, wait_ready};
 use tokio::net::TcpListener;
@@ -172,4 +172,60 @@ async fn with_the_spool_off_a_peer_blob_streams_verified_and_nothing_is_spooled(
     assert_eq!(liar.hits(&other_digest.to_string()), 1);
     assert!(!spool_dir.exists());
     c.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_is_served_from_a_spool_still_downloading() {
+    let data = pattern(1024 * 1024, 43);
+    let digest = Digest::of(&data);
+    // All but the last byte at once, the last after DRIP_EVERY (5 s): node A's download is in
+    // progress for that long.
+    let slow = FakePeer::with_blob(data.clone(), Lie::DripAfter(data.len() - 1))
+        .start(next_loopback())
+        .await;
+    let patient = MirrorConfig {
+        resolve_timeout: Duration::from_millis(500),
+        stall_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(30),
+        verify_before_send: 0,
+        ..MirrorConfig::default()
+    };
+    // A knows the slow fake; B knows only A (so B's bytes can come from nowhere else).
+    let net_a = MemoryNetwork::new();
+    net_a.insert(Key::Digest(digest), slow.provider("f-slow"));
+    let a = node(&net_a, "a", patient.clone(), |_| {}).await;
+    let net_b = MemoryNetwork::new();
+    net_b.insert(
+        Key::Digest(digest),
+        Provider {
+            peer: "a".into(),
+            addr: a.addr,
+        },
+    );
+    let b = node(&net_b, "b", patient, |_| {}).await;
+
+    // A's own client starts A's download.
+    let url_a = blob_url(&a, digest);
+    let a_pull = tokio::spawn(async move {
+        let r = client().get(url_a).send().await.unwrap();
+        (r.status(), r.bytes().await.unwrap())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.hits(&digest.to_string()) == 0 {
+        assert!(Instant::now() < deadline, "A never asked the fake");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!a_pull.is_finished(), "A's download ended before B asked");
+    let r = client().get(blob_url(&b, digest)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap().as_ref() == data.as_slice(),
+        "B: wrong bytes"
+    );
+    let (status, body) = a_pull.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.as_ref() == data.as_slice(), "A: wrong bytes");
+    assert_eq!(slow.hits(&digest.to_string()), 1, "{:?}", slow.seen());
+    a.stop().await;
+    b.stop().await;
 }
