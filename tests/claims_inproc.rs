@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,4 +229,81 @@ async fn a_peer_is_served_from_a_spool_still_downloading() {
     assert_eq!(slow.hits(&digest.to_string()), 1, "{:?}", slow.seen());
     a.stop().await;
     b.stop().await;
+}
+
+/// Runs a daemon the way `main` does: on a runtime of its own, dropped once `run` returns (which
+/// ends whatever connection tasks are still running). Yields the ops URL, then whether `run`
+/// returned Ok.
+fn daemon_like_main(
+    source: MemorySource,
+    cfg: Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> (SocketAddr, String, tokio::sync::oneshot::Receiver<bool>) {
+    let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (addr, ops_url) = (
+        registry.local_addr().unwrap(),
+        format!("http://{}", ops.local_addr().unwrap()),
+    );
+    registry.set_nonblocking(true).unwrap();
+    ops.set_nonblocking(true).unwrap();
+    let (done, exited) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let ok = rt.block_on(async {
+            let listeners = peermirror::daemon::Listeners {
+                registry: TcpListener::from_std(registry).unwrap(),
+                ops: TcpListener::from_std(ops).unwrap(),
+            };
+            peermirror::daemon::run_with_source(cfg, Arc::new(source), listeners, shutdown)
+                .await
+                .is_ok()
+        });
+        drop(rt);
+        let _ = done.send(ok);
+    });
+    (addr, ops_url, exited)
+}
+
+#[tokio::test]
+async fn a_response_still_running_at_the_drain_timeout_is_cut_and_the_daemon_exits() {
+    // Large enough that an unread body cannot fit in the socket buffers.
+    let layer = pattern(32 * 1024 * 1024, 44);
+    let source = MemorySource::new();
+    source.add_image("127.0.0.1:5000/test/app:v1", &[&layer]);
+    let mut cfg = config(Routing::Off, MirrorConfig::default());
+    cfg.limits.drain_timeout = Duration::from_millis(300);
+    let spool = cfg.spool.as_ref().map(|s| s.dir.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (addr, ops, exited) = daemon_like_main(source, cfg, shutdown.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("{ops}/readyz"))
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let url = format!("http://{addr}/v2/test/app/blobs/{}", Digest::of(&layer));
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The body is not read: the response is still running when shutdown begins.
+    shutdown.cancel();
+    let exit = tokio::time::timeout(Duration::from_secs(20), exited).await;
+    assert!(
+        matches!(exit, Ok(Ok(true))),
+        "the daemon did not exit cleanly after the drain timeout: {exit:?}"
+    );
+    let body = r.bytes().await;
+    assert!(
+        body.is_err(),
+        "the response completed: {} bytes",
+        body.map(|b| b.len()).unwrap_or(0)
+    );
+    if let Some(dir) = spool {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
