@@ -16,7 +16,8 @@ use peermirror::oci::{Digest, Name, Tag, TagKey};
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
 use support::fake_peer::{FakePeer, Lie};
 use support::{Node, client, config, next_loopback, pattern, start_on, wait_ready};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const NS: &str = "127.0.0.1:5000";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -306,4 +307,81 @@ async fn a_response_still_running_at_the_drain_timeout_is_cut_and_the_daemon_exi
     if let Some(dir) = spool {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// A connection from `src` (a loopback address of our choosing) to `to`.
+async fn connect_from(src: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(src, 0)).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// One keep-alive `GET /v2/` on `s`: the status line, or what went wrong.
+async fn status_line(s: &mut TcpStream) -> String {
+    if let Err(e) = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await {
+        return format!("write failed: {e}");
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+        Ok(Ok(0)) => "closed".into(),
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        Ok(Err(e)) => format!("read failed: {e}"),
+        Err(_) => "no answer in 10 s".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_connected_peer_gets_a_reserved_slot_when_strangers_fill_the_pool() {
+    let peer_ip = next_loopback();
+    let stranger_ip = next_loopback();
+    // The peer is connected: the router lists it (with its registry address) among its peers.
+    let net = MemoryNetwork::new();
+    net.insert(
+        Key::Digest(Digest::of(b"anything")),
+        Provider {
+            peer: "p-peer".into(),
+            addr: SocketAddr::new(peer_ip, 5000),
+        },
+    );
+    let n = node(&net, "c", MirrorConfig::default(), |c| {
+        c.limits.max_connections = 2;
+        c.limits.reserved_connections = 1;
+        // Busy keep-alive connections stay open for the whole test.
+        c.limits.header_read_timeout = Duration::from_secs(60);
+    })
+    .await;
+
+    // Strangers fill the pool with connections that each completed a request (none to evict).
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from(stranger_ip, n.addr).await;
+        let line = status_line(&mut s).await;
+        assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+        busy.push(s);
+    }
+    // Another stranger finds no slot...
+    let mut s = connect_from(stranger_ip, n.addr).await;
+    let line = status_line(&mut s).await;
+    assert!(
+        !line.starts_with("HTTP/1.1 200"),
+        "a stranger beyond the pool: {line:?}"
+    );
+    // ...but the connected peer is served from the reserve.
+    let mut s = connect_from(peer_ip, n.addr).await;
+    let line = status_line(&mut s).await;
+    assert!(
+        line.starts_with("HTTP/1.1 200"),
+        "the connected peer: {line:?}"
+    );
+    let m = n.metrics().await;
+    assert!(
+        m.contains("peermirror_connections_refused_total{reason=\"pool_full\"} 1"),
+        "{m}"
+    );
+    drop(busy);
+    n.stop().await;
 }
