@@ -332,8 +332,11 @@ async fn two_nodes_over_mtls_and_a_revoked_node_gets_nothing() {
     wait_tls_reload(&node1.pm, r1, revoked_at);
     wait_tls_reload(&node2.pm, r2, revoked_at);
 
-    // Node 2 gets nothing from node 1: a fresh request for multi's layer.
-    let url = blob_url(&base2, &multi, &multi_layer.digest, &reg);
+    // Node 2 gets nothing from node 1: a fresh request for a layer of multi that node 2 has
+    // never asked for (the visibility HEAD above fetched and verified layers[0], and node 2
+    // keeps such a small verified body for a minute: answering from it is not node 1 serving).
+    let fresh = multi.host_manifest().layers[1].clone();
+    let url = blob_url(&base2, &multi, &fresh.digest, &reg);
     let (cut, last) = poll_status(&tester, &url, 404, RELOAD_WITHIN).await;
     let cut_after = revoked_at.elapsed();
     let log1 = node1.log();
@@ -363,8 +366,10 @@ async fn two_nodes_over_mtls_and_a_revoked_node_gets_nothing() {
     assert_eq!(tester.get(&url, &[]).await.status, 404);
     assert_eq!(tester.head(&url, &[]).await.status, 404);
 
-    // And node 1 does not fetch from the revoked node 2 either.
-    let url = blob_url(&base1, &small, &small_layer.digest, &reg);
+    // And node 1 does not fetch from the revoked node 2 either: a blob of small's that node 1
+    // never asked for (its config; the visibility HEAD kept the layer's verified body).
+    let small_config = small.host_manifest().config.clone();
+    let url = blob_url(&base1, &small, &small_config.digest, &reg);
     let (cut, last) = poll_status(&tester, &url, 404, RELOAD_WITHIN).await;
     eprintln!(
         "[c] node 1's GET of node 2's layer answers {last}; node 1's provider failures:\n  {}",
