@@ -25,7 +25,7 @@ const SPOOL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 /// ingest watcher. Returns the mirror and what the registry needs to serve ingests.
 pub(super) fn start_in_flight(
     w: &mut Wiring,
-    mirror: Arc<Mirror>,
+    mirror: Mirror,
     spool: Option<&SpoolSettings>,
     content_dir: Option<&PathBuf>,
     content: &Content,
@@ -88,7 +88,7 @@ pub(super) fn start_in_flight(
             content_dir: dir.clone(),
         }
     });
-    Ok((mirror, ingests))
+    Ok((Arc::new(mirror), ingests))
 }
 
 /// Once containerd holds a blob, the spool's copy (and its in-flight record) is not needed:

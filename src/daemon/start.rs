@@ -217,7 +217,7 @@ pub(super) fn start_mirror(
     tls: Option<&MaterialRx>,
     tokens: Option<Arc<Tokens>>,
     config: &MirrorConfig,
-) -> Result<Arc<Mirror>, DaemonError> {
+) -> Result<Mirror, DaemonError> {
     let clients = match tls {
         None => {
             watch::channel(PeerClient {

@@ -222,10 +222,10 @@ impl Mirror {
         metrics: Arc<Metrics>,
         config: MirrorConfig,
         token: Option<Arc<crate::auth::Tokens>>,
-    ) -> Arc<Self> {
+    ) -> Self {
         let book = Arc::new(ProviderBook::new(router.clone(), metrics.clone(), &config));
         let fetcher = Fetcher::new(client, token, router, book.clone(), &config);
-        Arc::new(Mirror {
+        Mirror {
             book,
             fetcher,
             metrics,
@@ -233,23 +233,18 @@ impl Mirror {
             spool: None,
             inflight: None,
             kept: verified::Kept::new(verified::KEEP),
-        })
+        }
     }
 
-    /// Share blob downloads through `spool` and advertise them through `inflight`.
+    /// Share blob downloads through `spool` and advertise them through `inflight`. Takes the
+    /// mirror before it is shared (in an `Arc`), so a spool can never be set too late.
     pub fn with_spool(
-        mut self: Arc<Self>,
+        mut self,
         spool: Arc<crate::spool::Spool>,
         inflight: Option<crate::routing::partial_records::InFlight>,
-    ) -> Arc<Self> {
-        match Arc::get_mut(&mut self) {
-            Some(m) => {
-                m.spool = Some(spool);
-                m.inflight = inflight;
-            }
-            // Only reachable by a wiring mistake: the mirror must not be shared yet.
-            None => tracing::error!("the mirror was shared before its spool was set; not spooling"),
-        }
+    ) -> Self {
+        self.spool = Some(spool);
+        self.inflight = inflight;
         self
     }
 
