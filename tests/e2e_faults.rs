@@ -374,7 +374,7 @@ fn ctr_pull(socket: &Path, hosts: &Path, reference: &str, log: &Path) -> Result<
         "after {:.1}s: {}\n--- node2 peermirror (faults) ---\n{}",
         started.elapsed().as_secs_f64(),
         last_lines_of(&strip_ansi_codes(&describe_output(&out)), 4),
-        grep_log(
+        grep(
             &read_log(log),
             &["ERROR", "spool", "broke", "failed", "space", "only"],
             15
@@ -394,7 +394,7 @@ fn head_status(addr: &str, path: &str) -> Option<u16> {
 
 /// What a node logged about faults and resumes (for the record in docs/faults.md).
 fn report_log(case: &str, who: &str, log: &str) {
-    let lines = grep_log(
+    let lines = grep(
         log,
         &[
             "ERROR",
@@ -410,32 +410,12 @@ fn report_log(case: &str, who: &str, log: &str) {
     eprintln!("[{case}] {who} logged:\n{lines}");
 }
 
-/// The last `n` lines of `log` containing any of `needles`.
-fn grep_log(log: &str, needles: &[&str], n: usize) -> String {
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| needles.iter().any(|k| l.contains(k)))
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Bytes of the largest blob containerd is still writing (`ingest/*/data`).
-fn ingest_bytes(ctd: &Containerd) -> u64 {
-    let Ok(dirs) = fs::read_dir(ctd.content_dir().join("ingest")) else {
-        return 0;
-    };
-    dirs.filter_map(|d| fs::metadata(d.ok()?.path().join("data")).ok())
-        .map(|m| m.len())
-        .max()
-        .unwrap_or(0)
-}
-
 /// Waits until node 2's containerd has `at_least` bytes of the layer in its ingest (so the pull
 /// is in progress); the bytes seen, or None when the pull ended (or stalled) first.
 fn wait_ingest(pair: &Pair, at_least: u64, within: Duration) -> Option<u64> {
     let mut seen = 0;
     wait_until(within, || {
-        seen = ingest_bytes(&pair.node2.ctd);
+        seen = pair.node2.ctd.ingest_bytes();
         seen >= at_least
     })
     .then_some(seen)
@@ -524,7 +504,7 @@ fn assert_serves_without_spool(pair: &mut Pair, fault: &str) {
     assert!(
         warned,
         "[{fault}] no warning about the spool in node2's log:\n{}",
-        grep_log(&log, &["WARN", "ERROR"], 10)
+        grep(&log, &["WARN", "ERROR"], 10)
     );
     let sock = pair.node2.admin_sock().display().to_string();
     let out = peermirror_cli(&["status", "--admin-sock", &sock]);
@@ -721,7 +701,7 @@ fn serving_containerd_restarted_mid_pull_upstream_down() {
     assert!(
         log.contains("resuming over gRPC"),
         "[{case}] node1 did not resume its read:\n{}",
-        grep_log(&log, &["WARN", "ERROR"], 10)
+        grep(&log, &["WARN", "ERROR"], 10)
     );
 }
 

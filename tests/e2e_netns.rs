@@ -139,14 +139,6 @@ fn link_fault_mid_pull(label: &str, cut: impl Fn(&Cluster, usize)) {
     );
 }
 
-fn grep(log: &str, needles: &[&str], n: usize) -> String {
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| needles.iter().any(|k| l.contains(k)))
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 // 1 ----------------------------------------------------------------------------------------
 
 #[test]

@@ -147,15 +147,6 @@ fn audit_lines(log: &str) -> Vec<Audit> {
         .collect()
 }
 
-/// Log lines containing any of `needles` (for failure reports), at most `n`.
-fn grep(log: &str, needles: &[&str], n: usize) -> String {
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| needles.iter().any(|k| l.contains(k)))
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// The last `n` non-empty lines of a command's output, without colours
 /// (ctr prints a progress table per second; the error is at the end).
 fn last_lines(text: &str, n: usize) -> String {
@@ -183,17 +174,6 @@ fn bytes_sent_from_port(port: u16) -> u64 {
         .filter_map(|w| w.strip_prefix("bytes_sent:"))
         .filter_map(|v| v.parse::<u64>().ok())
         .sum()
-}
-
-/// Size of the largest blob containerd is still writing (`ingest/*/data`).
-fn ingest_bytes(ctd: &Containerd) -> u64 {
-    let Ok(dirs) = fs::read_dir(ctd.content_dir().join("ingest")) else {
-        return 0;
-    };
-    dirs.filter_map(|d| fs::metadata(d.ok()?.path().join("data")).ok())
-        .map(|m| m.len())
-        .max()
-        .unwrap_or(0)
 }
 
 // (a) ------------------------------------------------------------------------
@@ -405,7 +385,7 @@ async fn b2_ctr_pull_survives_provider_sigkill() {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !pull.is_finished() && killed.is_none() && !too_late && Instant::now() < deadline {
             // Cheap trigger: containerd's ingest file for the layer is growing.
-            if ingest_bytes(&node2.ctd) < (1 << 20) {
+            if node2.ctd.ingest_bytes() < (1 << 20) {
                 thread::sleep(Duration::from_millis(2));
                 continue;
             }

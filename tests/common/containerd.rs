@@ -284,6 +284,18 @@ pub struct Containerd {
 }
 
 impl Containerd {
+    /// Bytes of the largest blob this containerd is still writing (`ingest/*/data`): a pull
+    /// in progress.
+    pub fn ingest_bytes(&self) -> u64 {
+        let Ok(dirs) = std::fs::read_dir(self.content_dir().join("ingest")) else {
+            return 0;
+        };
+        dirs.filter_map(|d| std::fs::metadata(d.ok()?.path().join("data")).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// containerd 1.6 (the system's), CRI off.
     pub fn start(name: &str) -> Containerd {
         Containerd::start_with(name, CtdOptions::default())

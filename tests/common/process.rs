@@ -252,3 +252,12 @@ pub fn last_lines_of(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The last `n` lines of `log` containing any of `needles` (for failure reports).
+pub fn grep(log: &str, needles: &[&str], n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| needles.iter().any(|k| l.contains(k)))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
