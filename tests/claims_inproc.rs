@@ -16,7 +16,7 @@ use peermirror::mirror::MirrorConfig;
 use peermirror::oci::{Digest, Name, Tag, TagKey};
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
 use support::fake_peer::{FakePeer, Lie};
-use support::{Node, client, config, next_loopback, pattern, start_on, wait_ready};
+use support::{Node, client, config, next_loopback, pattern, routed, start_on, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -32,13 +32,7 @@ async fn node(
 ) -> Node {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
-    let mut cfg = config(
-        Routing::Custom {
-            router: Arc::new(router),
-            bootstrap_none: true,
-        },
-        mirror,
-    );
+    let mut cfg = config(routed(router), mirror);
     tweak(&mut cfg);
     let n = start_on(l, MemorySource::new(), cfg).await;
     wait_ready(&n, true).await;

@@ -7,20 +7,19 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use peermirror::auth::AuthMode;
 use peermirror::content::{Key, MemorySource};
-use peermirror::daemon::{Routing, Security};
+use peermirror::daemon::Security;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::{Digest, Name, Tag, TagKey};
 use peermirror::routing::{
     MemoryNetwork, MemoryRouter, PeerStatus, Provider, Router, RouterError, RouterStatus,
 };
 use support::fake_peer::{FakePeer, Lie, Started};
-use support::{Node, client, config, next_loopback, pattern, start_on, wait_ready};
+use support::{Node, client, config, next_loopback, pattern, routed, start_on, wait_ready};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -42,18 +41,7 @@ async fn fake(data: impl Into<Bytes>, lie: Lie) -> Started {
 async fn node(net: &MemoryNetwork, name: &str, source: MemorySource, m: MirrorConfig) -> Node {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
-    let n = start_on(
-        l,
-        source,
-        config(
-            Routing::Custom {
-                router: Arc::new(r),
-                bootstrap_none: true,
-            },
-            m,
-        ),
-    )
-    .await;
+    let n = start_on(l, source, config(routed(r), m)).await;
     wait_ready(&n, true).await;
     n
 }
@@ -409,13 +397,7 @@ async fn the_token_goes_only_to_connected_peers() {
         delay: Duration::ZERO,
         peers: vec![peer.addr],
     };
-    let mut cfg = config(
-        Routing::Custom {
-            router: Arc::new(router),
-            bootstrap_none: true,
-        },
-        mirror_config(),
-    );
+    let mut cfg = config(routed(router), mirror_config());
     cfg.security = Security {
         mode: AuthMode::Token,
         insecure_no_auth: false,
@@ -557,13 +539,7 @@ async fn a_manifest_head_by_digest_answers_only_a_verified_size() {
     let c = start_on(
         l,
         MemorySource::new(),
-        config(
-            Routing::Custom {
-                router: Arc::new(router),
-                bootstrap_none: true,
-            },
-            mirror_config(),
-        ),
+        config(routed(router), mirror_config()),
     )
     .await;
     wait_ready(&c, true).await;

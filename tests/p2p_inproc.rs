@@ -14,7 +14,9 @@ use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
 use peermirror::routing::{Bootstrap, MemoryNetwork, MemoryRouter, P2pRouter, Provider, Router};
 use support::fake_peer::{FakePeer, Lie};
-use support::{Node, client, config, next_loopback, p2p_router, pattern, start_on, wait_ready};
+use support::{
+    Node, client, config, next_loopback, p2p_router, pattern, routed, start_on, wait_ready,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -204,18 +206,7 @@ async fn libp2p_nodes_advertise_lookup_and_withdraw() {
 async fn memory_node(net: &MemoryNetwork, name: &str, source: MemorySource) -> Node {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = MemoryRouter::new(net.clone(), name, l.local_addr().unwrap());
-    let n = start_on(
-        l,
-        source,
-        config(
-            Routing::Custom {
-                router: Arc::new(r),
-                bootstrap_none: true,
-            },
-            mirror_config(),
-        ),
-    )
-    .await;
+    let n = start_on(l, source, config(routed(r), mirror_config())).await;
     wait_ready(&n, true).await;
     n
 }

@@ -18,7 +18,7 @@ use peermirror::oci::Digest;
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
 use peermirror::tls::{CrlExpired, TlsFiles};
 use support::fake_peer::{FakePeer, Lie};
-use support::{Node, config, next_loopback, pattern, start_on, wait_ready};
+use support::{Node, config, next_loopback, pattern, routed, start_on, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -337,13 +337,7 @@ async fn tokens_are_checked_before_any_lookup_and_rotate() {
     net.insert(Key::Digest(digest), fake.provider("a"));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = MemoryRouter::new(net, "me", l.local_addr().unwrap());
-    let mut cfg = config(
-        Routing::Custom {
-            router: Arc::new(router),
-            bootstrap_none: true,
-        },
-        MirrorConfig::default(),
-    );
+    let mut cfg = config(routed(router), MirrorConfig::default());
     cfg.security = Security {
         mode: AuthMode::Token,
         insecure_no_auth: false,
@@ -461,15 +455,7 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
     let a = start_on(
         la,
         src_a,
-        mtls_config(
-            &pki,
-            "a",
-            Routing::Custom {
-                router: Arc::new(ra),
-                bootstrap_none: true,
-            },
-            CrlExpired::Deny,
-        ),
+        mtls_config(&pki, "a", routed(ra), CrlExpired::Deny),
     )
     .await;
     wait_ready(&a, true).await;
@@ -482,15 +468,7 @@ async fn nodes_fetch_over_mtls_and_a_revoked_node_gets_nothing() {
             let n = start_on(
                 l,
                 MemorySource::new(),
-                mtls_config(
-                    pki,
-                    name,
-                    Routing::Custom {
-                        router: Arc::new(r),
-                        bootstrap_none: true,
-                    },
-                    CrlExpired::Deny,
-                ),
+                mtls_config(pki, name, routed(r), CrlExpired::Deny),
             )
             .await;
             wait_ready(&n, true).await;

@@ -56,6 +56,14 @@ pub async fn metrics_at(ops: &str) -> String {
         .unwrap()
 }
 
+/// Routing through `router`, a test's own, with no bootstrap (it knows its peers already).
+pub fn routed(router: impl peermirror::routing::Router + 'static) -> Routing {
+    Routing::Custom {
+        router: std::sync::Arc::new(router),
+        bootstrap_none: true,
+    }
+}
+
 pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
     Config {
         containerd_sock: "/nonexistent".into(),
