@@ -431,11 +431,41 @@ impl Containerd {
         timeout: Duration,
     ) -> Result<(), String> {
         let hosts = hosts_dir.display().to_string();
+        self.ctr_within(
+            &[
+                "images",
+                "pull",
+                "--snapshotter",
+                "native",
+                "--hosts-dir",
+                &hosts,
+                reference,
+            ],
+            timeout,
+        )
+    }
+
+    /// `ctr content fetch --hosts-dir` (every blob of the default platform into the content
+    /// store, digests checked by containerd on commit, no unpack), killed after `timeout`.
+    pub fn fetch_within(
+        &self,
+        reference: &str,
+        hosts_dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let hosts = hosts_dir.display().to_string();
+        self.ctr_within(
+            &["content", "fetch", "--hosts-dir", &hosts, reference],
+            timeout,
+        )
+    }
+
+    /// `ctr -n k8s.io ARGS...` killed after `timeout`; its output on failure.
+    fn ctr_within(&self, args: &[&str], timeout: Duration) -> Result<(), String> {
         let out = run_with_timeout(
             self.ctr_command()
                 .args(["--connect-timeout", "5s", "-n", NAMESPACE])
-                .args(["images", "pull", "--snapshotter", "native", "--hosts-dir"])
-                .args([hosts.as_str(), reference]),
+                .args(args),
             timeout,
         );
         if out.status.success() {
@@ -443,6 +473,12 @@ impl Containerd {
         } else {
             Err(output_text(&out))
         }
+    }
+
+    /// Whether the content store holds blob `hex` and it hashes to its name.
+    pub fn has_verified_blob(&self, hex: &str) -> bool {
+        let path = self.content_dir().join("blobs/sha256").join(hex);
+        path.exists() && sha256_file(&path) == hex
     }
 
     /// Pulls, panicking on failure.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::process::{output_text, run_with_timeout};
+use tempfile::TempDir;
+
+use super::process::{new_temp_dir, output_text, run_with_timeout};
 
 /// Fixture images built by `tests/fixtures/build-images.sh`, each tagged `v1`.
 pub const FIXTURE_IMAGES: [&str; 3] = ["big", "multi", "multiarch"];
@@ -266,5 +268,102 @@ impl FixtureImage {
         set.insert(m.config.digest);
         set.extend(m.layers.into_iter().map(|l| l.digest));
         set
+    }
+}
+
+/// A one-layer image made for one test run (see [`random_image`]); its layout is removed on
+/// Drop.
+pub struct RandomImage {
+    pub image: FixtureImage,
+    _dir: TempDir,
+}
+
+impl RandomImage {
+    /// Bytes a pull of it stores: manifest, config and layer.
+    pub fn bytes(&self) -> u64 {
+        let m = self.image.host_manifest();
+        m.descriptor.size + m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+
+    pub fn layer(&self) -> Descriptor {
+        self.image.host_manifest().layers[0].clone()
+    }
+}
+
+/// An image nobody has seen: one gzip'd tar layer holding `size_mb` MiB of incompressible bytes
+/// (AES-256-CTR of zeros keyed by `seed`, as `bench/lib.sh` makes them), tag `v1`, repository
+/// `test/<name>`, in an OCI layout in a temp dir. Gzip, so that skopeo pushes the layer as it is.
+pub fn random_image(name: &str, size_mb: u64, seed: &str) -> RandomImage {
+    let dir = new_temp_dir(&format!("pm-e2e-image-{name}-"));
+    let layout = dir.path().join(name);
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("mkdir layout");
+    let script = format!(
+        "set -eu; cd {dir}; mkdir src; \
+         head -c {bytes} /dev/zero | openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass pass:{seed} >src/data.bin; \
+         tar -C src --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -cf layer.tar data.bin; \
+         rm -rf src; sha256sum layer.tar | cut -d' ' -f1 >diff_id; gzip -1 -n layer.tar",
+        dir = dir.path().display(),
+        bytes = size_mb << 20,
+    );
+    let out = run_with_timeout(
+        Command::new("bash").args(["-c", &script]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "random layer: {}", output_text(&out));
+    let diff_id = fs::read_to_string(dir.path().join("diff_id")).expect("diff_id");
+    let gz = dir.path().join("layer.tar.gz");
+    let layer_hex = sha256_file(&gz);
+    let layer_size = fs::metadata(&gz).expect("layer").len();
+    fs::rename(&gz, blobs.join(&layer_hex)).expect("move layer");
+    let put = |bytes: Vec<u8>| -> (String, u64) {
+        let hex = sha256_hex(&bytes);
+        fs::write(blobs.join(&hex), &bytes).expect("write blob");
+        (hex, bytes.len() as u64)
+    };
+    let config = serde_json::json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", diff_id.trim())]},
+    });
+    let (config_hex, config_size) = put(serde_json::to_vec(&config).expect("config json"));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_hex}"),
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{layer_hex}"),
+            "size": layer_size,
+        }],
+    });
+    let (manifest_hex, manifest_size) = put(serde_json::to_vec(&manifest).expect("manifest json"));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_hex}"),
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("index json"),
+    )
+    .expect("write index.json");
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write oci-layout");
+    RandomImage {
+        image: fixture_in(dir.path(), name),
+        _dir: dir,
     }
 }

@@ -24,12 +24,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use super::containerd::Containerd;
+use tempfile::TempDir;
+
+use super::containerd::{Containerd, CtdVersion};
 use super::fixtures::FixtureImage;
 use super::http::http_in_netns;
 use super::node::Node;
 use super::peermirror::{NETNS_REGISTRY_PORT, NETNS_ROUTER_PORT};
-use super::process::{output_text, run_with_timeout, wait_until};
+use super::pki::Pki;
+use super::process::{new_temp_dir, output_text, run_with_timeout, wait_until};
 use super::registry::Registry;
 
 /// The upstream registry's name in every hosts file, and its port.
@@ -212,6 +215,41 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Caps member `name`'s link at `mbit` Mbit/s in both directions: tbf on `eth0` inside its
+    /// namespace (what it sends) and on the root end of its veth (what the bridge delivers to
+    /// it, i.e. what it receives), so a node's download is capped without an ifb device.
+    pub fn cap_link(&self, name: &str, mbit: u32) {
+        let m = self.member(name);
+        let tbf = |dev: &str| -> Vec<String> {
+            [
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{mbit}mbit"),
+                "burst",
+                "64kb",
+                "latency",
+                "200ms",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+        };
+        let inside = tbf("eth0");
+        let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+        in_ns(&m.ns, "tc", &inside);
+        // The root end has no address: tc here shapes the link, it sends nothing.
+        let outside = tbf(&m.veth);
+        let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
+        sh("tc", &outside);
+    }
+}
+
 fn disable_ipv6(link: &str) {
     // No address at all on the root side, not even a link-local one.
     let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "1");
@@ -229,12 +267,114 @@ impl Drop for Net {
     }
 }
 
+/// How a cluster's nodes guard their endpoints (containerd to its mirror, node to node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterAuth {
+    /// `--auth-mode none --insecure-no-auth`, plain HTTP.
+    None,
+    /// mTLS: a CA made by `peermirror certs`, one certificate per node (its address as IP SAN),
+    /// one client certificate for every containerd.
+    Mtls,
+    /// One static bearer token (a token file) for containerd and the peers.
+    Token,
+}
+
+impl ClusterAuth {
+    /// `none`, `mtls` or `token`.
+    pub fn parse(s: &str) -> Result<ClusterAuth, String> {
+        match s {
+            "none" => Ok(ClusterAuth::None),
+            "mtls" => Ok(ClusterAuth::Mtls),
+            "token" => Ok(ClusterAuth::Token),
+            other => Err(format!("auth {other:?} is not none, mtls or token")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterAuth::None => "none",
+            ClusterAuth::Mtls => "mtls",
+            ClusterAuth::Token => "token",
+        }
+    }
+}
+
+/// What [`Cluster::start_with`] varies: containerd, auth and more `peermirror run` arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterOptions<'a> {
+    pub version: CtdVersion,
+    pub auth: ClusterAuth,
+    pub args: &'a [&'a str],
+}
+
+impl Default for ClusterOptions<'_> {
+    fn default() -> Self {
+        ClusterOptions {
+            version: CtdVersion::V1_6,
+            auth: ClusterAuth::None,
+            args: &[],
+        }
+    }
+}
+
+/// The secrets behind a [`ClusterAuth`] (kept until the nodes are gone).
+enum Secrets {
+    None,
+    Mtls(Pki),
+    Token(TempDir),
+}
+
+impl Secrets {
+    fn token_file(dir: &TempDir) -> String {
+        dir.path().join("tokens").display().to_string()
+    }
+
+    /// `peermirror run` arguments for node `name`.
+    fn run_args(&self, name: &str) -> Vec<String> {
+        match self {
+            Secrets::None => Vec::new(),
+            Secrets::Mtls(pki) => pki.mtls_run_args(name),
+            Secrets::Token(dir) => vec![
+                "--auth-mode".into(),
+                "token".into(),
+                "--token-file".into(),
+                Secrets::token_file(dir),
+            ],
+        }
+    }
+
+    /// `peermirror configure` arguments (containerd's side of the same auth).
+    fn configure_args(&self) -> Vec<String> {
+        let p = |p: PathBuf| p.display().to_string();
+        match self {
+            Secrets::None => Vec::new(),
+            Secrets::Mtls(pki) => vec![
+                "--ca-file".into(),
+                p(pki.ca()),
+                "--client-cert".into(),
+                p(pki.cert("containerd-client")),
+                "--client-key".into(),
+                p(pki.key("containerd-client")),
+            ],
+            Secrets::Token(dir) => vec!["--token-file".into(), Secrets::token_file(dir)],
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Secrets::Mtls(_) => "https",
+            _ => "http",
+        }
+    }
+}
+
 /// Nodes (containerd + peermirror, each in its namespace, bootstrapping by
 /// `dns:peermirror:5001`) and the upstream registry (in its own namespace, with the fixtures).
-/// Fields drop in order: nodes, upstream, then the network.
+/// Fields drop in order: nodes, upstream, the secrets, then the network.
 pub struct Cluster {
     pub nodes: Vec<Option<Node>>,
     pub upstream: Registry,
+    secrets: Secrets,
     pub net: Net,
 }
 
@@ -242,6 +382,18 @@ impl Cluster {
     /// `n` nodes `node1..node<n>` with `args` added to `peermirror run`, the upstream with
     /// `images` pushed; returns once every node answers `/readyz` with 200.
     pub fn start(n: usize, args: &[&str], images: &[&FixtureImage]) -> Cluster {
+        Cluster::start_with(
+            n,
+            &ClusterOptions {
+                args,
+                ..ClusterOptions::default()
+            },
+            images,
+        )
+    }
+
+    /// Like [`Cluster::start`] on containerd `opts.version`, with `opts.auth`.
+    pub fn start_with(n: usize, opts: &ClusterOptions, images: &[&FixtureImage]) -> Cluster {
         let mut names: Vec<String> = vec![UPSTREAM_NAME.to_string()];
         names.extend((1..=n).map(|i| format!("node{i}")));
         let net = Net::create(&names);
@@ -250,13 +402,32 @@ impl Cluster {
         for image in images {
             upstream.push(image);
         }
+        let secrets = match opts.auth {
+            ClusterAuth::None => Secrets::None,
+            ClusterAuth::Mtls => {
+                let pki = Pki::init();
+                for i in 1..=n {
+                    let name = format!("node{i}");
+                    pki.issue(&name, &[&net.member(&name).ip.to_string()]);
+                }
+                pki.issue("containerd-client", &[]);
+                Secrets::Mtls(pki)
+            }
+            ClusterAuth::Token => {
+                let dir = new_temp_dir("pm-e2e-token-");
+                let token = format!("cluster-token-{}-{n}", std::process::id());
+                fs::write(dir.path().join("tokens"), format!("{token}\n")).expect("token file");
+                Secrets::Token(dir)
+            }
+        };
         let mut cluster = Cluster {
             nodes: Vec::new(),
             upstream,
+            secrets,
             net,
         };
         for i in 1..=n {
-            let node = cluster.spawn_node(i, args);
+            let node = cluster.spawn_node(i, opts);
             cluster.nodes.push(Some(node));
         }
         for i in 1..=n {
@@ -265,19 +436,21 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_node(&self, i: usize, args: &[&str]) -> Node {
+    fn spawn_node(&self, i: usize, opts: &ClusterOptions) -> Node {
         let m = self.net.member(&format!("node{i}")).clone();
         let name: &'static str = Box::leak(format!("node{i}").into_boxed_str());
         let bootstrap = format!("dns:{SERVICE_NAME}:{NETNS_ROUTER_PORT}");
         let node = Node::builder(name)
+            .containerd(opts.version)
             .netns(&m.ns, IpAddr::V4(m.ip))
             .args(&["--bootstrap", &bootstrap])
-            .args(args)
+            .args(&self.secrets.run_args(name))
+            .args(opts.args)
             .start_unready();
         node.configure(
             &self.upstream,
-            &format!("http://{}:{NETNS_REGISTRY_PORT}", m.ip),
-            &[] as &[&str],
+            &format!("{}://{}:{NETNS_REGISTRY_PORT}", self.secrets.scheme(), m.ip),
+            &self.secrets.configure_args(),
         );
         node
     }
@@ -325,11 +498,16 @@ impl Cluster {
     /// SIGKILL to node `i`'s peermirror by PID (no `&mut`: usable while a pull runs);
     /// [`super::peermirror::Peermirror::restart`] reaps it and starts it again.
     pub fn sigkill_peermirror(&self, i: usize) {
+        self.signal_peermirror(i, "KILL");
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`) to node `i`'s peermirror by PID.
+    pub fn signal_peermirror(&self, i: usize, signal: &str) {
         let pid = self.node(i).pm.pid().expect("peermirror running");
         // `ip netns exec` exec'd: the PID is peermirror's own, not a wrapper's.
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         assert_eq!(comm.trim(), "peermirror", "PID {pid} is not peermirror");
-        sh("kill", &["-KILL", &pid.to_string()]);
+        sh("kill", &[&format!("-{signal}"), &pid.to_string()]);
     }
 
     /// The root end of node `i`'s veth up or down (`ip link set down`: a cut cable).

@@ -24,6 +24,17 @@ pub struct PeermirrorBuilder<'a> {
     netns: Option<(String, IpAddr)>,
 }
 
+/// Names another `peermirror` binary for `run` (a release build, for benchmarks driven by a
+/// test: `bench/rollout.sh`); the one cargo built for this test otherwise.
+pub const PEERMIRROR_BIN_ENV: &str = "E2E_PEERMIRROR_BIN";
+
+/// The `peermirror` binary `run` starts, see [`PEERMIRROR_BIN_ENV`].
+pub fn peermirror_bin() -> PathBuf {
+    std::env::var_os(PEERMIRROR_BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_peermirror")))
+}
+
 /// The ports every node uses inside its own network namespace, as with hostPorts.
 pub const NETNS_REGISTRY_PORT: u16 = 5000;
 pub const NETNS_ROUTER_PORT: u16 = 5001;
@@ -82,7 +93,7 @@ impl PeermirrorBuilder<'_> {
             ),
         };
         let log = dir.path().join("peermirror.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peermirror"));
+        let mut cmd = Command::new(peermirror_bin());
         cmd.arg("run")
             .arg("--containerd-sock")
             .arg(self.containerd.socket())
@@ -175,7 +186,7 @@ impl Peermirror {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "peermirror already running");
-        let mut cmd = command_in(self.netns.as_deref(), env!("CARGO_BIN_EXE_peermirror"));
+        let mut cmd = command_in(self.netns.as_deref(), peermirror_bin());
         // Flags only: no PEERMIRROR_* setting leaks in from the environment.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PEERMIRROR_") {
