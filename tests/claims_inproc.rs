@@ -227,40 +227,9 @@ async fn a_peer_is_served_from_a_spool_still_downloading() {
     b.stop().await;
 }
 
-/// Runs a daemon the way `main` does: on a runtime of its own, dropped once `run` returns (which
-/// ends whatever connection tasks are still running). Yields the ops URL, then whether `run`
-/// returned Ok.
-fn daemon_like_main(
-    source: MemorySource,
-    cfg: Config,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> (SocketAddr, String, tokio::sync::oneshot::Receiver<bool>) {
-    let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (addr, ops_url) = (
-        registry.local_addr().unwrap(),
-        format!("http://{}", ops.local_addr().unwrap()),
-    );
-    registry.set_nonblocking(true).unwrap();
-    ops.set_nonblocking(true).unwrap();
-    let (done, exited) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let ok = rt.block_on(async {
-            let listeners = peermirror::daemon::Listeners {
-                registry: TcpListener::from_std(registry).unwrap(),
-                ops: TcpListener::from_std(ops).unwrap(),
-            };
-            peermirror::daemon::run_with_source(cfg, Arc::new(source), listeners, shutdown)
-                .await
-                .is_ok()
-        });
-        drop(rt);
-        let _ = done.send(ok);
-    });
-    (addr, ops_url, exited)
-}
-
+/// In process, on the test's own runtime (as a library user or `start` runs it): nothing drops
+/// the runtime to end what is left, so the listener itself must cut the response it stops
+/// waiting for, before `run` returns.
 #[tokio::test]
 async fn a_response_still_running_at_the_drain_timeout_is_cut_and_the_daemon_exits() {
     // Large enough that an unread body cannot fit in the socket buffers.
@@ -269,39 +238,25 @@ async fn a_response_still_running_at_the_drain_timeout_is_cut_and_the_daemon_exi
     source.add_image("127.0.0.1:5000/test/app:v1", &[&layer]);
     let mut cfg = config(Routing::Off, MirrorConfig::default());
     cfg.limits.drain_timeout = Duration::from_millis(300);
-    let spool = cfg.spool.as_ref().map(|s| s.dir.clone());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (addr, ops, exited) = daemon_like_main(source, cfg, shutdown.clone());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while reqwest::get(format!("{ops}/readyz"))
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(reqwest::StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut n = support::start(source, cfg).await;
 
-    let url = format!("http://{addr}/v2/test/app/blobs/{}", Digest::of(&layer));
+    let url = format!("{}/v2/test/app/blobs/{}", n.base, Digest::of(&layer));
     let r = client().get(url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // The body is not read: the response is still running when shutdown begins.
-    shutdown.cancel();
-    let exit = tokio::time::timeout(Duration::from_secs(20), exited).await;
+    n.shutdown.cancel();
+    let exit = tokio::time::timeout(Duration::from_secs(20), &mut n.task).await;
     assert!(
-        matches!(exit, Ok(Ok(true))),
+        matches!(exit, Ok(Ok(Ok(())))),
         "the daemon did not exit cleanly after the drain timeout: {exit:?}"
     );
-    let body = r.bytes().await;
+    // The runtime lives on: only the cutoff can end this body early.
+    let body = tokio::time::timeout(Duration::from_secs(20), r.bytes()).await;
     assert!(
-        body.is_err(),
-        "the response completed: {} bytes",
-        body.map(|b| b.len()).unwrap_or(0)
+        matches!(body, Ok(Err(_))),
+        "the response was not cut: {:?}",
+        body.map(|b| b.map(|b| b.len()))
     );
-    if let Some(dir) = spool {
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
 
 /// A connection from `src` (a loopback address of our choosing) to `to`.

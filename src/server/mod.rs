@@ -18,12 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::pki::Serial;
 use admission::Slot;
@@ -136,7 +137,8 @@ pub async fn serve_with<H, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    let tasks = Tasks::default();
+    let mut builder = Builder::new(tasks.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -185,7 +187,7 @@ pub async fn serve_with<H, Fut, B>(
             slot: Arc::new(slot),
             watcher: graceful.watcher(),
         };
-        tokio::spawn(conn.run(
+        tasks.spawn(conn.run(
             stream,
             handler.clone(),
             builder.clone(),
@@ -200,6 +202,47 @@ pub async fn serve_with<H, Fut, B>(
         _ = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing remaining connections")
         }
+    }
+    tasks.cut().await;
+}
+
+/// Every task this listener starts (connections, and the HTTP/2 streams hyper spawns through
+/// it as its executor), so that the drain cutoff ends them. Without it they would outlive
+/// [`serve_with`] on a runtime it shares with its caller (a library user, a test), still
+/// streaming after the daemon said it had stopped.
+#[derive(Clone, Default)]
+struct Tasks {
+    cutoff: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let cutoff = self.cutoff.clone();
+        self.tracker.spawn(async move {
+            cutoff.run_until_cancelled(fut).await;
+        });
+    }
+
+    /// Ends every task at its next poll (dropping its socket) and waits until all are gone.
+    async fn cut(&self) {
+        self.cutoff.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Tasks
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.spawn(fut);
     }
 }
 
@@ -223,7 +266,7 @@ impl Conn {
         self,
         stream: tokio::net::TcpStream,
         handler: H,
-        builder: Arc<Builder<TokioExecutor>>,
+        builder: Arc<Builder<Tasks>>,
         tls: Option<Arc<dyn TlsProvider>>,
         deadlines: Deadlines,
     ) where
@@ -253,7 +296,7 @@ impl Conn {
         self,
         stream: tokio::net::TcpStream,
         handler: H,
-        builder: &Builder<TokioExecutor>,
+        builder: &Builder<Tasks>,
         tls: Option<Arc<dyn TlsProvider>>,
         handshake_timeout: Duration,
     ) where
@@ -303,7 +346,7 @@ async fn serve_conn<I, H, Fut, B>(
     io: I,
     info: Arc<ConnInfo>,
     handler: H,
-    builder: &Builder<TokioExecutor>,
+    builder: &Builder<Tasks>,
     watcher: Watcher,
     slot: Arc<Slot>,
 ) where
