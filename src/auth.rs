@@ -291,6 +291,11 @@ impl FailureThrottle {
         }
     }
 
+    /// How long a throttled address waits (what `Retry-After` says).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     pub fn is_throttled(&self, ip: IpAddr) -> bool {
         let map = self.state.locked();
         map.get(&ip)

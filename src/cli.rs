@@ -151,6 +151,15 @@ pub struct ServerArgs {
     /// How long in-flight responses may take to finish after SIGTERM.
     #[arg(long, env = "PEERMIRROR_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Failed authentications from one remote address (never loopback) that get it 429 until
+    /// --auth-failure-window has passed since its first failure.
+    #[arg(long, env = "PEERMIRROR_AUTH_FAILURES_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures_max: u32,
+
+    /// The window --auth-failures-max counts in, and how long a throttled address waits.
+    #[arg(long, env = "PEERMIRROR_AUTH_FAILURE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub auth_failure_window: Duration,
 }
 
 /// The libp2p DHT: where it listens, how it finds peers, how long its records live.
@@ -374,6 +383,8 @@ impl ServerArgs {
             header_read_timeout: self.header_read_timeout,
             handshake_timeout: self.tls_handshake_timeout,
             drain_timeout: self.drain_timeout,
+            auth_failures_max: self.auth_failures_max,
+            auth_failure_window: self.auth_failure_window,
             ..ServerLimits::default()
         }
     }

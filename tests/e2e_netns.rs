@@ -4,7 +4,9 @@
 //! by DNS name (`dns:peermirror:5001` through a hosts file per namespace, as with a headless
 //! Service). Faults: a link cut (`ip link set down`), a silent drop (a blackhole qdisc: this
 //! kernel has no netem), SIGKILL, a partition (iptables inside the namespaces), 20 % of nodes
-//! gone at once. Every pull must end with the upstream's digests in containerd.
+//! gone at once. Every pull must end with the upstream's digests in containerd. Also what only
+//! another host can show: a bootstrap name whose address changes is followed, and a failing
+//! address is answered 429 until its window ends (loopback never is).
 //!
 //! Traffic stays between the test's namespaces: every process, `curl` included, runs inside
 //! one (see `tests/common/netns.rs`). Run with
@@ -406,4 +408,144 @@ fn fifth_of_nodes_stopped_at_once() {
             "node{i} served only {from_peers} bytes from peers"
         );
     }
+}
+
+// 5 ----------------------------------------------------------------------------------------
+
+/// The bootstrap name is re-resolved while a node is connected, so a name whose address
+/// changes is followed: node1's `peermirror` names node2 at first, then node3 only. node2's
+/// and node3's name only themselves, so nothing but node1's DNS can bring node1 and node3
+/// together (node1 already has a peer: only the periodic re-resolve, every 30 s, looks again).
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn a_bootstrap_name_whose_address_changes_is_followed() {
+    let _serial = serial();
+    let c = Cluster::start_with_service(3, &ClusterOptions::default(), &[], |i| {
+        if i == 1 { vec![2] } else { vec![i] }
+    });
+    let peers = |i: usize| c.node(i).pm.metric("peermirror_connected_peers", &[]);
+    assert!(
+        wait_until(VISIBLE_WITHIN, || peers(1) >= 1.0 && peers(2) >= 1.0),
+        "node1 never met node2:\n{}",
+        c.node(1).pm.log_tail(40)
+    );
+    assert_eq!(
+        peers(3),
+        0.0,
+        "node3 met someone before its address was named"
+    );
+
+    c.net.set_node_service(1, &[3]);
+    let changed = Instant::now();
+    let met = wait_until(Duration::from_secs(90), || {
+        let met = peers(3) >= 1.0;
+        if !met {
+            thread::sleep(Duration::from_millis(500));
+        }
+        met
+    });
+    assert!(
+        met,
+        "node1 never followed its bootstrap name to node3:\n{}",
+        c.node(1).pm.log_tail(40)
+    );
+    eprintln!(
+        "[dns] node3 met {:.1}s after node1's name changed",
+        changed.elapsed().as_secs_f64()
+    );
+    assert!(peers(1) >= 2.0, "node1 peers: {}", peers(1));
+}
+
+// 6 ----------------------------------------------------------------------------------------
+
+/// A remote address that fails authentication `--auth-failures-max` times gets 429, with
+/// `Retry-After` naming `--auth-failure-window`, even with the right token, until the window
+/// (counted from its first failure) has passed; the node's own loopback is never throttled.
+/// The client is another host (the upstream's namespace): loopback would not count.
+#[test]
+#[ignore = "e2e: needs root + ip netns + containerd + docker-registry"]
+fn a_failing_address_gets_429_until_its_window_ends() {
+    const WINDOW_S: u64 = 6;
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "right-token\n").unwrap();
+    let window = format!("{WINDOW_S}s");
+    let c = Cluster::start(
+        1,
+        &[
+            "--auth-mode",
+            "token",
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--auth-failures-max",
+            "3",
+            "--auth-failure-window",
+            &window,
+        ],
+        &[],
+    );
+    let node = c.node(1).pm.registry_host();
+    let stranger = c.net.member(UPSTREAM_NAME).ns.clone();
+    let get = |ns: &str, addr: &str, token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        http_in_netns_with(ns, "GET", addr, "/v2/", &[&auth]).map(|r| r.0)
+    };
+    assert_eq!(get(&stranger, &node, "right-token"), Some(200));
+    let first_failure = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(get(&stranger, &node, "wrong"), Some(401));
+    }
+    assert_eq!(get(&stranger, &node, "right-token"), Some(429));
+    let out = run_with_timeout(
+        command_in(Some(&stranger), "curl").args([
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "Authorization: Bearer right-token",
+            &format!("http://{node}/v2/"),
+        ]),
+        Duration::from_secs(10),
+    );
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains(&format!("retry-after: {WINDOW_S}\r\n")),
+        "{head}"
+    );
+    // The node's own loopback (containerd's address) fails as often as it likes.
+    let own = c.member(1).ns.clone();
+    let local = format!("127.0.0.1:{NETNS_REGISTRY_PORT}");
+    for _ in 0..5 {
+        assert_eq!(get(&own, &local, "wrong"), Some(401));
+    }
+    assert_eq!(get(&own, &local, "right-token"), Some(200));
+
+    let through = wait_until(Duration::from_secs(40), || {
+        let ok = get(&stranger, &node, "right-token") == Some(200);
+        if !ok {
+            thread::sleep(Duration::from_millis(250));
+        }
+        ok
+    });
+    let waited = first_failure.elapsed();
+    assert!(
+        through,
+        "still throttled {waited:?} after the first failure"
+    );
+    assert!(
+        waited >= Duration::from_secs(WINDOW_S),
+        "let through after {waited:?}, before the {WINDOW_S} s window ended"
+    );
+    eprintln!(
+        "[429] let through {:.1}s after the first failure",
+        waited.as_secs_f64()
+    );
+    // The count starts over: one more failure does not throttle again.
+    assert_eq!(get(&stranger, &node, "wrong"), Some(401));
+    assert_eq!(get(&stranger, &node, "right-token"), Some(200));
 }

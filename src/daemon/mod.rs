@@ -263,7 +263,10 @@ async fn run_inner(
     let guard = Guard {
         mode: config.security.mode,
         tokens,
-        throttle: FailureThrottle::new(10, Duration::from_secs(60)),
+        throttle: FailureThrottle::new(
+            config.limits.auth_failures_max,
+            config.limits.auth_failure_window,
+        ),
         revocation: tls.clone().map(tls::revocation_check),
     };
     let warnings = start::containerd_config_warnings(config.containerd_config.as_deref());

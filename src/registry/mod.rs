@@ -11,7 +11,7 @@ mod routes;
 mod verify;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -84,7 +84,8 @@ impl Answer {
         }
     }
 
-    fn refused(r: Refusal) -> Self {
+    /// `retry_after`: the failure throttle's window, for a 429.
+    fn refused(r: Refusal, retry_after: Duration) -> Self {
         let (code, msg) = match r {
             Refusal::Throttled => (
                 ErrorCode::TooManyRequests,
@@ -109,7 +110,9 @@ impl Answer {
                 HeaderValue::from_static(r#"Bearer realm="peermirror""#),
             );
         } else if code == ErrorCode::TooManyRequests {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("60"));
+            // Whole seconds, rounded up: a client that waits that long is let in again.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         a
     }
@@ -210,7 +213,7 @@ impl Registry {
                     })
                     .inc();
                 (
-                    Answer::refused(refusal),
+                    Answer::refused(refusal, self.guard.throttle.window()),
                     format!("refused:{}", refusal.reason()),
                 )
             }

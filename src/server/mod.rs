@@ -61,6 +61,10 @@ pub struct ServerLimits {
     pub drain_timeout: Duration,
     /// A TLS client must complete its handshake within this time.
     pub handshake_timeout: Duration,
+    /// A remote address with this many failed authentications within `auth_failure_window`
+    /// is answered 429 until the window ends (loopback never is: containerd connects from it).
+    pub auth_failures_max: u32,
+    pub auth_failure_window: Duration,
 }
 
 impl Default for ServerLimits {
@@ -73,6 +77,8 @@ impl Default for ServerLimits {
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
+            auth_failures_max: 10,
+            auth_failure_window: Duration::from_secs(60),
         }
     }
 }

@@ -197,9 +197,23 @@ pub fn http_status_sync(addr: &str, path: &str) -> Option<u16> {
 /// request stays on the namespace's own network (tests never reach a namespace's address from
 /// the root namespace). (status, body); None when nothing answered within 5 s.
 pub fn http_in_netns(netns: &str, method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    http_in_netns_with(netns, method, addr, path, &[])
+}
+
+/// [`http_in_netns`] with request `headers` (`Name: value`).
+pub fn http_in_netns_with(
+    netns: &str,
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[&str],
+) -> Option<(u16, String)> {
     let url = format!("http://{addr}{path}");
     let mut cmd = super::process::command_in(Some(netns), "curl");
     cmd.args(["-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     if method == "HEAD" {
         // `-X HEAD` would wait for a body that never comes.
         cmd.arg("-I");

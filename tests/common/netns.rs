@@ -178,20 +178,32 @@ impl Net {
             sh("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
             sh("ip", &["-n", ns, "link", "set", "eth0", "up"]);
         }
-        let mut hosts = String::from("127.0.0.1 localhost\n");
+        let nodes: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with("node"))
+            .cloned()
+            .collect();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         for m in &net.members {
-            hosts.push_str(&format!("{} {}\n", m.ip, m.name));
-        }
-        for m in net.members.iter().filter(|m| m.name.starts_with("node")) {
-            hosts.push_str(&format!("{} {SERVICE_NAME}\n", m.ip));
-        }
-        for m in &net.members {
-            let dir = netns_etc(&m.ns);
-            fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
-            // `ip netns exec` bind-mounts this over /etc/hosts.
-            fs::write(dir.join("hosts"), &hosts).expect("write netns hosts");
+            fs::create_dir_all(netns_etc(&m.ns)).expect("mkdir /etc/netns/NS");
+            net.set_service(&m.name, &nodes);
         }
         net
+    }
+
+    /// Rewrites `name`'s hosts file: every member by name, and [`SERVICE_NAME`] as the members
+    /// in `service`. In place (the same inode): `ip netns exec` bind-mounted this file over
+    /// /etc/hosts for processes already running, and each lookup reads it again.
+    pub fn set_service(&self, name: &str, service: &[&str]) {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for m in &self.members {
+            hosts.push_str(&format!("{} {}\n", m.ip, m.name));
+        }
+        for s in service {
+            hosts.push_str(&format!("{} {SERVICE_NAME}\n", self.member(s).ip));
+        }
+        let path = netns_etc(&self.member(name).ns).join("hosts");
+        fs::write(path, hosts).expect("write netns hosts");
     }
 
     pub fn member(&self, name: &str) -> &Member {
@@ -378,6 +390,15 @@ pub struct Cluster {
     pub net: Net,
 }
 
+impl Net {
+    /// [`Net::set_service`] for `node<i>`, naming nodes by number.
+    pub fn set_node_service(&self, i: usize, nodes: &[usize]) {
+        let names: Vec<String> = nodes.iter().map(|j| format!("node{j}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.set_service(&format!("node{i}"), &names);
+    }
+}
+
 impl Cluster {
     /// `n` nodes `node1..node<n>` with `args` added to `peermirror run`, the upstream with
     /// `images` pushed; returns once every node answers `/readyz` with 200.
@@ -394,9 +415,23 @@ impl Cluster {
 
     /// Like [`Cluster::start`] on containerd `opts.version`, with `opts.auth`.
     pub fn start_with(n: usize, opts: &ClusterOptions, images: &[&FixtureImage]) -> Cluster {
+        Cluster::start_with_service(n, opts, images, |_| (1..=n).collect())
+    }
+
+    /// [`Cluster::start_with`], with [`SERVICE_NAME`] naming `service(i)` on node `i` (nodes a
+    /// node's DNS bootstrap does not find at first).
+    pub fn start_with_service(
+        n: usize,
+        opts: &ClusterOptions,
+        images: &[&FixtureImage],
+        service: impl Fn(usize) -> Vec<usize>,
+    ) -> Cluster {
         let mut names: Vec<String> = vec![UPSTREAM_NAME.to_string()];
         names.extend((1..=n).map(|i| format!("node{i}")));
         let net = Net::create(&names);
+        for i in 1..=n {
+            net.set_node_service(i, &service(i));
+        }
         let upstream =
             Registry::start_in_netns(&net.member(UPSTREAM_NAME).ns, UPSTREAM_NAME, UPSTREAM_PORT);
         for image in images {
