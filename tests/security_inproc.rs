@@ -4,135 +4,22 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use peermirror::auth::AuthMode;
-use peermirror::certs::{Ca, CertRequest, RevokedSerial, issue_for_test};
+use peermirror::certs::{Ca, issue_for_test};
 use peermirror::content::{Key, MemorySource};
-use peermirror::daemon::{Config, Routing, Security};
+use peermirror::daemon::{Routing, Security};
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Provider};
-use peermirror::tls::{CrlExpired, TlsFiles};
+use peermirror::tls::CrlExpired;
 use support::fake_peer::{FakePeer, Lie};
-use support::{Node, config, next_loopback, pattern, routed, start_on, wait_ready};
+use support::mtls::{DAY, Pki, https, mtls_config, start_node, tls_client};
+use support::{config, next_loopback, pattern, routed, start_on, wait_ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const DAY: Duration = Duration::from_secs(86_400);
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::generate("test cluster CA").unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
-        let pki = Pki { dir, ca };
-        pki.write_crl(&[], SystemTime::now() + 7 * DAY);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Issue `name`; returns its serial.
-    fn issue(&self, name: &str, days: i64) -> String {
-        let mut req = CertRequest::new(name, SystemTime::now(), days).unwrap();
-        req.dns.push("localhost".into());
-        req.ips = vec!["127.0.0.1".parse().unwrap()];
-        let c = self.ca.issue(&req).unwrap();
-        std::fs::write(self.path(&format!("{name}.crt")), &c.cert_pem).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), &c.key_pem).unwrap();
-        c.serial_hex
-    }
-
-    /// Replace the CRL atomically, as an operator (or a Secret update) would.
-    fn write_crl(&self, revoked: &[&str], next_update: SystemTime) {
-        let list: Vec<RevokedSerial> = revoked.iter().map(|s| RevokedSerial::new(*s)).collect();
-        static N: AtomicUsize = AtomicUsize::new(1);
-        let pem = self
-            .ca
-            .crl(&list, N.fetch_add(1, Ordering::SeqCst) as u64, next_update)
-            .unwrap();
-        let tmp = self.path("crl.pem.tmp");
-        std::fs::write(&tmp, pem).unwrap();
-        std::fs::rename(tmp, self.path("crl.pem")).unwrap();
-    }
-
-    fn tls_files(&self, node: &str, policy: CrlExpired) -> TlsFiles {
-        TlsFiles {
-            cert: self.path(&format!("{node}.crt")),
-            key: self.path(&format!("{node}.key")),
-            client_ca: Some(self.path("ca.crt")),
-            peer_ca: None,
-            crls: vec![self.path("crl.pem")],
-            crl_expired: policy,
-            peer_server_name: None,
-        }
-    }
-}
-
-fn mtls_config(pki: &Pki, node: &str, routing: Routing, policy: CrlExpired) -> Config {
-    let mut c = config(
-        routing,
-        MirrorConfig {
-            resolve_timeout: Duration::from_millis(500),
-            ..MirrorConfig::default()
-        },
-    );
-    c.security = Security {
-        mode: AuthMode::Mtls,
-        insecure_no_auth: false,
-        tls: Some(pki.tls_files(node, policy)),
-        token_file: None,
-    };
-    c
-}
-
-async fn start_node(source: MemorySource, cfg: Config) -> Node {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let n = start_on(l, source, cfg).await;
-    wait_ready(&n, true).await;
-    n
-}
-
-/// A client that trusts the CA and presents `identity` (cert, key) if given.
-fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in peermirror::pki::load_certs(ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match identity {
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                peermirror::pki::load_certs(c).unwrap(),
-                peermirror::pki::load_key(k).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .build()
-        .unwrap()
-}
-
-fn https(node: &Node) -> String {
-    format!("https://127.0.0.1:{}", node.addr.port())
-}
 
 /// Fetch `/v2/` with a fresh connection; Ok(status) or Err(the error text).
 async fn try_get(client: &reqwest::Client, url: &str) -> Result<u16, String> {

@@ -132,10 +132,20 @@ impl FakePeer {
 
     /// Serve on a free port of `ip` until the returned handle is dropped.
     pub async fn start(self, ip: IpAddr) -> Started {
+        self.start_on(ip, None).await
+    }
+
+    /// [`FakePeer::start`] over TLS with `tls` (a certificate of the cluster CA).
+    pub async fn start_tls(self, ip: IpAddr, tls: Arc<rustls::ServerConfig>) -> Started {
+        self.start_on(ip, Some(tokio_rustls::TlsAcceptor::from(tls)))
+            .await
+    }
+
+    async fn start_on(self, ip: IpAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Started {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        self.serve(listener, None, stop.clone());
+        self.serve(listener, tls, stop.clone());
         Started {
             fake: self,
             addr,

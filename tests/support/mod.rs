@@ -4,6 +4,7 @@
 
 pub mod fake_peer;
 pub mod hostile;
+pub mod mtls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
