@@ -5,7 +5,9 @@
 # stdin (CI); uses sudo when not root and sudo exists.
 set -euo pipefail
 
-PACKAGES=(containerd docker-registry skopeo umoci protobuf-compiler iproute2 iptables openssl curl jq chromium)
+# podman, catatonit and busybox-static: scripts/build-image.sh and the pod test (tests/e2e_pod.rs).
+PACKAGES=(containerd docker-registry skopeo umoci protobuf-compiler iproute2 iptables openssl curl jq chromium
+    podman catatonit busybox-static)
 
 die() {
     echo "install-deps: ERROR: $*" >&2

@@ -31,6 +31,21 @@ bash scripts/fetch-containerd.sh
 # tests/e2e_matrix.rs runs on every version in PEERMIRROR_CONTAINERD_VERSIONS (default: all).
 export PEERMIRROR_CONTAINERD_VERSIONS="${PEERMIRROR_CONTAINERD_VERSIONS:-1.6,1.7,2.1}"
 
+# The Python tools of the chart tests go into a venv under target/, so a fresh machine needs only
+# python3. Made before the Rust tests: tests/e2e_pod.rs renders the chart with them too.
+echo "== chart tools (target/chart-venv)"
+chart_venv=target/chart-venv
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "test.sh: installing python3 and python3-venv for the chart tests"
+    DEBIAN_FRONTEND=noninteractive apt-get update </dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv </dev/null
+fi
+if ! "$chart_venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$chart_venv"
+    python3 -m venv "$chart_venv"
+fi
+"$chart_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+
 echo "== build"
 cargo build --all-targets
 
@@ -54,20 +69,9 @@ fi
 
 # ---- chart tests (charts/peermirror, tests/chart) ------------------------------------------
 # Renders, lints and validates the Helm chart offline (helm-python-sdk, kubernetes-validate:
-# no helm binary, no cluster) and checks its flags against the binary built above. The Python
-# tools go into a venv under target/, so a fresh machine needs only python3.
+# no helm binary, no cluster) and checks its flags against the binary built above, with the
+# tools installed into target/chart-venv above.
 echo "== chart tests"
-chart_venv=target/chart-venv
-if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    echo "test.sh: installing python3 and python3-venv for the chart tests"
-    DEBIAN_FRONTEND=noninteractive apt-get update </dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv </dev/null
-fi
-if ! "$chart_venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    rm -rf "$chart_venv"
-    python3 -m venv "$chart_venv"
-fi
-"$chart_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
 chart_rc=0
 PYTHONDONTWRITEBYTECODE=1 PEERMIRROR_BIN=target/debug/peermirror "$chart_venv/bin/python" -m pytest -q -p no:cacheprovider \
     -c tests/chart/pytest.ini --rootdir tests/chart tests/chart || chart_rc=$?

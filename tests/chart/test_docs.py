@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import yaml
 
 import values_table
-from conftest import CHART
+from conftest import CHART, REPO
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -89,6 +90,15 @@ def test_readme_covers_the_brief():
 def test_chart_metadata():
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert meta["apiVersion"] == "v2"
-    assert meta["appVersion"] == "0.1.0"
-    assert VALUES["image"]["repository"] == "ghcr.io/peermirror/peermirror"
+    assert VALUES["image"]["repository"] == "localhost/peermirror"  # what scripts/build-image.sh tags
     assert VALUES["image"]["tag"] == ""  # defaults to appVersion
+
+
+def test_app_version_is_the_crate_version():
+    """The default image tag is appVersion, and scripts/build-image.sh tags the image with the
+    crate's version: they must agree, or `helm install` asks for an image nobody built."""
+    cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["appVersion"] == cargo["package"]["version"], (
+        f"Chart.yaml appVersion {meta['appVersion']!r} != Cargo.toml version {cargo['package']['version']!r}"
+    )

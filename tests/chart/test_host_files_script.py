@@ -21,7 +21,7 @@ def script(tmp_path, values_extra=None, attempts=None):
     config.mkdir(parents=True)
     values = {"hostFiles": {"path": str(host), "syncIntervalSeconds": 5}, "containerd": {"configPath": str(config)}}
     values.update(values_extra or {})
-    c = container(pod_spec(values), "host-files", init=True)
+    c = container(pod_spec(values), "host-files-init", init=True)
     text = c["command"][2]
     assert c["command"][:2] == ["/bin/sh", "-c"] and c["command"][3:] == ["host-files", "sync"]
     # The Secret volume: the kubelet's layout, files behind ..data symlinks.

@@ -36,6 +36,14 @@ def all_containers(spec):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
+def test_container_names_are_unique_across_init_containers(scenario):
+    """The API server (and podman kube play) refuses a Pod whose init containers and containers
+    share a name; kubernetes-validate's schema does not see it."""
+    names = [c["name"] for c in all_containers(pod_spec(SCENARIOS[scenario]))]
+    assert len(names) == len(set(names)), names
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_containerd_socket_and_content_are_read_only_host_paths(scenario):
     values = SCENARIOS[scenario]
     spec = pod_spec(values)
@@ -357,7 +365,7 @@ def test_cert_manager_certificate():
 def test_host_files_containers():
     spec = pod_spec()
     init = [c["name"] for c in spec["initContainers"]]
-    assert init == ["host-files", "configure"], "certificates must be on the node before configure checks them"
+    assert init == ["host-files-init", "configure"], "certificates must be on the node before configure checks them"
     sidecar = container(spec, "host-files")
     assert sidecar["command"][:2] == ["/bin/sh", "-c"] and sidecar["command"][-1] == "loop"
     assert sidecar["lifecycle"]["preStop"]["exec"]["command"][-1] == "cleanup"
@@ -368,7 +376,7 @@ def test_host_files_containers():
     opts = pod_spec(SCENARIOS["options"])
     assert container(opts, "host-files")["image"] == "busybox:1.36"
     assert "lifecycle" not in container(opts, "host-files")  # no restore, so nothing to clean
-    assert container(opts, "peermirror")["image"] == "ghcr.io/peermirror/peermirror@sha256:" + "ab" * 32
+    assert container(opts, "peermirror")["image"] == "localhost/peermirror@sha256:" + "ab" * 32
 
 
 # --- pod-level properties -----------------------------------------------------------------
