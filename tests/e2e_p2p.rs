@@ -114,39 +114,6 @@ fn big_layer() -> Descriptor {
 // Log and socket helpers
 // ---------------------------------------------------------------------------
 
-/// One `target: "audit"` line of a peermirror log.
-#[derive(Debug)]
-struct Audit {
-    method: String,
-    path: String,
-    status: u16,
-    source: String,
-    duration_ms: f64,
-    line: String,
-}
-
-fn audit_lines(log: &str) -> Vec<Audit> {
-    log.lines()
-        .filter(|l| l.contains(" audit:") && l.contains("duration_ms="))
-        .map(|line| {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                    .map(|v| v.trim_matches('"').to_string())
-                    .unwrap_or_default()
-            };
-            Audit {
-                method: field("method"),
-                path: field("path"),
-                status: field("status").parse().unwrap_or(0),
-                source: field("source"),
-                duration_ms: field("duration_ms").parse().unwrap_or(f64::MAX),
-                line: line.to_string(),
-            }
-        })
-        .collect()
-}
-
 /// The last `n` non-empty lines of a command's output, without colours
 /// (ctr prints a progress table per second; the error is at the end).
 fn last_lines(text: &str, n: usize) -> String {
@@ -590,63 +557,16 @@ async fn corrupt_large_copy_is_aborted(label: &str, asker_args: &[&str]) {
 
     let started = Instant::now();
     let result = c.node2.pull(&large, &reg);
-    let took = started.elapsed();
-    let checked = c.node2.ctd.verify_content_blobs();
-    let log2 = c.node2.log();
-    let mismatches = c.node2.pm.metric("peermirror_digest_mismatches_total", &[]);
-    let at_source = c.node1.pm.metric("peermirror_local_corruptions_total", &[]);
-    let layer_gets: Vec<Audit> = audit_lines(&log2)
-        .into_iter()
-        .filter(|a| a.method == "GET" && a.path.contains(layer.hex()))
-        .collect();
-    eprintln!(
-        "[{label}] node2 pull {} in {:.1}s; mismatches on node2 {mismatches}, caught at node1 \
-         {at_source}; {checked} blobs verified on node2; layer GETs on node2:\n{}\n[{label}] {}",
-        if result.is_ok() { "ok" } else { "FAILED" },
-        took.as_secs_f64(),
-        layer_gets
-            .iter()
-            .map(|a| a.line.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        grep(&log2, &["mismatch", "shunned", "stream broke"], 6)
-    );
-    assert!(
-        result.is_err(),
-        "node2's pull succeeded although the only copy of the layer is damaged and the \
-         upstream is down: wrong bytes were committed?"
-    );
-    assert!(
-        !c.node2.ctd.content_digests().contains(&layer.digest),
-        "node2's store has the layer although its only source was damaged"
-    );
-    // The first answer streamed (a 200 whose body started), and was cut short.
-    let streamed = layer_gets
-        .iter()
-        .find(|a| a.status == 200)
-        .unwrap_or_else(|| {
-            panic!(
-                "node2 never answered the layer with a 200 (the damaged copy was not streamed):\n{}",
-                grep(&log2, &[layer.hex()], 10)
-            )
-        });
-    assert!(
-        streamed.line.contains("complete=false"),
-        "node2's answer for the layer completed although its bytes were wrong:\n{}",
-        streamed.line
-    );
-    assert!(
-        at_source >= 1.0,
-        "node1 streamed its damaged copy without noticing (node1 local corruptions \
-         {at_source}, node2 mismatches {mismatches})"
-    );
-    // The damaged copy is no longer offered: node 2 answers the layer 404 at once.
-    let url = c.node2.blob_url(&large, &layer.digest, &reg);
-    let r = c.http.head(&url, &[]).await;
-    assert_eq!(
-        r.status, 404,
-        "node2 still offers the layer from its only, damaged provider"
-    );
+    assert_damaged_copy_aborted(
+        label,
+        &c.node1,
+        &c.node2,
+        &large,
+        &reg,
+        result,
+        started.elapsed(),
+    )
+    .await;
 }
 
 /// [`corrupt_large_copy_is_aborted`] with the spool on (the default).

@@ -9,8 +9,9 @@ use tempfile::TempDir;
 
 use super::containerd::{Containerd, CtdOptions, CtdVersion};
 use super::fixtures::FixtureImage;
-use super::peermirror::{Peermirror, peermirror_configure_ok};
-use super::process::{last_lines_of, new_temp_dir, read_log, strip_ansi_codes};
+use super::http::head;
+use super::peermirror::{Audit, Peermirror, audit_lines, peermirror_configure_ok};
+use super::process::{grep, last_lines_of, new_temp_dir, read_log, strip_ansi_codes};
 use super::registry::Registry;
 
 /// How long a node's peermirror may take to answer `/readyz` with 200.
@@ -302,4 +303,88 @@ impl Node {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `asker` pulled `image` (one layer above the 64 MiB a serving node hashes before answering)
+/// whose only source was `provider`'s damaged copy (same length; the upstream stopped), so wrong
+/// bytes did stream toward its containerd: the pull failed; nothing wrong is in the asker's
+/// store and the layer not at all; the asker's first 200 for the layer was cut short (audit
+/// `complete=false`); the provider noticed its own damage (it hashes what it streams); and the
+/// asker no longer offers the layer.
+pub async fn assert_damaged_copy_aborted(
+    label: &str,
+    provider: &Node,
+    asker: &Node,
+    image: &FixtureImage,
+    reg: &str,
+    result: Result<(), String>,
+    took: Duration,
+) {
+    let layer = image.host_manifest().layers[0].clone();
+    let checked = asker.ctd.verify_content_blobs();
+    let log = asker.log();
+    let mismatches = asker.pm.metric("peermirror_digest_mismatches_total", &[]);
+    let at_source = provider
+        .pm
+        .metric("peermirror_local_corruptions_total", &[]);
+    let layer_gets: Vec<Audit> = audit_lines(&log)
+        .into_iter()
+        .filter(|a| a.method == "GET" && a.path.contains(layer.hex()))
+        .collect();
+    eprintln!(
+        "[{label}] {} pull {} in {:.1}s; mismatches on it {mismatches}, caught at {} \
+         {at_source}; {checked} blobs verified; its layer GETs:\n{}\n[{label}] {}",
+        asker.name,
+        if result.is_ok() { "ok" } else { "FAILED" },
+        took.as_secs_f64(),
+        provider.name,
+        layer_gets
+            .iter()
+            .map(|a| a.line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        grep(&log, &["mismatch", "shunned", "stream broke"], 6)
+    );
+    assert!(
+        result.is_err(),
+        "[{label}] {}'s pull succeeded although the only copy of the layer is damaged and \
+         the upstream is down: wrong bytes were committed?",
+        asker.name
+    );
+    assert!(
+        !asker.ctd.content_digests().contains(&layer.digest),
+        "[{label}] {}'s store has the layer although its only source was damaged",
+        asker.name
+    );
+    // The first answer streamed (a 200 whose body started), and was cut short.
+    let streamed = layer_gets
+        .iter()
+        .find(|a| a.status == 200)
+        .unwrap_or_else(|| {
+            panic!(
+                "[{label}] {} never answered the layer with a 200 (the damaged copy was not \
+                 streamed):\n{}",
+                asker.name,
+                grep(&log, &[layer.hex()], 10)
+            )
+        });
+    assert!(
+        streamed.line.contains("complete=false"),
+        "[{label}] {}'s answer for the layer completed although its bytes were wrong:\n{}",
+        asker.name,
+        streamed.line
+    );
+    assert!(
+        at_source >= 1.0,
+        "[{label}] {} streamed its damaged copy without noticing (its local corruptions \
+         {at_source}, the asker's mismatches {mismatches})",
+        provider.name
+    );
+    // The damaged copy is no longer offered: the asker answers the layer 404 at once.
+    let r = head(&asker.blob_url(image, &layer.digest, reg), &[]).await;
+    assert_eq!(
+        r.status, 404,
+        "[{label}] {} still offers the layer from its only, damaged provider",
+        asker.name
+    );
 }

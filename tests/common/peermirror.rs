@@ -430,3 +430,36 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     }
     total
 }
+
+/// One `target: "audit"` line of a peermirror log.
+#[derive(Debug)]
+pub struct Audit {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub source: String,
+    pub duration_ms: f64,
+    pub line: String,
+}
+
+pub fn audit_lines(log: &str) -> Vec<Audit> {
+    log.lines()
+        .filter(|l| l.contains(" audit:") && l.contains("duration_ms="))
+        .map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                    .map(|v| v.trim_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            Audit {
+                method: field("method"),
+                path: field("path"),
+                status: field("status").parse().unwrap_or(0),
+                source: field("source"),
+                duration_ms: field("duration_ms").parse().unwrap_or(f64::MAX),
+                line: line.to_string(),
+            }
+        })
+        .collect()
+}
