@@ -346,9 +346,9 @@ fn bearer(t: &str) -> http::HeaderMap {
 }
 
 /// At the gate, not through the daemon: the daemon never throttles loopback (containerd's
-/// address) and its window is a fixed 60 s, so a daemon-level test would need a network
-/// namespace and a minute. The gate is what the registry asks; it answers a refusal
-/// `Throttled` with 429 and `Retry-After: 60`.
+/// address), so through the daemon this takes a client on another host:
+/// `e2e_netns::a_failing_address_gets_429_until_its_window_ends` (429, `Retry-After` naming
+/// `--auth-failure-window`). The gate is what the registry asks.
 #[tokio::test]
 async fn a_failing_address_is_throttled_until_its_window_expires() {
     use peermirror::auth::{AuthMode, FailureThrottle, Guard, Refusal, Tokens};
