@@ -3,9 +3,10 @@
 #   localhost/peermirror:<crate version>          in podman's local storage
 #   target/image/peermirror-<version>.oci.tar     an OCI archive (skopeo copy oci-archive:...)
 # No base image is pulled: the image is FROM scratch over a root this script prepares in
-# target/image/root (the stripped binary, the libraries `ldd` lists, a static busybox for the
-# chart's host-files containers, CA certificates, passwd/group, nsswitch.conf, /tmp). The image is for the
-# machine's own architecture; on an arm64 machine the same command builds the arm64 image.
+# target/image/context/root (the stripped binary, the libraries `ldd` lists, a static busybox
+# for the chart's host-files containers, CA certificates, passwd/group, nsswitch.conf, /tmp).
+# The image is for the machine's own architecture; on an arm64 machine the same command builds
+# the arm64 image.
 #
 # Options:
 #   --binary PATH   use this peermirror binary instead of `cargo build --release` (it is
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
         --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --no-archive) archive=0; shift ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
