@@ -82,11 +82,62 @@ struct Signing {
 struct Token {
     text: Vec<u8>,
     hash: [u8; 32],
+    id: TokenId,
 }
 
 fn token_hash(t: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(t).into()
+}
+
+/// What a node tells an authenticated peer about a token it accepts: 8 bytes of a SHA-256
+/// of the token under a label of its own (not the hash tokens are compared by), enough to
+/// tell lines apart and useless for finding the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenId([u8; 8]);
+
+impl TokenId {
+    fn of(token: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"peermirror token id\0");
+        h.update(token);
+        let d: [u8; 32] = h.finalize().into();
+        let mut id = [0; 8];
+        id.copy_from_slice(&d[..8]);
+        TokenId(id)
+    }
+
+    /// The ids of an [`ACCEPTED_TOKENS`] header value (bounded: a peer's header is input);
+    /// anything unparsable is left out.
+    ///
+    /// [`ACCEPTED_TOKENS`]: crate::oci::headers::ACCEPTED_TOKENS
+    pub fn parse_list(value: &str) -> Vec<TokenId> {
+        value
+            .split(',')
+            .take(MAX_ACCEPTED_IDS)
+            .filter_map(|s| {
+                let s = s.trim();
+                let mut id = [0u8; 8];
+                if s.len() != 16 {
+                    return None;
+                }
+                for (i, b) in id.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(TokenId(id))
+            })
+            .collect()
+    }
+}
+
+/// Token lines a peer's header is read for: far more than a rotation overlap needs.
+const MAX_ACCEPTED_IDS: usize = 64;
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 impl Tokens {
@@ -168,11 +219,14 @@ impl Tokens {
         }
     }
 
-    /// The token this node sends to its peers: a minted one (reused for half its lifetime)
-    /// with a signing key, else the first static line.
-    pub fn for_peers(&self) -> Option<String> {
+    /// The token this node sends to a peer: a minted one (reused for half its lifetime) with
+    /// a signing key, else a static line: the first (newest) one the peer is known to accept
+    /// (`accepted`, from its answers), and to a peer not known yet the last line, the oldest,
+    /// which a node not yet rotated still holds. So a rotation never gets a 401 from a peer:
+    /// put the new token first on every node, then drop the old line (see the README).
+    pub fn for_peer(&self, accepted: Option<&[TokenId]>) -> Option<String> {
         let Some(s) = &self.signing else {
-            return self.first();
+            return self.static_for_peer(accepted);
         };
         let mut cached = s.peer.locked();
         if let Some((t, at)) = cached.as_ref()
@@ -187,9 +241,31 @@ impl Tokens {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot mint a token for peer requests");
-                self.first()
+                self.static_for_peer(accepted)
             }
         }
+    }
+
+    fn static_for_peer(&self, accepted: Option<&[TokenId]>) -> Option<String> {
+        let tokens = self.tokens.reading().clone();
+        let newest_shared = accepted.and_then(|ids| tokens.iter().find(|t| ids.contains(&t.id)));
+        newest_shared
+            .or(tokens.last())
+            .and_then(|t| String::from_utf8(t.text.clone()).ok())
+    }
+
+    /// The id of the first (newest) static line.
+    pub fn first_id(&self) -> Option<TokenId> {
+        self.tokens.reading().first().map(|t| t.id)
+    }
+
+    /// The ids of the static lines, in order, for the [`ACCEPTED_TOKENS`] header.
+    ///
+    /// [`ACCEPTED_TOKENS`]: crate::oci::headers::ACCEPTED_TOKENS
+    pub fn accepted_ids(&self) -> String {
+        let tokens = self.tokens.reading().clone();
+        let ids: Vec<String> = tokens.iter().map(|t| t.id.to_string()).collect();
+        ids.join(",")
     }
 
     /// Forget the cached peer token (the key changed).
@@ -199,7 +275,7 @@ impl Tokens {
         }
     }
 
-    /// The token this node sends to its peers: the first line.
+    /// The first (newest) static line: what this node's containerd is handed.
     pub fn first(&self) -> Option<String> {
         let t = self.tokens.reading().clone();
         t.first()
@@ -234,6 +310,7 @@ fn read_tokens(path: &Path) -> Result<Vec<Token>, AuthError> {
         .map(|l| Token {
             text: l.as_bytes().to_vec(),
             hash: token_hash(l.as_bytes()),
+            id: TokenId::of(l.as_bytes()),
         })
         .collect();
     if tokens.is_empty() {
@@ -486,6 +563,36 @@ mod tests {
         assert_eq!(t.check(b"new-token"), Some(1));
     }
 
+    /// A rotation: the new token first on this node. A peer known to accept it gets it; a
+    /// peer known to hold only the old one, or not known yet, gets the old (last) line.
+    #[test]
+    fn peers_get_the_newest_token_they_accept() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "new-token\nold-token\n").unwrap();
+        let t = Tokens::load(&f).unwrap();
+        let ids = TokenId::parse_list(&t.accepted_ids());
+        assert_eq!(ids, [TokenId::of(b"new-token"), TokenId::of(b"old-token")]);
+        assert_eq!(t.for_peer(Some(&ids)).as_deref(), Some("new-token"));
+        let old_only = [TokenId::of(b"old-token")];
+        assert_eq!(t.for_peer(Some(&old_only)).as_deref(), Some("old-token"));
+        assert_eq!(t.for_peer(None).as_deref(), Some("old-token"));
+        assert_eq!(t.for_peer(Some(&[])).as_deref(), Some("old-token"));
+        // The ids say nothing a token could be read from, and bad input is dropped.
+        assert!(!t.accepted_ids().contains("token"));
+        assert_eq!(
+            TokenId::parse_list("zz,0102030405060708,abc"),
+            [TokenId([1, 2, 3, 4, 5, 6, 7, 8])]
+        );
+        // A peer that refused the old one (it dropped it early) is tried with the newest.
+        let retry: Vec<TokenId> = t.first_id().into_iter().collect();
+        assert_eq!(t.for_peer(Some(&retry)).as_deref(), Some("new-token"));
+        // After the rotation, one line: everyone gets it.
+        std::fs::write(&f, "new-token\n").unwrap();
+        t.reload().unwrap();
+        assert_eq!(t.for_peer(Some(&old_only)).as_deref(), Some("new-token"));
+    }
+
     #[test]
     fn guard_modes() {
         let dir = tempfile::tempdir().unwrap();
@@ -548,8 +655,12 @@ mod tests {
         let key = Arc::new(SigningKey::load(&k).unwrap());
         let tokens =
             Tokens::new(Some(&f), Some(key.clone()), Duration::from_secs(60), "n1").unwrap();
-        let peer = tokens.for_peers().unwrap();
-        assert_eq!(tokens.for_peers().as_deref(), Some(peer.as_str()), "reused");
+        let peer = tokens.for_peer(None).unwrap();
+        assert_eq!(
+            tokens.for_peer(None).as_deref(),
+            Some(peer.as_str()),
+            "reused"
+        );
         assert_eq!(key.verify(peer.as_bytes()).unwrap().sub, "peer@n1");
         let ctd = tokens.for_containerd().unwrap();
         assert_eq!(key.verify(ctd.as_bytes()).unwrap().sub, "containerd@n1");

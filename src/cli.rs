@@ -36,7 +36,9 @@ pub enum Command {
     /// A small cluster CA: init-ca, issue, revoke, crl, inspect.
     Certs(crate::certs::CertsArgs),
     /// Show this node's status, peers, lookups and content (talks to the admin socket).
-    /// Exits 0 when ready (or found), 3 when not, saying why.
+    /// Exit codes: 0 ready (for `lookup`: found), 3 not ready (not found), saying why;
+    /// 1 the daemon could not be asked (no socket at --admin-sock or <data-dir>/admin.sock,
+    /// not root, a failed call); 2 a usage error.
     Status(crate::status::StatusArgs),
     /// Signed bearer tokens: `token issue --key FILE --ttl 1h --subject NAME`.
     Token(crate::token::TokenArgs),
@@ -214,16 +216,17 @@ pub struct MirrorArgs {
     #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub mirror_resolve_timeout: Duration,
 
-    /// Resolve tags through peers (digests always are). Default: on with --auth-mode mtls or
-    /// mtls+token (peers prove they are cluster members), off with token or none (any DHT
+    /// Resolve tags through peers (digests always are). Default: on when peers prove they are
+    /// cluster members: --auth-mode mtls or mtls+token, or token over TLS (--tls-cert, --tls-key
+    /// and --tls-peer-ca: peers' server certificates are checked); off otherwise (any DHT
     /// member could answer for a tag; turning it on there logs a warning).
     #[arg(long, env = "PEERMIRROR_RESOLVE_TAGS", action = ArgAction::Set)]
     pub resolve_tags: Option<bool>,
 
-    /// With --resolve-tags=true under token or none: let a tag stand on one provider's answer
-    /// when no other confirms it within the tag deadline (the earlier behaviour). Off: such
-    /// a tag answers 404 and containerd asks the upstream. Under mTLS a lone answer stands
-    /// anyway (the peer is an authenticated cluster member).
+    /// With --resolve-tags=true and unauthenticated peers (token or none without TLS): let a
+    /// tag stand on one provider's answer when no other confirms it within the tag deadline
+    /// (the earlier behaviour). Off: such a tag answers 404 and containerd asks the upstream.
+    /// When peers are authenticated (mTLS, or token over TLS) a lone answer stands anyway.
     #[arg(long, env = "PEERMIRROR_TRUST_UNCONFIRMED_TAGS", default_value_t = false, action = ArgAction::Set)]
     pub trust_unconfirmed_tags: bool,
 
@@ -289,7 +292,8 @@ pub struct SecurityArgs {
     #[arg(long, env = "PEERMIRROR_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
-    /// Cluster CA (PEM): when given, clients must present a certificate it signed.
+    /// Cluster CA (PEM): when given, clients must present a certificate it signed, in every
+    /// auth mode (in token mode containerd too: give --tls-peer-ca there instead).
     #[arg(long, env = "PEERMIRROR_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
@@ -309,8 +313,11 @@ pub struct SecurityArgs {
     #[arg(long, env = "PEERMIRROR_CRL_EXPIRED", value_enum, default_value_t = CrlExpired::Deny)]
     pub crl_expired: CrlExpired,
 
-    /// Bearer tokens, one per line (several lines let a rotation overlap); reloaded when it
-    /// changes. The first line is sent to peers (unless --token-signing-key is given).
+    /// Bearer tokens, one per line, newest first (several lines let a rotation overlap); every
+    /// line is accepted; reloaded when it changes. containerd is handed the first line; a peer
+    /// the newest line it says it accepts, one not heard from yet the last line (unless
+    /// --token-signing-key is given). Rotate in two steps: the new token first on every node,
+    /// then drop the old line.
     #[arg(long, env = "PEERMIRROR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -325,9 +332,11 @@ pub struct SecurityArgs {
     #[arg(long, env = "PEERMIRROR_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub token_ttl: Duration,
 
-    /// containerd's hosts directory (its `config_path`) where `peermirror configure
-    /// --token-file` wrote this node's token: the daemon rewrites that header when the token
-    /// file changes or a minted token nears expiry, so rotation needs no restart.
+    /// containerd's hosts directory (its `config_path`) where `peermirror configure` wrote
+    /// this node's mirror: the daemon writes containerd's token into those tables (adding the
+    /// header when missing) at start, when the token file changes or a minted token nears
+    /// expiry, so rotation needs no restart. Without it, containerd has only the token
+    /// `configure --token-file` wrote (a warning at start says when it has none).
     #[arg(long, env = "PEERMIRROR_HOSTS_DIR")]
     pub hosts_dir: Option<PathBuf>,
 }
@@ -408,8 +417,14 @@ impl DhtArgs {
 
 /// Whether peers are authenticated as servers (their certificates checked against the cluster
 /// CA), so a tag answer comes from a cluster member: the one place that trust is decided.
+/// Under mTLS they always are; in token (or none) mode they are when this node speaks TLS to
+/// them, since the peer client then checks every server certificate against `--tls-peer-ca`
+/// (else `--tls-client-ca`) and its CRLs, and refuses to start without one of them.
 pub fn peers_authenticated(security: &SecurityArgs) -> bool {
-    matches!(security.auth_mode, AuthMode::Mtls | AuthMode::MtlsToken)
+    let tls_with_ca = security.tls_cert.is_some()
+        && security.tls_key.is_some()
+        && (security.tls_peer_ca.is_some() || security.tls_client_ca.is_some());
+    matches!(security.auth_mode, AuthMode::Mtls | AuthMode::MtlsToken) || tls_with_ca
 }
 
 /// Whether tags resolve through peers: a tag answer is only as good as the peer's identity, so
@@ -421,7 +436,7 @@ pub fn resolve_tags(flag: Option<bool>, security: &SecurityArgs) -> bool {
         Some(true) if !authenticated => {
             tracing::warn!(
                 auth_mode = ?security.auth_mode,
-                "--resolve-tags is on without mTLS: any DHT member can answer for a tag and steer this node to an image of its choice"
+                "--resolve-tags is on but peers are not authenticated (no mTLS, no TLS with --tls-peer-ca): any DHT member can answer for a tag and steer this node to an image of its choice"
             );
             true
         }
@@ -517,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn tags_resolve_through_peers_by_default_only_under_mtls() {
+    fn tags_resolve_through_peers_by_default_only_when_peers_are_authenticated() {
         for (mode, want) in [
             ("mtls", true),
             ("mtls+token", true),
@@ -533,6 +548,29 @@ mod tests {
         }
         let a = run_args(&["--auth-mode", "token", "--resolve-tags", "true"]);
         assert!(Config::from_args(&a).unwrap().mirror.resolve_tags);
+        // Token mode over TLS: the peer client checks servers against the peer CA.
+        let tls = [
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "--tls-peer-ca",
+            "/ca",
+        ];
+        let a = run_args(&[&["--auth-mode", "token"][..], &tls].concat());
+        let m = Config::from_args(&a).unwrap().mirror;
+        assert!(m.resolve_tags && m.single_tag_answer);
+        // TLS without a CA to check peers by is no authentication.
+        let a = run_args(&[
+            "--auth-mode",
+            "token",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+        ]);
+        let m = Config::from_args(&a).unwrap().mirror;
+        assert!(!m.resolve_tags && !m.single_tag_answer);
         let a = run_args(&["--resolve-tags", "false"]);
         assert!(!Config::from_args(&a).unwrap().mirror.resolve_tags);
     }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Refusal, RevocationCheck};
-use crate::metrics::{Metrics, ReasonLabels, WhatLabels};
+use crate::metrics::{Metrics, WhatLabels};
 use crate::pki::{self, Serial};
 use crate::reload;
 use crate::server::{ClientCert, TlsProvider};
@@ -95,6 +95,8 @@ pub struct TlsMaterial {
     pub crl_next_update: Option<SystemTime>,
     /// When this node's certificate expires.
     pub cert_not_after: Option<SystemTime>,
+    /// This node's certificate's serial: `status` says so when the CRL revokes it.
+    pub cert_serial: Option<Serial>,
     /// Serials the loaded CRLs revoke: checked on every request too, because a connection made
     /// before a revocation would otherwise keep being served.
     pub revoked: std::collections::HashSet<Serial>,
@@ -136,10 +138,9 @@ fn roots(
 /// Read every file and build both configs. Fails as a whole: nothing half-loaded is used.
 pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     let chain = pki::load_certs(&files.cert)?;
-    let cert_not_after = chain
-        .first()
-        .and_then(|c| pki::cert_summary(c).ok())
-        .map(|s| s.not_after);
+    let own = chain.first().and_then(|c| pki::cert_summary(c).ok());
+    let cert_not_after = own.as_ref().map(|s| s.not_after);
+    let cert_serial = own.map(|s| s.serial);
     let key = pki::load_key(&files.key)?;
     let mut crls = Vec::new();
     for p in &files.crls {
@@ -241,11 +242,15 @@ pub fn build(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         .with_client_auth_cert(chain, key)?;
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
 
+    if let Some(serial) = cert_serial.as_ref().filter(|s| revoked.contains(*s)) {
+        tracing::error!(%serial, cert = %files.cert.display(), "this node's own certificate is revoked by the CRL: peers refuse to serve it and to fetch from it; issue a new one (`peermirror certs issue --force`)");
+    }
     Ok(TlsMaterial {
         server: Arc::new(server),
         client: Arc::new(client),
         crl_next_update,
         cert_not_after,
+        cert_serial,
         revoked,
         deny_expired_crl: enforce,
     })
@@ -432,6 +437,15 @@ impl Endpoint {
     }
 }
 
+impl TlsMaterial {
+    /// Whether the loaded CRLs revoke this node's own certificate.
+    pub fn own_cert_revoked(&self) -> bool {
+        self.cert_serial
+            .as_ref()
+            .is_some_and(|s| self.revoked.contains(s))
+    }
+}
+
 impl TlsProvider for Endpoint {
     fn server_config(&self) -> Arc<ServerConfig> {
         self.material.borrow().server.clone()
@@ -452,11 +466,8 @@ impl TlsProvider for Endpoint {
 
     fn handshake_failed(&self, remote: SocketAddr, error: Option<&std::io::Error>) {
         let reason = handshake_reason(error);
-        self.metrics
-            .security
-            .auth_failures
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        // A handshake carries no mark of a peer: from loopback it is taken for containerd's.
+        self.metrics.security.refused(reason, remote.ip(), false);
         tracing::warn!(target: "audit", %remote, reason, detail = ?error.map(|e| e.to_string()), "TLS handshake refused");
     }
 }

@@ -95,6 +95,9 @@ fn init_ca_then_issue_then_inspect_shows_sans_and_ekus() {
         "issuer:         CN=test cluster CA",
         "DNS:node-a.example",
         "IP:10.0.0.1",
+        // Loopback too: where the node's own containerd reaches its mirror.
+        "IP:127.0.0.1",
+        "IP:::1",
         "ext. key usage: serverAuth, clientAuth",
         "key usage:      digitalSignature",
         "CA:             no",
@@ -130,7 +133,9 @@ fn issued_cert_without_sans_is_fine_and_says_client_only() {
     assert!(out.contains("good as a client certificate only"), "{out}");
     let s = cert_summary(&first_cert(&tmp.path().join("client-1.crt"))).unwrap();
     assert!(s.sans.is_empty());
-    assert_eq!(s.ext_key_usage, ["serverAuth", "clientAuth"]);
+    // containerd's: a client certificate, and it says so.
+    assert_eq!(s.ext_key_usage, ["clientAuth"]);
+    assert!(out.contains("usage:    clientAuth\n"), "{out}");
     let days = s
         .not_after
         .duration_since(SystemTime::now())
@@ -204,11 +209,28 @@ fn existing_files_are_not_overwritten_without_force() {
     );
     assert_ne!(fs::read(dir.join("node-a.crt")).unwrap(), node_before);
 
+    // Replacing a revoked one: it says the old one is already revoked, not "revoke it".
+    let replaced = cert_summary(&first_cert(&dir.join("node-a.crt")))
+        .unwrap()
+        .serial
+        .to_string();
+    run(dir, &["revoke", "--name", "node-a"]);
+    let out = run(
+        dir,
+        &["issue", "--name", "node-a", "--ip", "10.0.0.1", "--force"],
+    );
+    assert!(
+        out.contains(&format!("(serial {replaced}) was revoked at"))
+            && !out.contains("stays valid")
+            && !out.contains("revoke --serial"),
+        "{out}"
+    );
+
     let out = run(dir, &["init-ca", "--force"]);
     assert!(out.contains("no longer verify"), "{out}");
     assert_ne!(fs::read(dir.join("ca.crt")).unwrap(), ca_before);
-    // The new CA's CRL continues the numbering.
-    assert_eq!(crl_info(dir).number, Some(2));
+    // The new CA's CRL continues the numbering (1 from init-ca, 2 from the revoke above).
+    assert_eq!(crl_info(dir).number, Some(3));
 }
 
 #[test]
@@ -633,4 +655,39 @@ fn rustls_enforcing_crl_expiry_rejects_an_expired_crl() {
         .client
         .verify_client_cert(&cert, &[], UnixTime::now())
         .unwrap();
+}
+
+#[test]
+fn node_certificates_name_loopback_unless_told_not_to() {
+    let tmp = pki();
+    let dir = tmp.path();
+    let sans = |name: &str| {
+        cert_summary(&first_cert(&dir.join(format!("{name}.crt"))))
+            .unwrap()
+            .sans
+    };
+    assert_eq!(
+        sans("node-a"),
+        [
+            "DNS:node-a.example",
+            "IP:10.0.0.1",
+            "IP:127.0.0.1",
+            "IP:::1"
+        ]
+    );
+    // Loopback given by hand is not repeated.
+    run(dir, &["issue", "--name", "n2", "--ip", "127.0.0.1"]);
+    assert_eq!(sans("n2"), ["IP:127.0.0.1", "IP:::1"]);
+    run(
+        dir,
+        &[
+            "issue",
+            "--name",
+            "n3",
+            "--dns",
+            "n3.example",
+            "--no-loopback",
+        ],
+    );
+    assert_eq!(sans("n3"), ["DNS:n3.example"]);
 }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AuthMode;
 use crate::content::{Index, Key, Readiness};
-use crate::metrics::{FaultKind, Metrics};
+use crate::metrics::{FaultKind, LocalRefusal, Metrics};
 use crate::mirror::Mirror;
 use crate::oci::{Digest, TagKey};
 use crate::ops::Health;
@@ -78,6 +78,46 @@ fn unix_secs(t: Option<SystemTime>) -> i64 {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .unwrap_or(0)
+}
+
+/// How recent a refusal of this node's containerd must be for `status` to show it.
+const LOCAL_REFUSAL_SHOWN: Duration = Duration::from_secs(15 * 60);
+
+/// The warnings found at start, and what is wrong now: this node's certificate revoked, or
+/// its own containerd being refused (its pulls then go quietly to the upstream).
+fn warnings(s: &AdminState, tls: Option<&crate::tls::TlsMaterial>) -> Vec<String> {
+    let mut out = s.warnings.clone();
+    out.extend(
+        tls.filter(|t| t.own_cert_revoked())
+            .map(|t| revoked_warning(t.cert_serial.as_ref())),
+    );
+    out.extend(
+        s.metrics
+            .security
+            .local_refusal()
+            .and_then(|r| refused_warning(&r, SystemTime::now())),
+    );
+    out
+}
+
+fn revoked_warning(serial: Option<&crate::pki::Serial>) -> String {
+    format!(
+        "this node's certificate (serial {}) is REVOKED by the CRL in force: peers refuse to serve it and to fetch from it. Fix: issue a new one (`peermirror certs issue --name NAME --force`) and put it in place (it is reloaded)",
+        serial.map(|s| s.to_string()).unwrap_or_default()
+    )
+}
+
+/// The refusals of this node's containerd, when the last is recent enough to matter.
+fn refused_warning(r: &LocalRefusal, now: SystemTime) -> Option<String> {
+    let ago = now.duration_since(r.last_at).unwrap_or_default();
+    (ago < LOCAL_REFUSAL_SHOWN).then(|| {
+        format!(
+            "containerd's requests are being refused (401 / TLS): {} from this node since start, the last {} ago ({}); its pulls go to the upstream. Fix: the token or client certificate in its hosts.toml (`peermirror configure`, `run --hosts-dir`)",
+            r.count,
+            humantime::format_duration(Duration::from_secs(ago.as_secs())),
+            r.reason,
+        )
+    })
 }
 
 /// "on: ..." with the spool's use, or "off: <why>".
@@ -153,7 +193,7 @@ impl Admin for Service {
                 .and_then(|c| c.version())
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
-            warnings: s.warnings.clone(),
+            warnings: warnings(s, tls.as_deref()),
             spool: spool_state(s),
             local_faults: s
                 .metrics
@@ -424,4 +464,35 @@ pub async fn connect(
             ),
         })?;
     Ok(proto::admin_client::AdminClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_refusals_show_while_recent() {
+        let m = crate::metrics::Metrics::new();
+        assert!(m.security.local_refusal().is_none());
+        // A peer's refusal, or one from another address, is not containerd's.
+        m.security
+            .refused("wrong_token", [127, 0, 0, 1].into(), true);
+        m.security
+            .refused("no_certificate", [10, 0, 0, 7].into(), false);
+        assert!(m.security.local_refusal().is_none());
+        m.security
+            .refused("missing_token", [127, 0, 0, 1].into(), false);
+        m.security.refused("revoked", "::1".parse().unwrap(), false);
+        let r = m.security.local_refusal().unwrap();
+        assert_eq!((r.count, r.reason), (2, "revoked"));
+        let w = refused_warning(&r, r.last_at).unwrap();
+        assert!(
+            w.starts_with("containerd's requests are being refused (401 / TLS): 2 ")
+                && w.contains("(revoked)"),
+            "{w}"
+        );
+        assert!(refused_warning(&r, r.last_at + LOCAL_REFUSAL_SHOWN).is_none());
+        let serial = crate::pki::Serial::from_be_bytes(&[0x0a, 0x1b]);
+        assert!(revoked_warning(Some(&serial)).contains("REVOKED"));
+    }
 }

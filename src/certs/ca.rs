@@ -288,8 +288,9 @@ impl Ca {
 }
 
 /// Which extended key usages a certificate gets. Nodes are both server (their mirror endpoint)
-/// and client (fetching from peers), so the CLI always issues [`Usage::ServerAndClient`]; the
-/// others exist so TLS tests can check that a verifier rejects the wrong usage.
+/// and client (fetching from peers): [`Usage::ServerAndClient`]; a certificate with no address
+/// or name (containerd's) is [`Usage::ClientOnly`]; [`Usage::ServerOnly`] exists so TLS tests
+/// can check that a verifier rejects the wrong usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
     ServerAndClient,

@@ -2,7 +2,7 @@
 //! returns the text to print.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use super::store::{
 };
 use super::{
     CA_CERT, CA_KEY, CRL_FILE, Ca, CertRequest, CertsArgs, CertsCommand, CertsError, Reason,
-    RevokedSerial, check_dns_name, check_name, fmt_system, to_pem,
+    RevokedSerial, Usage, check_dns_name, check_name, fmt_system, to_pem,
 };
 use crate::pki::{
     CertSummary, CrlInfo, Object, Serial, cert_summary, check_crl, load_certs, read_crl,
@@ -33,9 +33,10 @@ pub(super) fn run(args: &CertsArgs, now: SystemTime) -> Result<String, CertsErro
             name,
             ip,
             dns,
+            no_loopback,
             days,
             force,
-        } => issue(dir, name, ip, dns, *days, *force, now),
+        } => issue(dir, name, &sans(ip, dns, *no_loopback), *days, *force, now),
         CertsCommand::Revoke {
             name,
             serial,
@@ -109,17 +110,52 @@ fn init_ca(
     Ok(out)
 }
 
+/// What `issue` puts in a certificate: its addresses and names, and what it may be used for.
+struct Sans {
+    ips: Vec<IpAddr>,
+    dns: Vec<String>,
+    usage: Usage,
+}
+
+/// A certificate with an address or name serves; a node's serves its own containerd too,
+/// which reaches it on loopback (`configure --mirror https://127.0.0.1:5000`), so loopback
+/// is added unless refused. One without either can only be a client's.
+fn sans(ips: &[IpAddr], dns: &[String], no_loopback: bool) -> Sans {
+    if ips.is_empty() && dns.is_empty() {
+        return Sans {
+            ips: Vec::new(),
+            dns: Vec::new(),
+            usage: Usage::ClientOnly,
+        };
+    }
+    let mut all = ips.to_vec();
+    if !no_loopback {
+        for lo in [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ] {
+            if !all.contains(&lo) {
+                all.push(lo);
+            }
+        }
+    }
+    Sans {
+        ips: all,
+        dns: dns.to_vec(),
+        usage: Usage::ServerAndClient,
+    }
+}
+
 fn issue(
     dir: &Path,
     name: &str,
-    ips: &[IpAddr],
-    dns: &[String],
+    sans: &Sans,
     days: u32,
     force: bool,
     now: SystemTime,
 ) -> Result<String, CertsError> {
     check_name(name)?;
-    for d in dns {
+    for d in &sans.dns {
         check_dns_name(d)?;
     }
     let ca = Ca::load(dir)?;
@@ -130,8 +166,9 @@ fn issue(
     let mut state = load_state(dir)?;
 
     let mut req = CertRequest::new(name, now, i64::from(days))?;
-    req.ips = ips.to_vec();
-    req.dns = dns.to_vec();
+    req.ips = sans.ips.clone();
+    req.dns = sans.dns.clone();
+    req.usage = sans.usage;
     let ca_end = ca.not_after();
     if ca_end <= now {
         return Err(CertsError::CaExpired {
@@ -184,12 +221,19 @@ fn issue(
         summary.ext_key_usage.join(", "),
     );
     if let Some(old) = replaced {
-        let _ = writeln!(
-            out,
-            "The replaced certificate (serial {0}) stays valid until {1}; revoke it with `peermirror certs revoke --serial {0}`.",
-            String::from(old.serial),
-            fmt_system(old.not_after),
-        );
+        let serial = String::from(old.serial);
+        let _ = match state.revoked.get(&serial) {
+            Some(r) => writeln!(
+                out,
+                "The replaced certificate (serial {serial}) was revoked at {}; crl.pem already lists it.",
+                r.revoked_at,
+            ),
+            None => writeln!(
+                out,
+                "The replaced certificate (serial {serial}) stays valid until {}; revoke it with `peermirror certs revoke --serial {serial}`.",
+                fmt_system(old.not_after),
+            ),
+        };
     }
     Ok(out)
 }

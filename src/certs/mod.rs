@@ -79,7 +79,9 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue NAME.crt and NAME.key: a node certificate for both server and client use.
+    /// Issue NAME.crt and NAME.key. With --ip or --dns: a node certificate for server and
+    /// client use, which also names 127.0.0.1 and ::1 (where the node's containerd reaches its
+    /// mirror) unless --no-loopback. Without: a client certificate (containerd's, a person's).
     Issue {
         /// Certificate name: its CN and file name. Letters, digits, '.', '_', '-'; not
         /// starting with '.'; at most 64 characters.
@@ -92,6 +94,9 @@ pub enum CertsCommand {
         /// client use only.
         #[arg(long)]
         dns: Vec<String>,
+        /// Do not add 127.0.0.1 and ::1 to a node certificate.
+        #[arg(long)]
+        no_loopback: bool,
         /// Lifetime in days.
         #[arg(long, env = "PEERMIRROR_CERT_DAYS", default_value_t = 365,
               value_parser = clap::value_parser!(u32).range(1..=MAX_DAYS))]

@@ -30,7 +30,7 @@ pub use render::render_hosts_toml;
 /// For the fuzz targets (`fuzz/`): one hosts.toml's token rewrite, on its text.
 #[doc(hidden)]
 pub use token::rewrite_text as rewrite_hosts_text;
-pub use token::{host_port, rewrite_token};
+pub use token::{OwnHost, host_port, own_hosts, rewrite_token};
 
 use endpoint::{parse_dial_timeout, parse_unique};
 use files::{install, original_text, read_optional, restore};

@@ -23,8 +23,10 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// Rewrites, in every `<config_path>/*/hosts.toml` written by configure, the
 /// `Authorization = "Bearer ..."` header of each `[host."URL"]` table for which `own(URL)`
-/// holds, to `token`. Only that value changes; a file already carrying the token is left
-/// alone; a missing `config_path` holds nothing to rewrite. Returns the files rewritten.
+/// holds, to `token`; a table with no `Authorization` header gets one (configure was run
+/// without `--token-file`, e.g. with only a signing key on the node). Only that header
+/// changes; a file already carrying the token is left alone; a missing `config_path` holds
+/// nothing to rewrite. Returns the files rewritten.
 pub fn rewrite_token(
     config_path: &Path,
     own: &dyn Fn(&str) -> bool,
@@ -80,17 +82,28 @@ pub fn rewrite_text(
             if !own(url) {
                 continue;
             }
-            let Some(Value::String(auth)) = host
-                .as_table_mut()
-                .and_then(|h| h.get_mut("header"))
-                .and_then(Value::as_table_mut)
-                .and_then(|h| h.get_mut("Authorization"))
-            else {
+            let Some(host) = host.as_table_mut() else {
                 continue;
             };
-            if auth.starts_with("Bearer ") && *auth != want {
-                *auth = want.clone();
-                changed = true;
+            let header = host
+                .entry("header")
+                .or_insert_with(|| Value::Table(toml::Table::new()));
+            let Some(header) = header.as_table_mut() else {
+                continue;
+            };
+            match header.get_mut("Authorization") {
+                Some(Value::String(auth)) => {
+                    // Another scheme was put there by hand: not ours to replace.
+                    if auth.starts_with("Bearer ") && *auth != want {
+                        *auth = want.clone();
+                        changed = true;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    header.insert("Authorization".into(), Value::String(want.clone()));
+                    changed = true;
+                }
             }
         }
     }
@@ -105,6 +118,58 @@ pub fn rewrite_text(
     let out = format!("{comments}{}", toml::to_string(&doc)?);
     verify_round_trip(&out, &doc, path)?;
     Ok(Some(out))
+}
+
+/// One `[host."URL"]` table naming this node's mirror, in a hosts.toml `configure` wrote:
+/// what containerd will present to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnHost {
+    pub file: PathBuf,
+    pub url: String,
+    /// It sends an `Authorization: Bearer` header.
+    pub bearer: bool,
+    /// It presents a client certificate (`client = [...]`).
+    pub client_cert: bool,
+}
+
+/// The `[host."URL"]` tables for which `own(URL)` holds, in every `<config_path>/*/hosts.toml`
+/// configure wrote. Best effort, for start-up advice: unreadable files are skipped.
+pub fn own_hosts(config_path: &Path, own: &dyn Fn(&str) -> bool) -> Vec<OwnHost> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(config_path)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file = entry.path().join(HOSTS_FILE);
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if !is_ours(text.as_bytes()) {
+            continue;
+        }
+        let Ok(doc) = parse_existing(&text, &file) else {
+            continue;
+        };
+        let Some(Value::Table(hosts)) = doc.get("host") else {
+            continue;
+        };
+        for (url, host) in hosts.iter().filter(|(url, _)| own(url)) {
+            let bearer = host
+                .get("header")
+                .and_then(|h| h.get("Authorization"))
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("Bearer "));
+            out.push(OwnHost {
+                file: file.clone(),
+                url: url.clone(),
+                bearer,
+                client_cert: host.get("client").is_some(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.file, &a.url).cmp(&(&b.file, &b.url)));
+    out
 }
 
 #[cfg(test)]
@@ -152,5 +217,40 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// `configure` without `--token-file` (a node with only a signing key): the daemon still
+    /// hands containerd its token, and `own_hosts` sees it.
+    #[test]
+    fn a_missing_header_is_added_to_our_tables_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MARKER}\nserver = \"https://r\"\n\n[host.\"https://127.0.0.1:5000\"]\ncapabilities = [\"pull\"]\nclient = [[\"/c.crt\", \"/c.key\"]]\n\n[host.\"http://other:1\"]\ncapabilities = [\"pull\"]\n"
+        );
+        std::fs::create_dir(dir.path().join("docker.io")).unwrap();
+        let file = dir.path().join("docker.io").join(HOSTS_FILE);
+        std::fs::write(&file, &text).unwrap();
+        let own = |u: &str| u == "https://127.0.0.1:5000";
+        let before = own_hosts(dir.path(), &own);
+        assert_eq!(
+            before,
+            [OwnHost {
+                file: file.clone(),
+                url: "https://127.0.0.1:5000".into(),
+                bearer: false,
+                client_cert: true,
+            }]
+        );
+        assert_eq!(
+            rewrite_token(dir.path(), &own, "minted").unwrap(),
+            [file.clone()]
+        );
+        let doc: Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+        assert_eq!(
+            doc["host"]["https://127.0.0.1:5000"]["header"]["Authorization"].as_str(),
+            Some("Bearer minted")
+        );
+        assert!(doc["host"]["http://other:1"].get("header").is_none());
+        assert!(own_hosts(dir.path(), &own)[0].bearer);
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! - `start`: one `start_*` per subsystem, each returning the handles later ones need.
 //! - `security`: refused settings combinations, TLS material and tokens (reloaded), warnings.
+//! - `advice`: start-up warnings where containerd would quietly pull from the upstream.
 //! - `downloads`: what serves blobs still downloading: the spool, containerd's ingest watcher,
 //!   and the in-flight provider records about both.
 //! - `tasks`: the set of long-running tasks, awaited on shutdown, panics logged.
 
+mod advice;
 mod downloads;
 mod security;
 mod start;
@@ -214,8 +216,17 @@ async fn run_inner(
     let tls = security::start_tls(&mut w, &config.security)?;
     let registry_addr = start::local_addr(&listeners.registry)?;
     let own = security::OwnMirror::new(registry_addr, &config.routing);
-    let tokens = security::start_tokens(&mut w, &config.security, &config.token, own)?;
+    let tokens = security::start_tokens(&mut w, &config.security, &config.token, own.clone())?;
     security::warn_about_security(&mut w, &config.security);
+    let (containerd_hosts, mut warnings) =
+        start::containerd_config_warnings(config.containerd_config.as_deref());
+    let hosts_dir = config.token.hosts_dir.clone().or(containerd_hosts);
+    warnings.extend(advice::startup_warnings(&advice::Setup {
+        security: &config.security,
+        token: &config.token,
+        own: &own,
+        hosts_dir: hosts_dir.as_deref(),
+    }));
     let routed = start::start_routing(
         &mut w,
         &config.routing,
@@ -269,7 +280,6 @@ async fn run_inner(
         ),
         revocation: tls.clone().map(tls::revocation_check),
     };
-    let warnings = start::containerd_config_warnings(config.containerd_config.as_deref());
     // The status page's recent requests, reported by the registry; kept only for the admin API.
     let mut recent_requests = None;
     if let Some(path) = &config.admin_sock {

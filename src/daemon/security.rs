@@ -136,7 +136,7 @@ impl OwnMirror {
         }
     }
 
-    fn owns(&self, url: &str) -> bool {
+    pub(super) fn owns(&self, url: &str) -> bool {
         let Some((host, port)) = crate::configure::host_port(url) else {
             return false;
         };

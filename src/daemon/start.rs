@@ -370,21 +370,22 @@ pub(super) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, DaemonErr
     listener.local_addr().map_err(DaemonError::Listener)
 }
 
-/// The warnings about containerd's config (`--containerd-config`), logged now and kept for
+/// The hosts directory containerd's config (`--containerd-config`) names, and the warnings about
+/// it, logged now and kept for
 /// `peermirror status`. A file that cannot be read is one more warning, not a failed start:
 /// the mirror works whatever this check finds.
-pub(super) fn containerd_config_warnings(file: Option<&Path>) -> Vec<String> {
+pub(super) fn containerd_config_warnings(file: Option<&Path>) -> (Option<PathBuf>, Vec<String>) {
     let Some(file) = file else {
-        return Vec::new();
+        return (None, Vec::new());
     };
-    let warnings = match crate::configure::inspect(file, None) {
-        Ok((_, warnings)) => warnings,
-        Err(e) => vec![format!("cannot check containerd's config: {e}")],
+    let (dir, warnings) = match crate::configure::inspect(file, None) {
+        Ok(found) => found,
+        Err(e) => (None, vec![format!("cannot check containerd's config: {e}")]),
     };
     for w in &warnings {
         tracing::warn!(file = %file.display(), "{w}");
     }
-    warnings
+    (dir, warnings)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub use faults::{FaultKind, FaultRecord, KindLabels, LocalFaults};
 pub use mirror::{MirrorMetrics, PeerLabels};
 pub use registry::{RegistryMetrics, RequestLabels, SourceLabels};
 pub use routing::{DhtMetrics, RoutingMetrics};
-pub use security::SecurityMetrics;
+pub use security::{LocalRefusal, SecurityMetrics};
 pub use server::ServerMetrics;
 pub use spool::SpoolMetrics;
 pub use uploads::UploadMetrics;

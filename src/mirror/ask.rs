@@ -179,6 +179,7 @@ impl Fetcher {
                 return None;
             }
         };
+        self.heard(&p, &r);
         if r.status() == StatusCode::NOT_FOUND {
             return None;
         }

@@ -1,17 +1,24 @@
 //! The peer client's side of one request: the current client and token, who a provider is
 //! (certificate serial or IP), what size a peer may claim, and the descriptor its headers give.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
 use super::book::{Fault, PeerIdentity, ProviderBook};
 use super::{MirrorConfig, PeerClient};
+use crate::auth::TokenId;
 use crate::content::Descriptor;
-use crate::oci::headers::{CONTENT_DIGEST, MIRRORED};
+use crate::oci::headers::{ACCEPTED_TOKENS, CONTENT_DIGEST, MIRRORED};
 use crate::oci::{ContentRange, Digest};
 use crate::routing::{Provider, Router};
+use crate::sync::MutexExt;
+
+/// Peers whose accepted tokens are remembered at once.
+const MAX_PEERS_REMEMBERED: usize = 4096;
 
 /// Most transfers fetched whole before sending (each at most `--verify-before-send` bytes);
 /// beyond it small blobs stream like large ones rather than wait.
@@ -25,6 +32,9 @@ pub(super) struct Fetcher {
     client: watch::Receiver<PeerClient>,
     /// Sent to peers as a bearer token in token mode.
     token: Option<Arc<crate::auth::Tokens>>,
+    /// Which static tokens each peer (its registry address) said it accepts, so it is sent
+    /// the newest one it holds (a rotation without 401s).
+    accepted: Arc<Mutex<HashMap<SocketAddr, Vec<TokenId>>>>,
     /// Who is connected: a token only goes to a connected peer's registry address.
     router: Arc<dyn Router>,
     pub(super) book: Arc<ProviderBook>,
@@ -47,6 +57,7 @@ impl Fetcher {
         Fetcher {
             client,
             token,
+            accepted: Arc::default(),
             router,
             book,
             response_timeout: config.response_timeout,
@@ -73,7 +84,11 @@ impl Fetcher {
         };
         let url = format!("{}://{}{path}", scheme.as_str(), p.addr);
         let mut req = client.request(method, url).header(MIRRORED, "true");
-        if let Some(t) = self.token.as_ref().and_then(|t| t.for_peers()) {
+        let token = self.token.as_ref().and_then(|t| {
+            let accepted = self.accepted.locked();
+            t.for_peer(accepted.get(&p.addr).map(Vec::as_slice))
+        });
+        if let Some(t) = token {
             if !self.is_connected_peer(p) {
                 tracing::warn!(peer = %p.peer, addr = %p.addr, "provider address is not a connected peer's; not sending it the token");
                 return None;
@@ -81,6 +96,28 @@ impl Fetcher {
             req = req.bearer_auth(t);
         }
         Some(req)
+    }
+
+    /// Remembers which tokens `p` accepts, from its answer's [`ACCEPTED_TOKENS`] header. A
+    /// 401 says what was sent is no longer accepted (the peer dropped a line before this node
+    /// heard of its new one): the next request tries this node's newest line.
+    pub(super) fn heard(&self, p: &Provider, resp: &reqwest::Response) {
+        let Some(tokens) = &self.token else {
+            return;
+        };
+        let ids = match resp.headers().get(ACCEPTED_TOKENS) {
+            Some(v) => TokenId::parse_list(v.to_str().unwrap_or_default()),
+            None if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                tokens.first_id().into_iter().collect()
+            }
+            None => return,
+        };
+        let mut accepted = self.accepted.locked();
+        // Bounded by the addresses of connected peers in practice; a hard cap all the same.
+        if accepted.len() >= MAX_PEERS_REMEMBERED && !accepted.contains_key(&p.addr) {
+            accepted.clear();
+        }
+        accepted.insert(p.addr, ids);
     }
 
     fn is_connected_peer(&self, p: &Provider) -> bool {

@@ -427,6 +427,7 @@ impl Mirror {
             Key::Tag(t) => peer_path(t.name(), "manifests", t.tag(), Some(t.registry())),
         };
         let checks = found.into_iter().map(|p| {
+            let fetcher = &self.fetcher;
             let req = self
                 .fetcher
                 .request(reqwest::Method::HEAD, &p, &path)
@@ -446,21 +447,36 @@ impl Mirror {
                 let res = req.send().await;
                 let latency = started.elapsed();
                 match res {
-                    Ok(r) => ProbeResult {
-                        provider: p,
-                        status: Some(r.status()),
-                        latency,
-                        error: None,
-                    },
+                    Ok(r) => {
+                        fetcher.heard(&p, &r);
+                        ProbeResult {
+                            provider: p,
+                            status: Some(r.status()),
+                            latency,
+                            error: refused_why(r.status()),
+                        }
+                    }
                     Err(e) => ProbeResult {
                         provider: p,
                         status: None,
                         latency,
-                        error: Some(e.to_string()),
+                        // The causes too: "error sending request" alone does not say that
+                        // the handshake was refused, or why.
+                        error: Some(fetcher::error_chain(&e)),
                     },
                 }
             }
         });
         futures_util::future::join_all(checks).await
+    }
+}
+
+/// What a refusal by a peer means for this node, in words for `status lookup`.
+fn refused_why(status: reqwest::StatusCode) -> Option<String> {
+    match status.as_u16() {
+        401 => Some("the peer refused this node's token (not in its --token-file, or not signed by its key)".into()),
+        403 => Some("the peer refused this node's certificate (revoked, or its CRL has expired)".into()),
+        429 => Some("the peer is throttling this node's address after repeated auth failures".into()),
+        _ => None,
     }
 }

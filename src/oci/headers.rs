@@ -6,3 +6,6 @@ pub const CONTENT_DIGEST: &str = "docker-content-digest";
 pub const API_VERSION: &str = "docker-distribution-api-version";
 /// Marks a request sent by a peer: serve it from local content only, never forward it.
 pub const MIRRORED: &str = "x-peermirror-mirrored";
+/// On a peer's request accepted by a static token: which token lines this node accepts (as
+/// [`crate::auth::TokenId`]s), so the peer sends the newest token both sides hold.
+pub const ACCEPTED_TOKENS: &str = "x-peermirror-accepted-tokens";

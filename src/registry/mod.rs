@@ -26,9 +26,9 @@ pub use routes::{Route, RouteKind, parse as parse_route};
 use crate::auth::{Guard, Refusal};
 use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::limits::{UploadLimits, UploadSlot};
-use crate::metrics::{Metrics, ReasonLabels, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
-use crate::oci::headers::{API_VERSION, CONTENT_DIGEST, MIRRORED};
+use crate::oci::headers::{ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, MIRRORED};
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
 
@@ -203,15 +203,16 @@ impl Registry {
         let path = req.uri().path().to_string();
         // Strangers are refused before any lookup, read or peer traffic.
         let (answer, identity) = match self.guard.check(req.headers(), &conn) {
-            Ok(identity) => (self.answer(&req).await, identity.to_string()),
+            Ok(identity) => {
+                let mut answer = self.answer(&req).await;
+                self.tell_accepted_tokens(&req, &identity, &mut answer.response);
+                (answer, identity.to_string())
+            }
             Err(refusal) => {
+                let from_peer = req.headers().contains_key(MIRRORED);
                 self.metrics
                     .security
-                    .auth_failures
-                    .get_or_create(&ReasonLabels {
-                        reason: refusal.reason(),
-                    })
-                    .inc();
+                    .refused(refusal.reason(), conn.remote.ip(), from_peer);
                 (
                     Answer::refused(refusal, self.guard.throttle.window()),
                     format!("refused:{}", refusal.reason()),
@@ -252,6 +253,25 @@ impl Registry {
             response = headers_only(response);
         }
         response.map(|b| LoggedBody::new(b, record, slot))
+    }
+
+    /// To a peer that proved itself with a static token: which lines this node accepts, so
+    /// it sends the newest both hold ([`crate::auth::Tokens::for_peer`]).
+    fn tell_accepted_tokens<B, R>(
+        &self,
+        req: &Request<B>,
+        identity: &crate::auth::Identity,
+        response: &mut Response<R>,
+    ) {
+        if identity.token_line.is_none() || !req.headers().contains_key(MIRRORED) {
+            return;
+        }
+        let Some(tokens) = &self.guard.tokens else {
+            return;
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&tokens.accepted_ids()) {
+            response.headers_mut().insert(ACCEPTED_TOKENS, v);
+        }
     }
 
     async fn answer<B>(&self, req: &Request<B>) -> Answer {

@@ -27,15 +27,21 @@ impl From<tonic::Status> for StatusError {
 
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
-    /// The admin socket of the running daemon (`peermirror run --admin-sock`).
+    /// The admin socket of the running daemon (`peermirror run --admin-sock`)
+    /// [default: <data-dir>/admin.sock].
     // `global`: also accepted after the subcommand (`status peers --admin-sock ...`).
+    #[arg(long, global = true, env = "PEERMIRROR_ADMIN_SOCK")]
+    pub admin_sock: Option<PathBuf>,
+
+    /// The daemon's `--data-dir` (read from the same environment variable as `run`): its
+    /// admin socket is `<data-dir>/admin.sock` unless --admin-sock says otherwise.
     #[arg(
         long,
         global = true,
-        env = "PEERMIRROR_ADMIN_SOCK",
-        default_value = "/var/lib/peermirror/admin.sock"
+        env = "PEERMIRROR_DATA_DIR",
+        default_value = "/var/lib/peermirror"
     )]
-    pub admin_sock: PathBuf,
+    pub data_dir: PathBuf,
 
     /// Output format.
     #[arg(long, short, global = true, env = "PEERMIRROR_OUTPUT", value_enum, default_value_t = Output::Table)]
@@ -74,6 +80,15 @@ pub enum StatusCommand {
     Web(web::WebArgs),
 }
 
+impl StatusArgs {
+    /// The socket to talk to: `--admin-sock`, else the one `run` makes in its `--data-dir`.
+    pub fn admin_sock(&self) -> PathBuf {
+        self.admin_sock
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+}
+
 /// The text to print and whether the command succeeded (for `status`: whether the node is
 /// ready).
 pub async fn run(args: &StatusArgs) -> Result<(String, bool), StatusError> {
@@ -81,7 +96,7 @@ pub async fn run(args: &StatusArgs) -> Result<(String, bool), StatusError> {
         // Checked before connecting: a refused address is the user's to fix first.
         web.check_listen()?;
     }
-    let mut client = connect(&args.admin_sock).await?;
+    let mut client = connect(&args.admin_sock()).await?;
     let json = args.output == Output::Json;
     match &args.what {
         None => {
@@ -387,7 +402,7 @@ mod tests {
         ]);
         for args in [&before, &after] {
             assert_eq!(args.output, Output::Json);
-            assert_eq!(args.admin_sock, std::path::Path::new("/x.sock"));
+            assert_eq!(args.admin_sock(), std::path::Path::new("/x.sock"));
             assert!(matches!(args.what, Some(StatusCommand::Peers)));
         }
         let lookup = parse(&[
@@ -410,8 +425,23 @@ mod tests {
         let plain = parse(&["peermirror", "status"]);
         assert_eq!(plain.output, Output::Table);
         assert_eq!(
-            plain.admin_sock,
+            plain.admin_sock(),
             std::path::Path::new("/var/lib/peermirror/admin.sock")
         );
+        // `run --data-dir D` makes D/admin.sock: `status --data-dir D` finds it.
+        let moved = parse(&["peermirror", "status", "--data-dir", "/srv/pm", "peers"]);
+        assert_eq!(
+            moved.admin_sock(),
+            std::path::Path::new("/srv/pm/admin.sock")
+        );
+        let both = parse(&[
+            "peermirror",
+            "status",
+            "--data-dir",
+            "/srv/pm",
+            "--admin-sock",
+            "/x.sock",
+        ]);
+        assert_eq!(both.admin_sock(), std::path::Path::new("/x.sock"));
     }
 }
