@@ -243,7 +243,7 @@ mod tests {
         );
         assert_eq!(
             rewrite_token(dir.path(), &own, "minted").unwrap(),
-            [file.clone()]
+            std::slice::from_ref(&file)
         );
         let doc: Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
         assert_eq!(
