@@ -76,13 +76,15 @@ struct Knobs {
     fault: Fault,
     /// The fault fires once the busiest uploader has sent this many copies of the image.
     fault_after: f64,
+    /// Node 1 starts this much before the others (0: all at once; a diagnostic, not a rollout).
+    lead_ms: u64,
     runs: usize,
 }
 
 impl Knobs {
     /// `NODES` (8), `RATE` Mbit/s (50), `SIZE_MB` MiB (50), `CTD` 1.6|1.7|2.1 (1.6), `AUTH`
     /// none|mtls|token (none), `FAULT` none|stop|kill (none), `FAULT_AFTER` copies (0.25),
-    /// `RUNS` (1).
+    /// `LEAD_MS` (0), `RUNS` (1).
     fn from_env() -> Knobs {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             match std::env::var(name) {
@@ -107,19 +109,21 @@ impl Knobs {
             auth: ClusterAuth::parse(&auth).unwrap_or_else(|e| panic!("AUTH: {e}")),
             fault: Fault::parse(&fault),
             fault_after: var("FAULT_AFTER", 0.25),
+            lead_ms: var("LEAD_MS", 0),
             runs: var("RUNS", 1),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={}",
+            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={}",
             self.nodes,
             self.rate_mbit,
             self.size_mb,
             self.ctd.series(),
             self.auth.name(),
-            self.fault.name()
+            self.fault.name(),
+            self.lead_ms
         )
     }
 }
@@ -296,17 +300,13 @@ fn lone_pull(c: &Cluster, lone: &RandomImage) -> Duration {
     took
 }
 
-/// Every node fetches `image` at once (one barrier releases them); `fault` hits the busiest
-/// uploader once it has sent `fault_after` copies. Node uploads and the upstream's bytes are
+/// Every node fetches `image` at once (one barrier releases them; node 1 `lead_ms` earlier);
+/// `fault` hits the busiest uploader once it has sent `fault_after` copies. Node uploads and the upstream's bytes are
 /// taken when every pull but the victim's is over; then a frozen victim gets SIGCONT and its
 /// own pull is awaited.
-fn rollout(
-    c: &Cluster,
-    image: &RandomImage,
-    lone: Duration,
-    fault: Fault,
-    fault_after: f64,
-) -> Rollout {
+fn rollout(c: &Cluster, image: &RandomImage, lone: Duration, knobs: &Knobs) -> Rollout {
+    let (fault, fault_after) = (knobs.fault, knobs.fault_after);
+    let lead = Duration::from_millis(knobs.lead_ms);
     let n = c.nodes.len();
     let timeout = pull_timeout(lone);
     let image_bytes = image.bytes();
@@ -319,6 +319,9 @@ fn rollout(
                 let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
+                    if i > 1 {
+                        thread::sleep(lead);
+                    }
                     let started = Instant::now();
                     let result = fetch(c, i, &image.image, timeout);
                     (result, started.elapsed())
@@ -433,6 +436,7 @@ fn rollout_six_nodes_at_line_rate() {
         auth: ClusterAuth::None,
         fault: Fault::None,
         fault_after: 0.25,
+        lead_ms: 0,
         runs: 1,
     };
     let lone_image = random_image("lone", knobs.size_mb, &seed("lone"));
@@ -446,7 +450,7 @@ fn rollout_six_nodes_at_line_rate() {
     cap_all(&c, knobs.rate_mbit);
     let lone = lone_pull(&c, &lone_image);
 
-    let r = rollout(&c, &first, lone, Fault::None, knobs.fault_after);
+    let r = rollout(&c, &first, lone, &knobs);
     r.print("e2e", &knobs);
     assert_all_pulled(&c, &r, "e2e");
 
@@ -454,7 +458,7 @@ fn rollout_six_nodes_at_line_rate() {
         fault: Fault::Stop,
         ..knobs
     };
-    let f = rollout(&c, &second, lone, Fault::Stop, knobs.fault_after);
+    let f = rollout(&c, &second, lone, &frozen_knobs);
     f.print("e2e-frozen", &frozen_knobs);
     assert_all_pulled(&c, &f, "e2e-frozen");
     match f.victim {
@@ -538,7 +542,7 @@ fn rollout_bench() {
         );
         cap_all(&c, knobs.rate_mbit);
         let lone = lone_pull(&c, &lone_image);
-        let r = rollout(&c, &image, lone, knobs.fault, knobs.fault_after);
+        let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");
         r.print(&label, &knobs);
         assert_nothing_wrong(&c);
