@@ -30,7 +30,7 @@ use super::containerd::{Containerd, CtdVersion};
 use super::fixtures::FixtureImage;
 use super::http::http_in_netns;
 use super::node::Node;
-use super::peermirror::{NETNS_REGISTRY_PORT, NETNS_ROUTER_PORT};
+use super::peermirror::{NETNS_REGISTRY_PORT, NETNS_ROUTER_PORT, peermirror_bin};
 use super::pki::Pki;
 use super::process::{new_temp_dir, output_text, run_with_timeout, wait_until};
 use super::registry::Registry;
@@ -541,7 +541,11 @@ impl Cluster {
         let pid = self.node(i).pm.pid().expect("peermirror running");
         // `ip netns exec` exec'd: the PID is peermirror's own, not a wrapper's.
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        assert_eq!(comm.trim(), "peermirror", "PID {pid} is not peermirror");
+        // The kernel keeps the first 15 bytes of the executable's name.
+        let bin = peermirror_bin();
+        let name = bin.file_name().unwrap_or_default().to_string_lossy();
+        let expected: String = name.chars().take(15).collect();
+        assert_eq!(comm.trim(), expected, "PID {pid} is not {}", bin.display());
         sh("kill", &[&format!("-{signal}"), &pid.to_string()]);
     }
 
