@@ -14,8 +14,9 @@
 # Knobs: NODES (8), RATE (50, Mbit/s), SIZE_MB (50), CTD (1.6|1.7|2.1), AUTH (none|mtls|token),
 # FAULT (none|stop|kill: SIGSTOP or SIGKILL the busiest uploader's peermirror once it has sent
 # FAULT_AFTER copies, 0.25; its own pull is reported apart), LEAD_MS (0: node 1 starts this
-# much before the others, a diagnostic), RUNS (1), PEERMIRROR (the binary
-# the nodes run: target/release/peermirror).
+# much before the others, a diagnostic), RUNS (1), ROLLOUT_METRICS (comma-separated metric
+# names: each one's sum over the nodes after each run), PEERMIRROR (the binary the nodes run:
+# target/release/peermirror).
 #
 # The harness is the ignored test `rollout_bench` in tests/e2e_rollout.rs (the end-to-end test
 # `rollout_six_nodes_at_line_rate` runs the same functions), built here as a debug test binary:

@@ -512,6 +512,26 @@ fn rollout_six_nodes_at_line_rate() {
     }
 }
 
+/// Sums over every node of each metric named in `ROLLOUT_METRICS` (comma-separated, all series
+/// of a name added up; a node that does not answer counts 0).
+fn print_metric_sums(c: &Cluster, label: &str) {
+    let Ok(names) = std::env::var("ROLLOUT_METRICS") else {
+        return;
+    };
+    let sums: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let sum: f64 = (1..=c.nodes.len())
+                .map(|i| c.node(i).pm.metric(name, &[]))
+                .sum();
+            format!("{name}={sum}")
+        })
+        .collect();
+    eprintln!("[{label}] metric sums over the nodes: {}", sums.join(" "));
+}
+
 /// The instrument behind `bench/rollout.sh`: [`Knobs::from_env`], RUNS fresh clusters, each a
 /// lone pull then one rollout. Does nothing unless `ROLLOUT_BENCH=1`.
 #[test]
@@ -545,6 +565,7 @@ fn rollout_bench() {
         let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");
         r.print(&label, &knobs);
+        print_metric_sums(&c, &label);
         assert_nothing_wrong(&c);
         if knobs.fault != Fault::None && r.victim.is_none() {
             eprintln!(
