@@ -258,6 +258,13 @@ pub struct MirrorArgs {
     /// When the first peer has not answered by then, ask the next one too.
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub mirror_hedge_delay: Duration,
+
+    /// A node that misses a blob which another node has just claimed (it is about to fetch it
+    /// from the upstream) holds containerd's request up to this long (jittered) for that
+    /// node's in-flight copy, instead of sending containerd to the upstream too. Waits only
+    /// when a claim exists; 0 turns claims off.
+    #[arg(long, env = "PEERMIRROR_MIRROR_CLAIM_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub mirror_claim_wait: Duration,
 }
 
 /// What this node gives away: uploads at once and egress bytes per second.
@@ -271,7 +278,17 @@ pub struct UploadArgs {
     /// Egress cap in bytes per second shared by all uploads. 0 = unlimited.
     #[arg(long, env = "PEERMIRROR_MAX_EGRESS_BPS", default_value_t = 0)]
     pub max_egress_bps: u64,
+
+    /// Most peers streaming one blob (1 MiB or more) from this node at once; another is told
+    /// "busy" and streams it from a node that follows this one, so a rollout forms a chain
+    /// in which every node uploads about what it downloads. A peer that finds every copy
+    /// busy is let in anyway. 0 = unlimited.
+    #[arg(long, env = "PEERMIRROR_MAX_FOLLOWERS", default_value_t = DEFAULT_MAX_FOLLOWERS)]
+    pub max_followers: usize,
 }
+
+/// `--max-followers`: one, a chain.
+pub const DEFAULT_MAX_FOLLOWERS: usize = 1;
 
 /// Who may use the registry endpoint, and the TLS material for it and for peer fetches.
 #[derive(Args, Debug, Clone)]
@@ -361,6 +378,7 @@ impl Config {
                 resolve_latest_tag: m.resolve_latest_tag,
                 single_tag_answer: peers_authenticated(&args.security) || m.trust_unconfirmed_tags,
                 hedge_delay: m.mirror_hedge_delay,
+                claim_wait: m.mirror_claim_wait,
                 response_timeout: m.mirror_response_timeout,
                 stall_timeout: m.mirror_stall_timeout,
                 verify_before_send: m.verify_before_send,
@@ -374,6 +392,7 @@ impl Config {
             },
             max_uploads: args.uploads.max_concurrent_uploads,
             max_egress_bps: args.uploads.max_egress_bps,
+            max_followers: args.uploads.max_followers,
             admin_sock: Some(
                 args.admin_sock
                     .clone()

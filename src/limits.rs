@@ -1,6 +1,9 @@
 //! Upload limits, so even a trusted client cannot turn a node into a bulk-transfer proxy:
-//! a cap on concurrent uploads and an optional egress rate shared by all of them.
+//! a cap on concurrent uploads and an optional egress rate shared by all of them; and a cap
+//! on the peers streaming one blob from this node at once, so a rollout spreads into a chain
+//! of nodes each feeding one or two others instead of every node sharing one uplink.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,18 +13,57 @@ use tokio::time::Instant;
 
 use crate::content::ByteStream;
 use crate::metrics::Metrics;
+use crate::oci::Digest;
 use crate::sync::MutexExt;
 
 pub struct UploadLimits {
     slots: Option<Arc<Semaphore>>,
     egress: Option<Arc<TokenBucket>>,
+    followers: Option<Arc<Followers>>,
     metrics: Arc<Metrics>,
+}
+
+/// Peers streaming each blob from this node now (`--max-followers`). A peer asks for a blob
+/// while it pulls it itself, and serves it on as it arrives: with one or two followers per
+/// copy, every node uploads about what it downloads and the slowest pull stays near a lone
+/// one, instead of one uplink split N ways.
+struct Followers {
+    cap: usize,
+    per: Mutex<HashMap<Digest, usize>>,
+}
+
+/// Held by a response body for as long as one peer streams one blob from this node.
+pub struct FollowGuard {
+    followers: Arc<Followers>,
+    digest: Digest,
+}
+
+impl Drop for FollowGuard {
+    fn drop(&mut self) {
+        let mut per = self.followers.per.locked();
+        if let Some(n) = per.get_mut(&self.digest) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.digest);
+            }
+        }
+    }
 }
 
 /// Held by a response body for as long as it uploads.
 pub struct UploadSlot {
     _permit: Option<OwnedSemaphorePermit>,
+    /// The place among the blob's followers, when a peer streams it.
+    _follow: Option<FollowGuard>,
     metrics: Arc<Metrics>,
+}
+
+impl UploadSlot {
+    /// Hold `follow` for as long as this body uploads.
+    pub fn following(mut self, follow: Option<FollowGuard>) -> Self {
+        self._follow = follow;
+        self
+    }
 }
 
 impl Drop for UploadSlot {
@@ -36,8 +78,42 @@ impl UploadLimits {
         UploadLimits {
             slots: (max_uploads > 0).then(|| Arc::new(Semaphore::new(max_uploads))),
             egress: (egress_bps > 0).then(|| Arc::new(TokenBucket::new(egress_bps))),
+            followers: None,
             metrics,
         }
+    }
+
+    /// At most `cap` peers stream one blob at once (0 = unlimited).
+    pub fn with_max_followers(mut self, cap: usize) -> Self {
+        self.followers = (cap > 0).then(|| {
+            Arc::new(Followers {
+                cap,
+                per: Mutex::default(),
+            })
+        });
+        self
+    }
+
+    /// A place for one more peer streaming `digest`, or `Err(followers)` when it already
+    /// has its cap of them (answer "busy": the peer asks another copy). `crowd`: the peer
+    /// found no other copy with room, so it is let in beyond the cap rather than fail.
+    pub fn follow(&self, digest: Digest, crowd: bool) -> Result<Option<FollowGuard>, usize> {
+        let Some(f) = &self.followers else {
+            return Ok(None);
+        };
+        let mut per = f.per.locked();
+        let n = per.entry(digest).or_insert(0);
+        if *n >= f.cap && !crowd {
+            let busy = *n;
+            drop(per);
+            self.metrics.uploads.followers_refused.inc();
+            return Err(busy);
+        }
+        *n += 1;
+        Ok(Some(FollowGuard {
+            followers: f.clone(),
+            digest,
+        }))
     }
 
     /// A slot for one upload, or `None` when all are taken (answer 503).
@@ -55,6 +131,7 @@ impl UploadLimits {
         self.metrics.uploads.in_flight.inc();
         Some(UploadSlot {
             _permit: permit,
+            _follow: None,
             metrics: self.metrics.clone(),
         })
     }
@@ -139,5 +216,27 @@ mod tests {
         drop(a);
         assert!(l.try_start().is_some());
         assert_eq!(m.uploads.rejected.get(), 1);
+    }
+
+    #[test]
+    fn followers_are_capped_per_blob_and_released() {
+        let m = Arc::new(Metrics::new());
+        let l = UploadLimits::new(0, 0, m.clone()).with_max_followers(1);
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let first = l.follow(a, false).unwrap();
+        assert_eq!(
+            l.follow(a, false).err(),
+            Some(1),
+            "a second follower of a is refused"
+        );
+        assert!(l.follow(b, false).is_ok(), "another blob has its own cap");
+        let crowded = l.follow(a, true).unwrap();
+        assert_eq!(l.follow(a, false).err(), Some(2));
+        drop(first);
+        drop(crowded);
+        assert!(l.follow(a, false).is_ok(), "released with the body");
+        assert_eq!(m.uploads.followers_refused.get(), 2);
+        let unlimited = UploadLimits::new(0, 0, m).with_max_followers(0);
+        assert!(unlimited.follow(a, false).unwrap().is_none());
     }
 }

@@ -178,6 +178,47 @@ async fn a_wrong_length_fails_over_to_the_next_provider() {
     c.stop().await;
 }
 
+/// Issue 25: a provider that always answers "busy" (naming zero followers, to look the least
+/// busy) is asked again only when no other copy has room, and busy again then counts as a
+/// failure: the honest copy serves, and a liar alone costs a bounded wait and a 404 (the
+/// upstream), never a hang. (Shown failing with busy answers not counted as a failure when
+/// crowding: the lone liar is asked again and again until the relooks run out.)
+#[tokio::test]
+async fn a_provider_that_always_claims_to_be_busy_is_asked_less_never_trusted_more() {
+    let net = MemoryNetwork::new();
+    let data = pattern(2 * 1024 * 1024, 26);
+    let digest = Digest::of(&data);
+    let (b, _) = honest(&net, &data).await;
+    let liar = fake(data.clone(), Lie::AlwaysBusy).await;
+    net.insert(Key::Digest(digest), liar.provider("a-busy"));
+    let c = node(&net, "c", MemorySource::new(), mirror_config()).await;
+    let r = get(&c, digest).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_eq!(liar.asked(), 1, "asked once, then the honest copy served");
+    let other = pattern(2 * 1024 * 1024, 27);
+    let other_digest = Digest::of(&other);
+    let liar2 = fake(other.clone(), Lie::AlwaysBusy).await;
+    net.insert(Key::Digest(other_digest), liar2.provider("a-busy2"));
+    let started = Instant::now();
+    let r = get(&c, other_digest).await;
+    assert_eq!(r.status(), 404, "containerd goes to the upstream");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        liar2.asked(),
+        2,
+        "busy, then busy again when asked to crowd in"
+    );
+    let m = c.metrics().await;
+    assert!(m.contains("peermirror_provider_failures_total 1"), "{m}");
+    b.stop().await;
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn a_dripping_provider_is_left_after_the_stall_timeout() {
     let net = MemoryNetwork::new();

@@ -92,6 +92,7 @@ pub async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node
         token: Default::default(),
         max_uploads: 0,
         max_egress_bps: 0,
+        max_followers: peermirror::cli::DEFAULT_MAX_FOLLOWERS,
         admin_sock: None,
         containerd_config: None,
         data_dir: None,

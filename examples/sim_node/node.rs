@@ -66,6 +66,7 @@ pub async fn node(a: NodeArgs) {
         token: Default::default(),
         max_uploads: 0,
         max_egress_bps: 0,
+        max_followers: peermirror::cli::DEFAULT_MAX_FOLLOWERS,
         admin_sock: Some(a.dir.join("admin.sock")),
         containerd_config: None,
         data_dir: Some(a.dir.join("data")),

@@ -107,6 +107,8 @@ pub struct Config {
     /// Concurrent uploads (0 = unlimited) and egress bytes per second (0 = unlimited).
     pub max_uploads: usize,
     pub max_egress_bps: u64,
+    /// Peers streaming one blob from this node at once (0 = unlimited).
+    pub max_followers: usize,
     /// Where the admin API listens; `None` turns it off.
     pub admin_sock: Option<PathBuf>,
     /// containerd's config file, checked at start for a `config_path` that bypasses the mirror.
@@ -301,7 +303,8 @@ async fn run_inner(
         };
         start::start_admin(&mut w, path.clone(), state)?;
     }
-    let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, w.metrics.clone());
+    let limits = UploadLimits::new(config.max_uploads, config.max_egress_bps, w.metrics.clone())
+        .with_max_followers(config.max_followers);
     let mut registry = Registry::new(
         content.index,
         source,

@@ -36,6 +36,9 @@ pub struct MirrorMetrics {
     pub misses: Family<ReasonLabels, Counter>,
     /// Body bytes fetched from peers (every attempt, verified or not).
     pub peer_fetch_bytes: Counter,
+    /// Misses held because another node claimed the blob, and those whose wait ran out.
+    pub claim_waits: Counter,
+    pub claim_timeouts: Counter,
 }
 
 impl MirrorMetrics {
@@ -82,6 +85,18 @@ impl MirrorMetrics {
                 r,
                 "peer_fetch_bytes",
                 "Body bytes fetched from peers, verified or not",
+                Counter::default(),
+            ),
+            claim_waits: registered(
+                r,
+                "claim_waits",
+                "Misses held for another node's in-flight copy because it claimed the blob first",
+                Counter::default(),
+            ),
+            claim_timeouts: registered(
+                r,
+                "claim_timeouts",
+                "Held misses answered 404 because the claimant's in-flight copy did not appear in time",
                 Counter::default(),
             ),
         }

@@ -11,6 +11,7 @@ use super::registered;
 pub struct UploadMetrics {
     pub in_flight: Gauge,
     pub rejected: Counter,
+    pub followers_refused: Counter,
     pub egress_throttled_seconds: Counter<f64, AtomicU64>,
 }
 
@@ -35,6 +36,12 @@ impl UploadMetrics {
                 r,
                 "rejected",
                 "Requests refused with 503 at --max-concurrent-uploads",
+                Counter::default(),
+            ),
+            followers_refused: registered(
+                r,
+                "followers_refused",
+                "Peers told to stream a blob from another copy at --max-followers",
                 Counter::default(),
             ),
             egress_throttled_seconds,

@@ -15,7 +15,9 @@ use http::StatusCode;
 use super::ProviderSet;
 use super::book::{Fault, PeerIdentity};
 use super::fetcher::{Fetcher, descriptor, error_chain};
+use super::providers::Offer;
 use crate::content::Descriptor;
+use crate::oci::headers::{CROWD, FOLLOWERS};
 use crate::oci::{ContentRange, Digest};
 use crate::routing::Provider;
 
@@ -60,6 +62,15 @@ pub(super) struct Answer {
     pub(super) descriptor: Descriptor,
 }
 
+/// What a provider's answer is worth.
+pub(super) enum Vetted {
+    Usable(Box<Answer>),
+    /// It has its cap of followers (how many it said): ask another copy first.
+    Busy(Provider, usize),
+    /// A miss, a failure or a lie (already counted against it).
+    Unusable,
+}
+
 /// A request's outcome: `None` when it was not sent (a token would have gone to a stranger),
 /// else the response or its error, unless it timed out.
 type Sent = Option<Result<reqwest::Result<reqwest::Response>, tokio::time::error::Elapsed>>;
@@ -76,10 +87,13 @@ impl Fetcher {
         want: Expect,
         plan: Plan,
     ) -> Vec<Answer> {
-        let request = |p: Provider| {
+        let request = |p: Provider, crowd: bool| {
             let req = self.request(method.clone(), &p, path).map(|mut req| {
                 if want.offset > 0 {
                     req = req.header(http::header::RANGE, format!("bytes={}-", want.offset));
+                }
+                if crowd {
+                    req = req.header(CROWD, "true");
                 }
                 req
             });
@@ -90,7 +104,7 @@ impl Fetcher {
                     Some(req) => Some(tokio::time::timeout(timeout, req.send()).await),
                     None => None,
                 };
-                (p, res)
+                (p, crowd, res)
             }
         };
         let deadline = async {
@@ -107,7 +121,12 @@ impl Fetcher {
         let mut first = true;
         // Whether the lookup may still have someone to ask; `replace`: one just failed.
         let (mut more, mut replace) = (true, false);
+        // A provider that answered busy, handed to `providers` once the select is over.
+        let mut busy: Option<(Provider, usize)> = None;
         while answers.len() < plan.want && (more || !inflight.is_empty()) {
+            if let Some((p, n)) = busy.take() {
+                providers.busy(p, n);
+            }
             let room = more
                 && inflight.len() < plan.at_once
                 && (plan.want == 1 || answers.len() + inflight.len() < plan.want);
@@ -128,23 +147,27 @@ impl Fetcher {
                 providers.next(wait).await
             };
             tokio::select! {
-                Some((p, res)) = inflight.next() => {
+                Some((p, crowd, res)) = inflight.next() => {
                     asked.retain(|a| a != &p);
-                    match self.vet(p, res, want) {
-                        Some(a) => answers.push(a),
-                        None => (more, replace) = (true, true),
+                    match self.vet(p, crowd, res, want) {
+                        Vetted::Usable(a) => answers.push(*a),
+                        Vetted::Busy(p, n) => {
+                            busy = Some((p, n));
+                            (more, replace) = (true, true);
+                        }
+                        Vetted::Unusable => (more, replace) = (true, true),
                     }
                 }
-                p = found, if room => {
+                offer = found, if room => {
                     first = false;
                     replace = false;
-                    match p {
-                        Some(p) => {
+                    match offer {
+                        Some(Offer { provider: p, crowd }) => {
                             if !inflight.is_empty() {
                                 tracing::debug!(peer = %p.peer, "providers slow; hedging");
                             }
                             asked.push(p.clone());
-                            inflight.push(request(p));
+                            inflight.push(request(p, crowd));
                         }
                         None => more = false,
                     }
@@ -152,6 +175,9 @@ impl Fetcher {
                 // Polled only with an answer in hand, so it completes at most once.
                 () = &mut deadline, if !answers.is_empty() => break,
             }
+        }
+        if let Some((p, n)) = busy {
+            providers.busy(p, n);
         }
         // The slower ones of a hedge race stay available for a resume.
         for loser in asked {
@@ -165,40 +191,51 @@ impl Fetcher {
     /// status other than 200 (or 206 to a resume), a missing length, a `Content-Range` that
     /// does not start where asked, or a size differing only from the first provider's
     /// untrusted one is a failure. A 404 is neither: the provider record was stale.
-    fn vet(&self, p: Provider, res: Sent, want: Expect) -> Option<Answer> {
-        let r = match res? {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+    ///
+    /// A 503 naming its followers is "busy": the provider streams this blob to its cap of
+    /// peers and is asked again only when no other copy has room (`crowd`); busy again then,
+    /// it is a failure. A provider gains nothing by claiming to be busy: it is simply asked less.
+    fn vet(&self, p: Provider, crowd: bool, res: Sent, want: Expect) -> Vetted {
+        let r = match res {
+            None => return Vetted::Unusable,
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => {
                 tracing::warn!(peer = %p.peer, addr = %p.addr, error = %error_chain(&e), "provider request failed");
                 self.fail_provider(&p);
-                return None;
+                return Vetted::Unusable;
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 tracing::debug!(peer = %p.peer, "provider did not answer in time");
                 self.fail_provider(&p);
-                return None;
+                return Vetted::Unusable;
             }
         };
         self.heard(&p, &r);
         if r.status() == StatusCode::NOT_FOUND {
-            return None;
+            return Vetted::Unusable;
         }
         let identity = self.identity_of(&p, &r);
         if self.book.is_shunned(&identity) {
             tracing::debug!(peer = %p.peer, %identity, "provider's identity is shunned");
-            return None;
+            return Vetted::Unusable;
+        }
+        if let Some(n) = followers(&r)
+            && !crowd
+        {
+            tracing::debug!(peer = %p.peer, followers = n, "provider busy; asking another copy");
+            return Vetted::Busy(p, n);
         }
         match check(self, &r, want) {
-            Ok(descriptor) => Some(Answer {
+            Ok(descriptor) => Vetted::Usable(Box::new(Answer {
                 provider: p,
                 identity,
                 response: r,
                 descriptor,
-            }),
+            })),
             Err(fault) => {
                 tracing::warn!(peer = %p.peer, %identity, status = %r.status(), ?fault, "provider's answer refused (status, digest or size)");
                 self.book.penalize(&p, &identity, fault);
-                None
+                Vetted::Unusable
             }
         }
     }
@@ -244,6 +281,17 @@ fn check(f: &Fetcher, resp: &reqwest::Response, want: Expect) -> Result<Descript
         Some(s) if d.size != s => Err(Fault::Failed),
         _ => Ok(d),
     }
+}
+
+/// The followers a busy answer (503) names, if it is one.
+fn followers(resp: &reqwest::Response) -> Option<usize> {
+    if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    resp.headers()
+        .get(FOLLOWERS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A 206 answer to a resume must start where we are, for the blob's whole size.

@@ -311,6 +311,24 @@ impl ProviderBook {
         self.router.lookup(key)
     }
 
+    /// This node's id in the routing layer.
+    pub(crate) fn local_id(&self) -> String {
+        self.router.status().local_id
+    }
+
+    /// Advertise `keys` (a claim); a failure only costs the claim.
+    pub(crate) async fn announce(&self, keys: Vec<Key>) {
+        if let Err(e) = self.router.advertise(keys).await {
+            tracing::debug!(error = %e, "advertising a claim failed");
+        }
+    }
+
+    pub(crate) async fn unannounce(&self, keys: Vec<Key>) {
+        if let Err(e) = self.router.withdraw(keys).await {
+            tracing::debug!(error = %e, "withdrawing a claim failed");
+        }
+    }
+
     /// Remember that `providers` have `key`.
     pub(crate) fn remember(&self, key: Key, providers: &[Provider]) {
         if !providers.is_empty() {

@@ -13,6 +13,7 @@
 
 mod ask;
 mod book;
+mod claim;
 mod fetcher;
 mod head;
 mod providers;
@@ -63,6 +64,10 @@ pub struct MirrorConfig {
     pub stall_timeout: Duration,
     /// Blobs up to this size are fetched whole and verified before the first byte is sent.
     pub verify_before_send: u64,
+    /// A node that misses a blob another node has claimed (it is about to fetch it from the
+    /// upstream) waits up to this long (jittered) for that node's in-flight copy instead of
+    /// sending its containerd to the upstream too. Zero: no claims.
+    pub claim_wait: Duration,
 }
 
 /// The HTTP client for peer fetches and the scheme it speaks. The daemon publishes a new one
@@ -105,6 +110,7 @@ impl Default for MirrorConfig {
             response_timeout: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(2),
             verify_before_send: 16 * 1024 * 1024,
+            claim_wait: Duration::from_secs(1),
         }
     }
 }
@@ -421,7 +427,7 @@ impl Mirror {
         }
         let path = match key {
             // Any valid name: a peer serves a blob by its digest, whatever the repository.
-            Key::Digest(d) | Key::Partial(d) => {
+            Key::Digest(d) | Key::Partial(d) | Key::Fetching(d) => {
                 peer_path("peermirror/status", "blobs", &d.to_string(), None)
             }
             Key::Tag(t) => peer_path(t.name(), "manifests", t.tag(), Some(t.registry())),

@@ -1,8 +1,14 @@
 //! The providers of one key as the lookups find them: complete copies before in-flight ones,
 //! shunned ones skipped, each offered once, the losers of a hedge race offered again first.
+//! A provider that answered "busy" (it has its `--max-followers`) is set aside: the lookups
+//! run again a few times, since the nodes that follow it advertise their in-flight copies a
+//! moment later, and only when nobody new turns up is the least busy one asked to let us in
+//! anyway ([`Offer::crowd`]).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use rand::Rng;
 
 use tokio::sync::mpsc;
 
@@ -25,7 +31,31 @@ pub struct ProviderSet {
     complete: Queue,
     partial: Queue,
     book: Arc<ProviderBook>,
+    /// The key looked up, to look again when every provider found is busy.
+    key: Option<Key>,
+    /// Providers that answered busy, with how many followers they said they had.
+    busy: Vec<(Provider, usize)>,
+    /// Lookups run again because everyone found was busy.
+    relooks: usize,
+    /// Of those, how many in a row found nobody new.
+    fruitless: usize,
 }
+
+/// A provider to ask, and whether to ask it to take us beyond its follower cap.
+#[derive(Clone, Debug)]
+pub(super) struct Offer {
+    pub(super) provider: Provider,
+    /// Every copy found was busy: this, the least busy, is asked to let us in anyway.
+    pub(super) crowd: bool,
+}
+
+/// Most lookups run again while providers are busy, and how many in a row may find nobody
+/// new before the least busy one is crowded: bounded, so a pull waits at most a few seconds
+/// longer than it would have.
+const RELOOKS: usize = 24;
+const FRUITLESS: usize = 2;
+/// Before looking again: long enough for a new follower's in-flight record to appear.
+const RELOOK_DELAY: Duration = Duration::from_millis(100);
 
 /// Providers found, in the order found, and how many were offered.
 #[derive(Default)]
@@ -54,6 +84,14 @@ impl ProviderSet {
         set
     }
 
+    /// [`ProviderSet::lookup`], not counted as a pull's lookup (it polls for a claimant's copy).
+    pub(super) fn lookup_uncounted(key: &Key, book: Arc<ProviderBook>) -> Self {
+        let mut set = ProviderSet::empty(book);
+        set.key = Some(key.clone());
+        set.relook(key);
+        set
+    }
+
     fn empty(book: Arc<ProviderBook>) -> Self {
         ProviderSet {
             rx: None,
@@ -63,11 +101,26 @@ impl ProviderSet {
             complete: Queue::default(),
             partial: Queue::default(),
             book,
+            key: None,
+            busy: Vec::new(),
+            relooks: 0,
+            fruitless: 0,
         }
     }
 
     fn start(&mut self, key: &Key) {
+        self.key = Some(key.clone());
         self.rx = Some(self.book.lookup(key));
+        self.start_partial(key);
+    }
+
+    /// Look again, uncounted (the pull's lookup was counted once).
+    fn relook(&mut self, key: &Key) {
+        self.rx = Some(self.book.lookup_uncounted(key));
+        self.start_partial(key);
+    }
+
+    fn start_partial(&mut self, key: &Key) {
         if let Key::Digest(d) = key {
             self.partial_rx = Some(self.book.lookup_uncounted(&Key::Partial(*d)));
         }
@@ -95,6 +148,7 @@ impl ProviderSet {
     /// Providers already known to have `key`; the DHT is asked only if they all fail.
     pub(super) fn known(key: Key, known: Vec<Provider>, book: Arc<ProviderBook>) -> Self {
         let mut set = ProviderSet::empty(book);
+        set.key = Some(key.clone());
         set.deferred = Some(key);
         for p in known {
             set.complete.add(p);
@@ -117,14 +171,24 @@ impl ProviderSet {
         self.returned.push(p);
     }
 
+    /// `p` answered that it has its cap of followers (`followers` of them): ask others first.
+    pub(super) fn busy(&mut self, p: Provider, followers: usize) {
+        self.busy.retain(|(b, _)| b != &p);
+        self.busy.push((p, followers));
+    }
+
     /// The next usable provider, waiting up to `wait` for the lookup to find one.
-    pub(super) async fn next(&mut self, wait: Duration) -> Option<Provider> {
-        let deadline = tokio::time::Instant::now() + wait;
+    pub(super) async fn next(&mut self, wait: Duration) -> Option<Offer> {
+        let mut deadline = tokio::time::Instant::now() + wait;
         while let Some(p) = self.returned.pop() {
             if !self.book.is_penalized(&p) {
-                return Some(p);
+                return Some(Offer {
+                    provider: p,
+                    crowd: false,
+                });
             }
         }
+        let mut relooked = false;
         loop {
             // Whatever both lookups have found by now counts: a complete copy found at the
             // same moment as an in-flight one goes first.
@@ -134,14 +198,56 @@ impl ProviderSet {
                     let p = q.found[q.next].clone();
                     q.next += 1;
                     if !self.book.is_penalized(&p) {
-                        return Some(p);
+                        if relooked {
+                            self.fruitless = 0;
+                        }
+                        return Some(Offer {
+                            provider: p,
+                            crowd: false,
+                        });
                     }
                 }
             }
-            if !self.receive(deadline).await {
+            if self.receive(deadline).await {
+                continue;
+            }
+            if self.busy.is_empty() {
                 return None;
             }
+            if relooked {
+                self.fruitless += 1;
+            }
+            let Some(key) = self.key.clone() else {
+                return self.crowd();
+            };
+            if self.relooks >= RELOOKS || self.fruitless >= FRUITLESS {
+                return self.crowd();
+            }
+            // Busy providers' followers advertise their copies a moment after they start:
+            // look again rather than crowd the first copy.
+            self.relooks += 1;
+            relooked = true;
+            let jitter = rand::rng().random_range(0.5..=1.5);
+            tokio::time::sleep(RELOOK_DELAY.mul_f64(jitter)).await;
+            self.relook(&key);
+            deadline = tokio::time::Instant::now() + wait.max(super::ask::NEXT_PROVIDER_WAIT);
         }
+    }
+
+    /// Every copy found is busy: ask the least busy to let us in anyway (each at most once).
+    fn crowd(&mut self) -> Option<Offer> {
+        self.busy.retain(|(p, _)| !self.book.is_penalized(p));
+        let least = self
+            .busy
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, n))| *n)
+            .map(|(i, _)| i)?;
+        let (provider, _) = self.busy.swap_remove(least);
+        Some(Offer {
+            provider,
+            crowd: true,
+        })
     }
 
     /// Take every provider the lookups have already delivered, without waiting.

@@ -50,7 +50,11 @@ impl Mirror {
             let entry = match spool.claim(digest) {
                 Claim::Existing(e) => e,
                 Claim::New(e, writer) => {
-                    let Some(providers) = self.providers(Key::Digest(digest)).await else {
+                    let found = match self.providers(Key::Digest(digest)).await {
+                        Some(p) => Some(p),
+                        None => self.claim_or_follow(digest).await,
+                    };
+                    let Some(providers) = found else {
                         writer.fail(Failure::NotFound);
                         return Spooled::Miss(MirrorError::NotFound(Miss::NoProvider));
                     };
@@ -83,10 +87,16 @@ impl Mirror {
         let metrics = self.metrics.clone();
         let inflight = self.inflight.clone();
         tokio::spawn(async move {
-            if let Some(f) = &inflight {
-                f.add(digest, Origin::Spool);
-            }
-            let end = fetcher.download(providers, path, digest, writer).await;
+            // Advertised once a provider answered: a peer that follows this copy then never
+            // waits on a node still looking for a source (or on one that follows it back).
+            let started = || {
+                if let Some(f) = &inflight {
+                    f.add(digest, Origin::Spool);
+                }
+            };
+            let end = fetcher
+                .download(providers, path, digest, writer, started)
+                .await;
             metrics
                 .spool
                 .downloads

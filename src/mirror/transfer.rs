@@ -130,6 +130,7 @@ impl Fetcher {
         path: String,
         digest: Digest,
         mut writer: crate::spool::Writer,
+        started: impl FnOnce(),
     ) -> SpoolEnd {
         use crate::spool::Failure;
         let Some(first) = self.open(&mut providers, &path, digest).await else {
@@ -143,6 +144,7 @@ impl Fetcher {
             tracing::info!(%digest, error = %e, "not spooling this blob");
             return SpoolEnd::NoRoom;
         }
+        started();
         let window = ByteRange {
             start: 0,
             end: descriptor.size.saturating_sub(1),

@@ -9,3 +9,8 @@ pub const MIRRORED: &str = "x-peermirror-mirrored";
 /// On a peer's request accepted by a static token: which token lines this node accepts (as
 /// [`crate::auth::TokenId`]s), so the peer sends the newest token both sides hold.
 pub const ACCEPTED_TOKENS: &str = "x-peermirror-accepted-tokens";
+/// On a peer's "busy" answer (503): how many peers stream this blob from it now
+/// (`--max-followers`); the asker tries a less busy copy.
+pub const FOLLOWERS: &str = "x-peermirror-followers";
+/// Sent by a peer that found every copy busy: let it in beyond the follower cap.
+pub const CROWD: &str = "x-peermirror-crowd";

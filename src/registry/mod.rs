@@ -28,9 +28,12 @@ use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
-use crate::oci::headers::{ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, MIRRORED};
+use crate::oci::headers::{ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED};
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
+
+/// Blobs from this size on have their peers capped by `--max-followers`.
+const FOLLOW_MIN: u64 = 1024 * 1024;
 
 /// Shared state of the endpoint.
 pub struct Registry {
@@ -114,6 +117,16 @@ impl Answer {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        a
+    }
+
+    /// This blob already has its `--max-followers` peers streaming it: the asker tries
+    /// another copy (a 503 it does not count against us), or comes back with [`CROWD`].
+    fn followed(followers: usize) -> Self {
+        let mut a = Answer::busy(RouteKind::Blob);
+        a.response
+            .headers_mut()
+            .insert(FOLLOWERS, HeaderValue::from(followers));
         a
     }
 
@@ -450,9 +463,19 @@ impl Registry {
         if asked.head {
             return content(desc, window, body::empty(), route, None);
         }
+        // Small blobs go out in a moment; spreading their followers would only add a round trip.
+        let follow = if asked.mirrored && route == RouteKind::Blob && desc.size >= FOLLOW_MIN {
+            match self.limits.follow(desc.digest, asked.crowd) {
+                Ok(g) => g,
+                Err(n) => return Answer::followed(n),
+            }
+        } else {
+            None
+        };
         let Some(slot) = self.limits.try_start() else {
             return Answer::busy(route);
         };
+        let slot = slot.following(follow);
         let (offset, len) = window.map_or((0, desc.size), |r| (r.start, r.len()));
         match open(offset, len).await {
             Ok(s) => content(
@@ -587,6 +610,8 @@ struct Asked {
     head: bool,
     /// Sent by a peer: answer from local content only, and verify it first.
     mirrored: bool,
+    /// A peer that found every copy busy: let it in beyond `--max-followers`.
+    crowd: bool,
     /// The client's one byte range, not yet checked against a size; a header that is not one
     /// well-formed range is ignored (RFC 9110) and the whole content is sent.
     range: Option<RangeSpec>,
@@ -598,6 +623,7 @@ impl Asked {
         Asked {
             head: req.method() == Method::HEAD,
             mirrored: h.contains_key(MIRRORED),
+            crowd: h.contains_key(CROWD),
             range: h
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())

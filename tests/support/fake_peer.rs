@@ -59,6 +59,9 @@ pub enum Lie {
     Drip,
     /// The right headers, the first this many bytes at once, then one byte every [`DRIP_EVERY`].
     DripAfter(usize),
+    /// "Busy" to every GET (`503` naming zero followers), even to one asking to crowd in: a
+    /// peer lying about its load to be skipped, or to stall askers that trust it.
+    AlwaysBusy,
 }
 
 /// One request that reached the fake: method, path and query, `Authorization` header.
@@ -236,6 +239,14 @@ impl FakePeer {
             }
             other => other,
         };
+        if lie == Lie::AlwaysBusy && !head {
+            let mut r = response(503, None, 0, "application/json", empty());
+            r.headers_mut().insert(
+                "x-peermirror-followers",
+                http::HeaderValue::from_static("0"),
+            );
+            return r;
+        }
         let (named, declared, body) = match lie {
             Lie::EmptyBody => (digest, 0, empty()),
             Lie::HalfThenClose => (digest, len, cut_after(data, len / 2)),
@@ -253,7 +264,7 @@ impl FakePeer {
                 full(data.iter().map(|b| !b).collect::<Vec<u8>>().into()),
             ),
             Lie::DripAfter(n) => (digest, len, drip_after(data, n)),
-            Lie::Honest | Lie::Slow(_) | Lie::WrongBytesAbove(_) | Lie::Drip => {
+            Lie::Honest | Lie::Slow(_) | Lie::WrongBytesAbove(_) | Lie::Drip | Lie::AlwaysBusy => {
                 (digest, len, full(data))
             }
         };

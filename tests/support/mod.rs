@@ -81,6 +81,7 @@ pub fn config(routing: Routing, mirror: MirrorConfig) -> Config {
         token: Default::default(),
         max_uploads: 0,
         max_egress_bps: 0,
+        max_followers: peermirror::cli::DEFAULT_MAX_FOLLOWERS,
         admin_sock: None,
         containerd_config: None,
         data_dir: None,
