@@ -64,14 +64,18 @@ async fn slow_source(
     .await
 }
 
+/// GET `digest` from `node` in a task of its own: the status and the body.
+fn spawn_get(node: &Node, digest: Digest) -> tokio::task::JoinHandle<(u16, Bytes)> {
+    let url = format!("{}/v2/test/app/blobs/{digest}", node.base);
+    tokio::spawn(async move {
+        let r = client().get(url).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap_or_default())
+    })
+}
+
 async fn get(node: &Node, digest: Digest) -> (u16, Bytes) {
-    let r = client()
-        .get(format!("{}/v2/test/app/blobs/{digest}", node.base))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.bytes().await.unwrap_or_default())
+    spawn_get(node, digest).await.unwrap()
 }
 
 /// The value of the series starting with `prefix` (name and labels), 0 if absent.
@@ -109,17 +113,7 @@ async fn a_busy_source_sends_the_next_peer_to_its_follower() {
     let s = slow_source(&net, "s", &data, |_| {}).await;
     let b = node(&net, "b", MemorySource::new(), |_| {}).await;
     let c = node(&net, "c", MemorySource::new(), |_| {}).await;
-    let first = tokio::spawn({
-        let base = b.base.clone();
-        async move {
-            let r = client()
-                .get(format!("{base}/v2/test/app/blobs/{digest}"))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        }
-    });
+    let first = spawn_get(&b, digest);
     // b follows s and advertises its in-flight copy once s has answered.
     wait_for_record(&net, &Key::Partial(digest), "b").await;
     let (status, body) = get(&c, digest).await;
@@ -161,17 +155,7 @@ async fn when_every_copy_is_busy_the_least_busy_takes_one_more() {
     let s = slow_source(&net, "s", &data, |_| {}).await;
     let b = node(&net, "b", MemorySource::new(), |c| c.spool = None).await;
     let c = node(&net, "c", MemorySource::new(), |_| {}).await;
-    let first = tokio::spawn({
-        let base = b.base.clone();
-        async move {
-            let r = client()
-                .get(format!("{base}/v2/test/app/blobs/{digest}"))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        }
-    });
+    let first = spawn_get(&b, digest);
     // b is streaming from s once s has a follower; poll its upload gauge.
     let deadline = Instant::now() + Duration::from_secs(15);
     while metric(&s.metrics().await, "peermirror_uploads_in_flight") < 1.0 {
@@ -233,17 +217,7 @@ async fn a_node_missing_a_claimed_blob_waits_for_the_claimants_copy() {
         "nobody has it: a's containerd goes to the upstream"
     );
     wait_for_record(&net, &Key::Fetching(digest), "a").await;
-    let held = tokio::spawn({
-        let base = b.base.clone();
-        async move {
-            let r = client()
-                .get(format!("{base}/v2/test/app/blobs/{digest}"))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        }
-    });
+    let held = spawn_get(&b, digest);
     // a's containerd has reached the upstream; its ingest is advertised a moment later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _copy = claimant_copy(&net, &data).await;
@@ -290,18 +264,7 @@ async fn of_two_nodes_missing_at_once_only_one_goes_upstream() {
     let digest = Digest::of(&data);
     let a = node(&net, "a", MemorySource::new(), |_| {}).await;
     let b = node(&net, "b", MemorySource::new(), |_| {}).await;
-    let ask = |n: &Node| {
-        let base = n.base.clone();
-        tokio::spawn(async move {
-            let r = client()
-                .get(format!("{base}/v2/test/app/blobs/{digest}"))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        })
-    };
-    let (ra, rb) = (ask(&a), ask(&b));
+    let (ra, rb) = (spawn_get(&a, digest), spawn_get(&b, digest));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _copy = claimant_copy(&net, &data).await;
     let (ra, rb) = (ra.await.unwrap(), rb.await.unwrap());
