@@ -28,7 +28,9 @@ use crate::content::{ContentSource, Descriptor, Index, SourceError};
 use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
-use crate::oci::headers::{ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED};
+use crate::oci::headers::{
+    ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED,
+};
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
 
