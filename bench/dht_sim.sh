@@ -24,6 +24,9 @@
 #   rss        again, after the steady phase
 #   recover    SIGKILL KILL_FRACTION of the nodes at once (never the seeds); every survivor
 #              looks up keys held by survivors for RECOVER_S seconds: recovery time per node
+# After `lookups` and `recover`, every failed lookup is explained: the key's REPLICATION
+# closest nodes (its record holders), which were dead, which the asker's query heard from, and
+# the query's requests / answers / failures / pending (from the asker's log, NODE_LOG).
 # PROVIDER_TTL and REPUBLISH are short by default (5m / 2m, the product's are 10m / 3m) so the
 # traffic window sees each node republish.
 #
@@ -51,6 +54,9 @@ KILL_FRACTION="${KILL_FRACTION:-0.2}"
 READY_S="${READY_S:-900}"
 NICE="${NICE:-0}"
 WORKERS="${WORKERS:-1}"
+# Each lookup's end at debug (peermirror::dht_lookups): `drive` reads the asker's line to say
+# why a lookup failed (which of the key's holders answered, what the query asked).
+NODE_LOG="${NODE_LOG:-warn,peermirror::dht_lookups=debug}"
 
 
 PIDS=()
@@ -92,9 +98,10 @@ drive() {
     local phase="$1"
     shift
     log "phase $phase (load $(loadavg))"
-    timeout "${DRIVE_TIMEOUT:-1800}" "$SIM" drive "$phase" --nodes "$NODES_FILE" --keys "$KEYS" "$@" |
-        tee -a "$WORK/drive.log" | grep '^RESULT' | sed "s/^RESULT /[$phase] /" | tee -a "$SUMMARY" >&2
-    echo "[$phase] load after: $(loadavg)" >>"$SUMMARY"
+    timeout "${DRIVE_TIMEOUT:-1800}" "$SIM" drive "$phase" --nodes "$NODES_FILE" --keys "$KEYS" \
+        --replication "$REPLICATION" "$@" |
+        tee -a "$WORK/drive.log" | grep -E '^(RESULT|failed )' | sed "s/^RESULT /[$phase] /" | tee -a "$SUMMARY" >&2
+    echo "[$phase] load after: $(loadavg); uptime: $(uptime)" >>"$SUMMARY"
 }
 
 seeds=()
@@ -106,7 +113,7 @@ for ((i = 0; i < NODES; i++)); do
     ip="$(ip_of "$i")"
     dir="$WORK/n$i"
     mkdir -p "$dir"
-    nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
+    RUST_LOG="$NODE_LOG" nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
         --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
         --replication "$REPLICATION" \
         --workers "$WORKERS" >"$dir/log" 2>&1 &
@@ -119,6 +126,7 @@ log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_S
 
 {
     echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION WORKERS=$WORKERS NICE=$NICE"
+    echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo +changes); uptime at start: $(uptime)"
     echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
 } >>"$SUMMARY"
 

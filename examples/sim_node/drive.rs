@@ -1,5 +1,6 @@
 //! The `drive` role: the coordinator's phases (see [`Phase`]).
 
+use super::explain::{Failure, explain, peer_ids};
 use super::probe::*;
 use super::*;
 
@@ -226,28 +227,56 @@ async fn lookups(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
                 let _permit = sem.acquire().await.unwrap();
                 let head_t = registry_head(&client, &asker, &head).await;
                 let adm_t = admin_lookup(&asker, &adm, 2000).await;
-                (head_t, adm_t)
+                (asker.index, head, adm, head_t, adm_t)
             })
         })
         .collect();
-    let (mut h_ok, mut h_fail, mut a_ok, mut a_fail) = (Vec::new(), 0, Vec::new(), 0);
+    let (mut h_ok, mut h_fail, mut a_ok, mut a_fail) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for t in tasks {
-        let ((ht, hok), (at, aok)) = t.await.unwrap();
+        let (asker, head, adm, (ht, hok), (at, aok)) = t.await.unwrap();
         if hok {
             h_ok.push(ms(ht))
         } else {
-            h_fail += 1
+            h_fail.push(Failure {
+                asker,
+                digest: head,
+            })
         }
-        if aok { a_ok.push(ms(at)) } else { a_fail += 1 }
+        if aok {
+            a_ok.push(ms(at))
+        } else {
+            a_fail.push(Failure { asker, digest: adm })
+        }
     }
     let under20 = h_ok.iter().filter(|t| **t <= 20.0).count();
     let n = h_ok.len();
     report(
         "lookup_registry_head",
         h_ok,
-        &format!("failed={h_fail} within_20ms={under20}/{n}"),
+        &format!("failed={} within_20ms={under20}/{n}", h_fail.len()),
     );
-    report("lookup_admin", a_ok, &format!("failed={a_fail}"));
+    report("lookup_admin", a_ok, &format!("failed={}", a_fail.len()));
+    let ids = peer_ids(nodes).await;
+    let none = std::collections::HashSet::new();
+    explain(
+        "steady_head",
+        nodes,
+        &ids,
+        &none,
+        &h_fail,
+        a.replication,
+        40,
+    );
+    explain(
+        "steady_admin",
+        nodes,
+        &ids,
+        &none,
+        &a_fail,
+        a.replication,
+        40,
+    );
 }
 
 async fn settle(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
@@ -421,6 +450,8 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
                 .collect()
         })
         .collect();
+    // PeerIds before the kill: the dead cannot be asked afterwards.
+    let ids = peer_ids(nodes).await;
     let t0 = Instant::now();
     for n in nodes.iter().filter(|n| dead.contains(&n.index)) {
         let _ = rustix::process::kill_process(
@@ -437,7 +468,7 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
         .zip(probes)
         .map(|(n, keys)| {
             tokio::spawn(async move {
-                let mut log = Vec::new();
+                let (mut log, mut failed_keys) = (Vec::new(), Vec::new());
                 for k in keys.iter().cycle() {
                     let start = t0.elapsed();
                     if start > window {
@@ -445,16 +476,24 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
                     }
                     let (took, ok) = admin_lookup(&n, k, 2000).await;
                     log.push((start, took, ok));
+                    if !ok {
+                        failed_keys.push(k.clone());
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                log
+                (n.index, log, failed_keys)
             })
         })
         .collect();
     let (mut recovered, mut never, mut failures, mut total) = (Vec::new(), 0, 0, 0);
-    let mut first_after = Vec::new();
+    let (mut first_after, mut explained) = (Vec::new(), Vec::new());
     for t in tasks {
-        let log = t.await.unwrap();
+        let (asker, log, failed_keys) = t.await.unwrap();
+        explained.extend(
+            failed_keys
+                .into_iter()
+                .map(|digest| Failure { asker, digest }),
+        );
         total += log.len();
         failures += log.iter().filter(|e| !e.2).count();
         let tail = log.iter().rev().take_while(|e| e.2).count();
@@ -476,4 +515,5 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
         first_after,
         "(successful ones)",
     );
+    explain("recover", nodes, &ids, &dead, &explained, a.replication, 40);
 }

@@ -32,6 +32,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 mod drive;
+mod explain;
 mod node;
 mod probe;
 
@@ -127,6 +128,9 @@ struct DriveArgs {
     kill_fraction: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The nodes' Kademlia k: how many nodes hold each key's records (to explain failures).
+    #[arg(long, default_value_t = 5)]
+    replication: usize,
 }
 
 fn main() {

@@ -7,6 +7,7 @@ pub async fn node(a: NodeArgs) {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(false)
         .init();
     let source = MemorySource::new();
     let per = layers_per_image(a.keys);

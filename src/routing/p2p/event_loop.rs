@@ -45,6 +45,61 @@ struct LookupState {
     sent: HashSet<PeerId>,
     attempt: u32,
     started: Instant,
+    /// When the first provider was handed to the asker (the lookup's latency as it saw it).
+    first: Option<Duration>,
+}
+
+/// How a lookup's query ended, for the log line that explains a miss: how many peers it
+/// asked, how many answered or failed (dead, refused, timed out), how many were still pending
+/// when it was cut short, and which of the closest peers answered (Kademlia's result: the
+/// nodes that should hold the key's records).
+struct LookupEnd {
+    requests: u32,
+    answered: u32,
+    failed: u32,
+    pending: u32,
+    closest_answered: Vec<PeerId>,
+}
+
+impl LookupEnd {
+    fn new(stats: &kad::QueryStats, closest_answered: Vec<PeerId>) -> Self {
+        LookupEnd {
+            requests: stats.num_requests(),
+            answered: stats.num_successes(),
+            failed: stats.num_failures(),
+            pending: stats.num_pending(),
+            closest_answered,
+        }
+    }
+
+    /// Logged at debug under its own target, `peermirror::dht_lookups` (every pull's
+    /// in-flight lookup finds nobody, so this is a diagnosis, not an event): the lines
+    /// `bench/dht_sim.sh` reads to say why a lookup failed.
+    fn log(&self, state: &LookupState) {
+        let key = String::from_utf8_lossy(state.key.as_ref());
+        let ms = state.started.elapsed().as_millis();
+        let closest: Vec<String> = self
+            .closest_answered
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let closest = closest.join(",");
+        let abandoned = state.tx.is_closed();
+        let (requests, answered, failed, pending) =
+            (self.requests, self.answered, self.failed, self.pending);
+        match state.first {
+            None => tracing::debug!(
+                target: "peermirror::dht_lookups",
+                %key, ms, abandoned, requests, answered, failed, pending, %closest,
+                "dht lookup found no provider"
+            ),
+            Some(first) => tracing::debug!(
+                target: "peermirror::dht_lookups",
+                %key, ms, first_ms = first.as_millis(), providers = state.sent.len(),
+                requests, answered, failed, pending, "dht lookup ended"
+            ),
+        }
+    }
 }
 
 struct KnownPeer {
@@ -223,6 +278,7 @@ impl EventLoop {
                 sent: HashSet::new(),
                 attempt,
                 started: Instant::now(),
+                first: None,
             },
         );
     }
@@ -243,6 +299,7 @@ impl EventLoop {
                 if p == local || !state.sent.insert(p) {
                     continue;
                 }
+                state.first.get_or_insert_with(|| state.started.elapsed());
                 match self.known.get(&p).and_then(|k| k.registry) {
                     Some(addr) => {
                         let _ = state.tx.try_send(Provider {
@@ -263,10 +320,11 @@ impl EventLoop {
         }
     }
 
-    fn on_lookup_finished(&mut self, id: QueryId) {
+    fn on_lookup_finished(&mut self, id: QueryId, end: LookupEnd) {
         let Some(state) = self.lookups.remove(&id) else {
             return;
         };
+        end.log(&state);
         // With no peer connected yet the routing table is still filling: try again shortly.
         // With peers, the query really asked them, so nothing found is a miss: closing the
         // channel now lets the mirror answer 404 at once instead of at its timeout.
@@ -355,17 +413,20 @@ impl EventLoop {
                 id,
                 result,
                 step,
-                ..
+                stats,
             })) => match result {
                 QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
                     providers, ..
                 })) => {
                     self.on_providers(id, providers);
                     if step.last {
-                        self.on_lookup_finished(id);
+                        self.on_lookup_finished(id, LookupEnd::new(&stats, Vec::new()));
                     }
                 }
-                QueryResult::GetProviders(_) => self.on_lookup_finished(id),
+                QueryResult::GetProviders(
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { closest_peers })
+                    | Err(kad::GetProvidersError::Timeout { closest_peers, .. }),
+                ) => self.on_lookup_finished(id, LookupEnd::new(&stats, closest_peers)),
                 QueryResult::StartProviding(r) => self.on_announced(id, r.map(|_| ())),
                 _ => {}
             },
