@@ -53,6 +53,9 @@ RECOVER_S="${RECOVER_S:-60}"
 KILL_FRACTION="${KILL_FRACTION:-0.2}"
 READY_S="${READY_S:-900}"
 NICE="${NICE:-0}"
+# The nodes' --mirror-resolve-timeout (the floor of the adaptive wait): 2 s so a slow lookup is
+# measured rather than turned into a 404; 20ms (the product's) to measure the adaptive wait.
+RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-2s}"
 WORKERS="${WORKERS:-1}"
 # Each lookup's end at debug (peermirror::dht_lookups): `drive` reads the asker's line to say
 # why a lookup failed (which of the key's holders answered, what the query asked).
@@ -115,7 +118,7 @@ for ((i = 0; i < NODES; i++)); do
     mkdir -p "$dir"
     RUST_LOG="$NODE_LOG" nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
         --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
-        --replication "$REPLICATION" \
+        --replication "$REPLICATION" --resolve-timeout "$RESOLVE_TIMEOUT" \
         --workers "$WORKERS" >"$dir/log" 2>&1 &
     PIDS+=($!)
     echo "$i $ip $! $dir" >>"$NODES_FILE"
@@ -125,7 +128,7 @@ done
 log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }") s"
 
 {
-    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION WORKERS=$WORKERS NICE=$NICE"
+    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION RESOLVE_TIMEOUT=$RESOLVE_TIMEOUT WORKERS=$WORKERS NICE=$NICE"
     echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo +changes); uptime at start: $(uptime)"
     echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
 } >>"$SUMMARY"

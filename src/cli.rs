@@ -211,10 +211,19 @@ pub struct DhtArgs {
 /// Fetching what this node lacks from peers: deadlines, tags, verification and the spool.
 #[derive(Args, Debug, Clone)]
 pub struct MirrorArgs {
-    /// How long to wait for a peer that has a missing blob before answering 404 (containerd
-    /// then goes to the upstream registry).
+    /// How long to wait, at least, for a peer that has a missing blob before answering 404
+    /// (containerd then goes to the upstream registry). With --mirror-resolve-timeout-max
+    /// above it, the wait follows the DHT lookups' latency on this node (twice their 99th
+    /// percentile) up to that; a lookup that asked the closest nodes and found nobody
+    /// answers 404 at once.
     #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub mirror_resolve_timeout: Duration,
+
+    /// The longest the adaptive wait for a provider may become (see --mirror-resolve-timeout;
+    /// the current wait is the `peermirror_resolve_wait_seconds` gauge). The default, equal to
+    /// --mirror-resolve-timeout's, keeps the wait fixed; 250ms lets it follow slow lookups.
+    #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT_MAX", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub mirror_resolve_timeout_max: Duration,
 
     /// Resolve tags through peers (digests always are). Default: on when peers prove they are
     /// cluster members: --auth-mode mtls or mtls+token, or token over TLS (--tls-cert, --tls-key
@@ -374,6 +383,7 @@ impl Config {
             routing: Routing::P2p(d.settings()),
             mirror: MirrorConfig {
                 resolve_timeout: m.mirror_resolve_timeout,
+                resolve_timeout_max: m.mirror_resolve_timeout_max,
                 resolve_tags: resolve_tags(m.resolve_tags, &args.security),
                 resolve_latest_tag: m.resolve_latest_tag,
                 single_tag_answer: peers_authenticated(&args.security) || m.trust_unconfirmed_tags,

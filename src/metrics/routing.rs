@@ -11,6 +11,8 @@ use super::{WhatLabels, registered};
 pub struct RoutingMetrics {
     /// Seconds to find providers for a key.
     pub resolve_latency: Histogram,
+    /// The current wait for a first provider (adapted to the lookups' latency).
+    pub resolve_wait: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub connected_peers: Gauge,
     pub advertised_keys: Gauge,
     /// Blobs this node advertises as in flight (spool or containerd's ingest).
@@ -44,6 +46,12 @@ impl RoutingMetrics {
                 "resolve_seconds",
                 "Time to find providers for a key",
                 Histogram::new(RESOLVE_BUCKETS),
+            ),
+            resolve_wait: registered(
+                r,
+                "resolve_wait_seconds",
+                "How long a lookup may take before a miss is answered (follows the lookups' 99th percentile)",
+                Gauge::default(),
             ),
             connected_peers: registered(
                 r,

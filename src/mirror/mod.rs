@@ -17,6 +17,7 @@ mod claim;
 mod fetcher;
 mod head;
 mod providers;
+mod resolve_wait;
 mod spooled;
 mod transfer;
 mod verified;
@@ -39,8 +40,12 @@ mod tests;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
-    /// How long to wait for the first provider before answering 404.
+    /// How long to wait for the first provider before answering 404, at least: the wait
+    /// follows what lookups take on this cluster (see `resolve_wait`), up to
+    /// `resolve_timeout_max`.
     pub resolve_timeout: Duration,
+    /// The longest the adaptive wait for a first provider may become.
+    pub resolve_timeout_max: Duration,
     /// Resolve tags through peers at all. The CLI turns it on by default only when peers
     /// are authenticated as servers (mTLS): elsewhere any DHT member could answer for a tag.
     pub resolve_tags: bool,
@@ -100,6 +105,8 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             resolve_timeout: Duration::from_millis(20),
+            // Not measured end to end yet (issue 26): a fixed wait unless raised.
+            resolve_timeout_max: Duration::from_millis(20),
             resolve_tags: true,
             resolve_latest_tag: false,
             tag_deadline: Duration::from_millis(150),
@@ -219,6 +226,8 @@ pub struct Mirror {
     inflight: Option<crate::routing::partial_records::InFlight>,
     /// Small bodies a HEAD fetched and verified, for the GET that follows.
     kept: verified::Kept,
+    /// How long a lookup may take before a miss is answered.
+    resolve_wait: resolve_wait::ResolveWait,
 }
 
 impl Mirror {
@@ -235,10 +244,14 @@ impl Mirror {
             book,
             fetcher,
             metrics,
-            config,
             spool: None,
             inflight: None,
             kept: verified::Kept::new(verified::KEEP),
+            resolve_wait: resolve_wait::ResolveWait::new(
+                config.resolve_timeout,
+                config.resolve_timeout_max,
+            ),
+            config,
         }
     }
 
@@ -294,11 +307,20 @@ impl Mirror {
         }
         let started = Instant::now();
         let mut set = ProviderSet::lookup(&key, self.book.clone());
-        let first = set.first(self.config.resolve_timeout).await;
+        let wait = self.resolve_wait.current();
+        let first = set.first(wait).await;
+        let took = started.elapsed();
         self.metrics
             .routing
             .resolve_latency
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if first {
+            self.resolve_wait.found(took);
+        } else if took >= wait {
+            // Cut off, not a lookup that ended having found nobody.
+            self.resolve_wait.cut_off(wait);
+        }
+        self.metrics.routing.resolve_wait.set(wait.as_secs_f64());
         if first {
             Some(set)
         } else {

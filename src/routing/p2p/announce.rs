@@ -118,6 +118,24 @@ impl Announcer {
         }
     }
 
+    /// The keys this node provides.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &RecordKey> {
+        self.keys.keys()
+    }
+
+    /// Announce `keys` again ahead of any republish (their holders went away), each once:
+    /// an older queued or running announcement of the same key becomes stale.
+    pub(super) fn reannounce(&mut self, keys: Vec<RecordKey>) {
+        for key in keys {
+            if !self.keys.contains_key(&key) {
+                continue;
+            }
+            let g = self.generation();
+            self.keys.insert(key.clone(), g);
+            self.urgent.push_back((key, g));
+        }
+    }
+
     /// Start announcements while slots are free: `start` begins one query and returns its id.
     pub(super) fn pump(
         &mut self,
@@ -308,6 +326,25 @@ mod tests {
         );
         // An id that is not an announcement is ignored.
         assert_eq!(a.finished(s.pool[7], true, t0), Outcome::Ignored);
+    }
+
+    #[test]
+    fn reannounced_keys_go_first_once_and_withdrawn_ones_not_at_all() {
+        let mut s = Starter::new(8);
+        let mut a = Announcer::new(Duration::from_secs(100), 1);
+        for k in 1..=3 {
+            a.provide(key(k));
+        }
+        let t0 = Instant::now();
+        s.pump(&mut a, t0);
+        a.withdraw(&key(2));
+        a.reannounce(vec![key(3), key(2), key(3), key(9)]);
+        for i in 0..4 {
+            a.finished(s.pool[i], true, t0);
+            s.pump(&mut a, t0);
+        }
+        // key 1 ran first; key 3 once (its older queued entry is stale), never 2 nor 9.
+        assert_eq!(s.started, vec![key(1), key(3)]);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use libp2p::kad::store::RecordStore;
-use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryId, QueryResult, RecordKey};
+use libp2p::kad::{
+    self, GetProvidersOk, KBucketKey, ProviderRecord, QueryId, QueryResult, RecordKey,
+};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -130,6 +132,13 @@ pub(super) struct EventLoop {
     announcer: Announcer,
     next_sweep: Instant,
     next_gauges: Instant,
+    /// Kademlia's k: how many nodes hold each key's records.
+    replication: usize,
+    /// Peers whose last connection closed since the last tick (see `replace_lost_holders`).
+    leaving: Vec<PeerId>,
+    /// Peers that left within the last republish interval, and when.
+    departed: HashMap<PeerId, Instant>,
+    republish_interval: Duration,
 }
 
 impl EventLoop {
@@ -140,6 +149,7 @@ impl EventLoop {
         metrics: Arc<Metrics>,
         bootstrap: Vec<Bootstrap>,
         republish_interval: Duration,
+        replication: usize,
     ) -> Self {
         EventLoop {
             swarm,
@@ -159,6 +169,10 @@ impl EventLoop {
             announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
             next_sweep: Instant::now() + SWEEP_EVERY,
             next_gauges: Instant::now(),
+            replication: replication.max(1),
+            leaving: Vec::new(),
+            departed: HashMap::new(),
+            republish_interval,
         }
     }
 
@@ -325,16 +339,20 @@ impl EventLoop {
             return;
         };
         end.log(&state);
+        if !state.sent.is_empty() || state.attempt >= LOOKUP_RETRIES || state.tx.is_closed() {
+            return;
+        }
         // With no peer connected yet the routing table is still filling: try again shortly.
-        // With peers, the query really asked them, so nothing found is a miss: closing the
-        // channel now lets the mirror answer 404 at once instead of at its timeout.
-        if state.sent.is_empty()
-            && state.attempt < LOOKUP_RETRIES
-            && !state.tx.is_closed()
-            && self.connected() == 0
-        {
+        // A query some of whose peers failed (a dropped request, a peer that just died: the
+        // holders are the peers it asks first) may have skipped the holders for the next
+        // closest: ask again at once (a dead peer's failed dial took it out of the table).
+        // Otherwise the query really asked the closest peers, so nothing found is a miss:
+        // closing the channel now lets the mirror answer 404 at once instead of at its timeout.
+        if self.connected() == 0 {
             self.retries
                 .push((Instant::now() + LOOKUP_RETRY_DELAY, state));
+        } else if end.failed > 0 {
+            self.start_lookup(state.key, state.tx, state.attempt + 1);
         }
     }
 
@@ -356,6 +374,7 @@ impl EventLoop {
                         .kad
                         .add_address(&peer_id, remote.clone());
                 }
+                self.departed.remove(&peer_id);
                 let entry = self.known.entry(peer_id).or_insert_with(|| KnownPeer {
                     conn_ip: multiaddr_ip(&remote),
                     registry: None,
@@ -376,6 +395,7 @@ impl EventLoop {
             } => {
                 if num_established == 0 {
                     self.known.remove(&peer_id);
+                    self.leaving.push(peer_id);
                     tracing::debug!(peer = %peer_id, "peer disconnected");
                 }
                 self.publish_peers();
@@ -506,6 +526,7 @@ impl EventLoop {
             self.start_lookup(s.key, s.tx, s.attempt + 1);
         }
         self.end_abandoned_lookups(now);
+        self.replace_lost_holders(now);
         self.pump_announcements();
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
@@ -529,6 +550,71 @@ impl EventLoop {
         } else if now >= self.next_dns {
             // Re-resolve the headless Service now and then to meet nodes that joined later.
             self.resolve_dns(dns_tx);
+        }
+    }
+
+    /// Re-announce the provided keys whose record holders left with the peers that just went
+    /// away, instead of waiting up to a republish interval: a key is at risk when at least
+    /// half of its k closest peers (connected, or gone within the last interval) are gone,
+    /// one of them just now. Its records then sit on fewer than half of k nodes, and all of
+    /// them may be gone (20 % of nodes at once: 6 % of keys are at risk, 0.03 % lost). The
+    /// k closest are judged among the peers this node is connected to, which at cluster
+    /// sizes (a few hundred) is every node; a holder it never connected to is not seen.
+    fn replace_lost_holders(&mut self, now: Instant) {
+        let interval = self.republish_interval;
+        self.departed
+            .retain(|_, at| now.duration_since(*at) < interval);
+        let leaving: HashSet<PeerId> = std::mem::take(&mut self.leaving)
+            .into_iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .collect();
+        if leaving.is_empty() {
+            return;
+        }
+        for p in &leaving {
+            self.departed.insert(*p, now);
+        }
+        // (distance key, gone, gone just now)
+        let peers: Vec<(KBucketKey<PeerId>, bool, bool)> = self
+            .swarm
+            .connected_peers()
+            .map(|p| (KBucketKey::from(*p), false, false))
+            .chain(
+                self.departed
+                    .keys()
+                    .map(|p| (KBucketKey::from(*p), true, leaving.contains(p))),
+            )
+            .collect();
+        let k = self.replication.min(peers.len());
+        if k == 0 {
+            return;
+        }
+        let mut by_distance = Vec::with_capacity(peers.len());
+        let at_risk: Vec<RecordKey> = self
+            .announcer
+            .keys()
+            .filter(|key| {
+                let target = KBucketKey::new((*key).clone());
+                by_distance.clear();
+                by_distance.extend(
+                    peers
+                        .iter()
+                        .map(|(p, gone, now)| (p.distance(&target), *gone, *now)),
+                );
+                by_distance.select_nth_unstable_by(k - 1, |a, b| a.0.cmp(&b.0));
+                let closest = &by_distance[..k];
+                closest.iter().any(|c| c.2)
+                    && closest.iter().filter(|c| c.1).count() * 2 >= self.replication
+            })
+            .cloned()
+            .collect();
+        if !at_risk.is_empty() {
+            tracing::info!(
+                keys = at_risk.len(),
+                gone = leaving.len(),
+                "peers left; re-announcing the keys whose record holders went with them"
+            );
+            self.announcer.reannounce(at_risk);
         }
     }
 

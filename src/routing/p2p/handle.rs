@@ -120,6 +120,7 @@ impl P2pRouter {
             metrics,
             config.bootstrap,
             config.republish_interval,
+            config.replication,
         );
         let handle = tokio::spawn(event_loop.run(shutdown));
         Ok((
