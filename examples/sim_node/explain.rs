@@ -60,8 +60,7 @@ fn lookup_line(node: &SimNode, digest: &str) -> Option<HashMap<String, String>> 
     let needle = format!("key={digest} ");
     let line = log
         .lines()
-        .filter(|l| l.contains("peermirror::dht_lookups") && l.contains(&needle))
-        .next_back()?;
+        .rfind(|l| l.contains("peermirror::dht_lookups") && l.contains(&needle))?;
     let fields = line
         .split_whitespace()
         .filter_map(|w| w.split_once('='))
@@ -151,7 +150,7 @@ pub fn explain(
         }
     }
     let mut causes: Vec<_> = causes.into_iter().collect();
-    causes.sort_by(|a, b| b.1.cmp(&a.1));
+    causes.sort_by_key(|c| std::cmp::Reverse(c.1));
     let summary: Vec<String> = causes.iter().map(|(c, n)| format!("{n} {c}")).collect();
     println!(
         "RESULT {phase}_failures_explained {} ({})",
