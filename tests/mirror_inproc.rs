@@ -181,8 +181,9 @@ async fn a_wrong_length_fails_over_to_the_next_provider() {
 /// Issue 25: a provider that always answers "busy" (naming zero followers, to look the least
 /// busy) is asked again only when no other copy has room, and busy again then counts as a
 /// failure: the honest copy serves, and a liar alone costs a bounded wait and a 404 (the
-/// upstream), never a hang. (Shown failing with busy answers not counted as a failure when
-/// crowding: the lone liar is asked again and again until the relooks run out.)
+/// upstream), never a hang. (It guards against busy answers not counted as a failure when
+/// crowding, where the lone liar would be asked until the relooks run out; not yet shown
+/// failing against a build with that breakage.)
 #[tokio::test]
 async fn a_provider_that_always_claims_to_be_busy_is_asked_less_never_trusted_more() {
     let net = MemoryNetwork::new();
