@@ -271,8 +271,10 @@ pub struct MirrorArgs {
     /// A node that misses a blob which another node has just claimed (it is about to fetch it
     /// from the upstream) holds containerd's request up to this long (jittered) for that
     /// node's in-flight copy, instead of sending containerd to the upstream too. Waits only
-    /// when a claim exists; 0 turns claims off.
-    #[arg(long, env = "PEERMIRROR_MIRROR_CLAIM_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// when a claim exists; 0 (the default) turns claims off: every miss then answers 404 at
+    /// once, where a claim costs a miss tens of ms, and at 8-16 nodes claims are not yet seen in
+    /// time to help (docs/benchmarks.md, "Rollouts").
+    #[arg(long, env = "PEERMIRROR_MIRROR_CLAIM_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
     pub mirror_claim_wait: Duration,
 }
 

@@ -39,6 +39,8 @@ async fn node(
         MirrorConfig {
             // Stream, as for a big layer.
             verify_before_send: 1024,
+            // Claims are off by default; these tests run with them on.
+            claim_wait: Duration::from_secs(1),
             ..MirrorConfig::default()
         },
     );

@@ -28,7 +28,17 @@ pub fn digest_of(data: &[u8]) -> String {
 
 /// Streams a file through SHA-256 (blobs can be large).
 pub fn sha256_file(path: &Path) -> String {
-    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    sha256_file_if_exists(path).unwrap_or_else(|| panic!("open {}: not found", path.display()))
+}
+
+/// Like [`sha256_file`], `None` when the file is gone (containerd's garbage collector may
+/// remove a blob between a directory listing and the open).
+pub fn sha256_file_if_exists(path: &Path) -> Option<String> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("open {}: {e}", path.display()),
+    };
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -38,7 +48,7 @@ pub fn sha256_file(path: &Path) -> String {
         }
         hasher.update(&buf[..n]);
     }
-    hex::encode(hasher.finalize())
+    Some(hex::encode(hasher.finalize()))
 }
 
 /// The OCI architecture name of this host (what `ctr pull` picks by default).
