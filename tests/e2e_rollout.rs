@@ -550,13 +550,16 @@ fn rollout_bench() {
     );
     let lone_image = random_image("lone", knobs.size_mb, &seed("lone"));
     let image = random_image("rollout", knobs.size_mb, &seed("rollout"));
+    // `ARGS`: extra `peermirror run` flags for every node (e.g. `--mirror-claim-wait 1s`).
+    let extra = std::env::var("ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     for run in 1..=knobs.runs {
         let c = Cluster::start_with(
             knobs.nodes,
             &ClusterOptions {
                 version: knobs.ctd,
                 auth: knobs.auth,
-                args: &[],
+                args: &extra,
             },
             &[&lone_image.image, &image.image],
         );
