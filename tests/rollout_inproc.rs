@@ -124,16 +124,7 @@ async fn a_busy_source_sends_the_next_peer_to_its_follower() {
     let (status, body) = first.await.unwrap();
     assert_eq!(status, 200);
     assert!(body == data, "b got the blob's bytes");
-    let sm = s.metrics().await;
-    assert!(
-        metric(&sm, "peermirror_uploads_followers_refused_total") >= 1.0,
-        "{sm}"
-    );
-    assert_eq!(
-        metric(&sm, "peermirror_response_bytes_total{source=\"local\"}") as usize,
-        data.len(),
-        "the source uploaded one copy: {sm}"
-    );
+    assert_refused_and_uploaded(&s, 1, data.len()).await;
     let bm = b.metrics().await;
     assert_eq!(
         metric(&bm, "peermirror_response_bytes_total{source=\"in_flight\"}") as usize,
@@ -176,6 +167,15 @@ async fn when_every_copy_is_busy_the_least_busy_takes_one_more() {
     let (status, body) = first.await.unwrap();
     assert_eq!(status, 200);
     assert!(body == data);
+    assert_refused_and_uploaded(&s, 2, data.len()).await;
+    for n in [s, b, c] {
+        n.stop().await;
+    }
+}
+
+/// The source `s` told at least one peer "busy" and uploaded `copies` copies of a `len`-byte
+/// blob from its own store.
+async fn assert_refused_and_uploaded(s: &Node, copies: usize, len: usize) {
     let sm = s.metrics().await;
     assert!(
         metric(&sm, "peermirror_uploads_followers_refused_total") >= 1.0,
@@ -183,12 +183,9 @@ async fn when_every_copy_is_busy_the_least_busy_takes_one_more() {
     );
     assert_eq!(
         metric(&sm, "peermirror_response_bytes_total{source=\"local\"}") as usize,
-        2 * data.len(),
-        "{sm}"
+        copies * len,
+        "the source uploaded {copies} copies: {sm}"
     );
-    for n in [s, b, c] {
-        n.stop().await;
-    }
 }
 
 /// A fake provider of `data`'s in-flight copy, as the claimant's containerd ingest would be
