@@ -1,9 +1,8 @@
 //! Issue 25, rollouts at line rate, in process: nodes on loopback with a shared in-memory
 //! router. A source with its `--max-followers` answers the next peer "busy" so it follows a
 //! node that follows the source (a chain, each node uploading about one copy); a peer that
-//! finds every copy busy is let in anyway (pulls never get worse); a node about to send its
-//! containerd to the upstream claims the blob first, and a node missing it meanwhile waits for
-//! the claimant's in-flight copy instead of going to the upstream too. The rates and figures
+//! finds every copy busy is let in anyway (pulls never get worse); nodes that miss a new blob
+//! ask its coordinator, which sends one to the upstream and chains the others behind it. The rates and figures
 //! at scale are measured by `bench/rollout.sh`, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,8 +16,7 @@ use peermirror::daemon::Config;
 use peermirror::mirror::MirrorConfig;
 use peermirror::oci::Digest;
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Router};
-use support::fake_peer::{FakePeer, Lie};
-use support::{Node, client, config, next_loopback, pattern, routed, start_on, wait_ready};
+use support::{Node, client, config, pattern, routed, start_on, wait_ready};
 use tokio::net::TcpListener;
 
 /// Big enough to be capped (1 MiB or more), small enough to stream in a few seconds when the
@@ -188,55 +186,77 @@ async fn assert_refused_and_uploaded(s: &Node, copies: usize, len: usize) {
     );
 }
 
-/// A fake provider of `data`'s in-flight copy, as the claimant's containerd ingest would be
-/// advertised once the upstream answered.
-async fn claimant_copy(net: &MemoryNetwork, data: &Bytes) -> support::fake_peer::Started {
-    let fake = FakePeer::with_blob(data.clone(), Lie::Honest)
-        .start(next_loopback())
-        .await;
-    net.insert(Key::Partial(Digest::of(data)), fake.provider("a-ingest"));
-    fake
+/// A node with a small image of its own (`seed`), so the others count it as a peer (and as a
+/// candidate coordinator), and a handle on its store to commit blobs into later, as its
+/// containerd would after fetching them from the upstream.
+async fn member(net: &MemoryNetwork, name: &str, seed: u8) -> (Node, MemorySource) {
+    let src = MemorySource::new();
+    src.add_image(
+        &format!("127.0.0.1:5000/test/seed{seed}:v1"),
+        &[&pattern(1000, seed)],
+    );
+    let n = node(net, name, src.clone(), |_| {}).await;
+    (n, src)
 }
 
-/// A node that misses a blob nobody has claims it (a `fetching:` record) and answers 404 at
-/// once; a node missing it while the claim stands holds the request for the claimant's
-/// in-flight copy and streams it, instead of sending its containerd to the upstream too; if
-/// no copy appears within the claim wait, it answers 404. (Shown failing with
-/// `claim_wait: 0`: b answers 404 at once.)
+/// Nodes that miss one new blob one after another (as a rollout does, within the claim wait)
+/// each ask the blob's coordinator: the first answers 404 (its containerd goes to the
+/// upstream) and each later one is held and then streams the copy of the node that asked just
+/// before it: a chain, one upstream copy, each node uploading one copy. A node whose
+/// predecessor's copy never appears answers 404 after the claim wait. (Shown failing with
+/// `claim_wait: 0`: b and c answer 404 at once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_missing_a_claimed_blob_waits_for_the_claimants_copy() {
+async fn nodes_missing_a_new_blob_form_a_chain_behind_the_first() {
     let net = MemoryNetwork::new();
-    let data = Bytes::from(pattern(300_000, 53));
+    let data = Bytes::from(pattern(SIZE, 53));
     let digest = Digest::of(&data);
-    let a = node(&net, "a", MemorySource::new(), |_| {}).await;
-    let b = node(&net, "b", MemorySource::new(), |_| {}).await;
+    let (a, a_store) = member(&net, "a", 1).await;
+    let (b, _) = member(&net, "b", 2).await;
+    let (c, _) = member(&net, "c", 3).await;
     let (status, _) = get(&a, digest).await;
     assert_eq!(
         status, 404,
         "nobody has it: a's containerd goes to the upstream"
     );
-    wait_for_record(&net, &Key::Fetching(digest), "a").await;
-    let held = spawn_get(&b, digest);
-    // a's containerd has reached the upstream; its ingest is advertised a moment later.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _copy = claimant_copy(&net, &data).await;
-    let (status, body) = held.await.unwrap();
-    assert_eq!(status, 200, "b followed the claimant's copy");
-    assert!(body == data);
-    assert_eq!(
-        metric(&b.metrics().await, "peermirror_claim_waits_total"),
-        1.0
+    let held_b = spawn_get(&b, digest);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held_c = spawn_get(&c, digest);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !held_b.is_finished() && !held_c.is_finished(),
+        "b and c are held"
     );
+    // a's containerd has the blob from the upstream.
+    a_store.commit_blob(data.clone());
+    for (who, held) in [("b", held_b), ("c", held_c)] {
+        let (status, body) = held.await.unwrap();
+        assert_eq!(status, 200, "{who} followed the chain");
+        assert!(body == data, "{who} got the blob's bytes");
+    }
+    let am = a.metrics().await;
+    assert_eq!(
+        metric(&am, "peermirror_response_bytes_total{source=\"local\"}") as usize,
+        data.len(),
+        "a uploaded one copy (to b): {am}"
+    );
+    let bm = b.metrics().await;
+    assert_eq!(
+        metric(&bm, "peermirror_response_bytes_total{source=\"in_flight\"}") as usize,
+        data.len(),
+        "c streamed b's copy: {bm}"
+    );
+    for n in [&b, &c] {
+        assert_eq!(
+            metric(&n.metrics().await, "peermirror_claim_waits_total"),
+            1.0
+        );
+    }
 
-    // A claim whose copy never appears holds a miss only for the claim wait.
-    let other = Bytes::from(pattern(300_000, 54));
-    let other_digest = Digest::of(&other);
-    let (status, _) = get(&a, other_digest).await;
-    assert_eq!(status, 404);
-    wait_for_record(&net, &Key::Fetching(other_digest), "a").await;
+    // A predecessor whose copy never appears holds a miss only for the claim wait.
+    let other = Digest::of(&pattern(300_000, 54));
+    assert_eq!(get(&a, other).await.0, 404);
     let started = Instant::now();
-    let (status, _) = get(&b, other_digest).await;
-    assert_eq!(status, 404);
+    assert_eq!(get(&b, other).await.0, 404);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -246,38 +266,45 @@ async fn a_node_missing_a_claimed_blob_waits_for_the_claimants_copy() {
         metric(&b.metrics().await, "peermirror_claim_timeouts_total"),
         1.0
     );
-    for n in [a, b] {
+    for n in [a, b, c] {
         n.stop().await;
     }
 }
 
-/// Two nodes missing one blob at the same moment both claim it; the one with the smaller id
-/// goes to the upstream and the other gives way and follows its copy: one upstream download,
-/// not two. (Shown failing with `claim_wait: 0`: both answer 404. Which rule decides depends
-/// on timing: usually one claim is visible before the other node looks, else the smaller id
-/// wins.)
+/// Nodes missing one blob at the same moment: exactly one goes to the upstream, and the others
+/// follow its copy once its containerd has it. (Shown failing with `claim_wait: 0`: all three
+/// answer 404.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn of_two_nodes_missing_at_once_only_one_goes_upstream() {
+async fn of_nodes_missing_at_once_only_one_goes_upstream() {
     let net = MemoryNetwork::new();
     let data = Bytes::from(pattern(300_000, 55));
     let digest = Digest::of(&data);
-    let a = node(&net, "a", MemorySource::new(), |_| {}).await;
-    let b = node(&net, "b", MemorySource::new(), |_| {}).await;
-    let (ra, rb) = (spawn_get(&a, digest), spawn_get(&b, digest));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _copy = claimant_copy(&net, &data).await;
-    let (ra, rb) = (ra.await.unwrap(), rb.await.unwrap());
-    let statuses = [ra.0, rb.0];
-    assert!(
-        statuses.contains(&404) && statuses.contains(&200),
-        "one goes upstream, the other follows: {statuses:?}"
-    );
-    for (status, body) in [ra, rb] {
-        if status == 200 {
-            assert!(body == data);
-        }
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        nodes.push(member(&net, name, 10 + i as u8).await);
     }
-    for n in [a, b] {
+    let mut held: Vec<_> = nodes.iter().map(|(n, _)| spawn_get(n, digest)).collect();
+    // The first answer is the one 404: that node fetches; commit the blob in its store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(i) = held.iter().position(|h| h.is_finished()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "nobody answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let (status, _) = held.remove(first).await.unwrap();
+    assert_eq!(
+        status, 404,
+        "the first answer sends one containerd upstream"
+    );
+    nodes[first].1.commit_blob(data.clone());
+    for h in held {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "the others follow");
+        assert!(body == data);
+    }
+    for (n, _) in nodes {
         n.stop().await;
     }
 }

@@ -250,7 +250,7 @@ impl Admin for Service {
         let local = match &key {
             Key::Digest(d) => s.index.stat(d).is_some(),
             Key::Tag(t) => s.index.resolve(t).is_some(),
-            Key::Partial(_) | Key::Fetching(_) => false,
+            Key::Partial(_) => false,
         };
         let providers = match &s.mirror {
             Some(mirror) => mirror
@@ -297,7 +297,7 @@ impl Admin for Service {
             .into_iter()
             .take(limit)
             .map(|k| match &k {
-                Key::Digest(d) | Key::Partial(d) | Key::Fetching(d) => {
+                Key::Digest(d) | Key::Partial(d) => {
                     let desc = index.stat(d);
                     ContentEntry {
                         key: k.to_string(),

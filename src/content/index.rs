@@ -18,10 +18,6 @@ pub enum Key {
     /// the upstream): servable as it grows. A separate record, so askers can prefer complete
     /// copies; never in the index.
     Partial(Digest),
-    /// A blob this node is about to fetch from the upstream through its containerd (a claim,
-    /// for a few seconds): nodes missing it meanwhile wait for its in-flight copy instead of
-    /// going to the upstream too. Never in the index.
-    Fetching(Digest),
 }
 
 impl std::fmt::Display for Key {
@@ -30,7 +26,6 @@ impl std::fmt::Display for Key {
             Key::Digest(d) => d.fmt(f),
             Key::Tag(t) => t.fmt(f),
             Key::Partial(d) => write!(f, "partial:{d}"),
-            Key::Fetching(d) => write!(f, "fetching:{d}"),
         }
     }
 }

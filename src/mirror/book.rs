@@ -316,17 +316,19 @@ impl ProviderBook {
         self.router.status().local_id
     }
 
-    /// Advertise `keys` (a claim); a failure only costs the claim.
-    pub(crate) async fn announce(&self, keys: Vec<Key>) {
-        if let Err(e) = self.router.advertise(keys).await {
-            tracing::debug!(error = %e, "advertising a claim failed");
-        }
-    }
-
-    pub(crate) async fn unannounce(&self, keys: Vec<Key>) {
-        if let Err(e) = self.router.withdraw(keys).await {
-            tracing::debug!(error = %e, "withdrawing a claim failed");
-        }
+    /// The connected peers whose registry endpoint is known.
+    pub(crate) fn peers(&self) -> Vec<Provider> {
+        self.router
+            .status()
+            .peers
+            .into_iter()
+            .filter_map(|s| {
+                Some(Provider {
+                    addr: s.registry?,
+                    peer: s.peer,
+                })
+            })
+            .collect()
     }
 
     /// Remember that `providers` have `key`.

@@ -32,6 +32,7 @@ use crate::routing::{Provider, Router};
 
 use book::ProviderBook;
 pub use book::{PeerEvent, PeerEventKind, PeerIdentity};
+pub use claim::{Role, node_id};
 use fetcher::Fetcher;
 pub use providers::ProviderSet;
 
@@ -229,6 +230,8 @@ pub struct Mirror {
     kept: verified::Kept,
     /// How long a lookup may take before a miss is answered.
     resolve_wait: resolve_wait::ResolveWait,
+    /// The rollouts this node coordinates.
+    rollouts: claim::Rollouts,
 }
 
 impl Mirror {
@@ -252,6 +255,7 @@ impl Mirror {
                 config.resolve_timeout,
                 config.resolve_timeout_max,
             ),
+            rollouts: claim::Rollouts::default(),
             config,
         }
     }
@@ -450,7 +454,7 @@ impl Mirror {
         }
         let path = match key {
             // Any valid name: a peer serves a blob by its digest, whatever the repository.
-            Key::Digest(d) | Key::Partial(d) | Key::Fetching(d) => {
+            Key::Digest(d) | Key::Partial(d) => {
                 peer_path("peermirror/status", "blobs", &d.to_string(), None)
             }
             Key::Tag(t) => peer_path(t.name(), "manifests", t.tag(), Some(t.registry())),

@@ -35,6 +35,8 @@ pub struct ProviderSet {
     key: Option<Key>,
     /// Providers that answered busy, with how many followers they said they had.
     busy: Vec<(Provider, usize)>,
+    /// The copy a rollout's coordinator assigned: asked past its follower cap.
+    assigned: Option<Provider>,
     /// Lookups run again because everyone found was busy.
     relooks: usize,
     /// Of those, how many in a row found nobody new.
@@ -84,14 +86,6 @@ impl ProviderSet {
         set
     }
 
-    /// [`ProviderSet::lookup`], not counted as a pull's lookup (it polls for a claimant's copy).
-    pub(super) fn lookup_uncounted(key: &Key, book: Arc<ProviderBook>) -> Self {
-        let mut set = ProviderSet::empty(book);
-        set.key = Some(key.clone());
-        set.relook(key);
-        set
-    }
-
     fn empty(book: Arc<ProviderBook>) -> Self {
         ProviderSet {
             rx: None,
@@ -103,6 +97,7 @@ impl ProviderSet {
             book,
             key: None,
             busy: Vec::new(),
+            assigned: None,
             relooks: 0,
             fruitless: 0,
         }
@@ -156,6 +151,14 @@ impl ProviderSet {
         set
     }
 
+    /// The copy a rollout's coordinator assigned (see `claim`): asked first, and past its
+    /// follower cap, as the coordinator spreads followers itself; the DHT if it fails.
+    pub(super) fn assigned(key: Key, p: Provider, book: Arc<ProviderBook>) -> Self {
+        let mut set = ProviderSet::known(key, vec![p.clone()], book);
+        set.assigned = Some(p);
+        set
+    }
+
     /// Every provider offered so far (to remember who had what).
     pub(super) fn seen(&self) -> Vec<Provider> {
         self.complete
@@ -201,10 +204,8 @@ impl ProviderSet {
                         if relooked {
                             self.fruitless = 0;
                         }
-                        return Some(Offer {
-                            provider: p,
-                            crowd: false,
-                        });
+                        let crowd = self.assigned.as_ref() == Some(&p);
+                        return Some(Offer { provider: p, crowd });
                     }
                 }
             }

@@ -52,7 +52,7 @@ impl Mirror {
                 Claim::New(e, writer) => {
                     let found = match self.providers(Key::Digest(digest)).await {
                         Some(p) => Some(p),
-                        None => self.claim_or_follow(digest).await,
+                        None => self.claim_or_follow(name, digest).await,
                     };
                     let Some(providers) = found else {
                         writer.fail(Failure::NotFound);

@@ -14,3 +14,6 @@ pub const ACCEPTED_TOKENS: &str = "x-peermirror-accepted-tokens";
 pub const FOLLOWERS: &str = "x-peermirror-followers";
 /// Sent by a peer that found every copy busy: let it in beyond the follower cap.
 pub const CROWD: &str = "x-peermirror-crowd";
+/// Sent by a node that misses a blob, to the blob's rollout coordinator: the asker's node id.
+/// On the coordinator's 404: `fetch` (go to the upstream) or `follow <node id>`.
+pub const ROLLOUT: &str = "x-peermirror-rollout";

@@ -29,7 +29,7 @@ use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
 use crate::oci::headers::{
-    ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED,
+    ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED, ROLLOUT,
 };
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
@@ -353,6 +353,7 @@ impl Registry {
             }
             Route::Blob { name, digest } => match self.index.stat(&digest) {
                 Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
+                None if asked.mirrored && asked.rollout.is_some() => self.rollout(&asked, digest),
                 None if asked.mirrored => match self.in_flight(&asked, &digest).await {
                     Some(a) => a,
                     None => Answer::error(
@@ -373,6 +374,26 @@ impl Registry {
                 }
             },
         }
+    }
+
+    /// A peer misses a blob this node coordinates (see `mirror::claim`): its role, on a 404
+    /// (a node without a mirror, or a peer that ignores the header, answers a plain miss,
+    /// which means "fetch").
+    fn rollout(&self, asked: &Asked, digest: Digest) -> Answer {
+        let mut a = Answer::error(
+            OciError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} unknown to this mirror"),
+            ),
+            RouteKind::Blob,
+        );
+        if let (Some(mirror), Some(asker)) = (&self.mirror, asked.rollout.clone()) {
+            let role = mirror.rollout_join(digest, asker);
+            if let Ok(v) = HeaderValue::from_str(&role.header()) {
+                a.response.headers_mut().insert(ROLLOUT, v);
+            }
+        }
+        a
     }
 
     /// A local miss: ask peers, unless this request came from a peer (then it is a miss here,
@@ -614,6 +635,8 @@ struct Asked {
     mirrored: bool,
     /// A peer that found every copy busy: let it in beyond `--max-followers`.
     crowd: bool,
+    /// A peer that misses this blob asks this node, its coordinator, for its role.
+    rollout: Option<crate::routing::NodeId>,
     /// The client's one byte range, not yet checked against a size; a header that is not one
     /// well-formed range is ignored (RFC 9110) and the whole content is sent.
     range: Option<RangeSpec>,
@@ -626,6 +649,10 @@ impl Asked {
             head: req.method() == Method::HEAD,
             mirrored: h.contains_key(MIRRORED),
             crowd: h.contains_key(CROWD),
+            rollout: h
+                .get(ROLLOUT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::mirror::node_id),
             range: h
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
