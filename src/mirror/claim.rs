@@ -42,11 +42,13 @@ const COORDINATOR_WAIT: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(40);
 /// A look at the predecessor waits at most this long (its spool holds a look up to 3 s).
 const LOOK_WAIT: Duration = Duration::from_millis(3500);
-/// A rollout's order is forgotten this long after its last member joined: by then every
-/// member's copy is advertised in the DHT.
-const ROLLOUT_TTL: Duration = Duration::from_secs(30);
-/// Rollouts remembered at once, and members per rollout: bounded against askers that lie.
-const MAX_ROLLOUTS: usize = 4096;
+/// A rollout's order is forgotten this long after its last member joined. Long, so a node
+/// that joins late (a slow node, a big blob still in flight) is placed behind the last member
+/// rather than sent to the upstream; a member gone meanwhile costs its follower the claim wait.
+const ROLLOUT_TTL: Duration = Duration::from_secs(600);
+/// Members remembered over all rollouts, and per rollout: a few MB at most, whatever askers
+/// send. A rollout past its cap puts every further asker behind its last member.
+const MAX_TOTAL_MEMBERS: usize = 65_536;
 const MAX_MEMBERS: usize = 8192;
 /// Node ids are libp2p PeerIds (base58) in the cluster, names in tests: short and plain.
 const MAX_NODE_ID: usize = 128;
@@ -90,7 +92,14 @@ pub fn node_id(s: &str) -> Option<NodeId> {
 /// The coordinator's side: per blob, the nodes that missed it, in the order they asked.
 #[derive(Default)]
 pub struct Rollouts {
-    inner: Mutex<HashMap<Digest, Rollout>>,
+    inner: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<Digest, Rollout>,
+    /// Members over all rollouts.
+    total: usize,
 }
 
 struct Rollout {
@@ -103,12 +112,15 @@ impl Rollouts {
     /// is remembered.
     pub fn join(&self, digest: Digest, who: NodeId) -> Role {
         let now = Instant::now();
-        let mut map = self.inner.locked();
-        if map.len() >= MAX_ROLLOUTS && !map.contains_key(&digest) {
+        let mut state = self.inner.locked();
+        let State { map, total } = &mut *state;
+        if *total >= MAX_TOTAL_MEMBERS {
             map.retain(|_, r| now.duration_since(r.touched) < ROLLOUT_TTL);
-            if map.len() >= MAX_ROLLOUTS {
-                // Flooded with fresh rollouts: forgetting them costs only extra upstream copies.
+            *total = map.values().map(|r| r.members.len()).sum();
+            if *total >= MAX_TOTAL_MEMBERS {
+                // Flooded: forgetting the rollouts costs only extra upstream copies.
                 map.clear();
+                *total = 0;
             }
         }
         let r = map.entry(digest).or_insert_with(|| Rollout {
@@ -116,6 +128,7 @@ impl Rollouts {
             touched: now,
         });
         if now.duration_since(r.touched) >= ROLLOUT_TTL {
+            *total -= r.members.len();
             r.members.clear();
         }
         r.touched = now;
@@ -123,6 +136,7 @@ impl Rollouts {
             Some(i) => i,
             None if r.members.len() < MAX_MEMBERS => {
                 r.members.push(who);
+                *total += 1;
                 r.members.len() - 1
             }
             None => r.members.len(),
@@ -285,6 +299,29 @@ mod tests {
         assert_eq!(r.join(d(1), "b".into()), Role::Follow("a".into()));
         assert_eq!(r.join(d(1), "a".into()), Role::Fetch);
         assert_eq!(r.join(d(2), "c".into()), Role::Fetch);
+    }
+
+    #[test]
+    fn askers_that_flood_it_cannot_grow_it_without_bound() {
+        let r = Rollouts::default();
+        for i in 0..(MAX_TOTAL_MEMBERS + 10) {
+            r.join(d((i % 251) as u8), NodeId::from(format!("n{i}")));
+        }
+        let s = r.inner.locked();
+        assert!(s.total <= MAX_TOTAL_MEMBERS);
+        assert_eq!(
+            s.total,
+            s.map.values().map(|r| r.members.len()).sum::<usize>()
+        );
+        // Past a rollout's cap, every further asker follows its last member.
+        drop(s);
+        let r = Rollouts::default();
+        for i in 0..MAX_MEMBERS {
+            r.join(d(9), NodeId::from(format!("m{i}")));
+        }
+        let last = NodeId::from(format!("m{}", MAX_MEMBERS - 1));
+        assert_eq!(r.join(d(9), "late".into()), Role::Follow(last.clone()));
+        assert_eq!(r.join(d(9), "later".into()), Role::Follow(last));
     }
 
     #[test]

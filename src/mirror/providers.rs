@@ -140,6 +140,11 @@ impl ProviderSet {
         true
     }
 
+    /// Whether a complete copy has been found (not only copies still in flight).
+    pub(super) fn has_complete(&self) -> bool {
+        self.complete.pending()
+    }
+
     /// Providers already known to have `key`; the DHT is asked only if they all fail.
     pub(super) fn known(key: Key, known: Vec<Provider>, book: Arc<ProviderBook>) -> Self {
         let mut set = ProviderSet::empty(book);

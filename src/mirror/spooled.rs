@@ -50,9 +50,13 @@ impl Mirror {
             let entry = match spool.claim(digest) {
                 Claim::Existing(e) => e,
                 Claim::New(e, writer) => {
+                    // Complete copies are taken as found. Copies only in flight mean a
+                    // rollout is on: its coordinator places this node in the chain rather than
+                    // on whichever in-flight copy the lookup found first (which would then feed
+                    // two); if it has no place for it, those copies are followed all the same.
                     let found = match self.providers(Key::Digest(digest)).await {
-                        Some(p) => Some(p),
-                        None => self.claim_or_follow(name, digest).await,
+                        Some(p) if p.has_complete() => Some(p),
+                        dht => self.claim_or_follow(name, digest).await.or(dht),
                     };
                     let Some(providers) = found else {
                         writer.fail(Failure::NotFound);
