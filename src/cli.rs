@@ -268,13 +268,13 @@ pub struct MirrorArgs {
     #[arg(long, env = "PEERMIRROR_MIRROR_HEDGE_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub mirror_hedge_delay: Duration,
 
-    /// A node that misses a blob which another node has just claimed (it is about to fetch it
-    /// from the upstream) holds containerd's request up to this long (jittered) for that
-    /// node's in-flight copy, instead of sending containerd to the upstream too. Waits only
-    /// when a claim exists; 0 (the default) turns claims off: every miss then answers 404 at
-    /// once, where a claim costs a miss tens of ms, and at 8-16 nodes claims are not yet seen in
-    /// time to help (docs/benchmarks.md, "Rollouts").
-    #[arg(long, env = "PEERMIRROR_MIRROR_CLAIM_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
+    /// Rollouts: a node that misses a blob nobody has complete asks the blob's coordinator (one
+    /// of the nodes, the same for every node) for its place. The first to ask lets its
+    /// containerd fetch it from the upstream; each later one holds containerd's request up to
+    /// this long (jittered) until the node that asked before it has a copy in flight, and
+    /// streams that: a chain, one upstream copy. A miss costs one request to the coordinator.
+    /// 0 turns it off: every miss then answers 404 at once (docs/benchmarks.md, "Rollouts").
+    #[arg(long, env = "PEERMIRROR_MIRROR_CLAIM_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub mirror_claim_wait: Duration,
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use peermirror::content::{Key, MemorySource};
 use peermirror::daemon::Config;
-use peermirror::mirror::MirrorConfig;
+use peermirror::mirror::{MirrorConfig, coordinator_of};
 use peermirror::oci::Digest;
 use peermirror::routing::{MemoryNetwork, MemoryRouter, Router};
 use support::{Node, client, config, pattern, routed, start_on, wait_ready};
@@ -305,6 +305,82 @@ async fn of_nodes_missing_at_once_only_one_goes_upstream() {
         assert!(body == data);
     }
     for (n, _) in nodes {
+        n.stop().await;
+    }
+}
+
+/// The first node of a chain dies mid-transfer: its follower b (the coordinator finds the dead
+/// node does not answer) becomes the first: b's response is cut and containerd's `Range`
+/// resume gets a 404 (so b's containerd fetches the rest from the upstream), while c, which
+/// followed b, stays on b (alive) and completes from b's new copy: one node goes to the
+/// upstream, not all. (Shown failing with the reassignment removed from `ProviderSet::next`:
+/// c's body is not the blob.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_first_dies_only_its_follower_goes_upstream_and_the_rest_follow_it() {
+    let net = MemoryNetwork::new();
+    // A blob whose coordinator is c, which stays up (a dead coordinator is another case).
+    let data = (56..)
+        .map(|seed| Bytes::from(pattern(SIZE, seed)))
+        .find(|d| coordinator_of(&["a", "b", "c"], &Digest::of(d)) == Some("c"))
+        .unwrap();
+    let digest = Digest::of(&data);
+    let a_store = MemorySource::new();
+    a_store.add_image("127.0.0.1:5000/test/seed20:v1", &[&pattern(1000, 20)]);
+    let a = node(&net, "a", a_store.clone(), |c| {
+        c.max_egress_bps = SLOW;
+        c.limits.drain_timeout = Duration::ZERO;
+    })
+    .await;
+    let (b, b_store) = member(&net, "b", 21).await;
+    let (c, _) = member(&net, "c", 22).await;
+    assert_eq!(get(&a, digest).await.0, 404, "a fetches from the upstream");
+    let url = format!("{}/v2/test/app/blobs/{digest}", b.base);
+    let held_b = tokio::spawn(async move {
+        let r = client().get(url).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.map(|b| b.len()))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held_c = spawn_get(&c, digest);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a_store.commit_blob(data.clone());
+    // a dies once b has part of the blob.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &a.metrics().await,
+        "peermirror_response_bytes_total{source=\"local\"}",
+    ) < (SIZE / 4) as f64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a never sent a quarter of the blob"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop().await;
+    let (status, body) = held_b.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.map_or(true, |n| n < SIZE),
+        "b's response was cut, so its containerd resumes"
+    );
+    let resumed = client()
+        .get(format!("{}/v2/test/app/blobs/{digest}", b.base))
+        .header("range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.status().as_u16(),
+        404,
+        "b's resume goes to the upstream"
+    );
+    // b's containerd has the rest from the upstream.
+    b_store.commit_blob(data.clone());
+    let (status, body) = held_c.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body == data, "c completed from b's new copy");
+    for n in [b, c] {
         n.stop().await;
     }
 }

@@ -21,16 +21,18 @@
 //! most. A coordinator that does not answer in time, or answers anything else, means "fetch".
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sha2::Digest as _;
 
+use super::book::ProviderBook;
+use super::fetcher::Fetcher;
 use super::providers::ProviderSet;
 use super::{Mirror, Target};
 use crate::content::Key;
-use crate::oci::headers::ROLLOUT;
+use crate::oci::headers::{ROLLOUT, ROLLOUT_FAILED};
 use crate::oci::{Digest, Name};
 use crate::routing::{NodeId, Provider};
 use crate::sync::MutexExt;
@@ -50,6 +52,12 @@ const ROLLOUT_TTL: Duration = Duration::from_secs(600);
 /// send. A rollout past its cap puts every further asker behind its last member.
 const MAX_TOTAL_MEMBERS: usize = 65_536;
 const MAX_MEMBERS: usize = 8192;
+/// A node reported failed is asked for `/v2/` this long before it is dropped from the chain: a
+/// node that answers is starved, not dead, and is followed again.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
+/// A node that became a rollout's first after its predecessor died sends its containerd to the
+/// upstream (404) for this long: the `Range` resume that follows its cut response.
+const PROMOTED_TTL: Duration = Duration::from_secs(60);
 /// Node ids are libp2p PeerIds (base58) in the cluster, names in tests: short and plain.
 const MAX_NODE_ID: usize = 128;
 
@@ -148,6 +156,210 @@ impl Rollouts {
     }
 }
 
+impl Rollouts {
+    /// Whether `who` is in `digest`'s chain.
+    fn is_member(&self, digest: &Digest, who: &NodeId) -> bool {
+        self.inner
+            .locked()
+            .map
+            .get(digest)
+            .is_some_and(|r| r.members.contains(who))
+    }
+
+    /// Drop `who` (dead) from `digest`'s chain: its follower moves up to its place.
+    fn remove(&self, digest: &Digest, who: &NodeId) {
+        let mut state = self.inner.locked();
+        let State { map, total } = &mut *state;
+        if let Some(r) = map.get_mut(digest) {
+            let before = r.members.len();
+            r.members.retain(|m| m != who);
+            *total -= before - r.members.len();
+        }
+    }
+}
+
+/// The blobs for which this node became its rollout's first after its predecessor died.
+#[derive(Default)]
+pub(super) struct Promoted {
+    inner: Mutex<HashMap<Digest, Instant>>,
+}
+
+impl Promoted {
+    fn add(&self, digest: Digest) {
+        let now = Instant::now();
+        let mut map = self.inner.locked();
+        if map.len() >= 1024 {
+            map.retain(|_, at| now.duration_since(*at) < PROMOTED_TTL);
+        }
+        map.insert(digest, now);
+    }
+
+    /// Whether this node's containerd is to fetch `digest` from the upstream now.
+    pub(super) fn contains(&self, digest: &Digest) -> bool {
+        self.inner
+            .locked()
+            .get(digest)
+            .is_some_and(|at| at.elapsed() < PROMOTED_TTL)
+    }
+}
+
+/// What the coordinator said when the copy a node followed failed.
+pub(super) enum Reassigned {
+    /// Follow this copy now (from the byte reached).
+    Follow(Provider),
+    /// This node is now the first: its containerd goes to the upstream (the download ends, the
+    /// response is cut, and containerd's `Range` resume gets a 404).
+    Fetch,
+    /// No coordinator answered: look for copies in the DHT as without one.
+    NoAnswer,
+}
+
+/// How a follower asks its rollout's coordinator for a new place when its copy fails.
+#[derive(Clone)]
+pub(super) struct Reassign {
+    fetcher: Fetcher,
+    book: Arc<ProviderBook>,
+    rollouts: Arc<Rollouts>,
+    promoted: Arc<Promoted>,
+    /// `None`: this node coordinates.
+    coordinator: Option<Provider>,
+    me: NodeId,
+    digest: Digest,
+    path: String,
+}
+
+impl Reassign {
+    /// The copy of `failed` failed this node: its new place.
+    pub(super) async fn ask(&self, failed: &NodeId) -> Reassigned {
+        let role = match &self.coordinator {
+            None => {
+                join_reporting(
+                    &self.rollouts,
+                    &self.fetcher,
+                    &self.book,
+                    self.digest,
+                    self.me.clone(),
+                    Some(failed.clone()),
+                )
+                .await
+            }
+            Some(c) => match ask(&self.fetcher, c, &self.path, &self.me, Some(failed)).await {
+                Asked::Role(r) => r,
+                Asked::Has => return Reassigned::Follow(c.clone()),
+                Asked::NoAnswer => return Reassigned::NoAnswer,
+            },
+        };
+        match role {
+            Role::Follow(p) if p != self.me => {
+                match resolve(&self.book, &p, self.coordinator.as_ref()) {
+                    Some(p) => Reassigned::Follow(p),
+                    None => Reassigned::NoAnswer,
+                }
+            }
+            _ => {
+                tracing::info!(digest = %self.digest, %failed, "rollout: the copy this node followed died; its containerd fetches the rest from the upstream");
+                self.promoted.add(self.digest);
+                Reassigned::Fetch
+            }
+        }
+    }
+}
+
+/// The coordinator's side of a join, with a failure report checked first: `failed` is dropped
+/// from the chain only if it does not answer (a node starved by its own predecessor answers).
+async fn join_reporting(
+    rollouts: &Rollouts,
+    fetcher: &Fetcher,
+    book: &ProviderBook,
+    digest: Digest,
+    asker: NodeId,
+    failed: Option<NodeId>,
+) -> Role {
+    if let Some(f) = failed.filter(|f| *f != asker && rollouts.is_member(&digest, f))
+        && !alive(fetcher, book, &f).await
+    {
+        tracing::info!(%digest, dead = %f, "rollout: a member does not answer; its follower moves up");
+        rollouts.remove(&digest, &f);
+    }
+    rollouts.join(digest, asker)
+}
+
+/// Whether `node`'s registry endpoint answers at all within [`PROBE_WAIT`].
+async fn alive(fetcher: &Fetcher, book: &ProviderBook, node: &NodeId) -> bool {
+    let Some(p) = resolve(book, node, None) else {
+        return false;
+    };
+    let Some(req) = fetcher.request(reqwest::Method::GET, &p, "/v2/") else {
+        return false;
+    };
+    req.timeout(PROBE_WAIT).send().await.is_ok()
+}
+
+/// A peer by id: `known` if it is that one, else a connected peer's registry endpoint.
+fn resolve(book: &ProviderBook, id: &NodeId, known: Option<&Provider>) -> Option<Provider> {
+    if let Some(k) = known.filter(|k| k.peer == *id) {
+        return Some(k.clone());
+    }
+    book.peers().into_iter().find(|p| p.peer == *id)
+}
+
+/// What a coordinator answered.
+enum Asked {
+    Role(Role),
+    /// It has the blob itself.
+    Has,
+    NoAnswer,
+}
+
+/// Ask coordinator `c` for this node's role in `path`'s blob, reporting `failed` if any.
+async fn ask(
+    fetcher: &Fetcher,
+    c: &Provider,
+    path: &str,
+    me: &NodeId,
+    failed: Option<&NodeId>,
+) -> Asked {
+    let Some(mut req) = fetcher.request(reqwest::Method::HEAD, c, path) else {
+        return Asked::NoAnswer;
+    };
+    req = req.header(ROLLOUT, me.as_str());
+    if let Some(f) = failed {
+        req = req.header(ROLLOUT_FAILED, f.as_str());
+    }
+    // A report waits for the coordinator's probe of the failed node.
+    let wait = COORDINATOR_WAIT
+        + if failed.is_some() {
+            PROBE_WAIT
+        } else {
+            Duration::ZERO
+        };
+    let res = match req.timeout(wait).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(coordinator = %c.peer, error = %e, "rollout coordinator did not answer");
+            return Asked::NoAnswer;
+        }
+    };
+    fetcher.heard(c, &res);
+    if res.status().is_success() {
+        return Asked::Has;
+    }
+    match res
+        .headers()
+        .get(ROLLOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Role::parse)
+    {
+        Some(r) => Asked::Role(r),
+        None => Asked::NoAnswer,
+    }
+}
+
+/// Which of `nodes` (ids) coordinates `digest`'s rollout, as every node computes it.
+pub fn coordinator_of<'a>(nodes: &[&'a str], digest: &Digest) -> Option<&'a str> {
+    nodes.iter().copied().min_by_key(|n| score(n, digest))
+}
+
 /// A node's rendezvous score for `digest`: the lowest among the nodes coordinates it.
 fn score(node: &str, digest: &Digest) -> [u8; 32] {
     let mut h = sha2::Sha256::new();
@@ -158,13 +370,33 @@ fn score(node: &str, digest: &Digest) -> [u8; 32] {
 }
 
 impl Mirror {
-    /// The coordinator's answer to a peer `asker` that misses `digest`.
-    pub fn rollout_join(&self, digest: Digest, asker: NodeId) -> Role {
-        self.rollouts.join(digest, asker)
+    /// The coordinator's answer to a peer `asker` that misses `digest`, having found the copy
+    /// of `failed` dead if it says so.
+    pub async fn rollout_join(
+        &self,
+        digest: Digest,
+        asker: NodeId,
+        failed: Option<NodeId>,
+    ) -> Role {
+        join_reporting(
+            &self.rollouts,
+            &self.fetcher,
+            &self.book,
+            digest,
+            asker,
+            failed,
+        )
+        .await
     }
 
-    /// Nobody has `digest`: ask its coordinator who fetches it from the upstream. `None`: this
-    /// node does (answer 404 now); else the copy to follow.
+    /// Whether this node's containerd is to fetch `digest` from the upstream now (its
+    /// predecessor in the rollout died).
+    pub(super) fn promoted(&self, digest: &Digest) -> bool {
+        self.config.claim_wait > Duration::ZERO && self.promoted.contains(digest)
+    }
+
+    /// Nobody has `digest` complete: ask its coordinator who fetches it from the upstream.
+    /// `None`: this node does (answer 404 now); else the copy to follow.
     pub(super) async fn claim_or_follow(&self, name: &Name, digest: Digest) -> Option<ProviderSet> {
         let wait = self.config.claim_wait;
         if wait.is_zero() {
@@ -176,9 +408,13 @@ impl Mirror {
         let parent = match &coordinator {
             None => match self.rollouts.join(digest, me.clone()) {
                 Role::Fetch => None,
-                Role::Follow(p) => self.peer(&p, None),
+                Role::Follow(p) => resolve(&self.book, &p, None),
             },
-            Some(c) => self.ask_coordinator(c, &path, &me).await,
+            Some(c) => match ask(&self.fetcher, c, &path, &me, None).await {
+                Asked::Has => Some(c.clone()),
+                Asked::Role(Role::Follow(p)) if p != me => resolve(&self.book, &p, Some(c)),
+                _ => None,
+            },
         };
         let Some(parent) = parent else {
             tracing::debug!(%digest, coordinator = ?coordinator.map(|c| c.peer), "rollout: this node fetches from the upstream");
@@ -188,9 +424,20 @@ impl Mirror {
         let deadline = tokio::time::Instant::now() + wait.mul_f64(jitter(0.75..=1.0));
         if self.await_copy(&parent, &path, deadline).await {
             tracing::debug!(%digest, parent = %parent.peer, "rollout: following");
+            let reassign = Reassign {
+                fetcher: self.fetcher.clone(),
+                book: self.book.clone(),
+                rollouts: self.rollouts.clone(),
+                promoted: self.promoted.clone(),
+                coordinator,
+                me,
+                digest,
+                path,
+            };
             return Some(ProviderSet::assigned(
                 Key::Digest(digest),
                 parent,
+                reassign,
                 self.book.clone(),
             ));
         }
@@ -209,45 +456,6 @@ impl Mirror {
             .filter(|(s, _)| *s < mine)
             .min_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, p)| p)
-    }
-
-    /// A peer by id: `known` if it is that one, else a connected peer's registry endpoint.
-    fn peer(&self, id: &NodeId, known: Option<&Provider>) -> Option<Provider> {
-        if let Some(k) = known.filter(|k| k.peer == *id) {
-            return Some(k.clone());
-        }
-        self.book.peers().into_iter().find(|p| p.peer == *id)
-    }
-
-    /// Ask `c` for this node's role; the copy to follow, or `None` to fetch.
-    async fn ask_coordinator(&self, c: &Provider, path: &str, me: &NodeId) -> Option<Provider> {
-        let req = self
-            .fetcher
-            .request(reqwest::Method::HEAD, c, path)?
-            .header(ROLLOUT, me.as_str())
-            .timeout(COORDINATOR_WAIT);
-        let res = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(coordinator = %c.peer, error = %e, "rollout coordinator did not answer; fetching");
-                return None;
-            }
-        };
-        self.fetcher.heard(c, &res);
-        // It has the blob itself: follow it.
-        if res.status().is_success() {
-            return Some(c.clone());
-        }
-        let role = res
-            .headers()
-            .get(ROLLOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Role::parse)?;
-        match role {
-            Role::Fetch => None,
-            Role::Follow(p) if p == *me => None,
-            Role::Follow(p) => self.peer(&p, Some(c)),
-        }
     }
 
     /// Look at `parent` until its copy answers (true) or `deadline` passes.

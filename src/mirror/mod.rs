@@ -32,7 +32,7 @@ use crate::routing::{Provider, Router};
 
 use book::ProviderBook;
 pub use book::{PeerEvent, PeerEventKind, PeerIdentity};
-pub use claim::{Role, node_id};
+pub use claim::{Role, coordinator_of, node_id};
 use fetcher::Fetcher;
 pub use providers::ProviderSet;
 
@@ -70,9 +70,9 @@ pub struct MirrorConfig {
     pub stall_timeout: Duration,
     /// Blobs up to this size are fetched whole and verified before the first byte is sent.
     pub verify_before_send: u64,
-    /// A node that misses a blob another node has claimed (it is about to fetch it from the
-    /// upstream) waits up to this long (jittered) for that node's in-flight copy instead of
-    /// sending its containerd to the upstream too. Zero: no claims.
+    /// A node that misses a blob nobody has complete asks the blob's rollout coordinator
+    /// (`claim`); told to follow a node, it waits up to this long (jittered) for that node's
+    /// in-flight copy instead of sending its containerd to the upstream too. Zero: no claims.
     pub claim_wait: Duration,
 }
 
@@ -118,8 +118,7 @@ impl Default for MirrorConfig {
             response_timeout: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(2),
             verify_before_send: 16 * 1024 * 1024,
-            // Off: a claim costs every miss tens of ms and does not yet help at scale.
-            claim_wait: Duration::ZERO,
+            claim_wait: Duration::from_secs(5),
         }
     }
 }
@@ -231,7 +230,9 @@ pub struct Mirror {
     /// How long a lookup may take before a miss is answered.
     resolve_wait: resolve_wait::ResolveWait,
     /// The rollouts this node coordinates.
-    rollouts: claim::Rollouts,
+    rollouts: Arc<claim::Rollouts>,
+    /// Blobs this node's containerd fetches from the upstream after its predecessor died.
+    promoted: Arc<claim::Promoted>,
 }
 
 impl Mirror {
@@ -255,7 +256,8 @@ impl Mirror {
                 config.resolve_timeout,
                 config.resolve_timeout_max,
             ),
-            rollouts: claim::Rollouts::default(),
+            rollouts: Arc::default(),
+            promoted: Arc::default(),
             config,
         }
     }

@@ -13,6 +13,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::book::ProviderBook;
+use super::claim::{Reassign, Reassigned};
 use crate::content::Key;
 use crate::routing::Provider;
 
@@ -37,6 +38,11 @@ pub struct ProviderSet {
     busy: Vec<(Provider, usize)>,
     /// The copy a rollout's coordinator assigned: asked past its follower cap.
     assigned: Option<Provider>,
+    /// Asks the coordinator for a new place when the assigned copy fails.
+    reassign: Option<Reassign>,
+    reassigns: usize,
+    /// The coordinator made this node the first: no provider is offered any more.
+    promoted: bool,
     /// Lookups run again because everyone found was busy.
     relooks: usize,
     /// Of those, how many in a row found nobody new.
@@ -55,6 +61,10 @@ pub(super) struct Offer {
 /// new before the least busy one is crowded: bounded, so a pull waits at most a few seconds
 /// longer than it would have.
 const RELOOKS: usize = 24;
+/// Most new places a follower asks its coordinator for in one download.
+const REASSIGNS: usize = 8;
+/// Before following again a node that is alive but whose copy failed us.
+const SAME_AGAIN: Duration = Duration::from_millis(250);
 const FRUITLESS: usize = 2;
 /// Before looking again: long enough for a new follower's in-flight record to appear.
 const RELOOK_DELAY: Duration = Duration::from_millis(100);
@@ -98,6 +108,9 @@ impl ProviderSet {
             key: None,
             busy: Vec::new(),
             assigned: None,
+            reassign: None,
+            reassigns: 0,
+            promoted: false,
             relooks: 0,
             fruitless: 0,
         }
@@ -158,9 +171,15 @@ impl ProviderSet {
 
     /// The copy a rollout's coordinator assigned (see `claim`): asked first, and past its
     /// follower cap, as the coordinator spreads followers itself; the DHT if it fails.
-    pub(super) fn assigned(key: Key, p: Provider, book: Arc<ProviderBook>) -> Self {
+    pub(super) fn assigned(
+        key: Key,
+        p: Provider,
+        reassign: Reassign,
+        book: Arc<ProviderBook>,
+    ) -> Self {
         let mut set = ProviderSet::known(key, vec![p.clone()], book);
         set.assigned = Some(p);
+        set.reassign = Some(reassign);
         set
     }
 
@@ -187,6 +206,36 @@ impl ProviderSet {
 
     /// The next usable provider, waiting up to `wait` for the lookup to find one.
     pub(super) async fn next(&mut self, wait: Duration) -> Option<Offer> {
+        if self.promoted {
+            return None;
+        }
+        // The assigned copy failed (stalled, broke, refused): the coordinator says whom to
+        // follow instead, or that this node is now the rollout's first.
+        if let (Some(r), Some(a)) = (&self.reassign, &self.assigned)
+            && self.book.is_penalized(a)
+            && self.reassigns < REASSIGNS
+        {
+            self.reassigns += 1;
+            match r.ask(&a.peer).await {
+                Reassigned::Follow(p) => {
+                    // The same node again: alive, but its copy needs a moment (its containerd
+                    // is resuming from the upstream, or its own predecessor is being replaced).
+                    if p == *a {
+                        tokio::time::sleep(SAME_AGAIN).await;
+                    }
+                    self.assigned = Some(p.clone());
+                    return Some(Offer {
+                        provider: p,
+                        crowd: true,
+                    });
+                }
+                Reassigned::Fetch => {
+                    self.promoted = true;
+                    return None;
+                }
+                Reassigned::NoAnswer => self.reassign = None,
+            }
+        }
         let mut deadline = tokio::time::Instant::now() + wait;
         while let Some(p) = self.returned.pop() {
             if !self.book.is_penalized(&p) {

@@ -46,6 +46,10 @@ impl Mirror {
         let Some(spool) = &self.spool else {
             return Spooled::Bypass;
         };
+        // This node's predecessor in the rollout died: its containerd resumes from the upstream.
+        if self.promoted(&digest) {
+            return Spooled::Miss(MirrorError::NotFound(Miss::ProvidersFailed));
+        }
         for _ in 0..ATTEMPTS {
             let entry = match spool.claim(digest) {
                 Claim::Existing(e) => e,

@@ -30,6 +30,7 @@ use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
 use crate::oci::headers::{
     ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED, ROLLOUT,
+    ROLLOUT_FAILED,
 };
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
@@ -353,7 +354,9 @@ impl Registry {
             }
             Route::Blob { name, digest } => match self.index.stat(&digest) {
                 Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
-                None if asked.mirrored && asked.rollout.is_some() => self.rollout(&asked, digest),
+                None if asked.mirrored && asked.rollout.is_some() => {
+                    self.rollout(&asked, digest).await
+                }
                 None if asked.mirrored => match self.in_flight(&asked, &digest).await {
                     Some(a) => a,
                     None => Answer::error(
@@ -379,7 +382,7 @@ impl Registry {
     /// A peer misses a blob this node coordinates (see `mirror::claim`): its role, on a 404
     /// (a node without a mirror, or a peer that ignores the header, answers a plain miss,
     /// which means "fetch").
-    fn rollout(&self, asked: &Asked, digest: Digest) -> Answer {
+    async fn rollout(&self, asked: &Asked, digest: Digest) -> Answer {
         let mut a = Answer::error(
             OciError::new(
                 ErrorCode::BlobUnknown,
@@ -388,7 +391,9 @@ impl Registry {
             RouteKind::Blob,
         );
         if let (Some(mirror), Some(asker)) = (&self.mirror, asked.rollout.clone()) {
-            let role = mirror.rollout_join(digest, asker);
+            let role = mirror
+                .rollout_join(digest, asker, asked.rollout_failed.clone())
+                .await;
             if let Ok(v) = HeaderValue::from_str(&role.header()) {
                 a.response.headers_mut().insert(ROLLOUT, v);
             }
@@ -637,6 +642,8 @@ struct Asked {
     crowd: bool,
     /// A peer that misses this blob asks this node, its coordinator, for its role.
     rollout: Option<crate::routing::NodeId>,
+    /// ... reporting that the copy it followed, this node's, failed.
+    rollout_failed: Option<crate::routing::NodeId>,
     /// The client's one byte range, not yet checked against a size; a header that is not one
     /// well-formed range is ignored (RFC 9110) and the whole content is sent.
     range: Option<RangeSpec>,
@@ -651,6 +658,10 @@ impl Asked {
             crowd: h.contains_key(CROWD),
             rollout: h
                 .get(ROLLOUT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::mirror::node_id),
+            rollout_failed: h
+                .get(ROLLOUT_FAILED)
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::mirror::node_id),
             range: h
