@@ -13,15 +13,15 @@ use libp2p::kad::{
     self, GetProvidersOk, KBucketKey, ProviderRecord, QueryId, QueryResult, RecordKey,
 };
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{Announcer, Outcome};
 use super::handle::{Command, PeerEntry, Refused, Snapshot};
-use super::swarm::{Behaviour, BehaviourEvent, parse_registry};
+use super::swarm::{Behaviour, BehaviourEvent, PING_INTERVAL, parse_registry};
 use super::{Bootstrap, multiaddr_ip, socket_multiaddr};
 use crate::metrics::{Metrics, WhatLabels};
 use crate::routing::Provider;
@@ -34,12 +34,20 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// A lookup's Kademlia query ends by this deadline even if the asker is still waiting (the
 /// query timeout is long, for announcements).
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the loop does its periodic work (retries, deadlines, pings' verdicts, gauges).
+const TICK: Duration = Duration::from_millis(100);
 /// Announcement queries a node runs at a time (see announce.rs).
 const ANNOUNCE_IN_FLIGHT: usize = 16;
 /// How often expired records of other nodes are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the DHT gauges are refreshed (counting the backlog walks the whole schedule).
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
+/// A connection that has answered no ping for this long is closed, and its peer taken out of
+/// the routing table: its machine died or its process froze. Five intervals: a peer's answer
+/// comes from its connection task, but on a saturated machine that waits for a core too (30
+/// debug-build nodes on 2 cores saw gaps of 6 s between answers, and closing healthy
+/// connections there fed the load with re-dials).
+const SILENT_AFTER: Duration = Duration::from_secs(5 * PING_INTERVAL.as_secs());
 
 struct LookupState {
     key: RecordKey,
@@ -139,6 +147,12 @@ pub(super) struct EventLoop {
     /// Peers that left within the last republish interval, and when.
     departed: HashMap<PeerId, Instant>,
     republish_interval: Duration,
+    /// Each open connection's peer and its last sign of life (opened, or a ping answered);
+    /// connections to peers without the ping protocol (older versions) are not in it.
+    heard: HashMap<ConnectionId, (PeerId, Instant)>,
+    /// When the last tick ran: a loop that did not run for a while cannot tell a silent peer
+    /// from its own stall (see `close_silent_connections`).
+    last_tick: Instant,
 }
 
 impl EventLoop {
@@ -173,11 +187,13 @@ impl EventLoop {
             leaving: Vec::new(),
             departed: HashMap::new(),
             republish_interval,
+            heard: HashMap::new(),
+            last_tick: Instant::now(),
         }
     }
 
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (dns_tx, mut dns_rx) = mpsc::channel::<Vec<Multiaddr>>(8);
         loop {
@@ -364,8 +380,12 @@ impl EventLoop {
                 self.state.send_modify(|s| s.listen.push(full));
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
+                self.heard.insert(connection_id, (peer_id, Instant::now()));
                 let remote = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     // A dialled address is a listen address of the peer: routable.
@@ -390,9 +410,11 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
+                self.heard.remove(&connection_id);
                 if num_established == 0 {
                     self.known.remove(&peer_id);
                     self.leaving.push(peer_id);
@@ -415,6 +437,21 @@ impl EventLoop {
                 info,
                 ..
             })) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection, result, ..
+            })) => match result {
+                Ok(_) => {
+                    if let Some(h) = self.heard.get_mut(&connection) {
+                        h.1 = Instant::now();
+                    }
+                }
+                // A peer without ping (an older version, mid-upgrade) cannot be judged by it.
+                Err(ping::Failure::Unsupported) => {
+                    self.heard.remove(&connection);
+                }
+                // Silence is judged on the tick, by the last answer.
+                Err(_) => {}
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
                 let what = match request {
                     kad::InboundRequest::FindNode { .. } => "find_node",
@@ -526,6 +563,7 @@ impl EventLoop {
             self.start_lookup(s.key, s.tx, s.attempt + 1);
         }
         self.end_abandoned_lookups(now);
+        self.close_silent_connections(now);
         self.replace_lost_holders(now);
         self.pump_announcements();
         if now >= self.next_sweep {
@@ -615,6 +653,35 @@ impl EventLoop {
                 "peers left; re-announcing the keys whose record holders went with them"
             );
             self.announcer.reannounce(at_risk);
+        }
+    }
+
+    /// Close the connections that stopped answering pings, and take their peers out of the
+    /// routing table so that queries stop waiting on them: a machine that died without a RST,
+    /// or a frozen process, otherwise keeps its connections open for good, its queries'
+    /// requests time out one by one, and the re-announcement of its keys never starts (that
+    /// follows from the close, through `ConnectionClosed`). It is added back when it talks again.
+    fn close_silent_connections(&mut self, now: Instant) {
+        // Time this loop did not run (a starved machine: 30 nodes on 2 cores) is not counted
+        // as the peers' silence: their answers may be waiting to be read.
+        let stalled = now.saturating_duration_since(self.last_tick + 2 * TICK);
+        self.last_tick = now;
+        if !stalled.is_zero() {
+            for (_, at) in self.heard.values_mut() {
+                *at = (*at + stalled).min(now);
+            }
+        }
+        let silent: Vec<(ConnectionId, PeerId)> = self
+            .heard
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= SILENT_AFTER)
+            .map(|(id, (peer, _))| (*id, *peer))
+            .collect();
+        for (id, peer) in silent {
+            self.heard.remove(&id);
+            tracing::info!(%peer, after = ?SILENT_AFTER, "peer stopped answering pings; closing its connection");
+            self.swarm.close_connection(id);
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
         }
     }
 
