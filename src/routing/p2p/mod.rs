@@ -1,6 +1,6 @@
 //! The libp2p router: TCP + noise + yamux (optionally behind a private-network pre-shared
-//! key), Kademlia in server mode on `/peermirror/kad/1.0.0`, and identify, which also carries
-//! each node's registry port.
+//! key), Kademlia in server mode on `/peermirror/kad/1.0.0`, identify, which also carries
+//! each node's registry port, and ping, which notices peers that went silent.
 //!
 //! Layout: [`config`] says how to start (bootstrap specs, [`P2pConfig`]); [`swarm`] builds the
 //! transport and behaviours and keeps the identity key; [`event_loop`] owns the swarm in one
