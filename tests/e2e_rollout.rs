@@ -512,6 +512,29 @@ fn rollout_six_nodes_at_line_rate() {
     }
 }
 
+/// With `ROLLOUT_LOGS=1`: every node's log lines about rollouts and failovers (a diagnostic
+/// for slow fault runs).
+fn print_rollout_logs(c: &Cluster, label: &str) {
+    if std::env::var("ROLLOUT_LOGS").as_deref() != Ok("1") {
+        return;
+    }
+    const MARKS: [&str; 6] = [
+        "rollout",
+        "stalled",
+        "stream broke",
+        "resuming",
+        "does not answer",
+        "followed died",
+    ];
+    for i in 1..=c.nodes.len() {
+        for line in c.node(i).log().lines() {
+            if MARKS.iter().any(|m| line.contains(m)) {
+                eprintln!("[{label}] node{i}: {line}");
+            }
+        }
+    }
+}
+
 /// Sums over every node of each metric named in `ROLLOUT_METRICS` (comma-separated, all series
 /// of a name added up; a node that does not answer counts 0).
 fn print_metric_sums(c: &Cluster, label: &str) {
@@ -569,6 +592,7 @@ fn rollout_bench() {
         let label = format!("run{run}");
         r.print(&label, &knobs);
         print_metric_sums(&c, &label);
+        print_rollout_logs(&c, &label);
         assert_nothing_wrong(&c);
         if knobs.fault != Fault::None && r.victim.is_none() {
             eprintln!(

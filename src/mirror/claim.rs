@@ -42,8 +42,9 @@ const COORDINATOR_WAIT: Duration = Duration::from_millis(500);
 /// Between looks at the predecessor's copy. Its spool answers a look as soon as its download
 /// starts (a long poll), so this only paces looks at copies not yet begun.
 const POLL: Duration = Duration::from_millis(40);
-/// A look at the predecessor waits at most this long (its spool holds a look up to 3 s).
-const LOOK_WAIT: Duration = Duration::from_millis(3500);
+/// A look at the predecessor waits at most this long (its spool holds a look up to 3 s until
+/// its download starts; a look cut short is followed by a liveness probe, then another look).
+const LOOK_WAIT: Duration = Duration::from_millis(1500);
 /// A rollout's order is forgotten this long after its last member joined. Long, so a node
 /// that joins late (a slow node, a big blob still in flight) is placed behind the last member
 /// rather than sent to the upstream; a member gone meanwhile costs its follower the claim wait.
@@ -52,6 +53,10 @@ const ROLLOUT_TTL: Duration = Duration::from_secs(600);
 /// send. A rollout past its cap puts every further asker behind its last member.
 const MAX_TOTAL_MEMBERS: usize = 65_536;
 const MAX_MEMBERS: usize = 8192;
+/// Coordinators asked in turn when one does not answer.
+const COORDINATORS: usize = 3;
+/// Dead nodes replaced while waiting for a copy to follow.
+const REPLACED: usize = 3;
 /// A node reported failed is asked for `/v2/` this long before it is dropped from the chain: a
 /// node that answers is starved, not dead, and is followed again.
 const PROBE_WAIT: Duration = Duration::from_millis(500);
@@ -214,54 +219,60 @@ pub(super) enum Reassigned {
     NoAnswer,
 }
 
-/// How a follower asks its rollout's coordinator for a new place when its copy fails.
+/// How a node asks for its place in a blob's rollout: the coordinator first, and the next in
+/// rendezvous order when one does not answer (a dead coordinator's successor starts a new
+/// chain from the nodes that report to it, the first of which fetches).
 #[derive(Clone)]
 pub(super) struct Reassign {
     fetcher: Fetcher,
     book: Arc<ProviderBook>,
     rollouts: Arc<Rollouts>,
     promoted: Arc<Promoted>,
-    /// `None`: this node coordinates.
-    coordinator: Option<Provider>,
+    /// Who coordinates, best first; `None`: this node.
+    coordinators: Vec<Option<Provider>>,
     me: NodeId,
     digest: Digest,
     path: String,
 }
 
 impl Reassign {
-    /// The copy of `failed` failed this node: its new place.
-    pub(super) async fn ask(&self, failed: &NodeId) -> Reassigned {
-        let role = match &self.coordinator {
-            None => {
-                join_reporting(
-                    &self.rollouts,
-                    &self.fetcher,
-                    &self.book,
-                    self.digest,
-                    self.me.clone(),
-                    Some(failed.clone()),
-                )
-                .await
-            }
-            Some(c) => match ask(&self.fetcher, c, &self.path, &self.me, Some(failed)).await {
-                Asked::Role(r) => r,
-                Asked::Has => return Reassigned::Follow(c.clone()),
-                Asked::NoAnswer => return Reassigned::NoAnswer,
-            },
-        };
-        match role {
-            Role::Follow(p) if p != self.me => {
-                match resolve(&self.book, &p, self.coordinator.as_ref()) {
+    /// This node's place, reporting that the copy of `failed` failed it, if one did.
+    pub(super) async fn ask(&self, failed: Option<&NodeId>) -> Reassigned {
+        for c in &self.coordinators {
+            let role = match c {
+                None => {
+                    join_reporting(
+                        &self.rollouts,
+                        &self.fetcher,
+                        &self.book,
+                        self.digest,
+                        self.me.clone(),
+                        failed.cloned(),
+                    )
+                    .await
+                }
+                Some(c) => match ask(&self.fetcher, c, &self.path, &self.me, failed).await {
+                    Asked::Role(r) => r,
+                    Asked::Has => return Reassigned::Follow(c.clone()),
+                    Asked::NoAnswer => continue,
+                },
+            };
+            return match role {
+                Role::Follow(p) if p != self.me => match resolve(&self.book, &p, c.as_ref()) {
                     Some(p) => Reassigned::Follow(p),
                     None => Reassigned::NoAnswer,
-                }
-            }
-            _ => {
-                tracing::info!(digest = %self.digest, %failed, "rollout: the copy this node followed died; its containerd fetches the rest from the upstream");
-                self.promoted.add(self.digest);
-                Reassigned::Fetch
-            }
+                },
+                _ => Reassigned::Fetch,
+            };
         }
+        Reassigned::NoAnswer
+    }
+
+    /// The copy this node followed died with part of the blob sent: its containerd fetches the
+    /// rest from the upstream (the `Range` resume after its cut response gets a 404).
+    pub(super) fn promote(&self, failed: &NodeId) {
+        tracing::info!(digest = %self.digest, %failed, "rollout: the copy this node followed died; its containerd fetches the rest from the upstream");
+        self.promoted.add(self.digest);
     }
 }
 
@@ -275,7 +286,9 @@ async fn join_reporting(
     asker: NodeId,
     failed: Option<NodeId>,
 ) -> Role {
-    if let Some(f) = failed.filter(|f| *f != asker && rollouts.is_member(&digest, f))
+    // This node is alive, whatever a follower of its copy saw.
+    let me = NodeId::from(book.local_id());
+    if let Some(f) = failed.filter(|f| *f != asker && *f != me && rollouts.is_member(&digest, f))
         && !alive(fetcher, book, &f).await
     {
         tracing::info!(%digest, dead = %f, "rollout: a member does not answer; its follower moves up");
@@ -403,86 +416,108 @@ impl Mirror {
             return None;
         }
         let me = NodeId::from(self.book.local_id());
-        let path = Target::Blob(digest).path(name);
-        let coordinator = self.coordinator(&me, &digest);
-        let parent = match &coordinator {
-            None => match self.rollouts.join(digest, me.clone()) {
-                Role::Fetch => None,
-                Role::Follow(p) => resolve(&self.book, &p, None),
-            },
-            Some(c) => match ask(&self.fetcher, c, &path, &me, None).await {
-                Asked::Has => Some(c.clone()),
-                Asked::Role(Role::Follow(p)) if p != me => resolve(&self.book, &p, Some(c)),
-                _ => None,
-            },
+        let place = Reassign {
+            fetcher: self.fetcher.clone(),
+            book: self.book.clone(),
+            rollouts: self.rollouts.clone(),
+            promoted: self.promoted.clone(),
+            coordinators: self.coordinators(&me, &digest),
+            me,
+            digest,
+            path: Target::Blob(digest).path(name),
         };
-        let Some(parent) = parent else {
-            tracing::debug!(%digest, coordinator = ?coordinator.map(|c| c.peer), "rollout: this node fetches from the upstream");
+        let Reassigned::Follow(mut parent) = place.ask(None).await else {
+            tracing::debug!(%digest, "rollout: this node fetches from the upstream");
             return None;
         };
         self.metrics.mirror.claim_waits.inc();
         let deadline = tokio::time::Instant::now() + wait.mul_f64(jitter(0.75..=1.0));
-        if self.await_copy(&parent, &path, deadline).await {
-            tracing::debug!(%digest, parent = %parent.peer, "rollout: following");
-            let reassign = Reassign {
-                fetcher: self.fetcher.clone(),
-                book: self.book.clone(),
-                rollouts: self.rollouts.clone(),
-                promoted: self.promoted.clone(),
-                coordinator,
-                me,
-                digest,
-                path,
-            };
-            return Some(ProviderSet::assigned(
-                Key::Digest(digest),
-                parent,
-                reassign,
-                self.book.clone(),
-            ));
+        let mut replaced = 0;
+        loop {
+            match self.await_copy(&parent, &place.path, deadline).await {
+                Look::Ready => {
+                    tracing::debug!(%digest, parent = %parent.peer, "rollout: following");
+                    return Some(ProviderSet::assigned(
+                        Key::Digest(digest),
+                        parent,
+                        place,
+                        self.book.clone(),
+                    ));
+                }
+                Look::Late => break,
+                // The node to follow is dead before it sent anything: a new place.
+                Look::Dead if replaced < REPLACED => {
+                    replaced += 1;
+                    match place.ask(Some(&parent.peer)).await {
+                        Reassigned::Follow(p) => parent = p,
+                        Reassigned::Fetch => return None,
+                        Reassigned::NoAnswer => break,
+                    }
+                }
+                Look::Dead => break,
+            }
         }
         tracing::debug!(%digest, parent = %parent.peer, "rollout: the copy to follow did not appear in time");
         self.metrics.mirror.claim_timeouts.inc();
         None
     }
 
-    /// The coordinator of `digest` among this node and the peers it knows; `None`: this node.
-    fn coordinator(&self, me: &NodeId, digest: &Digest) -> Option<Provider> {
-        let mine = score(me.as_str(), digest);
-        self.book
+    /// Who coordinates `digest`, best first ([`COORDINATORS`] of them); `None`: this node.
+    fn coordinators(&self, me: &NodeId, digest: &Digest) -> Vec<Option<Provider>> {
+        let mut ranked: Vec<([u8; 32], Option<Provider>)> = self
+            .book
             .peers()
             .into_iter()
-            .map(|p| (score(p.peer.as_str(), digest), p))
-            .filter(|(s, _)| *s < mine)
-            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|p| (score(p.peer.as_str(), digest), Some(p)))
+            .collect();
+        ranked.push((score(me.as_str(), digest), None));
+        ranked.sort_by_key(|r| r.0);
+        ranked
+            .into_iter()
+            .take(COORDINATORS)
             .map(|(_, p)| p)
+            .collect()
     }
 
-    /// Look at `parent` until its copy answers (true) or `deadline` passes.
+    /// Look at `parent` until its copy answers, `deadline` passes, or it proves dead (a look
+    /// that fails and a `/v2/` that does not answer).
     async fn await_copy(
         &self,
         parent: &Provider,
         path: &str,
         deadline: tokio::time::Instant,
-    ) -> bool {
+    ) -> Look {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return false;
+                return Look::Late;
             }
             let Some(req) = self.fetcher.request(reqwest::Method::HEAD, parent, path) else {
-                return false;
+                return Look::Late;
             };
-            if let Ok(r) = req.timeout(left.min(LOOK_WAIT)).send().await {
-                self.fetcher.heard(parent, &r);
-                if r.status().is_success() {
-                    return true;
+            match req.timeout(left.min(LOOK_WAIT)).send().await {
+                Ok(r) => {
+                    self.fetcher.heard(parent, &r);
+                    if r.status().is_success() {
+                        return Look::Ready;
+                    }
                 }
+                Err(_) if !alive(&self.fetcher, &self.book, &parent.peer).await => {
+                    return Look::Dead;
+                }
+                Err(_) => {}
             }
             let pause = POLL.mul_f64(jitter(0.5..=1.5));
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
         }
     }
+}
+
+/// What looking at the node to follow found.
+enum Look {
+    Ready,
+    Late,
+    Dead,
 }
 
 fn jitter(range: std::ops::RangeInclusive<f64>) -> f64 {

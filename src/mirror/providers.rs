@@ -216,7 +216,7 @@ impl ProviderSet {
             && self.reassigns < REASSIGNS
         {
             self.reassigns += 1;
-            match r.ask(&a.peer).await {
+            match r.ask(Some(&a.peer)).await {
                 Reassigned::Follow(p) => {
                     // The same node again: alive, but its copy needs a moment (its containerd
                     // is resuming from the upstream, or its own predecessor is being replaced).
@@ -230,6 +230,7 @@ impl ProviderSet {
                     });
                 }
                 Reassigned::Fetch => {
+                    r.promote(&a.peer);
                     self.promoted = true;
                     return None;
                 }
