@@ -56,6 +56,8 @@ NICE="${NICE:-0}"
 # The nodes' --mirror-resolve-timeout (the floor of the adaptive wait): 2 s so a slow lookup is
 # measured rather than turned into a 404; 20ms (the product's) to measure the adaptive wait.
 RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-2s}"
+# The adaptive wait's ceiling (--mirror-resolve-timeout-max); empty: off (the floor).
+RESOLVE_TIMEOUT_MAX="${RESOLVE_TIMEOUT_MAX:-}"
 WORKERS="${WORKERS:-1}"
 # Each lookup's end at debug (peermirror::dht_lookups): `drive` reads the asker's line to say
 # why a lookup failed (which of the key's holders answered, what the query asked).
@@ -119,6 +121,7 @@ for ((i = 0; i < NODES; i++)); do
     RUST_LOG="$NODE_LOG" nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
         --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
         --replication "$REPLICATION" --resolve-timeout "$RESOLVE_TIMEOUT" \
+        ${RESOLVE_TIMEOUT_MAX:+--resolve-timeout-max "$RESOLVE_TIMEOUT_MAX"} \
         --workers "$WORKERS" >"$dir/log" 2>&1 &
     PIDS+=($!)
     echo "$i $ip $! $dir" >>"$NODES_FILE"
@@ -128,7 +131,7 @@ done
 log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }") s"
 
 {
-    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION RESOLVE_TIMEOUT=$RESOLVE_TIMEOUT WORKERS=$WORKERS NICE=$NICE"
+    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION RESOLVE_TIMEOUT=$RESOLVE_TIMEOUT RESOLVE_TIMEOUT_MAX=${RESOLVE_TIMEOUT_MAX:-off} WORKERS=$WORKERS NICE=$NICE"
     echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo +changes); uptime at start: $(uptime)"
     echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
 } >>"$SUMMARY"

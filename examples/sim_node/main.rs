@@ -85,6 +85,9 @@ struct NodeArgs {
     /// so a slow lookup is measured rather than turned into a 404).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     resolve_timeout: Duration,
+    /// The adaptive wait's ceiling (`--mirror-resolve-timeout-max`); the floor by default (off).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    resolve_timeout_max: Option<Duration>,
     #[arg(long, default_value_t = 2)]
     workers: usize,
 }

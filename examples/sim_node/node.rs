@@ -59,8 +59,12 @@ pub async fn node(a: NodeArgs) {
         }),
         mirror: MirrorConfig {
             resolve_timeout: a.resolve_timeout,
+            resolve_timeout_max: a.resolve_timeout_max.unwrap_or(a.resolve_timeout),
             // Digests only: KEYS keys per node, no tags.
             resolve_tags: false,
+            // The DHT alone: these lookups are of keys other nodes hold, and a claim (the
+            // rollout coordinator's business) would only add its own wait to a miss.
+            claim_wait: std::time::Duration::ZERO,
             ..MirrorConfig::default()
         },
         security: Security::insecure(),

@@ -34,6 +34,12 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// A lookup's Kademlia query ends by this deadline even if the asker is still waiting (the
 /// query timeout is long, for announcements).
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
+/// Announcements made while the routing table was still filling (a node's first minute, a
+/// cluster that starts together) reach the closest nodes known then, not the key's real k
+/// closest: bench/dht_sim.sh found 3 % of steady-state lookups (60 nodes) missing keys whose
+/// holders answered without the record, until the republish. So every key is announced once
+/// more this long after the first peers came.
+const ANNOUNCE_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// How often the loop does its periodic work (retries, deadlines, pings' verdicts, gauges).
 const TICK: Duration = Duration::from_millis(100);
 /// Announcement queries a node runs at a time (see announce.rs).
@@ -43,11 +49,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the DHT gauges are refreshed (counting the backlog walks the whole schedule).
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// A connection that has answered no ping for this long is closed, and its peer taken out of
-/// the routing table: its machine died or its process froze. Five intervals: a peer's answer
-/// comes from its connection task, but on a saturated machine that waits for a core too (30
-/// debug-build nodes on 2 cores saw gaps of 6 s between answers, and closing healthy
+/// the routing table: its machine died or its process froze. Four intervals (20 s): a peer's
+/// answer comes from its connection task, but on a saturated machine that waits for a core too
+/// (30 debug-build nodes on 2 cores saw gaps of 6 s between answers, and closing healthy
 /// connections there fed the load with re-dials).
-const SILENT_AFTER: Duration = Duration::from_secs(5 * PING_INTERVAL.as_secs());
+const SILENT_AFTER: Duration = Duration::from_secs(4 * PING_INTERVAL.as_secs());
 
 struct LookupState {
     key: RecordKey,
@@ -137,6 +143,9 @@ pub(super) struct EventLoop {
     next_dns: Instant,
     /// Set when the last peer went away: re-announce everything when one comes back.
     reprovide_pending: bool,
+    /// When to announce every key once more, after the routing table has filled (see
+    /// `ANNOUNCE_AGAIN_AFTER`).
+    announce_again_at: Option<Instant>,
     announcer: Announcer,
     next_sweep: Instant,
     next_gauges: Instant,
@@ -180,6 +189,7 @@ impl EventLoop {
             next_dns: Instant::now(),
             // Keys advertised before the first peer connects reached nobody: announce them again then.
             reprovide_pending: true,
+            announce_again_at: None,
             announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
             next_sweep: Instant::now() + SWEEP_EVERY,
             next_gauges: Instant::now(),
@@ -523,6 +533,7 @@ impl EventLoop {
         if self.reprovide_pending {
             self.reprovide_pending = false;
             self.announcer.reannounce_all();
+            self.announce_again_at = Some(Instant::now() + ANNOUNCE_AGAIN_AFTER);
             tracing::info!("peers connected; announcing every provided key");
             self.pump_announcements();
         }
@@ -565,6 +576,11 @@ impl EventLoop {
         self.end_abandoned_lookups(now);
         self.close_silent_connections(now);
         self.replace_lost_holders(now);
+        if self.announce_again_at.is_some_and(|at| now >= at) {
+            self.announce_again_at = None;
+            self.announcer.reannounce_all();
+            tracing::info!("routing table filled; announcing every provided key again");
+        }
         self.pump_announcements();
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;

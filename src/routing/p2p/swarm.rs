@@ -30,9 +30,10 @@ const STORE_LIMITS: StoreLimits = StoreLimits {
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often each connection is pinged. A peer whose machine died (no RST) or whose process
 /// froze keeps its TCP connections open; pings are what notice it (the event loop closes a
-/// connection that has not answered one for `event_loop::SILENT_AFTER`). One ping is ~100
-/// bytes on the wire each way, per connection every 3 s: at 200 peers ~7 kB/s per node.
-pub(super) const PING_INTERVAL: Duration = Duration::from_secs(3);
+/// connection that has not answered one for `event_loop::SILENT_AFTER`). Every 3 s cost 11 ms
+/// of CPU per node per second in bench/dht_sim.sh (60 nodes, each pinging 59 peers, against
+/// 1.5 ms idle), so 5 s: ~7 ms/s at 60 peers, ~20 ms/s at 200.
+pub(super) const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Load the node's libp2p identity from `<dir>/identity.key`, creating it (mode 0600) on first
 /// start, so a restart keeps the PeerId.
