@@ -536,7 +536,12 @@ async fn complete_copies_are_preferred_to_in_flight_ones() {
     let complete = fake(data.clone(), Lie::Honest).await;
     net.insert(Key::Partial(digest), partial.provider("in-flight"));
     net.insert(Key::Digest(digest), complete.provider("complete"));
-    let c = node(&net, "c", MemorySource::new(), mirror_config()).await;
+    // Without rollout coordination: only which copy the lookup offers first is at stake here.
+    let config = MirrorConfig {
+        claim_wait: Duration::ZERO,
+        ..mirror_config()
+    };
+    let c = node(&net, "c", MemorySource::new(), config).await;
     let r = get(&c, digest).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
