@@ -90,13 +90,13 @@ impl MirrorMetrics {
             claim_waits: registered(
                 r,
                 "claim_waits",
-                "Misses held for another node's in-flight copy because it claimed the blob first",
+                "Misses held for the in-flight copy of the node the blob's rollout coordinator placed them behind",
                 Counter::default(),
             ),
             claim_timeouts: registered(
                 r,
                 "claim_timeouts",
-                "Held misses answered 404 because the claimant's in-flight copy did not appear in time",
+                "Held misses answered 404 because the copy to follow did not appear in time",
                 Counter::default(),
             ),
         }

@@ -159,9 +159,7 @@ impl Rollouts {
             None => Role::Fetch,
         }
     }
-}
 
-impl Rollouts {
     /// Whether `who` is in `digest`'s chain.
     fn is_member(&self, digest: &Digest, who: &NodeId) -> bool {
         self.inner

@@ -352,44 +352,37 @@ impl Registry {
                     None => Answer::error(miss, RouteKind::Manifest),
                 }
             }
-            Route::Blob { name, digest } => match self.index.stat(&digest) {
-                Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
-                None if asked.mirrored && asked.rollout.is_some() => {
-                    self.rollout(&asked, digest).await
-                }
-                None if asked.mirrored => match self.in_flight(&asked, &digest).await {
-                    Some(a) => a,
-                    None => Answer::error(
-                        OciError::new(
-                            ErrorCode::BlobUnknown,
-                            format!("blob {digest} unknown to this mirror"),
-                        ),
-                        RouteKind::Blob,
-                    ),
-                },
-                None => {
-                    let miss = OciError::new(
+            Route::Blob { name, digest } => {
+                // Built only on a miss: a hit is the hot path.
+                let miss = || {
+                    OciError::new(
                         ErrorCode::BlobUnknown,
                         format!("blob {digest} unknown to this mirror"),
-                    );
-                    self.ask_peers(&asked, &name, Target::Blob(digest), RouteKind::Blob, miss)
-                        .await
+                    )
+                };
+                match self.index.stat(&digest) {
+                    Some(desc) => self.serve(&asked, desc, RouteKind::Blob).await,
+                    None if asked.mirrored && asked.rollout.is_some() => {
+                        self.rollout(&asked, digest, miss()).await
+                    }
+                    None if asked.mirrored => match self.in_flight(&asked, &digest).await {
+                        Some(a) => a,
+                        None => Answer::error(miss(), RouteKind::Blob),
+                    },
+                    None => {
+                        self.ask_peers(&asked, &name, Target::Blob(digest), RouteKind::Blob, miss())
+                            .await
+                    }
                 }
-            },
+            }
         }
     }
 
     /// A peer misses a blob this node coordinates (see `mirror::claim`): its role, on a 404
     /// (a node without a mirror, or a peer that ignores the header, answers a plain miss,
     /// which means "fetch").
-    async fn rollout(&self, asked: &Asked, digest: Digest) -> Answer {
-        let mut a = Answer::error(
-            OciError::new(
-                ErrorCode::BlobUnknown,
-                format!("blob {digest} unknown to this mirror"),
-            ),
-            RouteKind::Blob,
-        );
+    async fn rollout(&self, asked: &Asked, digest: Digest, miss: OciError) -> Answer {
+        let mut a = Answer::error(miss, RouteKind::Blob);
         if let (Some(mirror), Some(asker)) = (&self.mirror, asked.rollout.clone()) {
             let role = mirror
                 .rollout_join(digest, asker, asked.rollout_failed.clone())
