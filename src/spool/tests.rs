@@ -462,3 +462,42 @@ async fn a_reader_behind_a_truncation_never_sends_its_zeros() {
         "the damaged entry was handed out again"
     );
 }
+
+/// A download arriving slowly (a capped link) reaches its readers in early batches, not a
+/// full [`WRITE_BATCH`] later: a node relaying to the next one in a rollout chain adds no
+/// batch-long lag per hop. The early batches share one buffer and still hash as one blob.
+#[tokio::test]
+async fn a_slowly_filling_batch_reaches_readers_early_and_still_verifies() {
+    let (_tmp, s) = spool(64 * MIB);
+    let data = blob(3 * WRITE_BATCH + 12_345, 7);
+    let (entry, mut w) = claim_new(&s, Digest::of(&data));
+    w.start(data.len() as u64, "x".into()).unwrap();
+    let mut rx = entry.progress.subscribe();
+    let piece = 48 * 1024;
+    w.write(&data[..piece]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    w.write(&data[piece..2 * piece]).await.unwrap();
+    // Published well before a full batch gathered.
+    let seen = tokio::time::timeout(STALL, rx.wait_for(|p| p.written >= 2 * piece as u64))
+        .await
+        .unwrap()
+        .unwrap()
+        .written;
+    assert!(seen < WRITE_BATCH as u64, "published {seen}");
+    let reader = entry.reader(0, data.len() as u64 - 1, STALL).unwrap();
+    let rest = &data[2 * piece..];
+    for (i, c) in rest.chunks(40 * 1024).enumerate() {
+        w.write(c).await.unwrap();
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(11)).await;
+        }
+    }
+    assert!(w.check().await.unwrap());
+    w.verified();
+    let (got, err) = collect(reader).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, data);
+    let (again, err) = collect(entry.reader(0, data.len() as u64 - 1, STALL).unwrap()).await;
+    assert!(err.is_none());
+    assert_eq!(again, data, "the file holds every early batch at its offset");
+}

@@ -14,7 +14,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::task::JoinHandle;
@@ -32,6 +32,13 @@ pub(crate) const WRITE_BATCH: usize = 1024 * 1024;
 /// and fragmented, the kernel compacts memory to find them (measured: a quarter of the
 /// relaying node's CPU). 32 KiB folios (order 3) are not "costly" allocations.
 const WRITE_PIECE: usize = 32 * 1024;
+/// A batch that has been filling this long goes out at its next write once it holds
+/// [`PART_MIN`] bytes: at a capped link rate a full batch takes a while to gather (1 MiB is
+/// 170 ms at 50 Mbit/s), and a node relaying a download to the next would otherwise add that
+/// much lag per hop of a rollout chain. At high rates batches fill before it passes.
+const PART_AFTER: Duration = Duration::from_millis(10);
+/// The smallest batch sent early: one blocking job per few network chunks at most.
+const PART_MIN: usize = WRITE_PIECE;
 /// How much of the download's head stays in memory for the readers following it (a few
 /// batches, per downloading entry).
 const RECENT_BYTES: usize = 4 * WRITE_BATCH;
@@ -51,6 +58,8 @@ pub struct Writer {
     flushed: u64,
     /// The batch being filled.
     batch: BytesMut,
+    /// When the batch's first byte came: a batch filling slowly goes out early.
+    batch_since: Option<Instant>,
     /// A buffer back from the recent batches, for the next batch.
     spare: Option<BytesMut>,
     /// Out while a batch job holds it (boxed: it is most of the writer's size).
@@ -87,6 +96,7 @@ impl Writer {
             accepted: 0,
             flushed: 0,
             batch: BytesMut::new(),
+            batch_since: None,
             spare: None,
             hasher,
             pending: None,
@@ -149,13 +159,18 @@ impl Writer {
         }
         let mut rest = chunk;
         while !rest.is_empty() {
-            // Filled to the batch size exactly: a batch never grows (and is never copied).
-            let room = WRITE_BATCH.saturating_sub(self.batch.len()).max(1);
+            // Filled to its capacity exactly: a batch never grows (and is never copied).
+            let room = self.room().max(1);
             let (now, later) = rest.split_at(room.min(rest.len()));
+            if self.batch.is_empty() {
+                self.batch_since = Some(Instant::now());
+            }
             self.batch.extend_from_slice(now);
             self.accepted += now.len() as u64;
             rest = later;
-            if self.batch.len() >= WRITE_BATCH || self.accepted == size {
+            let slow = self.batch.len() >= PART_MIN
+                && self.batch_since.is_some_and(|t| t.elapsed() >= PART_AFTER);
+            if self.room() == 0 || self.accepted == size || slow {
                 self.submit().await?;
             }
         }
@@ -203,6 +218,13 @@ impl Writer {
         self.finish(Err(why));
     }
 
+    /// What the batch takes before it is full: up to [`WRITE_BATCH`] and within the buffer's
+    /// capacity (less after an early batch took the front of the buffer).
+    fn room(&self) -> usize {
+        let cap = self.batch.capacity().min(WRITE_BATCH);
+        cap.saturating_sub(self.batch.len())
+    }
+
     /// The next batch's capacity: a batch, or what is left of the blob if less.
     fn batch_len(&self) -> usize {
         let left = self.size.unwrap_or(0).saturating_sub(self.accepted);
@@ -223,11 +245,17 @@ impl Writer {
         let Some(mut hasher) = self.hasher.take() else {
             return Err(io::Error::other("spool hasher lost"));
         };
-        let next = match self.spare.take() {
-            Some(b) if b.capacity() >= self.batch_len() => b,
-            _ => BytesMut::with_capacity(self.batch_len()),
+        self.batch_since = None;
+        let data = if self.batch.capacity() - self.batch.len() >= PART_MIN {
+            // An early batch: the next one fills the rest of the same buffer.
+            self.batch.split().freeze()
+        } else {
+            let next = match self.spare.take() {
+                Some(b) if b.capacity() >= self.batch_len() => b,
+                _ => BytesMut::with_capacity(self.batch_len()),
+            };
+            std::mem::replace(&mut self.batch, next).freeze()
         };
-        let data = std::mem::replace(&mut self.batch, next).freeze();
         let offset = self.flushed;
         let end = offset + data.len() as u64;
         let entry = self.entry.clone();
