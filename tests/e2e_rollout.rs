@@ -83,12 +83,15 @@ struct Knobs {
     /// Node 1 starts this much before the others (0: all at once; a diagnostic, not a rollout).
     lead_ms: u64,
     runs: usize,
+    /// containerd's `concurrent_layer_fetch_buffer` (2.1): pulls go through the transfer
+    /// service (`ctr images pull`, chunked ranged fetches) instead of `ctr content fetch`.
+    fetch_buffer: Option<u64>,
 }
 
 impl Knobs {
     /// `NODES` (8), `RATE` Mbit/s (50), `SIZE_MB` MiB (50), `CTD` 1.6|1.7|2.1 (1.6), `AUTH`
     /// none|mtls|token (none), `FAULT` none|stop|kill (none), `FAULT_AFTER` copies (0.25),
-    /// `LEAD_MS` (0), `RUNS` (1).
+    /// `LEAD_MS` (0), `RUNS` (1), `FETCH_BUFFER` bytes (none; 2.1 only).
     fn from_env() -> Knobs {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             match std::env::var(name) {
@@ -115,19 +118,21 @@ impl Knobs {
             fault_after: var("FAULT_AFTER", 0.25),
             lead_ms: var("LEAD_MS", 0),
             runs: var("RUNS", 1),
+            fetch_buffer: Some(var("FETCH_BUFFER", 0u64)).filter(|b| *b > 0),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={}",
+            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={} fetch_buffer={}",
             self.nodes,
             self.rate_mbit,
             self.size_mb,
             self.ctd.series(),
             self.auth.name(),
             self.fault.name(),
-            self.lead_ms
+            self.lead_ms,
+            self.fetch_buffer.unwrap_or(0)
         )
     }
 }
@@ -271,10 +276,22 @@ fn pull_timeout(lone: Duration) -> Duration {
 }
 
 /// Node `i` fetches `image` through its peermirror (falling back to the upstream).
-fn fetch(c: &Cluster, i: usize, image: &FixtureImage, timeout: Duration) -> Result<(), String> {
+fn fetch(
+    c: &Cluster,
+    i: usize,
+    image: &FixtureImage,
+    timeout: Duration,
+    knobs: &Knobs,
+) -> Result<(), String> {
     let node = c.node(i);
-    node.ctd
-        .fetch_within(&image.reference(&c.reg()), &node.hosts_dir(), timeout)
+    let reference = image.reference(&c.reg());
+    if knobs.fetch_buffer.is_some() {
+        // The chunked fetch is the transfer service's: `ctr images pull` on 2.1 goes through it.
+        return node
+            .ctd
+            .pull_within(&reference, &node.hosts_dir(), timeout);
+    }
+    node.ctd.fetch_within(&reference, &node.hosts_dir(), timeout)
 }
 
 /// Every link capped at `mbit` both ways, the upstream's included.
@@ -287,9 +304,9 @@ fn cap_all(c: &Cluster, mbit: u32) {
 
 /// Node 1 pulls `lone` (a new image of the rollout's size) with nobody else pulling: the time
 /// one pull takes on this link, through its mirror (a miss: from the upstream).
-fn lone_pull(c: &Cluster, lone: &RandomImage) -> Duration {
+fn lone_pull(c: &Cluster, lone: &RandomImage, knobs: &Knobs) -> Duration {
     let started = Instant::now();
-    if let Err(e) = fetch(c, 1, &lone.image, Duration::from_secs(600)) {
+    if let Err(e) = fetch(c, 1, &lone.image, Duration::from_secs(600), knobs) {
         panic!(
             "the lone pull failed:\n{}\n--- node1 ---\n{}",
             last_lines_of(&e, 6),
@@ -327,7 +344,7 @@ fn rollout(c: &Cluster, image: &RandomImage, lone: Duration, knobs: &Knobs) -> R
                         thread::sleep(lead);
                     }
                     let started = Instant::now();
-                    let result = fetch(c, i, &image.image, timeout);
+                    let result = fetch(c, i, &image.image, timeout, knobs);
                     (result, started.elapsed())
                 })
             })
@@ -442,6 +459,7 @@ fn rollout_six_nodes_at_line_rate() {
         fault_after: 0.25,
         lead_ms: 0,
         runs: 1,
+        fetch_buffer: None,
     };
     let lone_image = random_image("lone", knobs.size_mb, &seed("lone"));
     let first = random_image("rollout", knobs.size_mb, &seed("rollout"));
@@ -452,7 +470,7 @@ fn rollout_six_nodes_at_line_rate() {
         &[&lone_image.image, &first.image, &second.image],
     );
     cap_all(&c, knobs.rate_mbit);
-    let lone = lone_pull(&c, &lone_image);
+    let lone = lone_pull(&c, &lone_image, &knobs);
 
     let r = rollout(&c, &first, lone, &knobs);
     r.print("e2e", &knobs);
@@ -587,11 +605,12 @@ fn rollout_bench() {
                 version: knobs.ctd,
                 auth: knobs.auth,
                 args: &extra,
+                fetch_buffer: knobs.fetch_buffer,
             },
             &[&lone_image.image, &image.image],
         );
         cap_all(&c, knobs.rate_mbit);
-        let lone = lone_pull(&c, &lone_image);
+        let lone = lone_pull(&c, &lone_image, &knobs);
         let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");
         r.print(&label, &knobs);

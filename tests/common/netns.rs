@@ -317,6 +317,8 @@ pub struct ClusterOptions<'a> {
     pub version: CtdVersion,
     pub auth: ClusterAuth,
     pub args: &'a [&'a str],
+    /// containerd's `concurrent_layer_fetch_buffer` on every node (2.1+; chunked fetch).
+    pub fetch_buffer: Option<u64>,
 }
 
 impl Default for ClusterOptions<'_> {
@@ -325,6 +327,7 @@ impl Default for ClusterOptions<'_> {
             version: CtdVersion::V1_6,
             auth: ClusterAuth::None,
             args: &[],
+            fetch_buffer: None,
         }
     }
 }
@@ -475,7 +478,11 @@ impl Cluster {
         let m = self.net.member(&format!("node{i}")).clone();
         let name: &'static str = Box::leak(format!("node{i}").into_boxed_str());
         let bootstrap = format!("dns:{SERVICE_NAME}:{NETNS_ROUTER_PORT}");
-        let node = Node::builder(name)
+        let mut builder = Node::builder(name);
+        if let Some(b) = opts.fetch_buffer {
+            builder = builder.fetch_buffer(b);
+        }
+        let node = builder
             .containerd(opts.version)
             .netns(&m.ns, IpAddr::V4(m.ip))
             .args(&["--bootstrap", &bootstrap])
