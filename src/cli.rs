@@ -220,9 +220,10 @@ pub struct MirrorArgs {
     pub mirror_resolve_timeout: Duration,
 
     /// The longest the adaptive wait for a provider may become (see --mirror-resolve-timeout;
-    /// the current wait is the `peermirror_resolve_wait_seconds` gauge). The default, equal to
-    /// --mirror-resolve-timeout's, keeps the wait fixed; 250ms lets it follow slow lookups.
-    #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT_MAX", default_value = "20ms", value_parser = humantime::parse_duration)]
+    /// the current wait is the `peermirror_resolve_wait_seconds` gauge). Equal to
+    /// --mirror-resolve-timeout keeps the wait fixed (a lookup slower than it is a 404 and an
+    /// upstream pull for a blob a peer holds).
+    #[arg(long, env = "PEERMIRROR_MIRROR_RESOLVE_TIMEOUT_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub mirror_resolve_timeout_max: Duration,
 
     /// Resolve tags through peers (digests always are). Default: on when peers prove they are

@@ -287,11 +287,10 @@ fn fetch(
     let reference = image.reference(&c.reg());
     if knobs.fetch_buffer.is_some() {
         // The chunked fetch is the transfer service's: `ctr images pull` on 2.1 goes through it.
-        return node
-            .ctd
-            .pull_within(&reference, &node.hosts_dir(), timeout);
+        return node.ctd.pull_within(&reference, &node.hosts_dir(), timeout);
     }
-    node.ctd.fetch_within(&reference, &node.hosts_dir(), timeout)
+    node.ctd
+        .fetch_within(&reference, &node.hosts_dir(), timeout)
 }
 
 /// Every link capped at `mbit` both ways, the upstream's included.

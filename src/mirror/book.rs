@@ -316,6 +316,11 @@ impl ProviderBook {
         self.router.status().local_id
     }
 
+    /// Whether any peer is connected (a node alone has nobody to ask).
+    pub(crate) fn has_peers(&self) -> bool {
+        self.router.status().peer_count() > 0
+    }
+
     /// The connected peers whose registry endpoint is known.
     pub(crate) fn peers(&self) -> Vec<Provider> {
         self.router

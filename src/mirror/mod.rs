@@ -106,8 +106,7 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             resolve_timeout: Duration::from_millis(20),
-            // Not measured end to end yet (issue 26): a fixed wait unless raised.
-            resolve_timeout_max: Duration::from_millis(20),
+            resolve_timeout_max: Duration::from_millis(250),
             resolve_tags: true,
             resolve_latest_tag: false,
             tag_deadline: Duration::from_millis(150),
@@ -307,12 +306,13 @@ impl Mirror {
     async fn providers(&self, key: Key) -> Option<ProviderSet> {
         let known = self.book.known(&key);
         if !known.is_empty() {
-            return Some(ProviderSet::known(key, known, self.book.clone()));
+            return Some(ProviderSet::guessed(key, known, self.book.clone()));
         }
         if self.book.recently_missed(&key) {
             return None;
         }
-        let started = Instant::now();
+        // Tokio's clock: the wait it measures is the timer's (and tests can pause it).
+        let started = tokio::time::Instant::now();
         let mut set = ProviderSet::lookup(&key, self.book.clone());
         let wait = self.resolve_wait.current();
         let first = set.first(wait).await;
@@ -323,8 +323,10 @@ impl Mirror {
             .observe(took.as_secs_f64());
         if first {
             self.resolve_wait.found(took);
-        } else if took >= wait {
-            // Cut off, not a lookup that ended having found nobody.
+        } else if took >= wait && self.book.has_peers() {
+            // Cut off, not a lookup that ended having found nobody. Not on a node with no peer
+            // (alone, or still starting): its lookups wait for peers, not for the DHT, and
+            // would raise every miss's wait to the ceiling.
             self.resolve_wait.cut_off(wait);
         }
         self.metrics.routing.resolve_wait.set(wait.as_secs_f64());

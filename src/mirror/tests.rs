@@ -81,3 +81,79 @@ async fn a_miss_is_answered_at_the_resolve_timeout_however_long_the_search_runs(
         "a repeated miss waited again"
     );
 }
+
+/// [`Silent`], with one peer connected: its lookups are slow, not lonely.
+#[derive(Default)]
+struct SilentWithPeer(Silent);
+
+#[async_trait]
+impl Router for SilentWithPeer {
+    fn lookup(&self, key: &Key) -> mpsc::Receiver<Provider> {
+        self.0.lookup(key)
+    }
+
+    async fn advertise(&self, _keys: Vec<Key>) -> Result<(), RouterError> {
+        Ok(())
+    }
+
+    async fn withdraw(&self, _keys: Vec<Key>) -> Result<(), RouterError> {
+        Ok(())
+    }
+
+    fn status(&self) -> RouterStatus {
+        RouterStatus {
+            peers: vec![crate::routing::PeerStatus {
+                peer: "peer".into(),
+                registry: None,
+                addrs: Vec::new(),
+                last_seen: std::time::SystemTime::now(),
+            }],
+            ..RouterStatus::default()
+        }
+    }
+}
+
+/// How long each of `n` misses of new digests waits, with the default (adaptive) wait.
+async fn miss_waits(router: Arc<dyn Router>, n: usize) -> Vec<Duration> {
+    let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
+        client: reqwest::Client::new(),
+        scheme: Scheme::Http,
+    });
+    let mirror = Mirror::new(
+        router,
+        rx,
+        Arc::new(Metrics::new()),
+        MirrorConfig::default(),
+        None,
+    );
+    let name: Name = "test/app".parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut waits = Vec::new();
+    for i in 0..n {
+        let digest = Digest::of(format!("nobody has {i}").as_bytes());
+        let started = tokio::time::Instant::now();
+        let r = mirror.fetch(&name, Target::Blob(digest), false, None).await;
+        assert!(matches!(r, Err(MirrorError::NotFound(Miss::NoProvider))));
+        waits.push(started.elapsed());
+    }
+    waits
+}
+
+/// Lookups that are cut off by the wait raise it (up to the ceiling), so a cluster whose
+/// lookups are slow still finds its providers; a node with no peer connected keeps the floor,
+/// since its lookups wait for peers, not for the DHT (every miss would cost the ceiling).
+#[tokio::test(start_paused = true)]
+async fn slow_lookups_raise_the_wait_but_a_node_alone_keeps_the_floor() {
+    let config = MirrorConfig::default();
+    let slack = Duration::from_millis(2);
+    let alone = miss_waits(Arc::new(Silent::default()), 64).await;
+    assert!(
+        alone.iter().all(|w| *w <= config.resolve_timeout + slack),
+        "a node alone waited longer than the floor: {alone:?}"
+    );
+    let slow = miss_waits(Arc::new(SilentWithPeer::default()), 64).await;
+    let last = slow.last().copied().unwrap_or_default();
+    assert!(
+        last >= config.resolve_timeout_max && last <= config.resolve_timeout_max + slack,
+        "slow lookups did not raise the wait to the ceiling: {slow:?}"
+    );
+}

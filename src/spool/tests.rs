@@ -499,5 +499,8 @@ async fn a_slowly_filling_batch_reaches_readers_early_and_still_verifies() {
     assert_eq!(got, data);
     let (again, err) = collect(entry.reader(0, data.len() as u64 - 1, STALL).unwrap()).await;
     assert!(err.is_none());
-    assert_eq!(again, data, "the file holds every early batch at its offset");
+    assert_eq!(
+        again, data,
+        "the file holds every early batch at its offset"
+    );
 }
