@@ -56,7 +56,8 @@ NICE="${NICE:-0}"
 # The nodes' --mirror-resolve-timeout (the floor of the adaptive wait): 2 s so a slow lookup is
 # measured rather than turned into a 404; 20ms (the product's) to measure the adaptive wait.
 RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-2s}"
-# The adaptive wait's ceiling (--mirror-resolve-timeout-max); empty: off (the floor).
+# The adaptive wait's ceiling (--mirror-resolve-timeout-max); empty: off (the floor). The
+# product's defaults are RESOLVE_TIMEOUT=20ms RESOLVE_TIMEOUT_MAX=250ms.
 RESOLVE_TIMEOUT_MAX="${RESOLVE_TIMEOUT_MAX:-}"
 WORKERS="${WORKERS:-1}"
 # Each lookup's end at debug (peermirror::dht_lookups): `drive` reads the asker's line to say

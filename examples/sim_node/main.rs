@@ -85,7 +85,8 @@ struct NodeArgs {
     /// so a slow lookup is measured rather than turned into a 404).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     resolve_timeout: Duration,
-    /// The adaptive wait's ceiling (`--mirror-resolve-timeout-max`); the floor by default (off).
+    /// The adaptive wait's ceiling (`--mirror-resolve-timeout-max`; the product's is 250 ms);
+    /// the floor by default (off), to measure lookups rather than the wait.
     #[arg(long, value_parser = humantime::parse_duration)]
     resolve_timeout_max: Option<Duration>,
     #[arg(long, default_value_t = 2)]
