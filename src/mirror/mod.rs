@@ -306,8 +306,14 @@ impl Mirror {
     async fn providers(&self, key: Key) -> Option<ProviderSet> {
         let known = self.book.known(&key);
         if !known.is_empty() {
-            return Some(ProviderSet::guessed(key, known, self.book.clone()));
+            return Some(ProviderSet::known(key, known, self.book.clone()));
         }
+        self.look_up(key).await
+    }
+
+    /// Find providers of `key` in the DHT, whatever this node remembers: complete copies and
+    /// copies in flight told apart by their records, not guessed.
+    async fn look_up(&self, key: Key) -> Option<ProviderSet> {
         if self.book.recently_missed(&key) {
             return None;
         }

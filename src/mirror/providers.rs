@@ -43,8 +43,6 @@ pub struct ProviderSet {
     reassigns: usize,
     /// The coordinator made this node the first: no provider is offered any more.
     promoted: bool,
-    /// The providers are a guess (remembered from a relayed manifest), not a lookup's records.
-    guessed: bool,
     /// Lookups run again because everyone found was busy.
     relooks: usize,
     /// Of those, how many in a row found nobody new.
@@ -113,7 +111,6 @@ impl ProviderSet {
             reassign: None,
             reassigns: 0,
             promoted: false,
-            guessed: false,
             relooks: 0,
             fruitless: 0,
         }
@@ -156,26 +153,14 @@ impl ProviderSet {
         true
     }
 
-    /// Whether a complete copy has been found (not only copies still in flight). Providers
-    /// guessed from a relayed manifest do not count: in a rollout the node that served the
-    /// manifest often has the layers only in flight, and following it directly would make it
-    /// feed two (see `claim`).
+    /// Whether a complete copy has been found (not only copies still in flight).
     pub(super) fn has_complete(&self) -> bool {
-        !self.guessed && self.complete.pending()
+        self.complete.pending()
     }
 
     /// Providers already known to have `key`; the DHT is asked only if they all fail.
     pub(super) fn known(key: Key, known: Vec<Provider>, book: Arc<ProviderBook>) -> Self {
-        let mut set = ProviderSet::guessed(key, known, book);
-        set.guessed = false;
-        set
-    }
-
-    /// Providers remembered from a relayed manifest as likely to have `key` (its child): asked
-    /// first, the DHT only if they all fail, but not taken as a complete copy.
-    pub(super) fn guessed(key: Key, known: Vec<Provider>, book: Arc<ProviderBook>) -> Self {
         let mut set = ProviderSet::empty(book);
-        set.guessed = true;
         set.key = Some(key.clone());
         set.deferred = Some(key);
         for p in known {

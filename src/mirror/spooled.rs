@@ -58,7 +58,10 @@ impl Mirror {
                     // rollout is on: its coordinator places this node in the chain rather than
                     // on whichever in-flight copy the lookup found first (which would then feed
                     // two); if it has no place for it, those copies are followed all the same.
-                    let found = match self.providers(Key::Digest(digest)).await {
+                    // Looked up, not the providers remembered from the relayed manifest: in a
+                    // rollout the node that served the manifest often has this blob only in
+                    // flight, or not yet (it may be waiting for this node's copy: a cycle).
+                    let found = match self.look_up(Key::Digest(digest)).await {
                         Some(p) if p.has_complete() => Some(p),
                         dht => self.claim_or_follow(name, digest).await.or(dht),
                     };
