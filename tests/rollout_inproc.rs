@@ -401,9 +401,10 @@ async fn first_dies(coordinator: &str) {
 /// layer; that guess must not bypass the coordinator (it would follow the first node directly
 /// and make it feed two, or, while the first node's copy has not begun, answer 404 and send
 /// its containerd to the upstream). Here b relays the manifest from a, whose layer is not there
-/// yet: b's layer request is held as a's follower and streams a's copy once it is there.
-/// (Shown failing with the spool taking the providers remembered from the manifest instead of
-/// looking the layer up: b answers 404.)
+/// yet: asked for a complete copy, a says no, so b's layer request is held as a's follower and
+/// streams a's copy once it is there.
+/// (Shown failing with the spool taking the provider remembered from the manifest without
+/// asking it for a complete copy: b answers 404.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_relayed_the_manifest_still_joins_the_chain_for_the_layer() {
     let net = MemoryNetwork::new();
