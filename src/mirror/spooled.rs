@@ -93,7 +93,7 @@ impl Mirror {
     /// the first of them has it complete: a pull of an image peers hold needs no lookup per
     /// blob. In a rollout the node that served the manifest often has the blob only in flight,
     /// or not yet (it may even be waiting for this node's copy: a cycle), so it is asked for a
-    /// complete copy only (one `HEAD`) unless rollouts are off. `Err(true)`: some were
+    /// complete copy only (one `HEAD`) unless rollouts are off; only a "no" sets it aside. `Err(true)`: some were
     /// remembered, so a peer very likely has it and the lookup may take longer.
     async fn remembered_complete(
         &self,
@@ -110,6 +110,8 @@ impl Mirror {
             let Some(req) = self.fetcher.request(reqwest::Method::HEAD, first, &path) else {
                 return Err(true);
             };
+            // Only a clear "no" counts: a provider that does not answer in time is tried as
+            // before (the download fails over from it), so a slow or loaded peer costs no pull.
             let complete = match req
                 .header(COMPLETE_ONLY, "true")
                 .timeout(COMPLETE_CHECK_WAIT)
@@ -120,7 +122,7 @@ impl Mirror {
                     self.fetcher.heard(first, &r);
                     r.status().is_success()
                 }
-                Err(_) => false,
+                Err(_) => true,
             };
             if !complete {
                 return Err(true);
