@@ -539,8 +539,10 @@ fn print_rollout_logs(c: &Cluster, label: &str) {
     if std::env::var("ROLLOUT_LOGS").as_deref() != Ok("1") {
         return;
     }
-    const MARKS: [&str; 6] = [
+    const MARKS: [&str; 7] = [
         "rollout",
+        // The ingest watcher: when a first node's own upstream download became visible.
+        "ingest",
         "stalled",
         "stream broke",
         "resuming",
