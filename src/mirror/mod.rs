@@ -308,26 +308,13 @@ impl Mirror {
         if !known.is_empty() {
             return Some(ProviderSet::known(key, known, self.book.clone()));
         }
-        self.look_up(key, false).await
-    }
-
-    /// Find providers of `key` in the DHT, whatever this node remembers: complete copies and
-    /// copies in flight told apart by their records, not guessed. `patient`: a peer very likely
-    /// has it (it served the manifest naming it), so the lookup may take the adaptive wait's
-    /// ceiling rather than answer 404 at the current wait (it is then not counted as cut off).
-    async fn look_up(&self, key: Key, patient: bool) -> Option<ProviderSet> {
         if self.book.recently_missed(&key) {
             return None;
         }
         // Tokio's clock: the wait it measures is the timer's (and tests can pause it).
         let started = tokio::time::Instant::now();
         let mut set = ProviderSet::lookup(&key, self.book.clone());
-        let current = self.resolve_wait.current();
-        let wait = if patient {
-            current.max(self.config.resolve_timeout_max)
-        } else {
-            current
-        };
+        let wait = self.resolve_wait.current();
         let first = set.first(wait).await;
         let took = started.elapsed();
         self.metrics
@@ -336,13 +323,13 @@ impl Mirror {
             .observe(took.as_secs_f64());
         if first {
             self.resolve_wait.found(took);
-        } else if took >= wait && !patient && self.book.has_peers() {
+        } else if took >= wait && self.book.has_peers() {
             // Cut off, not a lookup that ended having found nobody. Not on a node with no peer
             // (alone, or still starting): its lookups wait for peers, not for the DHT, and
             // would raise every miss's wait to the ceiling.
             self.resolve_wait.cut_off(wait);
         }
-        self.metrics.routing.resolve_wait.set(current.as_secs_f64());
+        self.metrics.routing.resolve_wait.set(wait.as_secs_f64());
         if first {
             Some(set)
         } else {

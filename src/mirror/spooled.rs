@@ -13,7 +13,6 @@ use std::time::Duration;
 use super::{Found, Mirror, MirrorError, Miss, Target};
 use crate::content::Key;
 use crate::metrics::ReasonLabels;
-use crate::oci::headers::COMPLETE_ONLY;
 use crate::oci::{Digest, Name, RangeSpec};
 use crate::routing::partial_records::Origin;
 use crate::spool::{Claim, Entry, Failure};
@@ -27,8 +26,6 @@ const SETTLE_WAIT: Duration = Duration::from_secs(300);
 const READER_STALL: Duration = Duration::from_secs(60);
 /// Fresh downloads after a mismatch, each from providers not yet shunned.
 const ATTEMPTS: usize = 3;
-/// How long a remembered provider gets to say it has a blob complete.
-const COMPLETE_CHECK_WAIT: Duration = Duration::from_millis(500);
 
 /// What the spool made of a request.
 pub(super) enum Spooled {
@@ -61,12 +58,9 @@ impl Mirror {
                     // rollout is on: its coordinator places this node in the chain rather than
                     // on whichever in-flight copy the lookup found first (which would then feed
                     // two); if it has no place for it, those copies are followed all the same.
-                    let found = match self.remembered_complete(name, digest).await {
-                        Ok(known) => Some(known),
-                        Err(patient) => match self.look_up(Key::Digest(digest), patient).await {
-                            Some(p) if p.has_complete() => Some(p),
-                            dht => self.claim_or_follow(name, digest).await.or(dht),
-                        },
+                    let found = match self.providers(Key::Digest(digest)).await {
+                        Some(p) if p.has_complete() => Some(p),
+                        dht => self.claim_or_follow(name, digest).await.or(dht),
                     };
                     let Some(providers) = found else {
                         writer.fail(Failure::NotFound);
@@ -87,48 +81,6 @@ impl Mirror {
             }
         }
         Spooled::Miss(MirrorError::NotFound(Miss::ProvidersFailed))
-    }
-
-    /// The providers remembered for `digest` (those that served the manifest naming it), if
-    /// the first of them has it complete: a pull of an image peers hold needs no lookup per
-    /// blob. In a rollout the node that served the manifest often has the blob only in flight,
-    /// or not yet (it may even be waiting for this node's copy: a cycle), so it is asked for a
-    /// complete copy only (one `HEAD`) unless rollouts are off; only a "no" sets it aside. `Err(true)`: some were
-    /// remembered, so a peer very likely has it and the lookup may take longer.
-    async fn remembered_complete(
-        &self,
-        name: &Name,
-        digest: Digest,
-    ) -> Result<super::ProviderSet, bool> {
-        let key = Key::Digest(digest);
-        let known = self.book.known(&key);
-        let Some(first) = known.first() else {
-            return Err(false);
-        };
-        if !self.config.claim_wait.is_zero() {
-            let path = Target::Blob(digest).path(name);
-            let Some(req) = self.fetcher.request(reqwest::Method::HEAD, first, &path) else {
-                return Err(true);
-            };
-            // Only a clear "no" counts: a provider that does not answer in time is tried as
-            // before (the download fails over from it), so a slow or loaded peer costs no pull.
-            let complete = match req
-                .header(COMPLETE_ONLY, "true")
-                .timeout(COMPLETE_CHECK_WAIT)
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    self.fetcher.heard(first, &r);
-                    r.status().is_success()
-                }
-                Err(_) => true,
-            };
-            if !complete {
-                return Err(true);
-            }
-        }
-        Ok(super::ProviderSet::known(key, known, self.book.clone()))
     }
 
     fn spawn_download(

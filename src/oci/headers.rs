@@ -17,9 +17,6 @@ pub const CROWD: &str = "x-peermirror-crowd";
 /// Sent by a node that misses a blob, to the blob's rollout coordinator: the asker's node id.
 /// On the coordinator's 404: `fetch` (go to the upstream) or `follow <node id>`.
 pub const ROLLOUT: &str = "x-peermirror-rollout";
-/// Sent by a peer that wants a complete copy only: a blob this node has only in flight (or is
-/// still waiting for) is a plain miss, answered at once.
-pub const COMPLETE_ONLY: &str = "x-peermirror-complete-only";
 /// Sent with [`ROLLOUT`] by a node whose followed copy failed: that copy's node id. The
 /// coordinator drops it from the chain if it does not answer.
 pub const ROLLOUT_FAILED: &str = "x-peermirror-rollout-failed";

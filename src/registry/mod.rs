@@ -29,8 +29,8 @@ use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
 use crate::oci::headers::{
-    ACCEPTED_TOKENS, API_VERSION, COMPLETE_ONLY, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED,
-    ROLLOUT, ROLLOUT_FAILED,
+    ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED, ROLLOUT,
+    ROLLOUT_FAILED,
 };
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
 use crate::server::ConnInfo;
@@ -365,9 +365,6 @@ impl Registry {
                     None if asked.mirrored && asked.rollout.is_some() => {
                         self.rollout(&asked, digest, miss()).await
                     }
-                    None if asked.mirrored && asked.complete_only => {
-                        Answer::error(miss(), RouteKind::Blob)
-                    }
                     None if asked.mirrored => match self.in_flight(&asked, &digest).await {
                         Some(a) => a,
                         None => Answer::error(miss(), RouteKind::Blob),
@@ -636,8 +633,6 @@ struct Asked {
     mirrored: bool,
     /// A peer that found every copy busy: let it in beyond `--max-followers`.
     crowd: bool,
-    /// A peer that asks whether this node has a blob complete (not in flight).
-    complete_only: bool,
     /// A peer that misses this blob asks this node, its coordinator, for its role.
     rollout: Option<crate::routing::NodeId>,
     /// ... reporting that the copy it followed, this node's, failed.
@@ -654,7 +649,6 @@ impl Asked {
             head: req.method() == Method::HEAD,
             mirrored: h.contains_key(MIRRORED),
             crowd: h.contains_key(CROWD),
-            complete_only: h.contains_key(COMPLETE_ONLY),
             rollout: h
                 .get(ROLLOUT)
                 .and_then(|v| v.to_str().ok())
