@@ -465,6 +465,8 @@ async fn a_damaged_local_copy_is_never_uploaded_to_peers() {
     c.stop().await;
 }
 
+/// The manifest's provider holds its children and says so (`x-peermirror-children: held`), so
+/// they are fetched from it without another lookup. (Fails with the header never sent.)
 #[tokio::test]
 async fn a_pull_needs_one_dht_lookup_then_uses_known_providers() {
     let net = MemoryNetwork::new();

@@ -395,3 +395,49 @@ async fn first_dies(coordinator: &str) {
         n.stop().await;
     }
 }
+
+/// In a rollout the first node soon has the image's manifest complete while its layer is still
+/// in flight. A node that relays that manifest from it remembers it as a likely provider of the
+/// layer; that guess must not bypass the coordinator (it would follow the first node directly
+/// and make it feed two, or, while the first node's copy has not begun, answer 404 and send
+/// its containerd to the upstream). Here b relays the manifest from a, whose layer is not there
+/// yet: a serves the manifest without saying it holds its children, so b does not take a for a
+/// complete copy, and b's layer request is held as a's follower and streams a's copy once it
+/// is there.
+/// (Shown failing with the asker remembering every provider of a relayed manifest, as before
+/// `x-peermirror-children`: b answers 404.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_relayed_the_manifest_still_joins_the_chain_for_the_layer() {
+    let net = MemoryNetwork::new();
+    let data = Bytes::from(pattern(SIZE, 60));
+    let digest = Digest::of(&data);
+    let a_store = MemorySource::new();
+    let manifest = a_store.add_image("127.0.0.1:5000/test/app:v2", &[&data]);
+    // a's containerd has the manifest and config; the layer is still on its way.
+    a_store.remove_blob(&digest);
+    let a = node(&net, "a", a_store.clone(), |c| c.max_egress_bps = SLOW).await;
+    let (b, _) = member(&net, "b", 30).await;
+    let (c, _) = member(&net, "c", 31).await;
+    assert_eq!(get(&a, digest).await.0, 404, "a fetches from the upstream");
+    wait_for_record(&net, &Key::Digest(manifest.digest), "a").await;
+    let r = client()
+        .get(format!(
+            "{}/v2/test/app/manifests/{}",
+            b.base, manifest.digest
+        ))
+        .header("accept", manifest.media_type.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "b relays the manifest from a");
+    let held_b = spawn_get(&b, digest);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held_b.is_finished(), "b is held as a's follower");
+    a_store.commit_blob(data.clone());
+    let (status, body) = held_b.await.unwrap();
+    assert_eq!(status, 200, "b followed a");
+    assert!(body == data, "b got the layer's bytes");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}

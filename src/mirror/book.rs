@@ -243,7 +243,8 @@ impl ProviderBook {
     }
 
     /// A verified manifest this node relayed names its children: remember their sizes
-    /// and media types, and that `providers` (who served the manifest) likely have them.
+    /// and media types, and that `providers` (who served the manifest and said they hold
+    /// its children) have them.
     pub(crate) fn learn_manifest(&self, media_type: &str, data: &[u8], providers: &[Provider]) {
         let Ok(children) = crate::oci::children(media_type, data) else {
             return;

@@ -235,6 +235,9 @@ struct Transfer {
     capture: Option<(String, Vec<u8>)>,
     /// Who contributed bytes, by identity, for the verdict.
     contributors: Vec<(Provider, PeerIdentity)>,
+    /// Of those, the ones that said they hold every child of the manifest (see
+    /// [`crate::oci::headers::CHILDREN`]).
+    hold_children: Vec<Provider>,
 }
 
 /// How one pass over the providers ended.
@@ -285,6 +288,7 @@ impl Transfer {
             sink,
             capture,
             contributors: Vec::new(),
+            hold_children: Vec::new(),
         }
     }
 
@@ -325,6 +329,7 @@ impl Transfer {
         };
         let mut current = Some(first);
         self.contributors.clear();
+        self.hold_children.clear();
         loop {
             let answer = match current.take() {
                 Some(a) => a,
@@ -348,6 +353,15 @@ impl Transfer {
             };
             self.contributors
                 .push((answer.provider.clone(), answer.identity.clone()));
+            if self.capture.is_some()
+                && answer
+                    .response
+                    .headers()
+                    .get(crate::oci::headers::CHILDREN)
+                    .is_some_and(|v| v == "held")
+            {
+                self.hold_children.push(answer.provider.clone());
+            }
             match self.pump(answer, &mut verifier).await {
                 Step::Complete => break,
                 Step::Failed => continue,
@@ -378,13 +392,15 @@ impl Transfer {
     }
 
     /// A verified transfer tells us who has this blob and, for a manifest, its children and
-    /// their sizes.
+    /// their sizes, and who holds those children (only the providers that said so: a peer
+    /// that is itself still pulling the image must not pass for a complete copy, or a rollout
+    /// branches at it instead of forming a chain).
     fn learn(&self) {
         let providers: Vec<Provider> = self.contributors.iter().map(|c| c.0.clone()).collect();
         let book = &self.fetcher.book;
         book.remember(Key::Digest(self.digest), &providers);
         if let Some((media_type, data)) = &self.capture {
-            book.learn_manifest(media_type, data, &providers);
+            book.learn_manifest(media_type, data, &self.hold_children);
         }
     }
 

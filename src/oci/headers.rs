@@ -20,3 +20,7 @@ pub const ROLLOUT: &str = "x-peermirror-rollout";
 /// Sent with [`ROLLOUT`] by a node whose followed copy failed: that copy's node id. The
 /// coordinator drops it from the chain if it does not answer.
 pub const ROLLOUT_FAILED: &str = "x-peermirror-rollout-failed";
+/// On a manifest served to a peer: `held` when this node holds every blob the manifest names,
+/// complete. Only then does the asker remember it as a provider of those blobs; a node still
+/// pulling the image (a rollout) is found through the DHT and the rollout coordinator instead.
+pub const CHILDREN: &str = "x-peermirror-children";

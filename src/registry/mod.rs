@@ -29,7 +29,7 @@ use crate::limits::{UploadLimits, UploadSlot};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::mirror::{Mirror, MirrorError, Target};
 use crate::oci::headers::{
-    ACCEPTED_TOKENS, API_VERSION, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED, ROLLOUT,
+    ACCEPTED_TOKENS, API_VERSION, CHILDREN, CONTENT_DIGEST, CROWD, FOLLOWERS, MIRRORED, ROLLOUT,
     ROLLOUT_FAILED,
 };
 use crate::oci::{ByteRange, Digest, ErrorCode, Name, OciError, RangeSpec, Reference, TagKey};
@@ -37,6 +37,12 @@ use crate::server::ConnInfo;
 
 /// Blobs from this size on have their peers capped by `--max-followers`.
 const FOLLOW_MIN: u64 = 1024 * 1024;
+/// Manifests whose children are remembered (content-addressed: they never change) ...
+const CHILDREN_CACHED: usize = 4096;
+/// ... for this long, so a busy node does not read a manifest twice per peer.
+const CHILDREN_TTL: Duration = Duration::from_secs(600);
+/// Reading a manifest to list its children is a hint: given up on after this.
+const CHILDREN_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared state of the endpoint.
 pub struct Registry {
@@ -52,6 +58,8 @@ pub struct Registry {
     ingests: Option<Ingests>,
     /// Where finished requests are reported besides the access log (the status page).
     access_sink: Option<Arc<dyn AccessSink>>,
+    /// The children of manifests served to peers (see [`Registry::holds_children`]).
+    children: Arc<crate::ttl::TtlMap<Digest, Arc<[Digest]>>>,
 }
 
 /// The outcome of routing, before the access-log wrapper is put around the body.
@@ -181,6 +189,7 @@ impl Registry {
             verifier: Arc::new(verify::LocalVerifier::default()),
             ingests: None,
             access_sink: None,
+            children: Arc::new(crate::ttl::TtlMap::new(CHILDREN_CACHED)),
         }
     }
 
@@ -333,7 +342,18 @@ impl Registry {
                     Reference::Tag(_) => tag_key.as_ref().and_then(|k| self.index.resolve(k)),
                 };
                 if let Some(desc) = digest.and_then(|d| self.index.stat(&d)) {
-                    return self.serve(&asked, desc, RouteKind::Manifest).await;
+                    let digest = desc.digest;
+                    let mut a = self.serve(&asked, desc, RouteKind::Manifest).await;
+                    if asked.mirrored
+                        && !asked.head
+                        && a.response.status().is_success()
+                        && self.holds_children(&digest).await
+                    {
+                        a.response
+                            .headers_mut()
+                            .insert(CHILDREN, HeaderValue::from_static("held"));
+                    }
+                    return a;
                 }
                 let target = match (reference, tag_key) {
                     (Reference::Digest(d), _) => Some(Target::ManifestDigest(d)),
@@ -508,6 +528,48 @@ impl Registry {
             ),
             Err(answer) => answer,
         }
+    }
+
+    /// Whether every blob the local manifest `digest` names is held complete here: the peer
+    /// it is served to then takes this node for a provider of them (see [`CHILDREN`]). Any
+    /// doubt (a read that fails or is slow, bytes that do not parse) answers no, which only
+    /// costs the peer a lookup.
+    async fn holds_children(&self, digest: &Digest) -> bool {
+        let children = match self.children.get(digest) {
+            Some(c) => c,
+            None => {
+                let Some(c) = self.read_children(digest).await else {
+                    return false;
+                };
+                self.children.insert(*digest, c.clone(), CHILDREN_TTL);
+                c
+            }
+        };
+        !children.is_empty() && children.iter().all(|d| self.index.stat(d).is_some())
+    }
+
+    async fn read_children(&self, digest: &Digest) -> Option<Arc<[Digest]>> {
+        use futures_util::StreamExt;
+        let desc = self.index.stat(digest)?;
+        if desc.size > crate::content::MAX_MANIFEST_SIZE {
+            return None;
+        }
+        let read = async {
+            let mut s = self.source.read(digest, 0, Some(desc.size)).await.ok()?;
+            let mut data = Vec::with_capacity(usize::try_from(desc.size).ok()?);
+            while let Some(chunk) = s.next().await {
+                data.extend_from_slice(&chunk.ok()?);
+                if data.len() as u64 > desc.size {
+                    return None;
+                }
+            }
+            Some(data)
+        };
+        let data = tokio::time::timeout(CHILDREN_READ_TIMEOUT, read)
+            .await
+            .ok()??;
+        let children = crate::oci::children(&desc.media_type, &data).ok()?;
+        Some(children.into_iter().map(|c| c.digest).collect())
     }
 
     /// How to check a local blob a peer asked for. A cached verdict decides at once; HEAD
