@@ -314,7 +314,16 @@ impl Mirror {
         // Tokio's clock: the wait it measures is the timer's (and tests can pause it).
         let started = tokio::time::Instant::now();
         let mut set = ProviderSet::lookup(&key, self.book.clone());
-        let wait = self.resolve_wait.current();
+        // A blob named by a manifest just relayed from a peer is expected to be found (peers
+        // have that image, or are pulling it): its lookup may take the ceiling, since a miss
+        // would send containerd upstream for it. The wait of a node that has seen few lookups
+        // yet is still the floor.
+        let expected = matches!(&key, Key::Digest(d) if self.book.trusted(d).is_some());
+        let wait = if expected {
+            self.resolve_wait.ceiling()
+        } else {
+            self.resolve_wait.current()
+        };
         let first = set.first(wait).await;
         let took = started.elapsed();
         self.metrics

@@ -55,6 +55,11 @@ impl ResolveWait {
         Duration::from_nanos(self.current_ns.load(Ordering::Relaxed))
     }
 
+    /// The longest the wait may be.
+    pub(crate) fn ceiling(&self) -> Duration {
+        self.ceiling
+    }
+
     /// A lookup's first provider came after `took`.
     pub(crate) fn found(&self, took: Duration) {
         self.push(took);

@@ -157,3 +157,52 @@ async fn slow_lookups_raise_the_wait_but_a_node_alone_keeps_the_floor() {
         "slow lookups did not raise the wait to the ceiling: {slow:?}"
     );
 }
+
+/// A blob that a manifest relayed from a peer named is expected to exist: on a node whose wait
+/// is still the floor (few lookups seen yet), its lookup may take the ceiling, where a blob
+/// nothing named is answered at the floor. (The providers of a relayed manifest are remembered
+/// only when they say they hold its children; without that, this wait is what finds the
+/// others.)
+#[tokio::test(start_paused = true)]
+async fn a_blob_a_relayed_manifest_named_is_waited_for_up_to_the_ceiling() {
+    let config = MirrorConfig::default();
+    let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
+        client: reqwest::Client::new(),
+        scheme: Scheme::Http,
+    });
+    let mirror = Mirror::new(
+        Arc::new(SilentWithPeer::default()),
+        rx,
+        Arc::new(Metrics::new()),
+        config.clone(),
+        None,
+    );
+    let (config_blob, layer) = (Digest::of(b"config"), Digest::of(b"layer"));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::media_types::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_blob.to_string(), "size": 6},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer.to_string(), "size": 5}],
+    });
+    let data = serde_json::to_vec(&manifest).unwrap_or_default();
+    mirror
+        .book
+        .learn_manifest(crate::oci::media_types::OCI_MANIFEST, &data, &[]);
+    let name: Name = "test/app".parse().unwrap_or_else(|e| panic!("{e}"));
+    let slack = Duration::from_millis(2);
+    for (digest, expect) in [
+        (Digest::of(b"named by nothing"), config.resolve_timeout),
+        (layer, config.resolve_timeout_max),
+    ] {
+        let started = tokio::time::Instant::now();
+        let r = mirror.fetch(&name, Target::Blob(digest), false, None).await;
+        let waited = started.elapsed();
+        assert!(matches!(r, Err(MirrorError::NotFound(Miss::NoProvider))));
+        assert!(
+            waited >= expect && waited <= expect + slack,
+            "{digest}: waited {waited:?}, expected {expect:?}"
+        );
+    }
+}
