@@ -86,12 +86,14 @@ struct Knobs {
     /// containerd's `concurrent_layer_fetch_buffer` (2.1): pulls go through the transfer
     /// service (`ctr images pull`, chunked ranged fetches) instead of `ctr content fetch`.
     fetch_buffer: Option<u64>,
+    /// tbf's queue on every link, in ms of its rate (200).
+    queue_ms: u32,
 }
 
 impl Knobs {
     /// `NODES` (8), `RATE` Mbit/s (50), `SIZE_MB` MiB (50), `CTD` 1.6|1.7|2.1 (1.6), `AUTH`
     /// none|mtls|token (none), `FAULT` none|stop|kill (none), `FAULT_AFTER` copies (0.25),
-    /// `LEAD_MS` (0), `RUNS` (1), `FETCH_BUFFER` bytes (none; 2.1 only).
+    /// `LEAD_MS` (0), `RUNS` (1), `FETCH_BUFFER` bytes (none; 2.1 only), `QUEUE_MS` (200).
     fn from_env() -> Knobs {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             match std::env::var(name) {
@@ -119,12 +121,13 @@ impl Knobs {
             lead_ms: var("LEAD_MS", 0),
             runs: var("RUNS", 1),
             fetch_buffer: Some(var("FETCH_BUFFER", 0u64)).filter(|b| *b > 0),
+            queue_ms: var("QUEUE_MS", 200),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={} fetch_buffer={}",
+            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={} fetch_buffer={} queue_ms={}",
             self.nodes,
             self.rate_mbit,
             self.size_mb,
@@ -132,7 +135,8 @@ impl Knobs {
             self.auth.name(),
             self.fault.name(),
             self.lead_ms,
-            self.fetch_buffer.unwrap_or(0)
+            self.fetch_buffer.unwrap_or(0),
+            self.queue_ms
         )
     }
 }
@@ -293,11 +297,11 @@ fn fetch(
         .fetch_within(&reference, &node.hosts_dir(), timeout)
 }
 
-/// Every link capped at `mbit` both ways, the upstream's included.
-fn cap_all(c: &Cluster, mbit: u32) {
-    c.net.cap_link(UPSTREAM_NAME, mbit);
+/// Every link capped at `mbit` both ways (tbf queues of `queue_ms`), the upstream's included.
+fn cap_all(c: &Cluster, mbit: u32, queue_ms: u32) {
+    c.net.cap_link_queue(UPSTREAM_NAME, mbit, queue_ms);
     for i in 1..=c.nodes.len() {
-        c.net.cap_link(&c.member(i).name, mbit);
+        c.net.cap_link_queue(&c.member(i).name, mbit, queue_ms);
     }
 }
 
@@ -459,6 +463,7 @@ fn rollout_six_nodes_at_line_rate() {
         lead_ms: 0,
         runs: 1,
         fetch_buffer: None,
+        queue_ms: 200,
     };
     let lone_image = random_image("lone", knobs.size_mb, &seed("lone"));
     let first = random_image("rollout", knobs.size_mb, &seed("rollout"));
@@ -468,7 +473,7 @@ fn rollout_six_nodes_at_line_rate() {
         &ClusterOptions::default(),
         &[&lone_image.image, &first.image, &second.image],
     );
-    cap_all(&c, knobs.rate_mbit);
+    cap_all(&c, knobs.rate_mbit, knobs.queue_ms);
     let lone = lone_pull(&c, &lone_image, &knobs);
 
     let r = rollout(&c, &first, lone, &knobs);
@@ -610,7 +615,7 @@ fn rollout_bench() {
             },
             &[&lone_image.image, &image.image],
         );
-        cap_all(&c, knobs.rate_mbit);
+        cap_all(&c, knobs.rate_mbit, knobs.queue_ms);
         let lone = lone_pull(&c, &lone_image, &knobs);
         let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");

@@ -232,6 +232,13 @@ impl Net {
     /// namespace (what it sends) and on the root end of its veth (what the bridge delivers to
     /// it, i.e. what it receives), so a node's download is capped without an ifb device.
     pub fn cap_link(&self, name: &str, mbit: u32) {
+        self.cap_link_queue(name, mbit, 200);
+    }
+
+    /// [`Net::cap_link`] with tbf's queue bounded at `queue_ms` of the rate (its `latency`)
+    /// instead of 200 ms: how deep a saturated link's queue gets, e.g. for the ACKs of a
+    /// node's uploads that wait in its saturated download queue.
+    pub fn cap_link_queue(&self, name: &str, mbit: u32, queue_ms: u32) {
         let m = self.member(name);
         let tbf = |dev: &str| -> Vec<String> {
             [
@@ -246,7 +253,7 @@ impl Net {
                 "burst",
                 "64kb",
                 "latency",
-                "200ms",
+                &format!("{queue_ms}ms"),
             ]
             .iter()
             .map(|a| a.to_string())
