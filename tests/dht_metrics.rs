@@ -33,6 +33,7 @@ fn router_with(
             provider_ttl: Duration::from_secs(600),
             republish_interval,
             replication: 20,
+            announce_again_after: Some(peermirror::routing::P2pConfig::ANNOUNCE_AGAIN_AFTER),
         },
         metrics,
         stop.clone(),

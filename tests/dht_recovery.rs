@@ -32,6 +32,8 @@ const GONE: usize = 6;
 const KEYS_PER_NODE: usize = 20;
 /// The product's default (--dht-replication).
 const K: usize = 5;
+/// 30 nodes are what 2 cores carry at a time: the tests of this file take turns.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long one lookup may take to hand over a provider (debug build, 30 nodes on 2 shared
 /// cores): generous, this is not a latency test (bench/dht_sim.sh measures that).
 const LOOKUP_WAIT: Duration = Duration::from_secs(5);
@@ -55,6 +57,15 @@ struct Node {
 
 impl Node {
     fn start(index: usize, bootstrap: Vec<Bootstrap>) -> Node {
+        Node::start_with(index, bootstrap, Some(P2pConfig::ANNOUNCE_AGAIN_AFTER))
+    }
+
+    /// [`Node::start`] with the second announcement pass `announce_again_after` the first peers.
+    fn start_with(
+        index: usize,
+        bootstrap: Vec<Bootstrap>,
+        announce_again_after: Option<Duration>,
+    ) -> Node {
         let metrics = Arc::new(Metrics::new());
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let peer = keypair.public().to_peer_id();
@@ -80,6 +91,7 @@ impl Node {
                         provider_ttl: Duration::from_secs(600),
                         republish_interval: Duration::from_secs(180),
                         replication: K,
+                        announce_again_after,
                     },
                     m,
                     stop.clone(),
@@ -249,15 +261,7 @@ async fn survivors_find_every_key_after_a_fifth_goes() {
     })
     .await;
     let seed = vec![Bootstrap::Static(nodes[0].router.listen_addrs()[0].clone())];
-    for i in 1..NODES {
-        nodes.push(Node::start(i, seed.clone()));
-    }
-    until(
-        "every node to know a few peers",
-        Duration::from_secs(60),
-        || nodes.iter().all(|n| n.router.status().peer_count() >= K),
-    )
-    .await;
+    join(&mut nodes, NODES - 1, &seed).await;
     for n in &nodes {
         n.router.advertise(n.keys.clone()).await.unwrap();
     }
@@ -400,5 +404,89 @@ async fn survivors_find_every_key_after_a_fifth_goes() {
 /// the re-announcement that follows. One test: 30 nodes are what 2 cores carry at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivors_find_every_key_after_a_fifth_of_nodes_freezes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     survivors_find_every_key_after_a_fifth_goes().await;
+}
+
+/// Starts `count` more nodes through `seed` and waits until every node knows a few peers.
+async fn join(nodes: &mut Vec<Node>, count: usize, seed: &[Bootstrap]) {
+    let first = nodes.len();
+    for i in first..first + count {
+        nodes.push(Node::start(i, seed.to_vec()));
+    }
+    until(
+        "every node to know a few peers",
+        Duration::from_secs(60),
+        || nodes.iter().all(|n| n.router.status().peer_count() >= K),
+    )
+    .await;
+}
+
+/// How long after its first peer the early node of the test below announces again.
+const AGAIN_AFTER: Duration = Duration::from_secs(12);
+
+/// The second announcement pass (issue 26): a node whose first announcement went out while
+/// the cluster was one other node (its routing table held nothing else) stored its records on
+/// that node only. Once the others have joined, the keys' k closest nodes are others, which
+/// never got the records, so lookups miss until the next republish (minutes). The pass
+/// announces every key again once the routing table has filled, and every lookup finds them.
+/// (Fails with the pass disabled: `announce_again_after: None`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pass() {
+    const LATE: usize = 20;
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let seed = Node::start(0, vec![]);
+    until("the seed to listen", Duration::from_secs(10), || {
+        !seed.router.listen_addrs().is_empty()
+    })
+    .await;
+    let to_seed = vec![Bootstrap::Static(seed.router.listen_addrs()[0].clone())];
+    let early = Node::start_with(1, to_seed.clone(), Some(AGAIN_AFTER));
+    early.router.advertise(early.keys.clone()).await.unwrap();
+    until(
+        "the early node's first announcement",
+        Duration::from_secs(30),
+        || early.announced() >= KEYS_PER_NODE as u64,
+    )
+    .await;
+    let first_pass_done = Instant::now();
+    let mut nodes = vec![seed, early];
+    join(&mut nodes, LATE, &to_seed).await;
+    // How many of the early node's keys have all their k closest among the nodes that were
+    // not there when it first announced (neither the seed, which holds the records, nor the
+    // early node): what the pass has to repair.
+    let misplaced = nodes[1]
+        .keys
+        .iter()
+        .filter(|k| by_distance(&nodes, k).into_iter().take(K).all(|i| i > 1))
+        .count();
+    eprintln!(
+        "second pass: {misplaced} of {KEYS_PER_NODE} keys have their k closest among the late nodes"
+    );
+    assert!(misplaced > 0, "no key to repair: the test shows nothing");
+    until(
+        "the early node's second announcement",
+        AGAIN_AFTER + Duration::from_secs(60),
+        || nodes[1].announced() >= 2 * KEYS_PER_NODE as u64,
+    )
+    .await;
+    eprintln!(
+        "second pass: done {:?} after the first",
+        first_pass_done.elapsed()
+    );
+    // Every late node looks up every key of the early node.
+    let asks: Vec<(usize, Key)> = (2..2 + LATE)
+        .flat_map(|a| nodes[1].keys.iter().map(move |k| (a, k.clone())))
+        .collect();
+    let failed = failed_lookups(&nodes, &asks).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} lookups of keys announced before the cluster filled found nobody:{}",
+        failed.len(),
+        asks.len(),
+        explain(&nodes, &[], &failed)
+    );
+    tokio::task::spawn_blocking(move || drop(nodes))
+        .await
+        .unwrap();
 }

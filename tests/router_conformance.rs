@@ -106,6 +106,7 @@ async fn libp2p_routers(
                 provider_ttl,
                 republish_interval: provider_ttl / 3,
                 replication: 20,
+                announce_again_after: Some(peermirror::routing::P2pConfig::ANNOUNCE_AGAIN_AFTER),
             },
             Arc::new(Metrics::new()),
             stop.clone(),

@@ -542,6 +542,7 @@ async fn a_forged_registry_address_in_identify_is_ignored() {
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
             replication: 20,
+            announce_again_after: Some(peermirror::routing::P2pConfig::ANNOUNCE_AGAIN_AFTER),
         },
         Arc::new(peermirror::metrics::Metrics::new()),
         stop.clone(),

@@ -68,6 +68,7 @@ pub async fn start_node(source: MemorySource, bootstrap: Vec<Bootstrap>) -> Node
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
             replication: 20,
+            announce_again_after: Some(peermirror::routing::P2pConfig::ANNOUNCE_AGAIN_AFTER),
         },
         Arc::new(Metrics::new()),
         stop.clone(),

@@ -140,6 +140,7 @@ pub(super) fn start_routing(
         provider_ttl: p.provider_ttl,
         republish_interval: p.republish_interval,
         replication: p.replication,
+        announce_again_after: Some(P2pConfig::ANNOUNCE_AGAIN_AFTER),
     };
     let (router, task) = P2pRouter::start(p2p, w.metrics.clone(), w.shutdown.clone())?;
     tracing::info!(peer_id = %router.peer_id(), "router started");

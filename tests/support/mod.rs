@@ -212,6 +212,7 @@ pub async fn p2p_router(
             provider_ttl: Duration::from_secs(600),
             republish_interval: Duration::from_secs(180),
             replication: 20,
+            announce_again_after: Some(peermirror::routing::P2pConfig::ANNOUNCE_AGAIN_AFTER),
         },
         Arc::new(peermirror::metrics::Metrics::new()),
         stop.clone(),

@@ -34,12 +34,6 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// A lookup's Kademlia query ends by this deadline even if the asker is still waiting (the
 /// query timeout is long, for announcements).
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
-/// Announcements made while the routing table was still filling (a node's first minute, a
-/// cluster that starts together) reach the closest nodes known then, not the key's real k
-/// closest: bench/dht_sim.sh found 3 % of steady-state lookups (60 nodes) missing keys whose
-/// holders answered without the record, until the republish. So every key is announced once
-/// more this long after the first peers came.
-const ANNOUNCE_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// How often the loop does its periodic work (retries, deadlines, pings' verdicts, gauges).
 const TICK: Duration = Duration::from_millis(100);
 /// Announcement queries a node runs at a time (see announce.rs).
@@ -144,8 +138,9 @@ pub(super) struct EventLoop {
     /// Set when the last peer went away: re-announce everything when one comes back.
     reprovide_pending: bool,
     /// When to announce every key once more, after the routing table has filled (see
-    /// `ANNOUNCE_AGAIN_AFTER`).
+    /// `P2pConfig::ANNOUNCE_AGAIN_AFTER`).
     announce_again_at: Option<Instant>,
+    announce_again_after: Option<Duration>,
     announcer: Announcer,
     next_sweep: Instant,
     next_gauges: Instant,
@@ -164,16 +159,28 @@ pub(super) struct EventLoop {
     last_tick: Instant,
 }
 
+/// The parts of [`super::P2pConfig`] the loop keeps.
+pub(super) struct LoopSettings {
+    pub bootstrap: Vec<Bootstrap>,
+    pub republish_interval: Duration,
+    pub replication: usize,
+    pub announce_again_after: Option<Duration>,
+}
+
 impl EventLoop {
     pub(super) fn new(
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         state: watch::Sender<Snapshot>,
         metrics: Arc<Metrics>,
-        bootstrap: Vec<Bootstrap>,
-        republish_interval: Duration,
-        replication: usize,
+        settings: LoopSettings,
     ) -> Self {
+        let LoopSettings {
+            bootstrap,
+            republish_interval,
+            replication,
+            announce_again_after,
+        } = settings;
         EventLoop {
             swarm,
             commands,
@@ -190,6 +197,7 @@ impl EventLoop {
             // Keys advertised before the first peer connects reached nobody: announce them again then.
             reprovide_pending: true,
             announce_again_at: None,
+            announce_again_after,
             announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
             next_sweep: Instant::now() + SWEEP_EVERY,
             next_gauges: Instant::now(),
@@ -533,7 +541,7 @@ impl EventLoop {
         if self.reprovide_pending {
             self.reprovide_pending = false;
             self.announcer.reannounce_all();
-            self.announce_again_at = Some(Instant::now() + ANNOUNCE_AGAIN_AFTER);
+            self.announce_again_at = self.announce_again_after.map(|d| Instant::now() + d);
             tracing::info!("peers connected; announcing every provided key");
             self.pump_announcements();
         }

@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::event_loop::EventLoop;
+use super::event_loop::{EventLoop, LoopSettings};
 use super::{P2pConfig, P2pError, socket_multiaddr, swarm};
 use crate::content::Key;
 use crate::metrics::Metrics;
@@ -118,9 +118,12 @@ impl P2pRouter {
             rx,
             state_tx,
             metrics,
-            config.bootstrap,
-            config.republish_interval,
-            config.replication,
+            LoopSettings {
+                bootstrap: config.bootstrap,
+                republish_interval: config.republish_interval,
+                replication: config.replication,
+                announce_again_after: config.announce_again_after,
+            },
         );
         let handle = tokio::spawn(event_loop.run(shutdown));
         Ok((
