@@ -39,6 +39,8 @@ pub struct MirrorMetrics {
     /// Misses held because another node claimed the blob, and those whose wait ran out.
     pub claim_waits: Counter,
     pub claim_timeouts: Counter,
+    /// Rollout askers not let into a chain: not a connected peer at the address they asked from.
+    pub rollout_strangers: Counter,
 }
 
 impl MirrorMetrics {
@@ -97,6 +99,12 @@ impl MirrorMetrics {
                 r,
                 "claim_timeouts",
                 "Held misses answered 404 because the copy to follow did not appear in time",
+                Counter::default(),
+            ),
+            rollout_strangers: registered(
+                r,
+                "rollout_strangers",
+                "Rollout askers not let into the chain: not a connected peer at the address they asked from",
                 Counter::default(),
             ),
         }

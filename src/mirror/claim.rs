@@ -19,8 +19,11 @@
 //! asker resolves to an address itself (only connected peers' registry endpoints), and every
 //! byte is verified as always, so a lying coordinator can delay a miss by the claim wait at
 //! most. A coordinator that does not answer in time, or answers anything else, means "fetch".
+//! Askers are trusted with less still: only a connected peer asking from its own registry
+//! address joins a chain (see [`Mirror::rollout_join`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,6 +163,21 @@ impl Rollouts {
         }
     }
 
+    /// The role of an asker that is not let into `digest`'s chain: behind its last member, or
+    /// the upstream if it has none. Nothing is remembered, so nobody will be told to follow it.
+    fn place(&self, digest: &Digest) -> Role {
+        let state = self.inner.locked();
+        let last = state
+            .map
+            .get(digest)
+            .filter(|r| r.touched.elapsed() < ROLLOUT_TTL)
+            .and_then(|r| r.members.last());
+        match last {
+            Some(m) => Role::Follow(m.clone()),
+            None => Role::Fetch,
+        }
+    }
+
     /// Whether `who` is in `digest`'s chain.
     fn is_member(&self, digest: &Digest, who: &NodeId) -> bool {
         self.inner
@@ -295,6 +313,14 @@ async fn join_reporting(
     rollouts.join(digest, asker)
 }
 
+/// Whether `asker` is a connected peer whose registry endpoint is at `from`.
+fn speaks_for_itself(book: &ProviderBook, asker: &NodeId, from: IpAddr) -> bool {
+    let from = from.to_canonical();
+    book.peers()
+        .iter()
+        .any(|p| p.peer == *asker && p.addr.ip().to_canonical() == from)
+}
+
 /// Whether `node`'s registry endpoint answers at all within [`PROBE_WAIT`].
 async fn alive(fetcher: &Fetcher, book: &ProviderBook, node: &NodeId) -> bool {
     let Some(p) = resolve(book, node, None) else {
@@ -382,13 +408,25 @@ fn score(node: &str, digest: &Digest) -> [u8; 32] {
 
 impl Mirror {
     /// The coordinator's answer to a peer `asker` that misses `digest`, having found the copy
-    /// of `failed` dead if it says so.
+    /// of `failed` dead if it says so. `from`: the address the request came from.
+    ///
+    /// Only a node that speaks for itself joins the chain (and may report a failure): a
+    /// connected peer whose registry endpoint is at `from`. Any other asker (an id nobody
+    /// knows, or a peer naming another) is told where it would stand and not remembered, so
+    /// an attacker cannot fill a chain with ids that will never send, which would make every
+    /// later asker wait for them and then go to the upstream together.
     pub async fn rollout_join(
         &self,
         digest: Digest,
         asker: NodeId,
         failed: Option<NodeId>,
+        from: IpAddr,
     ) -> Role {
+        if !speaks_for_itself(&self.book, &asker, from) {
+            tracing::debug!(%digest, %asker, %from, "rollout: an asker that is not a peer at its own address is not let into the chain");
+            self.metrics.mirror.rollout_strangers.inc();
+            return self.rollouts.place(&digest);
+        }
         join_reporting(
             &self.rollouts,
             &self.fetcher,

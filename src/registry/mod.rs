@@ -10,6 +10,7 @@ mod partial;
 mod routes;
 mod verify;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,7 +230,7 @@ impl Registry {
         // Strangers are refused before any lookup, read or peer traffic.
         let (answer, identity) = match self.guard.check(req.headers(), &conn) {
             Ok(identity) => {
-                let mut answer = self.answer(&req).await;
+                let mut answer = self.answer(&req, conn.remote.ip()).await;
                 self.tell_accepted_tokens(&req, &identity, &mut answer.response);
                 (answer, identity.to_string())
             }
@@ -299,7 +300,7 @@ impl Registry {
         }
     }
 
-    async fn answer<B>(&self, req: &Request<B>) -> Answer {
+    async fn answer<B>(&self, req: &Request<B>, from: IpAddr) -> Answer {
         let route = match routes::parse(req.uri().path()) {
             Ok(r) => r,
             Err(e) => return Answer::error(e, RouteKind::Invalid),
@@ -313,7 +314,7 @@ impl Registry {
                 route.kind(),
             );
         }
-        let asked = Asked::read(req);
+        let asked = Asked::read(req, from);
         match route {
             Route::Base => {
                 let mut response = Response::new(body::full("{}"));
@@ -405,7 +406,7 @@ impl Registry {
         let mut a = Answer::error(miss, RouteKind::Blob);
         if let (Some(mirror), Some(asker)) = (&self.mirror, asked.rollout.clone()) {
             let role = mirror
-                .rollout_join(digest, asker, asked.rollout_failed.clone())
+                .rollout_join(digest, asker, asked.rollout_failed.clone(), asked.from)
                 .await;
             if let Ok(v) = HeaderValue::from_str(&role.header()) {
                 a.response.headers_mut().insert(ROLLOUT, v);
@@ -702,10 +703,12 @@ struct Asked {
     /// The client's one byte range, not yet checked against a size; a header that is not one
     /// well-formed range is ignored (RFC 9110) and the whole content is sent.
     range: Option<RangeSpec>,
+    /// The address the request came from.
+    from: IpAddr,
 }
 
 impl Asked {
-    fn read<B>(req: &Request<B>) -> Self {
+    fn read<B>(req: &Request<B>, from: IpAddr) -> Self {
         let h = req.headers();
         Asked {
             head: req.method() == Method::HEAD,
@@ -723,6 +726,7 @@ impl Asked {
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| RangeSpec::parse(v).ok()),
+            from,
         }
     }
 }
