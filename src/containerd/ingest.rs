@@ -363,17 +363,20 @@ enum Classified {
 }
 
 fn classify(dir: &Path) -> Classified {
+    // containerd writes `ref` and then `total` (each created, then written) before it creates
+    // `data`. Until `data` exists either may be missing or still empty, and an empty `ref`
+    // taken for "not a digest" would ignore the dir for good: the download would never be
+    // served in flight (a rollout's followers then wait for its end). Once `data` exists, a
+    // missing `total` means the size is unknown.
+    if !dir.join("data").exists() {
+        return Classified::NotYet;
+    }
     let Some(reference) = read_small(&dir.join("ref")) else {
         return Classified::NotYet;
     };
     let Some(digest) = digest_of_ref(&reference) else {
         return Classified::NotDigest;
     };
-    // containerd writes `total` before it creates `data`: once `data` exists, a missing
-    // `total` means the size is unknown; before that, `total` may still come.
-    if !dir.join("data").exists() {
-        return Classified::NotYet;
-    }
     let total = match read_small(&dir.join("total")) {
         Some(t) => match t.trim().parse::<u64>() {
             Ok(n) => Some(n),

@@ -120,6 +120,31 @@ fn tracker_reports_start_duplicates_and_end() {
     assert!(t.snapshot().is_empty());
 }
 
+/// containerd creates `ref` and then writes it: a poll between the two sees it empty. That
+/// dir must be looked at again, not ignored for good. (Failed with the ref read before
+/// `data`'s existence was checked: no Started, ever.)
+#[test]
+fn a_ref_seen_before_it_is_written_is_looked_at_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let content = tmp.path();
+    let mut t = Tracker::new(content.join("ingest"), DEFAULT_STALE);
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let d = Digest::of(b"config");
+    let a = ingest(content, "", None, None);
+    assert!(t.scan(now, wall).is_empty());
+    fs::write(a.join("ref"), format!("config-{d}")).unwrap();
+    fs::write(a.join("total"), "6").unwrap();
+    assert!(t.scan(now, wall).is_empty());
+    fs::write(a.join("data"), b"con").unwrap();
+    assert_eq!(
+        t.scan(now, wall),
+        vec![IngestEvent::Started {
+            digest: d,
+            total: Some(6)
+        }]
+    );
+}
+
 #[test]
 fn tracker_unknown_total_and_stale_ingests() {
     let tmp = tempfile::tempdir().unwrap();
