@@ -24,7 +24,7 @@ pub use index::{Index, IndexChange, Key};
 /// For the fuzz targets (`fuzz/`): walks one image as the indexer does.
 #[doc(hidden)]
 pub use indexer::walk_image;
-pub use indexer::{Indexer, Readiness};
+pub use indexer::{Indexer, Readiness, index_if_committed};
 pub use memory::MemorySource;
 
 /// A stream of blob bytes, produced on demand in large chunks (256 KiB from the content dir).

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::start::{Content, Routed};
 use super::{DaemonError, SpoolSettings, Wiring};
 use crate::containerd::ingest::{DEFAULT_POLL, IngestEvent, IngestWatcher};
-use crate::content::{Index, IndexChange, Key};
+use crate::content::{ContentSource, Index, IndexChange, Key};
 use crate::metrics::FaultKind;
 use crate::mirror::Mirror;
 use crate::registry::Ingests;
@@ -80,6 +80,10 @@ pub(super) fn start_in_flight(
                 events,
                 watcher.clone(),
                 inflight.clone(),
+                Committed {
+                    source: content.source.clone(),
+                    index: content.index.clone(),
+                },
                 w.shutdown.clone(),
             ),
         );
@@ -142,11 +146,53 @@ fn sweep(index: &Index, spool: &Spool, inflight: &InFlight) {
     inflight.only(Origin::Spool, kept);
 }
 
-/// Advertise what containerd is downloading, for as long as it is.
+/// Where a blob whose ingest ended is looked for and indexed (see
+/// [`crate::content::index_if_committed`]).
+struct Committed {
+    source: Arc<dyn ContentSource>,
+    index: Arc<Index>,
+}
+
+/// How long the store gets to say whether an ended ingest was committed.
+const COMMITTED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Committed {
+    /// Index `digest` if its ingest ended in a commit, without holding up the ingest events.
+    fn check(&self, digest: crate::oci::Digest) {
+        if self.index.stat(&digest).is_some() {
+            return;
+        }
+        let (source, index) = (self.source.clone(), self.index.clone());
+        tokio::spawn(async move {
+            let found = tokio::time::timeout(
+                COMMITTED_WAIT,
+                crate::content::index_if_committed(source.as_ref(), &index, digest),
+            )
+            .await;
+            match found {
+                Ok(Ok(true)) => {
+                    tracing::debug!(%digest, "committed blob indexed when its ingest ended")
+                }
+                Ok(Ok(false)) => {}
+                // The image event indexes it later, as before.
+                Ok(Err(e)) => {
+                    tracing::debug!(%digest, error = %e, "cannot tell whether an ended ingest was committed")
+                }
+                Err(_) => {
+                    tracing::debug!(%digest, "the store did not say in time whether an ended ingest was committed")
+                }
+            }
+        });
+    }
+}
+
+/// Advertise what containerd is downloading, for as long as it is, and index each blob whose
+/// download was committed.
 async fn follow_ingests(
     mut events: broadcast::Receiver<IngestEvent>,
     watcher: Arc<IngestWatcher>,
     inflight: InFlight,
+    committed: Committed,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -161,7 +207,10 @@ async fn follow_ingests(
                 total: Some(_),
             }) => inflight.add(digest, Origin::Ingest),
             Ok(IngestEvent::Started { .. }) => {}
-            Ok(IngestEvent::Ended { digest }) => inflight.remove(digest, Origin::Ingest),
+            Ok(IngestEvent::Ended { digest }) => {
+                inflight.remove(digest, Origin::Ingest);
+                committed.check(digest);
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Re-add what is in flight now; records of ended ones expire with their TTL.
                 for i in watcher.current() {

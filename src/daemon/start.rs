@@ -33,12 +33,13 @@ use crate::tls::{MaterialRx, TlsMaterial};
 pub(super) struct Content {
     pub index: Arc<Index>,
     pub readiness: watch::Receiver<Readiness>,
+    pub source: Arc<dyn ContentSource>,
 }
 
 /// Starts indexing the content source, and keeps the content-ready gauge in step with it.
 pub(super) fn start_index(w: &mut Wiring, source: Arc<dyn ContentSource>) -> Content {
     let index = Arc::new(Index::new());
-    let indexer = Indexer::new(source, index.clone());
+    let indexer = Indexer::new(source.clone(), index.clone());
     let readiness = indexer.readiness();
     w.tasks.spawn("indexer", indexer.run(w.shutdown.clone()));
     w.tasks.spawn(
@@ -49,7 +50,11 @@ pub(super) fn start_index(w: &mut Wiring, source: Arc<dyn ContentSource>) -> Con
             w.shutdown.clone(),
         ),
     );
-    Content { index, readiness }
+    Content {
+        index,
+        readiness,
+        source,
+    }
 }
 
 async fn follow_readiness(
