@@ -478,6 +478,7 @@ fn rollout_six_nodes_at_line_rate() {
 
     let r = rollout(&c, &first, lone, &knobs);
     r.print("e2e", &knobs);
+    print_rollout_logs(&c, "e2e");
     assert_all_pulled(&c, &r, "e2e");
 
     let frozen_knobs = Knobs {
