@@ -36,6 +36,14 @@ fn commit(content: &Path, dir: &Path, digest: &Digest) {
     fs::remove_dir_all(dir).unwrap();
 }
 
+/// The one event of a blob of `total` bytes coming into flight.
+fn started(digest: Digest, total: u64) -> Vec<IngestEvent> {
+    vec![IngestEvent::Started {
+        digest,
+        total: Some(total),
+    }]
+}
+
 fn blob(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
@@ -94,13 +102,7 @@ fn tracker_reports_start_duplicates_and_end() {
     assert!(t.scan(now, wall).is_empty());
     fs::write(a.join("total"), "5").unwrap();
     fs::write(a.join("data"), b"la").unwrap();
-    assert_eq!(
-        t.scan(now, wall),
-        vec![IngestEvent::Started {
-            digest: d,
-            total: Some(5)
-        }]
-    );
+    assert_eq!(t.scan(now, wall), started(d, 5));
     // A second pull of the same blob under another ref: still one blob in flight.
     let b = ingest(content, &d.to_string(), Some(5), Some(b""));
     // Not a digest ref: ignored.
@@ -136,13 +138,7 @@ fn a_ref_seen_before_it_is_written_is_looked_at_again() {
     fs::write(a.join("total"), "6").unwrap();
     assert!(t.scan(now, wall).is_empty());
     fs::write(a.join("data"), b"con").unwrap();
-    assert_eq!(
-        t.scan(now, wall),
-        vec![IngestEvent::Started {
-            digest: d,
-            total: Some(6)
-        }]
-    );
+    assert_eq!(t.scan(now, wall), started(d, 6));
 }
 
 #[test]
