@@ -30,7 +30,12 @@
 # PROVIDER_TTL and REPUBLISH are short by default (5m / 2m, the product's are 10m / 3m) so the
 # traffic window sees each node republish.
 #
-# Only 127.0.0.0/8. Every node is stopped by PID on exit (TERM, then KILL after 10 s); the
+# NETNS=1: every node in a network namespace of its own (10.213.0.0/16 on a bridge with no
+# address in the root namespace), and the coordinator in one more: one host per node, as in a
+# cluster (own IP, own TCP stack and ports), on the same cores. The `traffic` phase is skipped
+# there (it reads `ss` of one namespace). Namespaces, veths and the bridge are deleted on exit.
+#
+# Only 127.0.0.0/8, or the namespaces' own addresses from inside them. Every node is stopped by PID on exit (TERM, then KILL after 10 s); the
 # temp dir is removed (BENCH_KEEP=1 keeps it, with each node's log). NICE=10 runs the nodes
 # niced. Needs `ss` (iproute2); about 25 MB of RAM per node.
 
@@ -60,6 +65,8 @@ RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-2s}"
 # product's defaults are RESOLVE_TIMEOUT=20ms RESOLVE_TIMEOUT_MAX=250ms.
 RESOLVE_TIMEOUT_MAX="${RESOLVE_TIMEOUT_MAX:-}"
 WORKERS="${WORKERS:-1}"
+NETNS="${NETNS:-0}"
+NS="pmd$$"
 # Each lookup's end at debug (peermirror::dht_lookups): `drive` reads the asker's line to say
 # why a lookup failed (which of the key's holders answered, what the query asked).
 NODE_LOG="${NODE_LOG:-warn,peermirror::dht_lookups=debug}"
@@ -82,6 +89,15 @@ cleanup() {
         for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
         for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
     fi
+    if [ "$NETNS" = 1 ]; then
+        for ((i = 0; i < NODES; i++)); do
+            ip netns del "$NS-$i" 2>/dev/null
+            ip link del "${NS}v$i" 2>/dev/null
+        done
+        ip netns del "$NS-drive" 2>/dev/null
+        ip link del "${NS}vd" 2>/dev/null
+        ip link del "${NS}br" 2>/dev/null
+    fi
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     fi
@@ -92,26 +108,56 @@ trap 'exit 130' INT TERM
 
 [ -x "$SIM" ] || die "$SIM missing: cargo build --release --example sim_node"
 command -v ss >/dev/null || die "ss (iproute2) not found"
-[ -z "$(ss -ltnH "( sport >= :30000 and sport < :$((30000 + 3 * NODES)) )")" ] ||
-    die "ports 30000..$((30000 + 3 * NODES)) are in use"
+if [ "$NETNS" = 1 ]; then
+    [ "$(id -u)" = 0 ] || die "NETNS=1 needs root (ip netns)"
+    [ "$NODES" -le 2000 ] || die "NETNS=1: at most 2000 nodes"
+else
+    [ -z "$(ss -ltnH "( sport >= :30000 and sport < :$((30000 + 3 * NODES)) )")" ] ||
+        die "ports 30000..$((30000 + 3 * NODES)) are in use"
+fi
 WORK="$(mktemp -d /tmp/pm-dht-sim.XXXXXX)"
 NODES_FILE="$WORK/nodes.txt"
 SUMMARY="$WORK/summary.txt"
 : >"$NODES_FILE"
 
-ip_of() { echo 127.0.0.1; }
+if [ "$NETNS" = 1 ]; then
+    ip_of() { echo "10.213.$(($1 / 250)).$(($1 % 250 + 1))"; }
+    in_node() { NODE_PREFIX=(ip netns exec "$NS-$1"); }
+    IN_DRIVER=(ip netns exec "$NS-drive")
+    # One namespace per node (and one for the coordinator) on a bridge. No address on the
+    # root side, IPv6 off there: the root namespace sends nothing into the cluster.
+    netns_member() { # name veth ip
+        ip netns add "$1"
+        ip link add "$2" type veth peer name eth0 netns "$1"
+        sysctl -qw "net.ipv6.conf.$2.disable_ipv6=1"
+        ip link set "$2" master "${NS}br" up
+        ip -n "$1" addr add "$3/16" dev eth0
+        ip -n "$1" link set eth0 up
+        ip -n "$1" link set lo up
+    }
+    ip link add "${NS}br" type bridge
+    sysctl -qw "net.ipv6.conf.${NS}br.disable_ipv6=1"
+    ip link set "${NS}br" up
+    for ((i = 0; i < NODES; i++)); do netns_member "$NS-$i" "${NS}v$i" "$(ip_of "$i")"; done
+    netns_member "$NS-drive" "${NS}vd" 10.213.255.254
+    log "$NODES network namespaces on bridge ${NS}br (10.213.0.0/16)"
+else
+    ip_of() { echo 127.0.0.1; }
+    in_node() { NODE_PREFIX=(); }
+    IN_DRIVER=()
+fi
 drive() {
     local phase="$1"
     shift
     log "phase $phase (load $(loadavg))"
-    timeout "${DRIVE_TIMEOUT:-1800}" "$SIM" drive "$phase" --nodes "$NODES_FILE" --keys "$KEYS" \
+    timeout "${DRIVE_TIMEOUT:-1800}" "${IN_DRIVER[@]}" "$SIM" drive "$phase" --nodes "$NODES_FILE" --keys "$KEYS" \
         --replication "$REPLICATION" "$@" |
         tee -a "$WORK/drive.log" | grep -E '^(RESULT|failed )' | sed "s/^RESULT /[$phase] /" | tee -a "$SUMMARY" >&2
     echo "[$phase] load after: $(loadavg); uptime: $(uptime)" >>"$SUMMARY"
 }
 
 seeds=()
-for ((i = 0; i < SEEDS && i < NODES; i++)); do seeds+=(--seed "$i"); done
+for ((i = 0; i < SEEDS && i < NODES; i++)); do seeds+=(--seed "$i" --seed-ip "$(ip_of "$i")"); done
 
 log "starting $NODES nodes ($KEYS keys each, provider TTL $PROVIDER_TTL, republish $REPUBLISH; load $(loadavg))"
 T_START=$(date +%s.%N)
@@ -119,7 +165,8 @@ for ((i = 0; i < NODES; i++)); do
     ip="$(ip_of "$i")"
     dir="$WORK/n$i"
     mkdir -p "$dir"
-    RUST_LOG="$NODE_LOG" nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
+    in_node "$i" # NODE_PREFIX: the node's namespace, if any (exec'd: $! stays the node's PID)
+    RUST_LOG="$NODE_LOG" "${NODE_PREFIX[@]}" nice -n "$NICE" "$SIM" node --index "$i" --ip "$ip" --dir "$dir" "${seeds[@]}" \
         --keys "$KEYS" --provider-ttl "$PROVIDER_TTL" --republish-interval "$REPUBLISH" \
         --replication "$REPLICATION" --resolve-timeout "$RESOLVE_TIMEOUT" \
         ${RESOLVE_TIMEOUT_MAX:+--resolve-timeout-max "$RESOLVE_TIMEOUT_MAX"} \
@@ -132,7 +179,7 @@ done
 log "all $NODES started in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }") s"
 
 {
-    echo "dht_sim: NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION RESOLVE_TIMEOUT=$RESOLVE_TIMEOUT RESOLVE_TIMEOUT_MAX=${RESOLVE_TIMEOUT_MAX:-off} WORKERS=$WORKERS NICE=$NICE"
+    echo "dht_sim: NETNS=$NETNS NODES=$NODES KEYS=$KEYS SEEDS=$SEEDS PROVIDER_TTL=$PROVIDER_TTL REPUBLISH=$REPUBLISH REPLICATION=$REPLICATION RESOLVE_TIMEOUT=$RESOLVE_TIMEOUT RESOLVE_TIMEOUT_MAX=${RESOLVE_TIMEOUT_MAX:-off} WORKERS=$WORKERS NICE=$NICE"
     echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo +changes); uptime at start: $(uptime)"
     echo "machine: $(uname -r), $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM; load at start $(loadavg); $(date -u +%FT%TZ)"
 } >>"$SUMMARY"
@@ -141,10 +188,20 @@ drive ready --window "${READY_S}s"
 echo "[ready] seconds since first start: $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $T_START }")" >>"$SUMMARY"
 drive rss
 drive settle --window "${SETTLE_S:-1200}s"
+# WARMUP_S: wait this long after the first announcements settle before measuring (e.g. 60 s,
+# past the second announcement pass a minute after the first peers came).
+if [ "${WARMUP_S:-0}" -gt 0 ]; then
+    log "waiting ${WARMUP_S} s (WARMUP_S)"
+    sleep "$WARMUP_S"
+fi
 drive rss
 drive propagate --samples "$SAMPLES" --window 60s
 drive lookups --samples "$LOOKUPS" --concurrency "$CONC"
-drive traffic --window "${TRAFFIC_S}s"
+if [ "$NETNS" = 1 ]; then
+    echo "[traffic] skipped (NETNS=1)" >>"$SUMMARY"
+else
+    drive traffic --window "${TRAFFIC_S}s"
+fi
 drive rss
 drive recover --window "${RECOVER_S}s" --kill-fraction "$KILL_FRACTION"
 dead=0

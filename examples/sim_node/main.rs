@@ -11,7 +11,8 @@
 //! containerd 2.1 does mid-pull, so the node indexes and advertises that one new digest.
 //!
 //! `drive` measures over every node listed in FILE (`index ip pid dir` per line); see
-//! [`Phase`]. Nothing listens beyond 127.0.0.0/8; every wait has a deadline.
+//! [`Phase`]. Nothing listens beyond 127.0.0.0/8, or the node's own namespace address
+//! (bench/dht_sim.sh NETNS=1); every wait has a deadline.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +73,10 @@ struct NodeArgs {
     /// Indices of the seed nodes (`--bootstrap static:` each).
     #[arg(long)]
     seed: Vec<usize>,
+    /// The seeds' IPs, in `--seed`'s order, when each node has its own (bench/dht_sim.sh's
+    /// NETNS=1: a network namespace per node); by default every seed is at `--ip`.
+    #[arg(long)]
+    seed_ip: Vec<IpAddr>,
     #[arg(long, default_value_t = 2000)]
     keys: usize,
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]

@@ -25,9 +25,11 @@ pub async fn node(a: NodeArgs) {
     let bootstrap: Vec<Bootstrap> = a
         .seed
         .iter()
-        .filter(|s| **s != a.index)
-        .map(|s| {
-            format!("static:/ip4/{}/tcp/{}", a.ip, base_port(*s) + 1)
+        .enumerate()
+        .filter(|(_, s)| **s != a.index)
+        .map(|(i, s)| {
+            let ip = a.seed_ip.get(i).copied().unwrap_or(a.ip);
+            format!("static:/ip4/{ip}/tcp/{}", base_port(*s) + 1)
                 .parse()
                 .expect("seed")
         })
