@@ -152,12 +152,8 @@ impl Indexer {
                     self.index.remove_image(&name);
                 }
                 SourceEvent::ContentCommitted { digest, size } => {
-                    if self.index.stat(&digest).is_none()
-                        && let Some(desc) =
-                            committed_blob(self.source.as_ref(), digest, size).await?
-                    {
+                    if index_committed(self.source.as_ref(), &self.index, digest, size).await? {
                         tracing::debug!(%digest, size, "committed blob indexed before its image");
-                        self.index.add_blob(desc);
                     }
                 }
                 SourceEvent::ContentDeleted(d) => self.index.remove_content(&d),
@@ -269,12 +265,23 @@ pub async fn index_if_committed(
     index: &Index,
     digest: crate::oci::Digest,
 ) -> Result<bool, SourceError> {
-    if index.stat(&digest).is_some() {
-        return Ok(false);
-    }
     let Some(size) = source.stat(&digest).await? else {
         return Ok(false);
     };
+    index_committed(source, index, digest, size).await
+}
+
+/// Index the committed blob `digest` of `size` bytes as a loose blob unless it is indexed
+/// already or is a manifest without a media type (it waits for its image). Whether it was added.
+async fn index_committed(
+    source: &dyn ContentSource,
+    index: &Index,
+    digest: crate::oci::Digest,
+    size: u64,
+) -> Result<bool, SourceError> {
+    if index.stat(&digest).is_some() {
+        return Ok(false);
+    }
     match committed_blob(source, digest, size).await? {
         Some(desc) => {
             index.add_blob(desc);

@@ -159,9 +159,6 @@ const COMMITTED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 impl Committed {
     /// Index `digest` if its ingest ended in a commit, without holding up the ingest events.
     fn check(&self, digest: crate::oci::Digest) {
-        if self.index.stat(&digest).is_some() {
-            return;
-        }
         let (source, index) = (self.source.clone(), self.index.clone());
         tokio::spawn(async move {
             let found = tokio::time::timeout(

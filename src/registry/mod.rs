@@ -550,25 +550,14 @@ impl Registry {
     }
 
     async fn read_children(&self, digest: &Digest) -> Option<Arc<[Digest]>> {
-        use futures_util::StreamExt;
         let desc = self.index.stat(digest)?;
-        if desc.size > crate::content::MAX_MANIFEST_SIZE {
-            return None;
-        }
-        let read = async {
-            let mut s = self.source.read(digest, 0, Some(desc.size)).await.ok()?;
-            let mut data = Vec::with_capacity(usize::try_from(desc.size).ok()?);
-            while let Some(chunk) = s.next().await {
-                data.extend_from_slice(&chunk.ok()?);
-                if data.len() as u64 > desc.size {
-                    return None;
-                }
-            }
-            Some(data)
-        };
+        // No more than the index's size for it, and no manifest over the limit.
+        let limit = desc.size.min(crate::content::MAX_MANIFEST_SIZE);
+        let read = crate::content::read_small(self.source.as_ref(), digest, desc.size, limit);
         let data = tokio::time::timeout(CHILDREN_READ_TIMEOUT, read)
             .await
-            .ok()??;
+            .ok()?
+            .ok()?;
         let children = crate::oci::children(&desc.media_type, &data).ok()?;
         Some(children.into_iter().map(|c| c.digest).collect())
     }
