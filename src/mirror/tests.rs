@@ -38,21 +38,21 @@ impl Router for Silent {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_miss_is_answered_at_the_resolve_timeout_however_long_the_search_runs() {
-    let config = MirrorConfig::default();
-    let resolve = config.resolve_timeout;
+/// A mirror over `router`, with a plain HTTP peer client and no spool. (The client's sender
+/// may go: the mirror only reads the current client.)
+fn mirror_over(router: Arc<dyn Router>, config: MirrorConfig) -> Mirror {
     let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
         client: reqwest::Client::new(),
         scheme: Scheme::Http,
     });
-    let mirror = Mirror::new(
-        Arc::new(Silent::default()),
-        rx,
-        Arc::new(Metrics::new()),
-        config,
-        None,
-    );
+    Mirror::new(router, rx, Arc::new(Metrics::new()), config, None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_is_answered_at_the_resolve_timeout_however_long_the_search_runs() {
+    let config = MirrorConfig::default();
+    let resolve = config.resolve_timeout;
+    let mirror = mirror_over(Arc::new(Silent::default()), config);
     let name: Name = "test/app".parse().unwrap_or_else(|e| panic!("{e}"));
     let digest = Digest::of(b"nobody has this");
 
@@ -115,17 +115,7 @@ impl Router for SilentWithPeer {
 
 /// How long each of `n` misses of new digests waits, with the default (adaptive) wait.
 async fn miss_waits(router: Arc<dyn Router>, n: usize) -> Vec<Duration> {
-    let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
-        client: reqwest::Client::new(),
-        scheme: Scheme::Http,
-    });
-    let mirror = Mirror::new(
-        router,
-        rx,
-        Arc::new(Metrics::new()),
-        MirrorConfig::default(),
-        None,
-    );
+    let mirror = mirror_over(router, MirrorConfig::default());
     let name: Name = "test/app".parse().unwrap_or_else(|e| panic!("{e}"));
     let mut waits = Vec::new();
     for i in 0..n {
@@ -166,17 +156,7 @@ async fn slow_lookups_raise_the_wait_but_a_node_alone_keeps_the_floor() {
 #[tokio::test(start_paused = true)]
 async fn a_blob_a_relayed_manifest_named_is_waited_for_up_to_the_ceiling() {
     let config = MirrorConfig::default();
-    let (_tx, rx) = tokio::sync::watch::channel(PeerClient {
-        client: reqwest::Client::new(),
-        scheme: Scheme::Http,
-    });
-    let mirror = Mirror::new(
-        Arc::new(SilentWithPeer::default()),
-        rx,
-        Arc::new(Metrics::new()),
-        config.clone(),
-        None,
-    );
+    let mirror = mirror_over(Arc::new(SilentWithPeer::default()), config.clone());
     let (config_blob, layer) = (Digest::of(b"config"), Digest::of(b"layer"));
     let manifest = serde_json::json!({
         "schemaVersion": 2,
