@@ -34,6 +34,11 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// of CPU per node per second in bench/dht_sim.sh (60 nodes, each pinging 59 peers, against
 /// 1.5 ms idle), so 5 s: ~7 ms/s at 60 peers, ~20 ms/s at 200.
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a dial (TCP, noise, yamux) and a DHT request may take. A cluster's handshakes
+/// and answers take milliseconds; a frozen peer (its kernel still accepts TCP) makes a query
+/// wait this long for each request to it, and re-announcements after a loss are such
+/// queries (libp2p's default is 10 s for both).
+const PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// Load the node's libp2p identity from `<dir>/identity.key`, creating it (mode 0600) on first
 /// start, so a restart keeps the PeerId.
@@ -122,6 +127,7 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
         let peer_id = key.public().to_peer_id();
         let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kcfg.set_query_timeout(QUERY_TIMEOUT);
+        kcfg.set_substreams_timeout(PEER_WAIT);
         kcfg.set_provider_record_ttl(Some(config.provider_ttl));
         // Republishing is the event loop's (paced, jittered, retried: see announce.rs).
         kcfg.set_provider_publication_interval(None);
@@ -163,6 +169,7 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
             .with_behaviour(|k| make_behaviour(k))
             .map_err(|e| terr(&e))?
             .with_swarm_config(idle)
+            .with_connection_timeout(PEER_WAIT)
             .build(),
         Some(psk) => builder
             .with_other_transport(|key| {
@@ -173,13 +180,14 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise)
                         .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(20)),
+                        .timeout(PEER_WAIT),
                 )
             })
             .map_err(|e| terr(&e))?
             .with_behaviour(|k| make_behaviour(k))
             .map_err(|e| terr(&e))?
             .with_swarm_config(idle)
+            .with_connection_timeout(PEER_WAIT)
             .build(),
     };
     Ok(swarm)
