@@ -457,17 +457,22 @@ async fn join(nodes: &mut Vec<Node>, count: usize, seed: &[Bootstrap]) {
     .await;
 }
 
-/// How long after its first peer the early node of the test below announces again.
-const AGAIN_AFTER: Duration = Duration::from_secs(12);
+/// The early node's timed second pass: out of the test's reach, so the pass that repairs its
+/// keys is the one its grown routing table triggers.
+const TIMED_PASS: Duration = Duration::from_secs(600);
+/// How long after the cluster has filled the early node may take to announce again (the
+/// table settles for 5 s first).
+const PASS_WAIT: Duration = Duration::from_secs(30);
 
 /// The second announcement pass (issue 26): a node whose first announcement went out while
 /// the cluster was one other node (its routing table held nothing else) stored its records on
 /// that node only. Once the others have joined, the keys' k closest nodes are others, which
-/// never got the records, so lookups miss until the next republish (minutes). The pass
-/// announces every key again once the routing table has filled, and every lookup finds them.
-/// (Fails with the pass disabled: `announce_again_after: None`.)
+/// never got the records, so lookups miss until the next republish (minutes). When the routing
+/// table has doubled and stopped growing, the node announces every key again, and every
+/// lookup finds them, long before the timed pass (a minute in the product).
+/// (Fails with the pass disabled: `announce_again_after: None`, or the growth check removed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pass() {
+async fn keys_announced_before_the_cluster_filled_are_found_once_it_stops_growing() {
     const LATE: usize = 20;
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let seed = Node::start(0, vec![]);
@@ -476,7 +481,7 @@ async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pas
     })
     .await;
     let to_seed = vec![Bootstrap::Static(seed.router.listen_addrs()[0].clone())];
-    let early = Node::start_with(1, to_seed.clone(), Some(AGAIN_AFTER));
+    let early = Node::start_with(1, to_seed.clone(), Some(TIMED_PASS));
     early.router.advertise(early.keys.clone()).await.unwrap();
     until(
         "the early node's first announcement",
@@ -484,9 +489,9 @@ async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pas
         || early.announced() >= KEYS_PER_NODE as u64,
     )
     .await;
-    let first_pass_done = Instant::now();
     let mut nodes = vec![seed, early];
     join(&mut nodes, LATE, &to_seed).await;
+    let filled = Instant::now();
     // How many of the early node's keys have all their k closest among the nodes that were
     // not there when it first announced (neither the seed, which holds the records, nor the
     // early node): what the pass has to repair.
@@ -499,15 +504,18 @@ async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pas
         "second pass: {misplaced} of {KEYS_PER_NODE} keys have their k closest among the late nodes"
     );
     assert!(misplaced > 0, "no key to repair: the test shows nothing");
-    until(
-        "the early node's second announcement",
-        AGAIN_AFTER + Duration::from_secs(60),
-        || nodes[1].announced() >= 2 * KEYS_PER_NODE as u64,
-    )
-    .await;
+    // Wait for the pass, but look up either way: what matters is whether the keys are found.
+    let passed = tokio::time::timeout(PASS_WAIT, async {
+        while nodes[1].announced() < 2 * KEYS_PER_NODE as u64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
     eprintln!(
-        "second pass: done {:?} after the first",
-        first_pass_done.elapsed()
+        "second pass: {} {:?} after every node knew a few peers",
+        if passed { "done" } else { "not done" },
+        filled.elapsed()
     );
     // Every late node looks up every key of the early node.
     let asks: Vec<(usize, Key)> = (2..2 + LATE)
@@ -516,11 +524,13 @@ async fn keys_announced_before_the_cluster_filled_are_found_after_the_second_pas
     let failed = failed_lookups(&nodes, &asks).await;
     assert!(
         failed.is_empty(),
-        "{} of {} lookups of keys announced before the cluster filled found nobody:{}",
+        "{} of {} lookups of keys announced before the cluster filled found nobody (second pass {}):{}",
         failed.len(),
         asks.len(),
+        if passed { "done" } else { "not done" },
         explain(&nodes, &[], &failed)
     );
+    assert!(passed, "the early node never announced its keys again");
     tokio::task::spawn_blocking(move || drop(nodes))
         .await
         .unwrap();
