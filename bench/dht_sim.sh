@@ -33,7 +33,8 @@
 # NETNS=1: every node in a network namespace of its own (10.213.0.0/16 on a bridge with no
 # address in the root namespace), and the coordinator in one more: one host per node, as in a
 # cluster (own IP, own TCP stack and ports), on the same cores. The `traffic` phase is skipped
-# there (it reads `ss` of one namespace). Namespaces, veths and the bridge are deleted on exit.
+# there (it reads `ss` of one namespace). Namespaces, veths and the bridge are deleted on exit;
+# the ARP table limits (one table for all namespaces) are raised for the run and put back.
 #
 # Only 127.0.0.0/8, or the namespaces' own addresses from inside them. Every node is stopped by PID on exit (TERM, then KILL after 10 s); the
 # temp dir is removed (BENCH_KEEP=1 keeps it, with each node's log). NICE=10 runs the nodes
@@ -74,6 +75,7 @@ NODE_LOG="${NODE_LOG:-warn,peermirror::dht_lookups=debug}"
 
 PIDS=()
 WORK=""
+NEIGH_WAS=""
 cleanup() {
     local rc=$? pid i alive
     set +e
@@ -97,6 +99,11 @@ cleanup() {
         ip netns del "$NS-drive" 2>/dev/null
         ip link del "${NS}vd" 2>/dev/null
         ip link del "${NS}br" 2>/dev/null
+        if [ -n "$NEIGH_WAS" ]; then
+            read -r t1 t2 t3 <<<"$NEIGH_WAS"
+            sysctl -qw net.ipv4.neigh.default.gc_thresh1="$t1" net.ipv4.neigh.default.gc_thresh2="$t2" \
+                net.ipv4.neigh.default.gc_thresh3="$t3"
+        fi
     fi
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
@@ -135,6 +142,18 @@ if [ "$NETNS" = 1 ]; then
         ip -n "$1" link set eth0 up
         ip -n "$1" link set lo up
     }
+    # The kernel's ARP table is one for all namespaces (gc_thresh3 entries, 1024 by default):
+    # every node keeps an entry per peer, so past ~30 nodes it overflows ("neighbor table
+    # overflow" in dmesg) and new hosts cannot be reached at all. Sized for the run, put back
+    # on exit.
+    need=$(((NODES + 1) * (NODES + 1) + 1024))
+    t3=$(sysctl -n net.ipv4.neigh.default.gc_thresh3)
+    if [ "$t3" -lt "$need" ]; then
+        NEIGH_WAS="$(sysctl -n net.ipv4.neigh.default.gc_thresh1) $(sysctl -n net.ipv4.neigh.default.gc_thresh2) $t3"
+        log "raising the ARP table to $need entries for $NODES namespaces (was $t3; put back on exit)"
+        sysctl -qw net.ipv4.neigh.default.gc_thresh3="$need" net.ipv4.neigh.default.gc_thresh2="$need" \
+            net.ipv4.neigh.default.gc_thresh1="$((need / 2))"
+    fi
     ip link add "${NS}br" type bridge
     sysctl -qw "net.ipv6.conf.${NS}br.disable_ipv6=1"
     ip link set "${NS}br" up
