@@ -51,6 +51,11 @@ const SILENT_AFTER: Duration = Duration::from_secs(4 * PING_INTERVAL.as_secs());
 /// The routing table counts as filled when it has not grown for this long (a cluster that
 /// starts together is fully connected within ~7 s in bench/dht_sim.sh NETNS=1).
 const TABLE_SETTLED: Duration = Duration::from_secs(5);
+/// While the routing table holds fewer than k peers, it is refreshed (a Kademlia bootstrap:
+/// a lookup of this node's own id) this often. Nodes that join together each ask the seed
+/// before it knows the others, so each learns nobody new, and libp2p's own refresh comes only
+/// every 5 min; a cluster's announcements and lookups would meet them, a quiet one would not.
+const SMALL_TABLE_REFRESH: Duration = Duration::from_secs(3);
 
 struct LookupState {
     key: RecordKey,
@@ -150,6 +155,8 @@ pub(super) struct EventLoop {
     announced_with_table: usize,
     table_peak: usize,
     table_grew_at: Instant,
+    /// When to refresh a routing table smaller than k again (see `SMALL_TABLE_REFRESH`).
+    next_small_refresh: Instant,
     announcer: Announcer,
     next_sweep: Instant,
     next_gauges: Instant,
@@ -210,6 +217,7 @@ impl EventLoop {
             announced_with_table: 0,
             table_peak: 0,
             table_grew_at: Instant::now(),
+            next_small_refresh: Instant::now() + SMALL_TABLE_REFRESH,
             announcer: Announcer::new(republish_interval, ANNOUNCE_IN_FLIGHT),
             next_sweep: Instant::now() + SWEEP_EVERY,
             next_gauges: Instant::now(),
@@ -598,6 +606,7 @@ impl EventLoop {
         self.close_silent_connections(now);
         self.replace_lost_holders(now);
         self.announce_when_table_settled(now);
+        self.refresh_small_table(now);
         if self.announce_again_at.is_some_and(|at| now >= at) {
             self.announce_again_at = None;
             self.announcer.reannounce_all();
@@ -638,6 +647,18 @@ impl EventLoop {
             .kbuckets()
             .map(|b| b.num_entries())
             .sum()
+    }
+
+    /// Refresh a routing table that holds some peers but fewer than k.
+    fn refresh_small_table(&mut self, now: Instant) {
+        if now < self.next_small_refresh || self.connected() == 0 {
+            return;
+        }
+        self.next_small_refresh = now + SMALL_TABLE_REFRESH;
+        if self.table_size() < self.replication {
+            // An error only says the table is empty: nothing to ask yet.
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
     }
 
     /// Announce every key again once the routing table has at least doubled since the keys
