@@ -69,7 +69,8 @@ pub struct P2pConfig {
     /// Kademlia's k: how many nodes store each provider record (and peers per FIND_NODE answer).
     pub replication: usize,
     /// Every key is announced once more this long after the first peers came, when the
-    /// routing table has filled ([`P2pConfig::ANNOUNCE_AGAIN_AFTER`]; `None`: never).
+    /// routing table has filled ([`P2pConfig::ANNOUNCE_AGAIN_AFTER`]), and also as soon as the
+    /// table has doubled and settled. `None`: neither pass.
     pub announce_again_after: Option<Duration>,
 }
 
