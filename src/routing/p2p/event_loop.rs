@@ -560,9 +560,8 @@ impl EventLoop {
         }
         if self.reprovide_pending {
             self.reprovide_pending = false;
-            self.announcer.reannounce_all();
+            self.reannounce_all();
             self.announce_again_at = self.announce_again_after.map(|d| Instant::now() + d);
-            self.announced_with_table = self.table_size().max(1);
             tracing::info!("peers connected; announcing every provided key");
             self.pump_announcements();
         }
@@ -609,8 +608,7 @@ impl EventLoop {
         self.refresh_small_table(now);
         if self.announce_again_at.is_some_and(|at| now >= at) {
             self.announce_again_at = None;
-            self.announcer.reannounce_all();
-            self.announced_with_table = self.table_size().max(1);
+            self.reannounce_all();
             tracing::info!("routing table filled; announcing every provided key again");
         }
         self.pump_announcements();
@@ -687,9 +685,15 @@ impl EventLoop {
                 now = size,
                 "routing table grew and settled; announcing every provided key again"
             );
-            self.announced_with_table = size;
-            self.announcer.reannounce_all();
+            self.reannounce_all();
         }
+    }
+
+    /// Announce every provided key again, remembering the routing table's size for
+    /// `announce_when_table_settled`.
+    fn reannounce_all(&mut self) {
+        self.announcer.reannounce_all();
+        self.announced_with_table = self.table_size().max(1);
     }
 
     /// Re-announce the provided keys whose record holders left with the peers that just went

@@ -179,8 +179,8 @@ pub(super) fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, P2pErr
                         .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(PEER_WAIT),
+                        // The builder's connection timeout (PEER_WAIT) wraps all of it.
+                        .multiplex(yamux::Config::default()),
                 )
             })
             .map_err(|e| terr(&e))?
