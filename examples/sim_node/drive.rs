@@ -241,12 +241,19 @@ async fn lookups(a: &DriveArgs, nodes: &[SimNode], client: &reqwest::Client) {
             h_fail.push(Failure {
                 asker,
                 digest: head,
+                at: None,
+                took: ht,
             })
         }
         if aok {
             a_ok.push(ms(at))
         } else {
-            a_fail.push(Failure { asker, digest: adm })
+            a_fail.push(Failure {
+                asker,
+                digest: adm,
+                at: None,
+                took: at,
+            })
         }
     }
     let under20 = h_ok.iter().filter(|t| **t <= 20.0).count();
@@ -477,7 +484,7 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
                     let (took, ok) = admin_lookup(&n, k, 2000).await;
                     log.push((start, took, ok));
                     if !ok {
-                        failed_keys.push(k.clone());
+                        failed_keys.push((k.clone(), start, took));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -486,14 +493,18 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
         })
         .collect();
     let (mut recovered, mut never, mut failures, mut total) = (Vec::new(), 0, 0, 0);
+    // The first run of 3 successes: when lookups worked again, whatever failed later (each
+    // later failure is listed below with its time).
+    let mut first_recovered = Vec::new();
     let (mut first_after, mut explained) = (Vec::new(), Vec::new());
     for t in tasks {
         let (asker, log, failed_keys) = t.await.unwrap();
-        explained.extend(
-            failed_keys
-                .into_iter()
-                .map(|digest| Failure { asker, digest }),
-        );
+        explained.extend(failed_keys.into_iter().map(|(digest, at, took)| Failure {
+            asker,
+            digest,
+            at: Some(at),
+            took,
+        }));
         total += log.len();
         failures += log.iter().filter(|e| !e.2).count();
         let tail = log.iter().rev().take_while(|e| e.2).count();
@@ -504,11 +515,19 @@ async fn recover(a: &DriveArgs, nodes: &[SimNode]) {
             never += 1;
         }
         first_after.extend(log.iter().take(3).filter(|e| e.2).map(|e| ms(e.1)));
+        if let Some(w) = log.windows(3).find(|w| w.iter().all(|e| e.2)) {
+            first_recovered.push(ms(w[0].0));
+        }
     }
     report(
         "recovery_per_survivor",
         recovered,
         &format!("not_recovered={never} failed_lookups={failures}/{total}"),
+    );
+    report(
+        "first_recovery_per_survivor",
+        first_recovered,
+        "(the start of its first 3 successes in a row)",
     );
     report(
         "lookup_admin_first_3_after_kill",

@@ -14,10 +14,13 @@ use peermirror::routing::record_key;
 use super::drive::SimNode;
 use super::*;
 
-/// One failed lookup: who asked, for which digest.
+/// One failed lookup: who asked, for which digest, when (since the phase began) and how long
+/// it took (a lookup that ran to its timeout was slow; a quick one found nothing).
 pub struct Failure {
     pub asker: usize,
     pub digest: String,
+    pub at: Option<Duration>,
+    pub took: Duration,
 }
 
 /// Each node's PeerId, from its admin status.
@@ -135,8 +138,11 @@ pub fn explain(
                     .unwrap_or_else(|| "-".into())
             };
             println!(
-                "failed {phase} lookup: asker n{} key {}.. holders [{}] query: ms={} first_ms={} requests={} answered={} failed={} pending={} abandoned={} => {cause}",
+                "failed {phase} lookup: asker n{}{} took_ms={:.0} key {}.. holders [{}] query: ms={} first_ms={} requests={} answered={} failed={} pending={} abandoned={} => {cause}",
                 f.asker,
+                f.at.map(|a| format!(" at_s={:.1}", a.as_secs_f64()))
+                    .unwrap_or_default(),
+                f.took.as_secs_f64() * 1000.0,
                 &f.digest[..f.digest.len().min(19)],
                 marks.join(" "),
                 get("ms"),
