@@ -14,7 +14,6 @@ use crate::daemon::{
 use crate::mirror::MirrorConfig;
 use crate::routing::Bootstrap;
 use crate::server::ServerLimits;
-use crate::server::tcp::CongestionControl;
 use crate::tls::{CrlExpired, TlsFiles};
 
 #[derive(Parser, Debug)]
@@ -298,18 +297,6 @@ pub struct UploadArgs {
     /// busy is let in anyway. 0 = unlimited.
     #[arg(long, env = "PEERMIRROR_MAX_FOLLOWERS", default_value_t = DEFAULT_MAX_FOLLOWERS)]
     pub max_followers: usize,
-
-    /// TCP congestion control of the registry endpoint's connections, which carry this node's
-    /// uploads: a loss-based one keeps a rollout chain at line rate where the node's download
-    /// fills the queue its upload's ACKs wait in (BBR then slows the upload). `system` keeps
-    /// the kernel's default. Needs the name in net.ipv4.tcp_allowed_congestion_control (or
-    /// CAP_NET_ADMIN); otherwise a warning says so and the default stays.
-    #[arg(
-        long,
-        env = "PEERMIRROR_UPLOAD_CONGESTION_CONTROL",
-        default_value = "cubic"
-    )]
-    pub upload_congestion_control: CongestionControl,
 }
 
 /// `--max-followers`: one, a chain.
@@ -395,10 +382,7 @@ impl Config {
             containerd_config: c.containerd_config.clone(),
             data_dir: Some(args.data_dir.clone()),
             spool: SpoolSettings::new(args.data_dir.join("spool"), m.spool_max_bytes),
-            limits: ServerLimits {
-                congestion_control: args.uploads.upload_congestion_control.0.clone(),
-                ..args.server.limits()
-            },
+            limits: args.server.limits(),
             routing: Routing::P2p(d.settings()),
             mirror: MirrorConfig {
                 resolve_timeout: m.mirror_resolve_timeout,

@@ -5,11 +5,9 @@
 //! - `admission`: the connection registry: general pool, trusted reserve, per-address cap,
 //!   eviction of the oldest connection that never completed a request.
 //! - `fds`: fitting the caps under the open-file limit.
-//! - `tcp`: the TCP congestion control of accepted connections.
 
 mod admission;
 mod fds;
-pub mod tcp;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,9 +65,6 @@ pub struct ServerLimits {
     /// is answered 429 until the window ends (loopback never is: containerd connects from it).
     pub auth_failures_max: u32,
     pub auth_failure_window: Duration,
-    /// The TCP congestion control set on every accepted connection (`None`: the kernel's
-    /// default). Not a limit, but a per-connection setting like the others here; see [`tcp`].
-    pub congestion_control: Option<String>,
 }
 
 impl Default for ServerLimits {
@@ -84,7 +79,6 @@ impl Default for ServerLimits {
             handshake_timeout: Duration::from_secs(5),
             auth_failures_max: 10,
             auth_failure_window: Duration::from_secs(60),
-            congestion_control: None,
         }
     }
 }
@@ -172,18 +166,6 @@ pub async fn serve_with<H, Fut, B>(
         handshake: limits.handshake_timeout,
         first_request: limits.handshake_timeout + limits.header_read_timeout,
     };
-    // Checked once: a node that cannot use it keeps its default, and says how to fix that.
-    let congestion = limits.congestion_control.as_deref().and_then(|cc| {
-        tcp::check(cc)
-            .inspect_err(|e| {
-                tracing::warn!(
-                    algorithm = cc,
-                    "uploads keep the kernel's TCP congestion control: {e}"
-                )
-            })
-            .ok()
-            .map(|()| cc.to_owned())
-    });
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -206,11 +188,6 @@ pub async fn serve_with<H, Fut, B>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        if let Some(cc) = &congestion
-            && let Err(e) = tcp::set(&stream, cc)
-        {
-            tracing::debug!(%remote, algorithm = %cc, error = %e, "congestion control not set");
-        }
         let conn = Conn {
             remote,
             slot: Arc::new(slot),

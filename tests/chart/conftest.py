@@ -78,7 +78,7 @@ SCENARIOS: dict[str, dict] = {
         "maxUnavailable": "10%",
         "p2p": {"psk": {"existingSecret": "pm-psk", "key": "swarm.key"}},
         "image": {"digest": "sha256:" + "ab" * 32},
-        "mirror": {"maxEgressBps": 100000000, "maxConcurrentUploads": 0, "resolveTags": False, "uploadCongestionControl": "system"},
+        "mirror": {"maxEgressBps": 100000000, "maxConcurrentUploads": 0, "resolveTags": False},
     },
 }
 

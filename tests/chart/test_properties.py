@@ -225,7 +225,6 @@ def test_run_flags_follow_values():
     a = run_args(SCENARIOS["options"])
     assert "--containerd-content-dir" not in a
     assert a["--max-egress-bps"] == ["100000000"]
-    assert a["--upload-congestion-control"] == ["system"]
     assert a["--max-concurrent-uploads"] == ["0"]
     assert a["--resolve-tags"] == ["false"]
     assert a["--p2p-psk-file"] == ["/secrets/p2p/psk"]
