@@ -9,7 +9,9 @@
 # pulls another new image of the same size before the rollout, nobody else pulling), each node's
 # pull time and upload in copies of the image (veth counters), the slowest and median rollout
 # pull and their ratio to the lone pull, the upstream's copies, that every node's layer is in its
-# content store and hashes to its digest, then one machine-readable `ROLLOUT key=value ...` line.
+# content store and hashes to its digest, then one machine-readable `ROLLOUT key=value ...` line;
+# with RUNS > 1, a last `[bench]` line gives every run's slowest ratio, sorted (runs of one case
+# spread about as widely as two builds differ).
 #
 # Knobs: NODES (8), RATE (50, Mbit/s), SIZE_MB (50), CTD (1.6|1.7|2.1), AUTH (none|mtls|token),
 # FAULT (none|stop|kill: SIGSTOP or SIGKILL the busiest uploader's peermirror once it has sent

@@ -605,6 +605,9 @@ fn rollout_bench() {
     // `ARGS`: extra `peermirror run` flags for every node (e.g. `--mirror-claim-wait 1s`).
     let extra = std::env::var("ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
+    // Per run: slowest x lone, upstream copies, the busiest node's copies. Runs of one case
+    // spread as widely as two builds differ, so a case is its range, not one run.
+    let mut summary: Vec<(f64, f64, f64)> = Vec::new();
     for run in 1..=knobs.runs {
         let c = Cluster::start_with(
             knobs.nodes,
@@ -621,6 +624,7 @@ fn rollout_bench() {
         let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");
         r.print(&label, &knobs);
+        summary.push((r.ratio(r.slowest()), r.upstream_copies(), r.busiest().1));
         print_metric_sums(&c, &label);
         print_rollout_logs(&c, &label);
         assert_nothing_wrong(&c);
@@ -630,5 +634,19 @@ fn rollout_bench() {
                 knobs.fault_after
             );
         }
+    }
+    if summary.len() > 1 {
+        let mut slowest: Vec<f64> = summary.iter().map(|s| s.0).collect();
+        slowest.sort_by(f64::total_cmp);
+        let shown: Vec<String> = slowest.iter().map(|x| format!("{x:.2}")).collect();
+        let max = |f: fn(&(f64, f64, f64)) -> f64| summary.iter().map(f).fold(0.0, f64::max);
+        eprintln!(
+            "[bench] {} runs: slowest x lone {} (median {:.2}); upstream up to {:.2} copies; busiest node up to {:.2} copies",
+            summary.len(),
+            shown.join(" "),
+            slowest[slowest.len() / 2],
+            max(|s| s.1),
+            max(|s| s.2),
+        );
     }
 }
