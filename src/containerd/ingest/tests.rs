@@ -253,27 +253,35 @@ async fn grow(content: PathBuf, dir: PathBuf, full: Vec<u8>, from: usize, then_c
     }
 }
 
+/// A layer's ingest of `full` (its size known) with its first `written` bytes in `data`.
+fn started_layer(content: &Path, full: &[u8], written: usize) -> Ingest {
+    let digest = Digest::of(full);
+    let total = Some(full.len() as u64);
+    let dir = ingest(
+        content,
+        &format!("layer-{digest}"),
+        total,
+        Some(&full[..written]),
+    );
+    Ingest { digest, dir, total }
+}
+
 #[tokio::test]
 async fn follow_reads_a_growing_blob_across_its_commit() {
     let tmp = tempfile::tempdir().unwrap();
     let content = tmp.path().to_path_buf();
     let full = blob(3 * 1024 * 1024 + 123);
-    let d = Digest::of(&full);
     let total = full.len() as u64;
-    let dir = ingest(
-        &content,
-        &format!("layer-{d}"),
-        Some(total),
-        Some(&full[..1000]),
-    );
-    let ing = Ingest {
-        digest: d,
-        dir: dir.clone(),
-        total: Some(total),
-    };
+    let ing = started_layer(&content, &full, 1000);
     let whole = follow(&ing, &content, 0, total - 1, Duration::from_secs(5));
     let middle = follow(&ing, &content, 500, 2_000_000, Duration::from_secs(5));
-    let writer = tokio::spawn(grow(content.clone(), dir, full.clone(), 1000, true));
+    let writer = tokio::spawn(grow(
+        content.clone(),
+        ing.dir.clone(),
+        full.clone(),
+        1000,
+        true,
+    ));
     let ((got, err), (mid, err2)) = tokio::join!(collect(whole), collect(middle));
     writer.await.unwrap();
     assert!(err.is_none() && err2.is_none(), "{err:?} {err2:?}");
@@ -292,21 +300,16 @@ async fn follow_fails_when_the_ingest_is_aborted() {
     let tmp = tempfile::tempdir().unwrap();
     let content = tmp.path().to_path_buf();
     let full = blob(2 * 1024 * 1024);
-    let d = Digest::of(&full);
     let total = full.len() as u64;
-    let dir = ingest(
-        &content,
-        &format!("layer-{d}"),
-        Some(total),
-        Some(&full[..10]),
-    );
-    let ing = Ingest {
-        digest: d,
-        dir: dir.clone(),
-        total: Some(total),
-    };
+    let ing = started_layer(&content, &full, 10);
     let s = follow(&ing, &content, 0, total - 1, Duration::from_secs(5));
-    let writer = tokio::spawn(grow(content.clone(), dir, full.clone(), 10, false));
+    let writer = tokio::spawn(grow(
+        content.clone(),
+        ing.dir.clone(),
+        full.clone(),
+        10,
+        false,
+    ));
     let (got, err) = collect(s).await;
     writer.await.unwrap();
     let err = err.expect("an aborted ingest must not end cleanly");
@@ -316,7 +319,7 @@ async fn follow_fails_when_the_ingest_is_aborted() {
     // A committed blob of the wrong size does not count as the commit.
     let blobs = content.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
-    fs::write(blobs.join(d.hex()), &full[..100]).unwrap();
+    fs::write(blobs.join(ing.digest.hex()), &full[..100]).unwrap();
     let (_, err) = collect(follow(&ing, &content, 0, total - 1, Duration::from_secs(5))).await;
     assert_eq!(err.unwrap().kind(), io::ErrorKind::UnexpectedEof);
 }
