@@ -19,7 +19,8 @@
 # much before the others, a diagnostic), RUNS (1), ROLLOUT_METRICS (comma-separated metric
 # names: each one's sum over the nodes after each run), ARGS (extra `peermirror run` flags for
 # every node, e.g. "--mirror-claim-wait 1s"), QUEUE_MS (200: tbf's queue on every link, in ms of its
-# rate), FETCH_BUFFER (bytes: containerd 2.1's
+# rate), SLOW (node:Mbit, e.g. 3:10: that node's link is capped lower from the rollout on, a weak
+# member of the chain), FETCH_BUFFER (bytes: containerd 2.1's
 # concurrent_layer_fetch_buffer on every node, pulls by `ctr images pull` through the transfer
 # service; CTD=2.1), PEERMIRROR (the binary the nodes run:
 # target/release/peermirror).
@@ -43,7 +44,8 @@ cd "$ROOT"
 export ROLLOUT_BENCH=1 E2E_PEERMIRROR_BIN="$PEERMIRROR"
 export NODES="${NODES:-8}" RATE="${RATE:-50}" SIZE_MB="${SIZE_MB:-50}" CTD="${CTD:-1.6}" \
     AUTH="${AUTH:-none}" FAULT="${FAULT:-none}" FAULT_AFTER="${FAULT_AFTER:-0.25}" LEAD_MS="${LEAD_MS:-0}" \
-    RUNS="${RUNS:-1}" ARGS="${ARGS:-}" FETCH_BUFFER="${FETCH_BUFFER:-}" QUEUE_MS="${QUEUE_MS:-200}"
+    RUNS="${RUNS:-1}" ARGS="${ARGS:-}" FETCH_BUFFER="${FETCH_BUFFER:-}" QUEUE_MS="${QUEUE_MS:-200}" \
+    SLOW="${SLOW:-}"
 CARGO_INCREMENTAL=0 cargo test --test e2e_rollout -- --ignored --exact rollout_bench \
     --nocapture --test-threads=1 2>&1 |
     grep --line-buffered -v '^\(running\|test \|$\)' | grep --line-buffered -v 'test result:'

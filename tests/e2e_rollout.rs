@@ -88,12 +88,16 @@ struct Knobs {
     fetch_buffer: Option<u64>,
     /// tbf's queue on every link, in ms of its rate (200).
     queue_ms: u32,
+    /// One node whose link is slower than the others' (node, Mbit/s), from the rollout on: a
+    /// weak member somewhere in the chain.
+    slow: Option<(usize, u32)>,
 }
 
 impl Knobs {
     /// `NODES` (8), `RATE` Mbit/s (50), `SIZE_MB` MiB (50), `CTD` 1.6|1.7|2.1 (1.6), `AUTH`
     /// none|mtls|token (none), `FAULT` none|stop|kill (none), `FAULT_AFTER` copies (0.25),
-    /// `LEAD_MS` (0), `RUNS` (1), `FETCH_BUFFER` bytes (none; 2.1 only), `QUEUE_MS` (200).
+    /// `LEAD_MS` (0), `RUNS` (1), `FETCH_BUFFER` bytes (none; 2.1 only), `QUEUE_MS` (200),
+    /// `SLOW` node:Mbit (none).
     fn from_env() -> Knobs {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             match std::env::var(name) {
@@ -107,6 +111,12 @@ impl Knobs {
         let ctd: String = var("CTD", "1.6".to_string());
         let auth: String = var("AUTH", "none".to_string());
         let fault: String = var("FAULT", "none".to_string());
+        let slow: String = var("SLOW", String::new());
+        let slow = (!slow.is_empty()).then(|| {
+            slow.split_once(':')
+                .and_then(|(n, r)| Some((n.parse().ok()?, r.parse().ok()?)))
+                .unwrap_or_else(|| panic!("SLOW={slow:?} is not node:Mbit (e.g. 3:10)"))
+        });
         Knobs {
             nodes: var("NODES", 8),
             rate_mbit: var("RATE", 50),
@@ -122,12 +132,13 @@ impl Knobs {
             runs: var("RUNS", 1),
             fetch_buffer: Some(var("FETCH_BUFFER", 0u64)).filter(|b| *b > 0),
             queue_ms: var("QUEUE_MS", 200),
+            slow,
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={} fetch_buffer={} queue_ms={}",
+            "nodes={} rate_mbit={} size_mb={} ctd={} auth={} fault={} lead_ms={} fetch_buffer={} queue_ms={} slow={}",
             self.nodes,
             self.rate_mbit,
             self.size_mb,
@@ -136,7 +147,9 @@ impl Knobs {
             self.fault.name(),
             self.lead_ms,
             self.fetch_buffer.unwrap_or(0),
-            self.queue_ms
+            self.queue_ms,
+            self.slow
+                .map_or("none".to_string(), |(n, r)| format!("node{n}:{r}"))
         )
     }
 }
@@ -464,6 +477,7 @@ fn rollout_six_nodes_at_line_rate() {
         runs: 1,
         fetch_buffer: None,
         queue_ms: 200,
+        slow: None,
     };
     let lone_image = random_image("lone", knobs.size_mb, &seed("lone"));
     let first = random_image("rollout", knobs.size_mb, &seed("rollout"));
@@ -621,6 +635,10 @@ fn rollout_bench() {
         );
         cap_all(&c, knobs.rate_mbit, knobs.queue_ms);
         let lone = lone_pull(&c, &lone_image, &knobs);
+        if let Some((n, mbit)) = knobs.slow {
+            c.net
+                .cap_link_queue(&c.member(n).name, mbit, knobs.queue_ms);
+        }
         let r = rollout(&c, &image, lone, &knobs);
         let label = format!("run{run}");
         r.print(&label, &knobs);
