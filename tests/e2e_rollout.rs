@@ -112,13 +112,17 @@ impl Knobs {
         let auth: String = var("AUTH", "none".to_string());
         let fault: String = var("FAULT", "none".to_string());
         let slow: String = var("SLOW", String::new());
+        let nodes = var("NODES", 8);
         let slow = (!slow.is_empty()).then(|| {
             slow.split_once(':')
                 .and_then(|(n, r)| Some((n.parse().ok()?, r.parse().ok()?)))
-                .unwrap_or_else(|| panic!("SLOW={slow:?} is not node:Mbit (e.g. 3:10)"))
+                .filter(|(n, _)| (1..=nodes).contains(n))
+                .unwrap_or_else(|| {
+                    panic!("SLOW={slow:?} is not node:Mbit with a node in 1..={nodes} (e.g. 3:10)")
+                })
         });
         Knobs {
-            nodes: var("NODES", 8),
+            nodes,
             rate_mbit: var("RATE", 50),
             size_mb: var("SIZE_MB", 50),
             ctd: CtdVersion::parse_list(&ctd)
@@ -662,7 +666,7 @@ fn rollout_bench() {
             "[bench] {} runs: slowest x lone {} (median {:.2}); upstream up to {:.2} copies; busiest node up to {:.2} copies",
             summary.len(),
             shown.join(" "),
-            slowest[slowest.len() / 2],
+            (slowest[(slowest.len() - 1) / 2] + slowest[slowest.len() / 2]) / 2.0,
             max(|s| s.1),
             max(|s| s.2),
         );
